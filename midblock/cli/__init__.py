@@ -1,0 +1,84 @@
+"""The ``midblock`` command line: each subcommand is a thin wrapper over a library function.
+
+User mistakes (``MidblockError``) print one line and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from midblock.errors import MidblockError
+
+# Subcommand modules under midblock.cli; each defines register(subparsers).
+COMMANDS = ["layers", "train", "merge", "eval", "compare", "analyze", "swap", "demo"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage block too)
+        self.exit(2, f"midblock: error: {message} (see '{self.prog} --help')\n")
+
+
+def common_args(p: argparse.ArgumentParser, *, seed: bool = True, out: bool = True) -> None:
+    """The conventions every subcommand shares."""
+    if out:
+        p.add_argument("--out", help="directory for everything this command writes")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (data order, init, sampling)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="midblock", description="Layer-wise analysis of fine-tuning and Mid-Block Efficient Tuning.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"midblock.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"midblock.cli.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"midblock {version('midblock')}"
+    except PackageNotFoundError:
+        return "midblock (source)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+        return int(rc or 0)
+    except MidblockError as e:
+        if debug:
+            raise
+        print(f"midblock: error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("midblock: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

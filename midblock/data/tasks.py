@@ -1,0 +1,176 @@
+"""Tasks as lists of prompt/completion examples, and SFT tokenisation with completion-only labels."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midblock.data.arith import generate_arith
+from midblock.data.gsm8k import gold_answer, load_gsm8k
+from midblock.data.jsonl import read_jsonl
+from midblock.errors import MidblockError
+
+TASKS = ("gsm8k", "arith", "jsonl")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One supervised example: the model sees ``prompt`` and learns ``completion``."""
+
+    prompt: str
+    completion: str
+    answer: str | None = None  # the gold final answer for tasks that have one
+    question: str | None = None
+    messages: list[dict[str, str]] | None = None  # chat rows keep their messages for the chat template
+
+    @property
+    def text(self) -> str:
+        """The paper's analysis format: question plus gold solution."""
+        return self.prompt + self.completion
+
+
+def qa_example(row: dict[str, Any]) -> Example:
+    """GSM8K-format row -> ``"Question: {q}\\nAnswer:"`` + ``" {answer}"``."""
+    return Example(
+        prompt=f"Question: {row['question']}\nAnswer:",
+        completion=f" {row['answer']}",
+        answer=gold_answer(row["answer"]),
+        question=row["question"],
+    )
+
+
+def resolve_task(task: str | None, data: str | None) -> str:
+    """Pick the task from ``--task``/``--data``: a ``.jsonl`` data file with no task means ``jsonl``."""
+    if task is None:
+        if data and (data.endswith(".jsonl") and "gsm8k" not in Path(data).name.lower()):
+            return "jsonl"
+        return "gsm8k" if data else "arith"
+    if task not in TASKS:
+        raise MidblockError(f"unknown task '{task}'", hint="choose one of " + ", ".join(TASKS))
+    return task
+
+
+def load_rows(task: str, split: str = "train", data: str | None = None, limit: int | None = None,
+              offset: int = 0) -> list[dict[str, Any]]:
+    """Raw rows of a task split (``question``/``answer`` for gsm8k and arith)."""
+    if task == "gsm8k":
+        rows = load_gsm8k(split, data)
+    elif task == "arith":
+        rows = generate_arith(split)
+    elif task == "jsonl":
+        if not data:
+            raise MidblockError("task jsonl needs --data FILE.jsonl")
+        path = Path(data)
+        if path.is_dir():
+            path = path / f"{split}.jsonl"
+        rows = read_jsonl(path, any_of=(("prompt", "completion"), ("messages",), ("question", "answer"), ("text",)))
+    else:
+        raise MidblockError(f"unknown task '{task}'", hint="choose one of " + ", ".join(TASKS))
+    if offset:
+        rows = rows[offset:]
+    if limit is not None:
+        rows = rows[:limit]
+    return rows
+
+
+def to_example(row: dict[str, Any]) -> Example:
+    if "question" in row and "answer" in row:
+        return qa_example(row)
+    if "prompt" in row and "completion" in row:
+        return Example(prompt=str(row["prompt"]), completion=str(row["completion"]), answer=row.get("answer"))
+    if "messages" in row:
+        msgs = row["messages"]
+        if not msgs or msgs[-1].get("role") != "assistant":
+            raise MidblockError("a chat row must end with an assistant message")
+        return Example(prompt="", completion=str(msgs[-1]["content"]), messages=msgs)
+    if "text" in row:
+        return Example(prompt="", completion=str(row["text"]))
+    raise MidblockError(f"cannot use a row with keys {sorted(row)}")
+
+
+def load_examples(task: str, split: str = "train", data: str | None = None, limit: int | None = None,
+                  offset: int = 0) -> list[Example]:
+    return [to_example(r) for r in load_rows(task, split, data, limit, offset)]
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+@dataclass
+class TokenizedSet:
+    """Tokenised SFT examples plus what was dropped, so nothing is truncated silently."""
+
+    items: list[dict[str, list[int]]]
+    overlong: list[int] = field(default_factory=list)  # indices of examples dropped for length
+    max_length: int = 0
+
+    def report(self) -> dict[str, Any]:
+        return {"kept": len(self.items), "dropped_overlong": len(self.overlong), "max_length": self.max_length,
+                "overlong_indices": self.overlong[:50]}
+
+
+def _chat_prompt(ex: Example, tokenizer) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise MidblockError("chat rows need a tokenizer with a chat template")
+    return tokenizer.apply_chat_template(ex.messages[:-1], tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_example(ex: Example, tokenizer, completion_only: bool = True, add_eos: bool = True) -> dict[str, list[int]]:
+    prompt = _chat_prompt(ex, tokenizer) if ex.messages else ex.prompt
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False):
+        p_ids = [bos] + p_ids
+    c_ids = tokenizer(ex.completion, add_special_tokens=False)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None:
+        c_ids = c_ids + [tokenizer.eos_token_id]
+    ids = p_ids + c_ids
+    labels = ([IGNORE_INDEX] * len(p_ids) if completion_only else list(p_ids)) + list(c_ids)
+    return {"input_ids": ids, "labels": labels}
+
+
+def tokenize_sft(examples: list[Example], tokenizer, max_length: int = 512, completion_only: bool = True,
+                 on_overlong: str = "drop") -> TokenizedSet:
+    """Tokenise for SFT: prompt labels -100 (unless ``completion_only=False``), EOS appended.
+
+    Over-long examples are dropped and reported (``on_overlong='drop'``) or refused (``'error'``); they
+    are never cut, since cutting a GSM8K solution removes its ``#### N``.
+    """
+    if on_overlong not in ("drop", "error"):
+        raise MidblockError(f"on_overlong must be 'drop' or 'error', got '{on_overlong}'")
+    out = TokenizedSet([], [], max_length)
+    for i, ex in enumerate(examples):
+        t = tokenize_example(ex, tokenizer, completion_only)
+        if len(t["input_ids"]) > max_length:
+            if on_overlong == "error":
+                raise MidblockError(f"example {i} has {len(t['input_ids'])} tokens > --max-length {max_length}")
+            out.overlong.append(i)
+            continue
+        out.items.append(t)
+    if not out.items:
+        raise MidblockError(f"every example is longer than --max-length {max_length}", hint="raise --max-length")
+    return out
+
+
+def collate(batch: list[dict[str, list[int]]], pad_id: int, padding_side: str = "right") -> dict[str, Any]:
+    """Pad a batch of tokenised examples; labels are padded with -100, attention mask marks real tokens."""
+    import torch
+
+    T = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        sl = slice(T - n, T) if padding_side == "left" else slice(0, n)
+        ids[i, sl] = torch.tensor(b["input_ids"])
+        labels[i, sl] = torch.tensor(b.get("labels", b["input_ids"]))
+        mask[i, sl] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def env_gsm8k() -> str | None:
+    return os.environ.get("MIDBLOCK_GSM8K")

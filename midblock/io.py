@@ -1,0 +1,283 @@
+"""Atomic writes, run directories with locks, and the provenance every result file carries."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as _dt
+import errno
+import io as _io
+import json
+import os
+import platform
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from midblock.errors import MidblockError
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it over ``path`` only if the block succeeds.
+
+    Works for files and directories (e.g. ``save_pretrained`` into the yielded path). A failure,
+    including a full disk, leaves the previous ``path`` intact and removes the temporary.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    _remove(tmp)
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise MidblockError(f"cannot write {path}: {e.strerror}", hint="free space or choose another --out") from e
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> None:
+    buf = _io.StringIO()
+    if fieldnames is None:
+        fieldnames = list(dict.fromkeys(k for r in rows for k in r))
+    w = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(o)
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    return str(o)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise MidblockError(f"{path} does not exist") from e
+    except json.JSONDecodeError as e:
+        raise MidblockError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}", hint="delete it and rerun") from e
+
+
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """Append one line and flush it to disk: used for logs and per-item results that resume."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file written by ``append_jsonl``; a torn last line (killed mid-write) is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise MidblockError(f"{path}:{i + 1} is corrupted", hint="delete the file to start over") from None
+    return rows
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("midblock", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors", "trl"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def provenance(config: Any = None, seed: int | None = None) -> dict[str, Any]:
+    """What every result file records: config, seed, versions, hardware and time."""
+    return {
+        "config": config,
+        "seed": seed,
+        "versions": package_versions(),
+        "hardware": hardware_info(),
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDir:
+    """A run directory owned by one process at a time.
+
+    ``RUNNING.lock`` holds the owner's pid (a stale lock from a dead process is taken over);
+    ``COMPLETED`` is written last, so a directory without it is an interrupted run.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock: Path | None = None
+
+    @property
+    def completed(self) -> bool:
+        return (self.path / "COMPLETED").exists()
+
+    def acquire(self) -> RunDir:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MidblockError(f"cannot create output directory {self.path}: {e.strerror}") from e
+        if not os.access(self.path, os.W_OK):
+            raise MidblockError(f"output directory {self.path} is not writable", hint="choose another --out")
+        lock = self.path / "RUNNING.lock"
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or "0")
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _pid_alive(pid) and _same_host_lock(lock):
+                    raise MidblockError(
+                        f"{self.path} is in use by process {pid}",
+                        hint="wait for it to finish or choose another --out",
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            except OSError as e:
+                raise MidblockError(f"cannot write to {self.path}: {e.strerror}", hint="choose another --out") from e
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n{socket.gethostname()}\n")
+            self._lock = lock
+            return self
+
+    def mark_completed(self) -> None:
+        write_text(self.path / "COMPLETED", _dt.datetime.now(_dt.timezone.utc).isoformat() + "\n")
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.unlink(missing_ok=True)
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _same_host_lock(lock: Path) -> bool:
+    try:
+        lines = lock.read_text().splitlines()
+    except OSError:
+        return True
+    return len(lines) < 2 or lines[1] == socket.gethostname()
+
+
+def fresh_output_dir(path: str | os.PathLike) -> Path:
+    """Validate that ``path`` can hold outputs before any expensive work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MidblockError(f"--out {path} is a file, not a directory")
+    parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise MidblockError(f"cannot write to {parent}", hint="choose a writable --out")
+    return path
+
+
+def temp_dir(prefix: str = "midblock-") -> str:
+    return tempfile.mkdtemp(prefix=prefix)

