@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"MLP modules:       {', '.join(lay.mlp_linears)}")
     if lay.other_linears:
         print(f"other modules:     {', '.join(lay.other_linears)}")
-    print(f"embedding: {type(lay.embedding).__name__}; final norm: {lay.final_norm_path}; "
-          f"LM head: {type(lay.lm_head).__name__}")
+    print(
+        f"embedding: {type(lay.embedding).__name__}; final norm: {lay.final_norm_path}; "
+        f"LM head: {type(lay.lm_head).__name__}"
+    )
     return 0

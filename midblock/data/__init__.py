@@ -17,6 +17,20 @@ from midblock.data.tasks import (
     tokenize_sft,
 )
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Example", "TokenizedSet", "collate", "generate_arith", "gold_answer",
-           "load_examples", "load_gsm8k", "load_rows", "qa_example", "read_jsonl", "resolve_task", "to_example",
-           "tokenize_sft"]
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "Example",
+    "TokenizedSet",
+    "collate",
+    "generate_arith",
+    "gold_answer",
+    "load_examples",
+    "load_gsm8k",
+    "load_rows",
+    "qa_example",
+    "read_jsonl",
+    "resolve_task",
+    "to_example",
+    "tokenize_sft",
+]

@@ -10,10 +10,50 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-NAMES = ["Ava", "Ben", "Carla", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jamal", "Kofi", "Lena",
-         "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Victor", "Wen", "Yara"]
-ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "stamps", "shells", "cards", "coins",
-         "eggs", "flowers", "beads", "toy cars", "cupcakes", "oranges"]
+NAMES = [
+    "Ava",
+    "Ben",
+    "Carla",
+    "Dev",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jamal",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+    "Omar",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tariq",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Yara",
+]
+ITEMS = [
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "stamps",
+    "shells",
+    "cards",
+    "coins",
+    "eggs",
+    "flowers",
+    "beads",
+    "toy cars",
+    "cupcakes",
+    "oranges",
+]
 CONTAINERS = ["boxes", "bags", "baskets", "jars", "crates", "packs"]
 
 SPLIT_SEEDS = {"train": 1_000_003, "test": 2_000_003}
@@ -53,8 +93,10 @@ def _t_share(r: random.Random) -> tuple[str, str, int]:
     total = k * each
     s1, v1 = _eq(total + extra, "-", extra)
     s2, v2 = _eq(v1, "/", k)
-    q = (f"{n} had {total + extra} {it}, kept {extra} and shared the rest equally among {k} friends. "
-         f"How many {it} did each friend get?")
+    q = (
+        f"{n} had {total + extra} {it}, kept {extra} and shared the rest equally among {k} friends. "
+        f"How many {it} did each friend get?"
+    )
     ans = f"{n} shared {s1} {it}.\nEach friend got {s2} {it}.\n#### {v2}"
     return q, ans, v2
 
@@ -64,8 +106,10 @@ def _t_price(r: random.Random) -> tuple[str, str, int]:
     p, k, m = r.randint(2, 15), r.randint(2, 10), r.randint(1, 50)
     s1, v1 = _eq(p, "*", k)
     s2, v2 = _eq(v1 + m, "-", v1)
-    q = (f"{it.capitalize()} cost ${p} each. {n} buys {k} of them and pays with ${v1 + m}. "
-         f"How much change does {n} get in dollars?")
+    q = (
+        f"{it.capitalize()} cost ${p} each. {n} buys {k} of them and pays with ${v1 + m}. "
+        f"How much change does {n} get in dollars?"
+    )
     ans = f"The {it} cost {s1} dollars.\nThe change is {s2} dollars.\n#### {v2}"
     return q, ans, v2
 
@@ -76,8 +120,10 @@ def _t_three_step(r: random.Random) -> tuple[str, str, int]:
     s1, v1 = _eq(a, "*", k)
     s2, v2 = _eq(v1, "+", c)
     s3, v3 = _eq(a, "+", v2)
-    q = (f"{n} collects {a} {it}. {m} collects {k} times as many as {n}, plus {c} more. "
-         f"How many {it} do they collect together?")
+    q = (
+        f"{n} collects {a} {it}. {m} collects {k} times as many as {n}, plus {c} more. "
+        f"How many {it} do they collect together?"
+    )
     ans = f"{k} times as many is {s1} {it}.\n{m} collects {s2} {it}.\nTogether they collect {s3} {it}.\n#### {v3}"
     return q, ans, v3
 
@@ -98,8 +144,10 @@ def _t_difference(r: random.Random) -> tuple[str, str, int]:
     a, b, c = r.randint(20, 50), r.randint(2, 19), r.randint(2, 6)
     s1, v1 = _eq(a, "-", b)
     s2, v2 = _eq(v1, "*", c)
-    q = (f"{n} has {a} {it} and {m} has {b} fewer. Then {m}'s collection grows to {c} times its size. "
-         f"How many {it} does {m} have now?")
+    q = (
+        f"{n} has {a} {it} and {m} has {b} fewer. Then {m}'s collection grows to {c} times its size. "
+        f"How many {it} does {m} have now?"
+    )
     ans = f"{m} starts with {s1} {it}.\nAfter growing, {m} has {s2} {it}.\n#### {v2}"
     return q, ans, v2
 
@@ -110,14 +158,23 @@ def _t_groups(r: random.Random) -> tuple[str, str, int]:
     s1, v1 = _eq(g, "*", size)
     s2, v2 = _eq(v1, "+", a)
     s3, v3 = _eq(v2, "+", b)
-    q = (f"A class sorts {it} into {g} groups of {size}. Then {a} more {it} arrive in the morning and "
-         f"{b} more in the afternoon. How many {it} are there at the end of the day?")
+    q = (
+        f"A class sorts {it} into {g} groups of {size}. Then {a} more {it} arrive in the morning and "
+        f"{b} more in the afternoon. How many {it} are there at the end of the day?"
+    )
     ans = f"The groups hold {s1} {it}.\nIn the morning there are {s2}.\nAt the end there are {s3}.\n#### {v3}"
     return q, ans, v3
 
 
 TEMPLATES: list[Callable[[random.Random], tuple[str, str, int]]] = [
-    _t_buy_give, _t_containers, _t_share, _t_price, _t_three_step, _t_days, _t_difference, _t_groups,
+    _t_buy_give,
+    _t_containers,
+    _t_share,
+    _t_price,
+    _t_three_step,
+    _t_days,
+    _t_difference,
+    _t_groups,
 ]
 
 

@@ -29,7 +29,9 @@ def load_gsm8k(split: str = "test", source: str | None = None) -> list[dict[str,
     if p.is_dir():
         f = p / f"{split}.jsonl"
         if not f.exists():
-            raise MidblockError(f"{p} has no {split}.jsonl", hint="point --data at a directory with train.jsonl and test.jsonl")
+            raise MidblockError(
+                f"{p} has no {split}.jsonl", hint="point --data at a directory with train.jsonl and test.jsonl"
+            )
         return read_jsonl(f, required=("question", "answer"))
     if p.suffix == ".jsonl" or p.exists():
         return read_jsonl(p, required=("question", "answer"))

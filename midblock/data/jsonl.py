@@ -10,8 +10,9 @@ from typing import Any
 from midblock.errors import MidblockError
 
 
-def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] | None = None,
-               any_of: tuple[tuple[str, ...], ...] | None = None) -> list[dict[str, Any]]:
+def read_jsonl(
+    path: str | os.PathLike, required: tuple[str, ...] | None = None, any_of: tuple[tuple[str, ...], ...] | None = None
+) -> list[dict[str, Any]]:
     """Read a JSONL file strictly: every non-blank line must be a JSON object with the needed keys.
 
     ``required``: keys every row must have. ``any_of``: alternatives, e.g. ``(("prompt", "completion"),
@@ -39,7 +40,9 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] | None = None,
         if required:
             missing = [k for k in required if k not in row]
             if missing:
-                raise MidblockError(f"{path}:{n}: missing key '{missing[0]}'", hint=f"each row needs {', '.join(required)}")
+                raise MidblockError(
+                    f"{path}:{n}: missing key '{missing[0]}'", hint=f"each row needs {', '.join(required)}"
+                )
         if any_of and not any(all(k in row for k in group) for group in any_of):
             want = " or ".join("+".join(g) for g in any_of)
             raise MidblockError(f"{path}:{n}: row has keys {sorted(row)[:5]}, needs {want}")

@@ -53,8 +53,9 @@ def resolve_task(task: str | None, data: str | None) -> str:
     return task
 
 
-def load_rows(task: str, split: str = "train", data: str | None = None, limit: int | None = None,
-              offset: int = 0) -> list[dict[str, Any]]:
+def load_rows(
+    task: str, split: str = "train", data: str | None = None, limit: int | None = None, offset: int = 0
+) -> list[dict[str, Any]]:
     """Raw rows of a task split (``question``/``answer`` for gsm8k and arith)."""
     if task == "gsm8k":
         rows = load_gsm8k(split, data)
@@ -91,8 +92,9 @@ def to_example(row: dict[str, Any]) -> Example:
     raise MidblockError(f"cannot use a row with keys {sorted(row)}")
 
 
-def load_examples(task: str, split: str = "train", data: str | None = None, limit: int | None = None,
-                  offset: int = 0) -> list[Example]:
+def load_examples(
+    task: str, split: str = "train", data: str | None = None, limit: int | None = None, offset: int = 0
+) -> list[Example]:
     return [to_example(r) for r in load_rows(task, split, data, limit, offset)]
 
 
@@ -108,8 +110,12 @@ class TokenizedSet:
     max_length: int = 0
 
     def report(self) -> dict[str, Any]:
-        return {"kept": len(self.items), "dropped_overlong": len(self.overlong), "max_length": self.max_length,
-                "overlong_indices": self.overlong[:50]}
+        return {
+            "kept": len(self.items),
+            "dropped_overlong": len(self.overlong),
+            "max_length": self.max_length,
+            "overlong_indices": self.overlong[:50],
+        }
 
 
 def _chat_prompt(ex: Example, tokenizer) -> str:
@@ -118,7 +124,9 @@ def _chat_prompt(ex: Example, tokenizer) -> str:
     return tokenizer.apply_chat_template(ex.messages[:-1], tokenize=False, add_generation_prompt=True)
 
 
-def tokenize_example(ex: Example, tokenizer, completion_only: bool = True, add_eos: bool = True) -> dict[str, list[int]]:
+def tokenize_example(
+    ex: Example, tokenizer, completion_only: bool = True, add_eos: bool = True
+) -> dict[str, list[int]]:
     prompt = _chat_prompt(ex, tokenizer) if ex.messages else ex.prompt
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     bos = tokenizer.bos_token_id
@@ -132,8 +140,9 @@ def tokenize_example(ex: Example, tokenizer, completion_only: bool = True, add_e
     return {"input_ids": ids, "labels": labels}
 
 
-def tokenize_sft(examples: list[Example], tokenizer, max_length: int = 512, completion_only: bool = True,
-                 on_overlong: str = "drop") -> TokenizedSet:
+def tokenize_sft(
+    examples: list[Example], tokenizer, max_length: int = 512, completion_only: bool = True, on_overlong: str = "drop"
+) -> TokenizedSet:
     """Tokenise for SFT: prompt labels -100 (unless ``completion_only=False``), EOS appended.
 
     Over-long examples are dropped and reported (``on_overlong='drop'``) or refused (``'error'``); they

@@ -133,7 +133,7 @@ def block_of_param(name: str, layout: ModelLayout) -> int | None:
     pos = name.find(key)
     if pos < 0:
         return None
-    rest = name[pos + len(key):]
+    rest = name[pos + len(key) :]
     head = rest.split(".", 1)[0]
     return int(head) if head.isdigit() else None
 

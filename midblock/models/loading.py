@@ -91,7 +91,9 @@ def parse_spec(spec: str) -> ModelSpec:
         if p.is_file():
             if p.suffix == ".gguf":
                 return ModelSpec("gguf", str(p), original=spec)
-            raise MidblockError(f"{spec} is a file but not a .gguf model", hint="pass a model directory or a .gguf file")
+            raise MidblockError(
+                f"{spec} is a file but not a .gguf model", hint="pass a model directory or a .gguf file"
+            )
         manifest = p / RUN_MANIFEST
         if manifest.exists():
             return _spec_from_run(p, spec)
@@ -292,7 +294,9 @@ def apply_delta(model, path: str | os.PathLike) -> list[str]:
     try:
         delta = load_file(str(path))
     except (SafetensorsError, OSError, Exception) as e:
-        raise MidblockError(f"cannot read delta {path}: {str(e).splitlines()[0][:150]}", hint="is the file truncated?") from e
+        raise MidblockError(
+            f"cannot read delta {path}: {str(e).splitlines()[0][:150]}", hint="is the file truncated?"
+        ) from e
     params = dict(model.named_parameters())
     unknown = [k for k in delta if k not in params]
     if unknown:
@@ -310,8 +314,14 @@ def apply_delta(model, path: str | os.PathLike) -> list[str]:
 def _dtype(name: str):
     import torch
 
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
+    table = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if name not in table:
         raise MidblockError(f"unknown dtype '{name}'", hint="use fp32, bf16 or fp16")
     return table[name]

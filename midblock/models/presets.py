@@ -11,43 +11,124 @@ from typing import Any
 
 from midblock.errors import MidblockError
 
-# A tiny model (~1.3M parameters): 6 blocks (enough for 5 segments), d=128, 4 heads. Vocabulary fits the byte-level tokenizer (256 bytes + specials).
-_TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=6, num_attention_heads=4,
-             max_position_embeddings=512, vocab_size=272, bos_token_id=256, eos_token_id=256, pad_token_id=256)
+# A tiny model (~1.3M parameters): 6 blocks (enough for 5 segments), d=128, 4 heads.
+# The vocabulary fits the byte-level tokenizer (256 bytes + specials).
+_TINY = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+    vocab_size=272,
+    bos_token_id=256,
+    eos_token_id=256,
+    pad_token_id=256,
+)
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-tiny": ("llama", dict(_TINY, num_key_value_heads=2, tie_word_embeddings=False)),
     "olmo2-tiny": ("olmo2", dict(_TINY, num_key_value_heads=4)),
     "qwen2-tiny": ("qwen2", dict(_TINY, num_key_value_heads=2)),
     "mistral-tiny": ("mistral", dict(_TINY, num_key_value_heads=2, sliding_window=None)),
-    "gemma3-tiny": ("gemma3_text", dict(_TINY, num_key_value_heads=2, head_dim=32, sliding_window=64,
-                                         layer_types=["sliding_attention"] * 5 + ["full_attention"])),
+    "gemma3-tiny": (
+        "gemma3_text",
+        dict(
+            _TINY,
+            num_key_value_heads=2,
+            head_dim=32,
+            sliding_window=64,
+            layer_types=["sliding_attention"] * 5 + ["full_attention"],
+        ),
+    ),
     "phi3-tiny": ("phi3", dict(_TINY, num_key_value_heads=4)),
-    "gpt2-tiny": ("gpt2", dict(n_embd=128, n_inner=384, n_layer=6, n_head=4, n_positions=512, vocab_size=272,
-                               bos_token_id=256, eos_token_id=256, pad_token_id=256)),
+    "gpt2-tiny": (
+        "gpt2",
+        dict(
+            n_embd=128,
+            n_inner=384,
+            n_layer=6,
+            n_head=4,
+            n_positions=512,
+            vocab_size=272,
+            bos_token_id=256,
+            eos_token_id=256,
+            pad_token_id=256,
+        ),
+    ),
     "gptneox-tiny": ("gpt_neox", dict(_TINY, rotary_pct=0.25)),
     # 8 blocks: enough depth for bands and segments in tests.
     "llama-8l": ("llama", dict(_TINY, num_hidden_layers=8, num_key_value_heads=2)),
     # ~35M parameters at a realistic width: CPU benchmarks and end-to-end tests.
-    "llama-35m": ("llama", dict(hidden_size=512, intermediate_size=1280, num_hidden_layers=12,
-                                num_attention_heads=8, num_key_value_heads=4, vocab_size=8192,
-                                max_position_embeddings=2048, tie_word_embeddings=True)),
-    "smollm2-shape": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                    max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-                                    tie_word_embeddings=True)),
-    "olmo2-1b": ("olmo2", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                               num_attention_heads=16, num_key_value_heads=16, vocab_size=100352,
-                               max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6,
-                               tie_word_embeddings=False)),
-    "olmo2-7b": ("olmo2", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                               num_attention_heads=32, num_key_value_heads=32, vocab_size=100352,
-                               max_position_embeddings=4096, rope_theta=500000.0, rms_norm_eps=1e-6,
-                               tie_word_embeddings=False)),
+    "llama-35m": (
+        "llama",
+        dict(
+            hidden_size=512,
+            intermediate_size=1280,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            vocab_size=8192,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "smollm2-shape": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "olmo2-1b": (
+        "olmo2",
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            vocab_size=100352,
+            max_position_embeddings=4096,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+    ),
+    "olmo2-7b": (
+        "olmo2",
+        dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=100352,
+            max_position_embeddings=4096,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 
-TINY_PRESETS = ["llama-tiny", "olmo2-tiny", "qwen2-tiny", "mistral-tiny", "gemma3-tiny", "phi3-tiny",
-                "gpt2-tiny", "gptneox-tiny"]
+TINY_PRESETS = [
+    "llama-tiny",
+    "olmo2-tiny",
+    "qwen2-tiny",
+    "mistral-tiny",
+    "gemma3-tiny",
+    "phi3-tiny",
+    "gpt2-tiny",
+    "gptneox-tiny",
+]
 
 
 def preset_config(name: str):

@@ -18,8 +18,10 @@ def load_config(spec: str):
         return AutoConfig.from_pretrained(resolve_base_dir(ms))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise MidblockError(f"cannot read the configuration of '{spec}': {first}",
-                            hint="check the name, or pass a local model directory") from e
+        raise MidblockError(
+            f"cannot read the configuration of '{spec}': {first}",
+            hint="check the name, or pass a local model directory",
+        ) from e
 
 
 def load_skeleton(spec: str):

@@ -1,0 +1,1 @@
+"""Reporting: plots and the self-contained HTML report a person reads."""
