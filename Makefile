@@ -25,12 +25,12 @@ demo: venv
 	$(OFFLINE) $(GSM8K_ENV) $(BIN)/midblock demo --out runs/demo
 
 test: venv
-	$(BIN)/ruff check midblock tests bench
+	$(BIN)/ruff check .
 	$(OFFLINE) $(GSM8K_ENV) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check midblock tests bench
-	$(BIN)/ruff format --check midblock tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
