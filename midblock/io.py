@@ -228,7 +228,7 @@ class RunDir:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    pid = int(lock.read_text().strip() or "0")
+                    pid = int((lock.read_text().split() or ["0"])[0])
                 except (OSError, ValueError):
                     pid = 0
                 if pid and pid != os.getpid() and _pid_alive(pid) and _same_host_lock(lock):

@@ -48,7 +48,9 @@ def test_delta_spec_overwrites_only_its_tensors(tmp_path):
     base, _ = load_model("random:llama-tiny", seed=0)
     other, _ = load_model("random:llama-tiny", seed=1)
     keys = [k for k in dict(other.named_parameters()) if k.startswith("model.layers.2.")]
-    save_file({k: dict(other.named_parameters())[k].detach().contiguous() for k in keys}, tmp_path / "delta.safetensors")
+    save_file(
+        {k: dict(other.named_parameters())[k].detach().contiguous() for k in keys}, tmp_path / "delta.safetensors"
+    )
     model, _ = load_model(f"random:llama-tiny+{tmp_path / 'delta.safetensors'}")
     p, pb, po = dict(model.named_parameters()), dict(base.named_parameters()), dict(other.named_parameters())
     for k in p:
@@ -86,5 +88,5 @@ def test_embedded_model_converts_loads_and_generates():
     assert tok.chat_template
     ids = tok("Question: What is 2 plus 3?\nAnswer:", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "5" in text  # the instruct model answers this one; a broken conversion produces noise

@@ -5,8 +5,10 @@ from midblock.models import get_layout, load_model
 from midblock.models.presets import PRESETS, TINY_PRESETS, preset_config
 
 EXPECTED_GROUPS = {
-    "llama-tiny": (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
-                   ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]),
+    "llama-tiny": (
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+    ),
     "gpt2-tiny": (["attn.c_attn", "attn.c_proj"], ["mlp.c_fc", "mlp.c_proj"]),
     "gptneox-tiny": (["attention.query_key_value", "attention.dense"], ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"]),
     "phi3-tiny": (["self_attn.o_proj", "self_attn.qkv_proj"], ["mlp.gate_up_proj", "mlp.down_proj"]),
