@@ -48,7 +48,7 @@ def table_html(rows: list[dict], columns: list[str] | None = None, floatfmt: str
 
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def add_section(run_dir: str | Path, section: Section, render: bool = True) -> Path:
@@ -81,7 +81,7 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 figure{display:inline-block;margin:.5em;max-width:100%}img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.8em;color:#666;text-align:center}.note{background:#fff8e1;padding:.6em 1em;
 border-left:4px solid #f0b400}code,pre{background:#f6f6f6;padding:.1em .3em}pre{padding:.6em;overflow:auto}
-nav a{margin-right:1em}
+nav a{margin-right:1em}.tablewrap{overflow-x:auto;max-width:100%}
 """
 
 

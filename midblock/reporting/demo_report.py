@@ -1,0 +1,361 @@
+"""The demo's comparison table, figures and report sections (one self-contained ``report.html``)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from midblock.io import read_jsonl_tolerant, write_csv, write_text
+from midblock.reporting.report import Section, add_section, esc, table_html
+
+PRIMARY = "original"  # the zero-shot `#### N` extractor the demo scores with (protocol "original")
+
+
+def _correct(summary: dict[str, Any], extractor: str = PRIMARY) -> dict[int, int]:
+    return {r["index"]: int(bool(r["scores"][extractor]["correct"])) for r in summary["items"]}
+
+
+def build_comparison(evals: dict[str, list[dict]], arms: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    """One row per system: accuracy with Wilson interval (mean over seeds), paired difference vs the
+    all-block LoRA baseline with a paired bootstrap interval, budgets, speed, memory, forgetting."""
+    from midblock.evaluation.stats import mean_ci, paired_bootstrap, wilson_interval
+
+    base_ppl = evals["base"][0]["forgetting"]["ppl"]
+    baseline = {e["seed_index"]: _correct(e) for e in _with_seed_index(evals.get("lora", []))}
+    rows = []
+    for system, runs in evals.items():
+        accs, diffs = [], []
+        k_tot = n_tot = 0
+        for e in _with_seed_index(runs):
+            c = _correct(e)
+            k, n = sum(c.values()), len(c)
+            k_tot, n_tot = k_tot + k, n_tot + n
+            accs.append(k / n)
+            if system != "lora" and e["seed_index"] in baseline:
+                b = baseline[e["seed_index"]]
+                idx = sorted(set(c) & set(b))
+                diffs.append(paired_bootstrap([c[i] for i in idx], [b[i] for i in idx], seed=e["seed_index"]))
+        lo, hi = wilson_interval(k_tot, n_tot)
+        row: dict[str, Any] = {
+            "system": system,
+            "seeds": len(runs),
+            "n_items": n_tot // max(1, len(runs)),
+            "accuracy": sum(accs) / len(accs),
+            "ci_low": lo,
+            "ci_high": hi,
+            "seed_accuracies": " ".join(f"{a:.3f}" for a in accs),
+            "ppl_general": sum(e["forgetting"]["ppl"] for e in runs) / len(runs),
+        }
+        row["ppl_change_pct"] = 100 * (row["ppl_general"] / base_ppl - 1)
+        if len(accs) > 1:
+            m = mean_ci(accs)
+            row["seed_mean_ci"] = f"[{m['lo']:.3f}, {m['hi']:.3f}]"
+        if diffs:
+            d = diffs[0] if len(diffs) == 1 else _pool(diffs)
+            row["diff_vs_lora"] = d["diff"]
+            row["diff_ci"] = f"[{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        train_runs = arms.get(system)
+        if train_runs:
+            t = train_runs[0]
+            row.update(
+                blocks_trained=t.get("backward_depth"),
+                trainable_params=t["trainable_params"],
+                rank_units=t["rank_units"],
+                alpha_over_r=t["scaling"],
+                step_s=_mean(r["median_step_s"] for r in train_runs),
+                peak_mem_gib=max(r["peak_mem_bytes"] for r in train_runs) / 2**30,
+                final_loss=_mean(r["final_loss"] for r in train_runs),
+                train_wall_s=sum(r["wall_s"] for r in train_runs),
+            )
+        rows.append(row)
+    return rows
+
+
+def _with_seed_index(runs: list[dict]) -> list[dict]:
+    return [dict(r, seed_index=i) for i, r in enumerate(runs)]
+
+
+def _pool(diffs: list[dict]) -> dict[str, float]:
+    # Across seeds: mean of differences, and the mean of the per-seed interval ends (conservative).
+    return {k: sum(d[k] for d in diffs) / len(diffs) for k in ("diff", "lo", "hi")}
+
+
+def _mean(vals) -> float | None:
+    v = [x for x in vals if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(rows: list[dict], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    xs = range(len(rows))
+    acc = [r["accuracy"] for r in rows]
+    err = [[a - r["ci_low"] for a, r in zip(acc, rows)], [r["ci_high"] - a for a, r in zip(acc, rows)]]
+    ax.bar(xs, acc, color=["#999999", "#4477aa", "#ee6677"][: len(rows)], yerr=err, capsize=6)
+    ax.set_xticks(list(xs), [r["system"] for r in rows])
+    ax.set_ylabel("accuracy (95% Wilson interval)")
+    ax.set_ylim(0, max(0.05, max(r["ci_high"] for r in rows) * 1.15))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_losses(arms: dict[str, list[dict]], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for arm, color in zip(arms, ["#4477aa", "#ee6677", "#228833"]):
+        for i, r in enumerate(arms[arm]):
+            log = [x for x in read_jsonl_tolerant(Path(r["run_dir"]) / "train_log.jsonl") if "loss" in x]
+            ax.plot(
+                [x["step"] for x in log],
+                [x["loss"] for x in log],
+                color=color,
+                alpha=1.0 if i == 0 else 0.4,
+                label=arm if i == 0 else None,
+            )
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (completion tokens)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_change_profile(metrics_csv: Path, bands: dict[str, list[int]], num_layers: int, path: Path) -> bool:
+    """1 - CKA (base vs tuned) per layer, with each arm's trained blocks shaded."""
+    if not metrics_csv.exists():
+        return False
+    series: dict[str, list[tuple[float, float]]] = {}
+    with open(metrics_csv) as f:
+        for r in csv.DictReader(f):
+            if r["metric"] == "cka" and r["variant"] != "base":
+                series.setdefault(r["variant"], []).append((float(r["depth"]), 1 - float(r["value"])))
+    if not series:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    colors = ["#4477aa", "#ee6677", "#228833", "#ccbb44"]
+    for (name, pts), color in zip(sorted(series.items()), colors):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=color, label=name)
+    for (arm, idx), color in zip(bands.items(), ["#4477aa", "#ee6677"]):
+        if idx and len(idx) < num_layers:
+            # layer index l = output of block l-1: block i spans depth (i, i+1] / L
+            ax.axvspan(
+                idx[0] / num_layers,
+                (idx[-1] + 1) / num_layers,
+                color=color,
+                alpha=0.12,
+                label=f"{arm}: blocks {idx[0]}-{idx[-1]}",
+            )
+    ax.set_xlabel("relative depth (layer index / L)")
+    ax.set_ylabel("1 - CKA(base, tuned)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- report
+
+
+def format_table(rows: list[dict]) -> str:
+    """The terminal summary table."""
+    cols = [
+        ("system", "{}"),
+        ("accuracy", "{:.3f}"),
+        ("ci_low", "{:.3f}"),
+        ("ci_high", "{:.3f}"),
+        ("diff_vs_lora", "{:+.3f}"),
+        ("diff_ci", "{}"),
+        ("trainable_params", "{:,}"),
+        ("rank_units", "{}"),
+        ("alpha_over_r", "{:.2f}"),
+        ("step_s", "{:.2f}"),
+        ("peak_mem_gib", "{:.2f}"),
+        ("ppl_change_pct", "{:+.1f}"),
+    ]
+    head = [c for c, _ in cols]
+    body = []
+    for r in rows:
+        body.append([("" if r.get(c) is None else f.format(r[c])) for c, f in cols])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(b) for b in body)])
+
+
+def verdict(rows: list[dict]) -> str:
+    """What the numbers do and do not support, in plain words."""
+    by = {r["system"]: r for r in rows}
+    out = []
+    mid, lora = by.get("midblock"), by.get("lora")
+    if mid and lora and "diff_ci" in mid:
+        lo, hi = (float(x) for x in mid["diff_ci"].strip("[]").split(","))
+        d = mid["diff_vs_lora"]
+        if lo <= 0 <= hi:
+            out.append(
+                f"Mid-block minus all-block LoRA: {d:+.3f} accuracy, paired 95% interval [{lo:+.3f}, {hi:+.3f}]. "
+                "The interval contains 0: this run does not show a difference in accuracy between the arms."
+            )
+        else:
+            better = "better" if d > 0 else "worse"
+            out.append(
+                f"Mid-block LoRA scored {better} than all-block LoRA by {abs(d):.3f} (paired 95% interval "
+                f"[{lo:+.3f}, {hi:+.3f}], excluding 0) on these items, at matched rank units and alpha/r."
+            )
+        if mid.get("step_s") and lora.get("step_s"):
+            out.append(
+                f"A mid-block training step took {mid['step_s'] / lora['step_s']:.2f}x the time of an "
+                f"all-block step, at {mid['peak_mem_gib'] / lora['peak_mem_gib']:.2f}x the peak memory "
+                "(process peak RSS on a CPU includes the model and the evaluation-free training loop)."
+            )
+    if mid and lora:
+        out.append(
+            f"Perplexity on general text changed by {lora['ppl_change_pct']:+.1f}% (all-block) and "
+            f"{mid['ppl_change_pct']:+.1f}% (mid-block) against the base: the forgetting check."
+        )
+    base = by.get("base")
+    if base and base["ci_high"] < 0.1:
+        out.append(
+            "The base model rarely produces the `#### N` answer format zero-shot, so its low score measures "
+            "format as much as arithmetic."
+        )
+    n = max((r["n_items"] for r in rows), default=0)
+    out.append(
+        f"With {n} items, a 95% interval on one accuracy is about +/-{100 * 1.96 * math.sqrt(0.25 / max(n, 1)):.0f} "
+        "points at 50%: small differences are not evidence. Use `--profile full` (more items, three seeds)."
+    )
+    return " ".join(out)
+
+
+def write_demo_report(
+    out: Path, config, summary: dict[str, Any], arms: dict[str, list[dict]], evals: dict[str, list[dict]]
+) -> Path:
+    rows = summary["comparison"]
+    figs = out / "figures"
+    figs.mkdir(exist_ok=True)
+    write_csv(out / "comparison.csv", rows)
+    plot_accuracy(rows, figs / "accuracy.png")
+    plot_losses(arms, figs / "training_loss.png")
+    prov = summary["provenance"]
+    L = _num_layers(config.model)
+    bands = {}
+    for arm in arms:
+        idx = arms[arm][0].get("band_indices") or _band_from_manifest(Path(arms[arm][0]["run_dir"]))
+        bands[arm] = idx or []
+    has_profile = plot_change_profile(out / "analysis" / "metrics.csv", bands, L, figs / "change_profile.png")
+    md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md += ["| " + " | ".join(_cell(v) for v in r.values()) + " |" for r in rows]
+    write_text(out / "comparison.md", "\n".join(md) + "\n")
+
+    s = summary["settings"]
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items())
+    what = (
+        f"<p>Model <code>{esc(config.model)}</code>, task <code>{esc(config.task)}</code>, profile "
+        f"<code>{esc(config.profile)}</code>. Two arms trained from the same base with the same data order, "
+        f"seed(s) {esc(', '.join(map(str, s['seeds'])))}, {s['steps']} optimizer steps of {s['batch_size']} examples, "
+        f"learning rate {s['lr']}, completion-only loss: <b>lora</b> = LoRA r{s['rank']} on the attention projections "
+        f"of every block; <b>midblock</b> = LoRA on the band <code>{esc(config.band)}</code> only, its rank raised "
+        "so the rank units match, alpha/r equal. Evaluation: zero-shot <code>Question: ...\\nAnswer:</code>, greedy, "
+        f"up to {s['max_new_tokens']} new tokens, harness stop strings, scored by the first <code>#### N</code> "
+        f"(protocol <code>original</code>) on {s['eval_items']} held-out problems; forgetting = perplexity on "
+        f"{s['ppl_texts']} sentences of general text bundled with midblock.</p>"
+        f"<p>Wall time {summary['wall_s']:.0f} s ({esc(timings)})."
+        f" Versions: {esc(', '.join(f'{k} {v}' for k, v in prov['versions'].items()))}. Hardware: "
+        f"{esc(prov['hardware'].get('cpu_count'))} CPUs, {esc(prov['hardware'].get('platform'))}.</p>"
+    )
+    add_section(out, Section("run", "What was run", what, order=10), render=False)
+    cols = [
+        "system",
+        "accuracy",
+        "ci_low",
+        "ci_high",
+        "diff_vs_lora",
+        "diff_ci",
+        "seed_accuracies",
+        "trainable_params",
+        "rank_units",
+        "alpha_over_r",
+        "step_s",
+        "peak_mem_gib",
+        "final_loss",
+        "ppl_general",
+        "ppl_change_pct",
+    ]
+    add_section(
+        out,
+        Section(
+            "comparison",
+            "Comparison",
+            table_html(rows, cols, floatfmt="{:.3f}") + f'<p class="note">{esc(verdict(rows))}</p>',
+            ["figures/accuracy.png"],
+            order=20,
+        ),
+        render=False,
+    )
+    rec = summary.get("recommended_band") or {}
+    rec_html = (
+        f"<p>From the base model alone (gradient norms on the tuning data, similarity of consecutive layers) "
+        f"the analysis recommends the band <code>{esc(rec.get('spec'))}</code> "
+        f"(blocks {esc(rec.get('indices'))}). Rule: {esc(rec.get('rule', ''))}</p>"
+        '<p>Details: <a href="analysis-base/report.html">base analysis</a>, '
+        '<a href="analysis/report.html">base vs tuned analysis</a>.</p>'
+    )
+    images = ["figures/change_profile.png"] if has_profile else []
+    images += [
+        f"analysis/{p.relative_to(out / 'analysis')}" for p in sorted((out / "analysis" / "plots").glob("*.png"))
+    ]
+    add_section(out, Section("layers", "Where fine-tuning changed the model", rec_html, images, order=30), render=False)
+    add_section(
+        out,
+        Section(
+            "loss",
+            "Training loss",
+            "<p>Loss on completion tokens per optimizer step.</p>",
+            ["figures/training_loss.png"],
+            order=40,
+        ),
+    )
+    from midblock.reporting.report import render_report
+
+    return render_report(out, title=f"midblock demo: {config.model} on {config.task}")
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _num_layers(spec: str) -> int:
+    from midblock.models.introspect import get_layout
+    from midblock.models.skeleton import load_skeleton
+
+    return get_layout(load_skeleton(spec)).num_layers
+
+
+def _band_from_manifest(run_dir: Path) -> list[int] | None:
+    import json
+
+    p = run_dir / "midblock_run.json"
+    if p.exists():
+        m = json.loads(p.read_text())
+        for key in ("band_indices", "blocks", "band"):
+            if isinstance(m.get(key), list):
+                return m[key]
+    return None
