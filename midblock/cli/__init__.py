@@ -14,7 +14,19 @@ import sys
 from midblock.errors import MidblockError
 
 # Subcommand modules under midblock.cli; each defines register(subparsers).
-COMMANDS = ["layers", "train", "merge", "eval", "compare", "analyze", "swap", "demo"]
+COMMANDS = [
+    "layers",
+    "train",
+    "merge",
+    "eval",
+    "compare",
+    "analyze",
+    "swap",
+    "interpolate",
+    "earlyexit",
+    "correlate",
+    "demo",
+]
 
 
 class _Parser(argparse.ArgumentParser):

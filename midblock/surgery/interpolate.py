@@ -1,0 +1,91 @@
+"""Segment-wise weight interpolation ("layer-adaptive merging").
+
+With K = len(weights) segments (the paper's floor rule, ``segment_bounds``), every parameter of a block
+in segment k becomes ``(1 - a_k) * base + a_k * variant``; ``0,1,1,1,0`` is the paper's mid-block merge.
+Embeddings, the final norm and the LM head stay the base's (only blocks are interpolated). The model is
+patched in place and restored (``Patch``); ``save_interpolation`` writes one choice as a standard
+Hugging Face model directory, atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from torch import nn
+
+from midblock.errors import MidblockError
+from midblock.layers import format_indices, segment_bounds
+from midblock.models.introspect import get_layout
+from midblock.surgery.sources import TensorSource
+from midblock.surgery.swap import Configuration, Patch, block_param_names
+
+
+def parse_weights(text: str, extrapolate: bool = False) -> list[float]:
+    """``'0,1,1,1,0'`` -> [0.0, 1.0, 1.0, 1.0, 0.0]; outside [0, 1] only with ``extrapolate``."""
+    try:
+        out = [float(x) for x in str(text).split(",")]
+    except ValueError:
+        raise MidblockError(
+            f"cannot parse weights '{text}'", hint="use comma-separated numbers, e.g. 0,1,1,1,0"
+        ) from None
+    if not out or any(not math.isfinite(a) for a in out):
+        raise MidblockError(f"weights '{text}' must be finite numbers", hint="e.g. 0,1,1,1,0")
+    if not extrapolate and any(not 0.0 <= a <= 1.0 for a in out):
+        raise MidblockError(f"weights '{text}' leave [0, 1]", hint="pass --extrapolate to allow that")
+    return out
+
+
+def weights_name(weights: list[float]) -> str:
+    return "a=" + ",".join(f"{a:g}" for a in weights)
+
+
+def interpolation_configuration(model: nn.Module, weights: list[float]) -> Configuration:
+    """One configuration: the blocks of segment k mixed with weight ``weights[k]``."""
+    layout = get_layout(model)
+    L = layout.num_layers
+    bounds = segment_bounds(L, len(weights))  # raises for more segments than blocks
+    per_param: dict[str, float] = {}
+    for (lo, hi), a in zip(bounds, weights):
+        for n in block_param_names(model, range(lo, hi), layout):
+            per_param[n] = float(a)
+    info = {
+        "kind": "interpolation",
+        "weights": ",".join(f"{a:g}" for a in weights),
+        "segments": len(weights),
+        "segment_blocks": ";".join(format_indices(list(range(lo, hi))) for lo, hi in bounds),
+    }
+    return Configuration(weights_name(weights), per_param, info)
+
+
+def block_weights(model: nn.Module, weights: list[float]) -> list[float]:
+    """The weight each block receives (for plots with depth on the x axis)."""
+    L = get_layout(model).num_layers
+    out = [0.0] * L
+    for (lo, hi), a in zip(segment_bounds(L, len(weights)), weights):
+        out[lo:hi] = [float(a)] * (hi - lo)
+    return out
+
+
+def save_interpolation(
+    model: nn.Module,
+    tokenizer,
+    source: TensorSource,
+    weights: list[float],
+    out_dir: str | Path,
+    extrapolate: bool = False,
+) -> Path:
+    """Write the interpolated model as a standard HF directory (atomic); the in-memory model is restored."""
+    from midblock.io import atomic_path, write_json
+
+    config = interpolation_configuration(model, weights)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MidblockError(f"--save {out_dir} is a file", hint="choose a directory path")
+    with Patch(model, source, config.weights, extrapolate=extrapolate):
+        with atomic_path(out_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            write_json(Path(tmp) / "midblock_interpolation.json", {"weights": weights, "source": source.description})
+    return out_dir

@@ -1,0 +1,191 @@
+"""``run_early_exit`` and ``run_correlate``: validated, resumable runs with CSV, JSON, PNG and a report section.
+
+Early exit loads one model at a time (base, then variant); each finished model is a configuration in
+``early_exit_results.jsonl`` (its per-layer rows) plus its top-1 ids in a safetensors file, so a rerun
+skips it and the base-vs-variant top-1 agreement can still be computed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midblock.errors import MidblockError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EarlyExitConfig:
+    """Early exit / logit lens of base and variant on one task's texts."""
+
+    base: str = field(metadata={"help": "the base model spec"})
+    variant: str = field(metadata={"help": "the tuned model spec"})
+    out: str = field(metadata={"help": "output (run) directory"})
+    task: str | None = field(default=None, metadata={"help": "gsm8k, arith or jsonl (default: from --data)"})
+    data: str | None = field(default=None, metadata={"help": "data file or directory"})
+    split: str = field(default="test", metadata={"help": "which split's examples"})
+    samples: int = field(default=50, metadata={"help": "number of examples"})
+    batch_size: int = field(default=8, metadata={"help": "examples per forward pass"})
+    max_length: int = field(default=256, metadata={"help": "tokens per text (longer texts are cut)"})
+    seed: int = field(default=0, metadata={"help": "seed of a random: base"})
+    variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise MidblockError(f"--samples must be >= 1, got {self.samples}")
+        if self.batch_size < 1:
+            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise MidblockError(f"--max-length must be >= 2, got {self.max_length}")
+        if self.variant_seed is None:
+            self.variant_seed = self.seed + 1
+
+
+def _measure_model(cfg: EarlyExitConfig, which: str, examples, out: Path) -> dict[str, Any]:
+    import torch
+
+    from midblock.io import atomic_path
+    from midblock.models import load_model
+    from midblock.surgery.earlyexit import early_exit, gold_probe
+
+    spec, seed = (cfg.base, cfg.seed) if which == "base" else (cfg.variant, cfg.variant_seed)
+    model, tok = load_model(spec, seed=seed, merge=True)
+    if which == "variant":
+        # Both models must read identical token ids: the base's tokenizer is used for both.
+        from midblock.models.loading import load_tokenizer
+
+        tok = load_tokenizer(cfg.base)
+    res = early_exit(model, tok, [e.text for e in examples], cfg.batch_size, cfg.max_length)
+    probed = [e for e in examples if e.answer not in (None, "")]
+    probs = gold_probe(model, tok, [e.prompt for e in probed], [str(e.answer) for e in probed], cfg.batch_size)
+    rows = res.rows(which)
+    for l, r in enumerate(rows):
+        r["gold_prob"] = float(probs[:, l].mean()) if len(probed) else None
+        r["n_probe"] = len(probed)
+    from safetensors.torch import save_file
+
+    with atomic_path(out / f"early_exit_top1_{which}.safetensors") as tmp:
+        save_file({f"layer{l}": t.contiguous() for l, t in enumerate(res.top1)}, str(tmp))
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"config": which, "rows": rows}
+
+
+def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
+    """Per layer, for base and variant: next-token loss, top-1 accuracy, gold-token probability; agreement."""
+    from midblock.data import load_examples, resolve_task
+    from midblock.io import RunDir, append_jsonl, fresh_output_dir, read_json, read_jsonl_tolerant, write_json
+    from midblock.surgery.runs import rewrite_if_torn, validate_pair
+
+    validate_pair(cfg.base, cfg.variant)
+    task = resolve_task(cfg.task, cfg.data)
+    examples = load_examples(task, cfg.split, cfg.data, limit=cfg.samples)
+    if not examples:
+        raise MidblockError(f"no {task} examples in split {cfg.split}", hint="check --data / --split")
+    out = fresh_output_dir(cfg.out)
+    fingerprint = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    cfg_file = out / "early_exit_config.json"
+    if cfg_file.exists() and read_json(cfg_file).get("fingerprint") != fingerprint:
+        raise MidblockError(f"{out} holds a different early-exit run", hint="choose another --out")
+    results = out / "early_exit_results.jsonl"
+    with RunDir(out):
+        write_json(cfg_file, {"fingerprint": fingerprint})
+        done = {r["config"]: r for r in read_jsonl_tolerant(results)}
+        rewrite_if_torn(results, list(done.values()))
+        for which in ("base", "variant"):
+            if which not in done or not (out / f"early_exit_top1_{which}.safetensors").exists():
+                done[which] = _measure_model(cfg, which, examples, out)
+                append_jsonl(results, done[which])
+        rows = done["base"]["rows"] + done["variant"]["rows"]
+        agree = _agreement(out)
+        for r in done["variant"]["rows"]:
+            r["top1_agreement"] = agree[r["layer"]]
+        _write(cfg, rows, out, len(examples))
+    return rows
+
+
+def _agreement(out: Path) -> list[float]:
+    from safetensors.torch import load_file
+
+    from midblock.surgery.earlyexit import EarlyExitResult, top1_agreement
+
+    def load(which: str) -> EarlyExitResult:
+        d = load_file(str(out / f"early_exit_top1_{which}.safetensors"))
+        return EarlyExitResult([], 0, [], [d[f"layer{l}"] for l in range(len(d))])
+
+    return top1_agreement(load("base"), load("variant"))
+
+
+def _write(cfg: EarlyExitConfig, rows: list[dict[str, Any]], out: Path, n_examples: int) -> None:
+    from midblock.io import provenance, write_csv, write_json
+    from midblock.reporting.report import Section, add_section, esc, table_html
+    from midblock.surgery.plots import plot_depth
+
+    cols = ["model", "layer", "depth", "loss", "top1", "gold_prob", "top1_agreement", "n_tokens", "n_probe"]
+    write_csv(out / "early_exit.csv", rows, cols)
+    write_json(out / "early_exit.json", {"provenance": provenance(asdict(cfg), cfg.seed), "rows": rows})
+    images = []
+    if plot_depth(
+        rows,
+        ["loss", "top1", "gold_prob", "top1_agreement"],
+        out / "early_exit.png",
+        f"early exit: {cfg.variant} vs {cfg.base}",
+    ):
+        images.append("early_exit.png")
+    body = (
+        f"<p>{n_examples} examples; layer 0 = embedding output, layer l = block l-1 output before the final norm; "
+        "each state is normed once and decoded by the LM head (the last layer equals the model's logits). "
+        "<code>gold_prob</code>: probability of the gold answer's first token at the answer position, from a "
+        "prompt without the answer. <code>top1_agreement</code>: fraction of positions where base and variant "
+        f"exits predict the same token. Base <code>{esc(cfg.base)}</code>, variant "
+        f"<code>{esc(cfg.variant)}</code>.</p>" + table_html(rows, cols)
+    )
+    add_section(out, Section("early_exit", "Early exit (logit lens) per layer", body, images, order=62))
+
+
+# --------------------------------------------------------------------------- correlation
+
+
+def run_correlate(run_dirs: list[str], out: str, min_rows: int = 3) -> dict[str, Any]:
+    """Pearson and Spearman matrices of the runs' metrics, clustered heat maps, CSV, JSON, report section."""
+    from midblock.io import fresh_output_dir, provenance, write_csv, write_json
+    from midblock.reporting.report import Section, add_section, esc
+    from midblock.surgery.correlate import cluster_order, correlation_matrix, matrix_rows, pivot, read_metrics
+    from midblock.surgery.plots import plot_heatmap
+
+    rows = read_metrics(run_dirs)
+    keys, names, X = pivot(rows)
+    if len(names) < 2:
+        raise MidblockError(f"the runs hold {len(names)} metric(s); a correlation needs at least two")
+    if len(keys) < min_rows:
+        raise MidblockError(f"only {len(keys)} (variant, dataset, layer) rows; need at least {min_rows}")
+    out_p = fresh_output_dir(out)
+    mats = {m: correlation_matrix(X, m, min_rows) for m in ("pearson", "spearman")}
+    order = cluster_order(mats["pearson"][0])
+    ordered = [names[i] for i in order]
+    images = []
+    for m, (R, _) in mats.items():
+        write_csv(out_p / f"correlation_{m}.csv", matrix_rows(names, R, order), ["metric", *ordered])
+        plot_heatmap(ordered, R[order][:, order], out_p / f"correlation_{m}.png", f"{m} correlation of metrics")
+        images.append(f"correlation_{m}.png")
+    result = {
+        "provenance": provenance({"runs": [str(r) for r in run_dirs], "min_rows": min_rows}, None),
+        "metrics": names,
+        "order": ordered,
+        "n_rows": len(keys),
+        "pearson": mats["pearson"][0],
+        "spearman": mats["spearman"][0],
+        "pairwise_n": mats["pearson"][1],
+    }
+    write_json(out_p / "correlation.json", result)
+    body = (
+        f"<p>{len(names)} metrics over {len(keys)} (run, variant, dataset, layer) rows of "
+        f"{', '.join(esc(r) for r in run_dirs)}; pairwise-complete rows, NaN below {min_rows}. Metrics are ordered "
+        "by average-linkage clustering on 1 - |Pearson r|.</p>"
+    )
+    add_section(out_p, Section("correlation", "Metric correlation", body, images, order=63))
+    return result

@@ -1,0 +1,289 @@
+"""``run_swap`` and ``run_interpolate``: validated, resumable grids written as CSV, JSON, PNG and a report section.
+
+Order of work: every input is checked first on configurations and meta-device skeletons (specs, shapes,
+segments, bands, weights, corpus, test items, output directory), so a mistake costs no model load and
+leaves nothing behind. Then the recipient model is loaded once, the donor opened as a tensor source, and
+each configuration not yet in ``<kind>_results.jsonl`` is patched in, measured and restored. The pure
+base and pure variant are measured as reference rows of the same grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midblock.errors import MidblockError
+from midblock.surgery.swap import DIRECTIONS, Configuration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SurgeryConfig:
+    """What both grids share: the two models, how to measure, where to write."""
+
+    base: str = field(metadata={"help": "the base model spec"})
+    variant: str = field(metadata={"help": "the tuned model: HF dir, run dir, BASE+ADAPTER, random:<preset>..."})
+    out: str = field(metadata={"help": "output (run) directory; report.html gets a section"})
+    task: str | None = field(default=None, metadata={"help": "arith or gsm8k: accuracy with Wilson intervals"})
+    protocol: str = field(default="original", metadata={"help": "evaluation protocol (lm-eval, paper, original)"})
+    limit: int | None = field(default=20, metadata={"help": "test items per configuration"})
+    data: str | None = field(default=None, metadata={"help": "GSM8K directory/file for --task gsm8k"})
+    corpus: str | None = field(default=None, metadata={"help": "text/JSONL corpus for token loss and perplexity"})
+    corpus_limit: int | None = field(default=None, metadata={"help": "use at most this many corpus texts"})
+    batch_size: int = field(default=8, metadata={"help": "batch size of generation and scoring"})
+    max_length: int = field(default=512, metadata={"help": "tokens per corpus text (longer ones are cut)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "override the protocol's token limit"})
+    seed: int = field(default=0, metadata={"help": "seed of a random: base"})
+    variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise MidblockError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.task is not None and self.task not in ("arith", "gsm8k"):
+            raise MidblockError(f"unknown task '{self.task}'", hint="use arith or gsm8k")
+        if self.variant_seed is None:
+            self.variant_seed = self.seed + 1
+
+
+@dataclass
+class SwapConfig(SurgeryConfig):
+    segments: int | None = field(default=None, metadata={"help": "one configuration per segment of K"})
+    bands: list[str] | None = field(default=None, metadata={"help": "one configuration per layer spec"})
+    with_head: bool = field(default=False, metadata={"help": "swap the final norm and LM head too"})
+    direction: str = field(default="into-base", metadata={"help": "into-base or into-variant"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction not in DIRECTIONS:
+            raise MidblockError(f"unknown direction '{self.direction}'", hint="use into-base or into-variant")
+        if (self.segments is None) == (not self.bands):
+            raise MidblockError("give exactly one of --segments K or --bands SPEC [SPEC ...]")
+        if self.segments is not None and self.segments < 1:
+            raise MidblockError(f"--segments must be >= 1, got {self.segments}")
+
+
+@dataclass
+class InterpolateConfig(SurgeryConfig):
+    weights: list[str] = field(
+        default_factory=lambda: ["0,1,1,1,0"], metadata={"help": "a per segment, e.g. 0,1,1,1,0"}
+    )
+    extrapolate: bool = field(default=False, metadata={"help": "allow weights outside [0, 1]"})
+    save: str | None = field(default=None, metadata={"help": "write the first --weights model to this directory"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from midblock.surgery.interpolate import parse_weights
+
+        if not self.weights:
+            raise MidblockError("give at least one --weights list")
+        for w in self.weights:
+            parse_weights(w, self.extrapolate)
+
+
+# --------------------------------------------------------------------------- shared machinery
+
+
+def validate_pair(base: str, variant: str):
+    """Parse and compare both specs from their configurations; returns the base's meta skeleton."""
+    from midblock.models.loading import parse_spec
+    from midblock.models.skeleton import load_config, load_skeleton
+    from midblock.surgery.swap import check_compatible_configs
+
+    parse_spec(base)
+    parse_spec(variant)
+    check_compatible_configs(load_config(base), load_config(variant), base, variant)
+    return load_skeleton(base)
+
+
+def rewrite_if_torn(path: Path, rows: list[dict[str, Any]]) -> None:
+    """A killed run can leave a torn last line: rewrite the file from the good rows so appends start clean."""
+    import json
+
+    from midblock.io import write_text
+
+    if path.exists() and not path.read_text(encoding="utf-8").endswith("\n") and path.stat().st_size:
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _check_resume(out: Path, kind: str, fingerprint: dict[str, Any]) -> None:
+    from midblock.io import read_json
+
+    cfg_file = out / f"{kind}_config.json"
+    if cfg_file.exists() and read_json(cfg_file).get("fingerprint") != fingerprint:
+        raise MidblockError(
+            f"{out} holds a different {kind} run ({cfg_file.name} differs)",
+            hint="choose another --out, or delete its " + f"{kind}_* files to start over",
+        )
+
+
+def _grid(
+    kind: str,
+    cfg: SurgeryConfig,
+    configs: list[Configuration],
+    recipient: str,
+    recipient_seed: int,
+    donor: str,
+    donor_seed: int,
+    measurer,
+    after=None,
+) -> list[dict[str, Any]]:
+    """Load, patch, measure, restore every configuration; returns the rows in grid order."""
+    from midblock.io import RunDir, append_jsonl, fresh_output_dir, read_jsonl_tolerant, write_json
+    from midblock.models import load_model
+    from midblock.surgery.sources import open_source, tied_aliases
+    from midblock.surgery.swap import check_source, run_configurations
+
+    out = fresh_output_dir(cfg.out)
+    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in ("out", "save")}
+    _check_resume(out, kind, fingerprint)
+    results = out / f"{kind}_results.jsonl"
+    with RunDir(out):
+        write_json(out / f"{kind}_config.json", {"fingerprint": fingerprint})
+        done_rows = {r["config"]: r for r in read_jsonl_tolerant(results)}
+        rewrite_if_torn(results, list(done_rows.values()))
+        todo = [c for c in configs if c.name not in done_rows]
+        if done_rows:
+            log.info("resuming: %d of %d configurations already done", len(configs) - len(todo), len(configs))
+        if todo or after is not None:
+            model, tok = load_model(recipient, seed=recipient_seed, merge=True)
+            measurer.tokenizer = tok
+            needed = list(dict.fromkeys(n for c in configs for n in c.weights))
+            source = open_source(donor, needed, tied_aliases(model), seed=donor_seed)
+            check_source(model, source, needed)
+
+            def on_result(row: dict[str, Any]) -> None:
+                append_jsonl(results, row)
+                done_rows[row["config"]] = row
+
+            run_configurations(
+                model, source, todo, measurer, on_result=on_result, extrapolate=getattr(cfg, "extrapolate", False)
+            )
+            if after is not None:
+                after(model, tok, source)
+        rows = [done_rows[c.name] for c in configs]
+        _write_outputs(kind, cfg, rows, measurer.metric_names, out)
+    return rows
+
+
+def _write_outputs(kind: str, cfg: SurgeryConfig, rows: list[dict[str, Any]], metrics: list[str], out: Path) -> None:
+    from midblock.io import provenance, write_csv, write_json
+    from midblock.reporting.report import Section, add_section, esc, table_html
+    from midblock.surgery.plots import plot_configurations
+
+    lead = [
+        "config",
+        "kind",
+        "model",
+        "direction",
+        "blocks",
+        "n_blocks",
+        "segment",
+        "segments",
+        "depth",
+        "with_head",
+        "weights",
+        "segment_blocks",
+    ]
+    present = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(out / f"{kind}.csv", rows, [c for c in lead if c in present] + [c for c in present if c not in lead])
+    write_json(out / f"{kind}.json", {"provenance": provenance(asdict(cfg), cfg.seed), "rows": rows})
+    images = []
+    title = f"{kind}: {cfg.variant} vs {cfg.base}"
+    if plot_configurations(rows, metrics, out / f"{kind}.png", title):
+        images.append(f"{kind}.png")
+    shown = ["config", "kind", "direction", "blocks", "weights", "with_head", "loss", "ppl"]
+    for m in metrics:
+        if m.startswith("acc_"):
+            shown += [m, f"{m}_lo", f"{m}_hi"]
+    shown.append("n_items" if cfg.task else "n_tokens")
+    shown = [c for c in dict.fromkeys(shown) if any(c in r for r in rows)]
+    what = {"swap": "Layer swapping", "interpolate": "Segment-wise weight interpolation"}[kind]
+    body = (
+        f"<p>base <code>{esc(cfg.base)}</code>, variant <code>{esc(cfg.variant)}</code>; "
+        f"task {esc(cfg.task or '-')} ({esc(cfg.protocol)}, {len(rows)} configurations"
+        f"{'' if not cfg.task else f', {esc(cfg.limit)} items'}), corpus {esc(cfg.corpus or '-')}. "
+        "Reference rows: the pure base and the pure variant. Accuracy intervals are Wilson 95%.</p>"
+        + table_html(rows, shown)
+    )
+    add_section(out, Section(kind, what, body, images, order=60 if kind == "swap" else 61))
+
+
+# --------------------------------------------------------------------------- the two commands
+
+
+def run_swap(cfg: SwapConfig) -> list[dict[str, Any]]:
+    """Swap each configuration's blocks between base and variant and measure it (see module docstring)."""
+    from midblock.surgery.measure import build_measurer
+    from midblock.surgery.swap import reference_configurations, swap_configurations
+
+    skeleton = validate_pair(cfg.base, cfg.variant)
+    grid = swap_configurations(skeleton, segments=cfg.segments, bands=cfg.bands, with_head=cfg.with_head)
+    measurer = build_measurer(
+        task=cfg.task,
+        protocol=cfg.protocol,
+        limit=cfg.limit,
+        data=cfg.data,
+        corpus=cfg.corpus,
+        corpus_limit=cfg.corpus_limit,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+    into_base = cfg.direction == "into-base"
+    recipient, donor = ("base", "variant") if into_base else ("variant", "base")
+    refs = reference_configurations(skeleton, recipient, donor)
+    configs = sorted(refs, key=lambda c: c.name != "base") + grid  # base first, then variant, then the grid
+    for c in configs:
+        if c.info.get("kind") == "swap":
+            c.info["direction"] = cfg.direction
+    spec = {"base": (cfg.base, cfg.seed), "variant": (cfg.variant, cfg.variant_seed)}
+    return _grid("swap", cfg, configs, *spec[recipient], *spec[donor], measurer)
+
+
+def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
+    """Measure each per-segment interpolation; optionally save the first one as a model directory."""
+    from midblock.io import fresh_output_dir
+    from midblock.surgery.interpolate import interpolation_configuration, parse_weights, save_interpolation
+    from midblock.surgery.measure import build_measurer
+    from midblock.surgery.swap import reference_configurations
+
+    skeleton = validate_pair(cfg.base, cfg.variant)
+    weights = [parse_weights(w, cfg.extrapolate) for w in cfg.weights]
+    grid = [interpolation_configuration(skeleton, w) for w in weights]
+    if len({c.name for c in grid}) != len(grid):
+        raise MidblockError("the same --weights list is given twice")
+    if cfg.save:
+        fresh_output_dir(cfg.save)
+    measurer = build_measurer(
+        task=cfg.task,
+        protocol=cfg.protocol,
+        limit=cfg.limit,
+        data=cfg.data,
+        corpus=cfg.corpus,
+        corpus_limit=cfg.corpus_limit,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        max_new_tokens=cfg.max_new_tokens,
+    )
+    configs = reference_configurations(skeleton, "base", "variant") + grid
+
+    def save(model, tok, source) -> None:
+        save_interpolation(model, tok, source, weights[0], cfg.save, extrapolate=cfg.extrapolate)
+        log.info("saved %s to %s", grid[0].name, cfg.save)
+
+    return _grid(
+        "interpolate",
+        cfg,
+        configs,
+        cfg.base,
+        cfg.seed,
+        cfg.variant,
+        cfg.variant_seed,
+        measurer,
+        after=save if cfg.save else None,
+    )
