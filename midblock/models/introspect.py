@@ -66,7 +66,9 @@ def _strip_peft(model: nn.Module) -> nn.Module:
     # PeftModel -> LoraModel -> the transformers model; introspection works on the latter.
     inner = model
     for _ in range(3):
-        if type(inner).__name__ in ("PeftModel", "PeftModelForCausalLM") or hasattr(inner, "peft_config"):
+        # Only PEFT's own wrappers: a transformers model wrapped by PEFT also gains a `peft_config`
+        # attribute, and its `base_model` is the headless backbone, which must not be stepped into.
+        if type(inner).__module__.startswith("peft."):
             nxt = getattr(inner, "base_model", None)
             if nxt is None or nxt is inner:
                 break

@@ -270,7 +270,7 @@ CASES = [
         "empty",
     ),
     (
-        "interpolate-wrong-length",
+        "interpolate-more-weights-than-blocks",
         lambda f: [
             "interpolate",
             "--base",
@@ -278,15 +278,13 @@ CASES = [
             "--variant",
             TINY,
             "--weights",
-            "0,1",
-            "--weights",
-            "0,1,1",
+            "0,1,1,1,1,1,1,1",
             "--task",
             "arith",
             "--out",
             _out(f, "i1"),
         ],
-        "weights",
+        "segments",
     ),
     (
         "interpolate-out-of-range",

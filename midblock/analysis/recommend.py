@@ -1,0 +1,124 @@
+"""A recommended tuning band from a per-block change profile (rule and parameters: ``docs/metrics.md``).
+
+Signals are per block (block b's value is read at layer index b + 1). Each signal is divided by its
+maximum over the blocks (so signals of different units weigh the same) and the available signals are
+averaged into one change score c_b in [0, 1]. Then:
+
+1. **Sensitive tail**: the longest run of blocks at the end whose score is >= ``tau`` (of the maximum,
+   which is 1 after normalisation). The paper's finding is that the last blocks change most.
+2. **Head**: the first ``head_frac`` of the blocks, extended over any leading blocks that are also
+   sensitive (score >= ``tau``): the early blocks build general features that tuning should not move.
+3. **Band** = the blocks between the head and the tail. If it holds fewer than ``min_blocks`` blocks, the
+   paper's default ``seg2-4/5`` is returned instead and the evidence says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from midblock.errors import MidblockError
+from midblock.layers import format_indices, resolve_layers
+
+FALLBACK = "seg2-4/5"
+
+
+@dataclass
+class RecommendConfig:
+    """Parameters of the band rule."""
+
+    tau: float = field(default=0.5, metadata={"help": "a block is sensitive when its change score >= tau"})
+    head_frac: float = field(default=0.2, metadata={"help": "fraction of the first blocks always left out"})
+    min_blocks: int = field(default=2, metadata={"help": "smaller bands fall back to seg2-4/5"})
+    noise_floor: float = field(
+        default=1e-9, metadata={"help": "a signal whose largest value is below this carries no change (round-off)"}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise MidblockError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0.0 <= self.head_frac < 1.0:
+            raise MidblockError(f"head_frac must be in [0, 1), got {self.head_frac}")
+        if self.min_blocks < 1:
+            raise MidblockError(f"min_blocks must be >= 1, got {self.min_blocks}")
+
+
+def _normalise(values: list[float], floor: float) -> list[float] | None:
+    clean = [0.0 if (v is None or not math.isfinite(v)) else max(float(v), 0.0) for v in values]
+    top = max(clean) if clean else 0.0
+    # below the floor the "profile" is float round-off (e.g. 1 - CKA of identical models): no information
+    return [v / top for v in clean] if top > floor else None
+
+
+def _score(signals: dict[str, list[float]], L: int, cfg: RecommendConfig) -> tuple[list[float] | None, list, list]:
+    used, skipped = {}, []
+    for name, vals in signals.items():
+        if len(vals) != L:
+            raise ValueError(f"signal {name} has {len(vals)} values for {L} blocks")
+        n = _normalise(vals, cfg.noise_floor)
+        if n is None:
+            skipped.append(name)  # all zero or missing: carries no information about where change is
+        else:
+            used[name] = n
+    if not used:
+        return None, [], skipped
+    return [sum(used[k][b] for k in used) / len(used) for b in range(L)], list(used), skipped
+
+
+def recommend_band(
+    signals: dict[str, list[float]] | dict[str, dict[str, list[float]]],
+    num_blocks: int,
+    config: RecommendConfig | None = None,
+    mode: str = "variant",
+) -> dict:
+    """Recommend a band from named per-block signals (each a list of ``num_blocks`` values, bigger = more change).
+
+    ``signals`` may also map profile names (one per variant) to such dicts: each profile is scored on its
+    own and a block's score is the largest over the profiles, so a block any variant found sensitive stays
+    out of the band. Returns ``{"spec", "indices", "rule", "evidence"}``; ``spec`` is a ``resolve_layers`` spec.
+    """
+    cfg = config or RecommendConfig()
+    L = num_blocks
+    profiles = signals if signals and all(isinstance(v, dict) for v in signals.values()) else {"profile": signals}
+    scores, used, skipped, per_profile = [], [], [], {}
+    for pname, sig in profiles.items():
+        sc, u, sk = _score(sig, L, cfg)  # type: ignore[arg-type]
+        used += [x for x in u if x not in used]
+        skipped += [f"{pname}:{x}" if len(profiles) > 1 else x for x in sk]
+        if sc is not None:
+            scores.append(sc)
+            per_profile[pname] = [round(s, 6) for s in sc]
+    rule = (
+        f"score = mean of max-normalised signals ({', '.join(used) or 'none'}), max over variants; tail = trailing "
+        f"blocks with score >= {cfg.tau}; head = first {cfg.head_frac:g} of depth plus leading blocks with score >= "
+        f"{cfg.tau}; band = blocks between; fallback {FALLBACK} if < {cfg.min_blocks} blocks ({mode} profile)"
+    )
+    evidence: dict = {"mode": mode, "params": asdict(cfg), "signals_used": used, "signals_skipped": skipped}
+    if not scores:
+        idx = resolve_layers(FALLBACK, L)
+        evidence["fallback"] = "no signal shows any change"
+        return {"spec": format_indices(idx), "indices": idx, "rule": rule, "evidence": evidence}
+    score = [max(sc[b] for sc in scores) for b in range(L)]
+    if len(per_profile) > 1:
+        evidence["profile_scores"] = per_profile
+    sensitive = [s >= cfg.tau for s in score]
+    tail_start = L
+    while tail_start > 0 and sensitive[tail_start - 1]:
+        tail_start -= 1
+    head_end = math.ceil(cfg.head_frac * L - 1e-9)
+    lead = 0
+    while lead < L and sensitive[lead]:
+        lead += 1
+    if lead < tail_start:  # a leading sensitive run that is not the tail itself
+        head_end = max(head_end, lead)
+    idx = list(range(head_end, tail_start))
+    evidence.update(
+        score=[round(s, 6) for s in score],
+        tail=list(range(tail_start, L)),
+        head=list(range(0, min(head_end, L))),
+        peak_block=max(range(L), key=lambda b: score[b]),
+    )
+    if len(idx) < cfg.min_blocks:
+        evidence["fallback"] = f"band between head and tail had {len(idx)} blocks"
+        idx = resolve_layers(FALLBACK, L)
+    return {"spec": format_indices(idx), "indices": idx, "rule": rule, "evidence": evidence}

@@ -1,0 +1,110 @@
+"""Turn accumulated ``ModelStats`` into metric rows (layer, metric, value): the metric phase, no model needed."""
+
+from __future__ import annotations
+
+import torch
+
+from midblock.analysis import metrics as M
+from midblock.analysis.capture import ModelStats
+
+# metric family (what --metrics accepts) -> the metric names it writes
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "prompt_entropy": ("prompt_entropy",),
+    "prompt_entropy_centered": ("prompt_entropy_centered",),
+    "dataset_entropy": ("dataset_entropy",),
+    "effective_rank": ("effective_rank", "rankme"),
+    "curvature": ("curvature",),
+    "sparsity": ("sparsity",),
+    "l2_norm": ("l2_norm", "token_norm"),
+    "spectral": ("s_max", "condition_number", "rank_deficiency"),
+    "cka": ("cka", "cka_unbiased", "cka_consecutive"),
+    "cka_token": ("cka_token",),
+    "cosine": ("cosine",),
+    "mean_shift": ("mean_shift", "mean_shift_rel"),
+    "change_intensity": ("change_intensity",),
+    "logit_lens": ("logit_ce", "logit_top1_agreement", "logit_kl"),
+    "weight_delta": (
+        "weight_delta",
+        "weight_delta_rel",
+        "weight_delta_attn",
+        "weight_delta_attn_rel",
+        "weight_delta_mlp",
+        "weight_delta_mlp_rel",
+    ),
+    "lora_delta": (
+        "lora_delta",
+        "lora_delta_rel",
+        "lora_delta_attn",
+        "lora_delta_attn_rel",
+        "lora_delta_mlp",
+        "lora_delta_mlp_rel",
+    ),
+    "grad_norm": ("grad_norm", "grad_norm_rel"),
+}
+# Costly families that run only when asked for (or with --metrics all): token CKA keeps 3 D x D
+# matrices per layer; the logit lens runs the V-wide LM head at every layer (31 x for SmolLM2); the
+# centred prompt entropy doubles the eigensolves of the hooks.
+OPT_IN = ("cka_token", "logit_lens", "prompt_entropy_centered")
+DEFAULT_METRICS = tuple(f for f in FAMILIES if f not in OPT_IN)
+
+
+def per_model_rows(st: ModelStats, layers: list[int], families: set[str], alpha: float = 1.0) -> list[tuple]:
+    """Per-model metrics of one model at each layer: (layer, metric, value)."""
+    rows: list[tuple] = []
+    for layer in layers:
+        for key in ("prompt_entropy", "prompt_entropy_centered", "curvature", "sparsity", "token_norm"):
+            fam = "l2_norm" if key == "token_norm" else key
+            if fam in families and f"{key}@{layer}" in st.sums:
+                rows.append((layer, key, st.mean(f"{key}@{layer}")))
+        if "logit_lens" in families and f"logit_ce@{layer}" in st.sums:
+            rows.append((layer, "logit_ce", st.mean(f"logit_ce@{layer}")))
+        if layer not in st.pooled:
+            continue
+        _, Z = st.Z(layer)
+        Z = Z.to(torch.float64)
+        if "dataset_entropy" in families and Z.shape[0] > 1:
+            rows.append((layer, "dataset_entropy", M.dataset_entropy(Z, alpha)))
+        if "effective_rank" in families:
+            rows.append((layer, "effective_rank", M.effective_rank(Z, "energy")))
+            rows.append((layer, "rankme", M.effective_rank(Z, "rankme")))
+        if "l2_norm" in families:
+            rows.append((layer, "l2_norm", M.l2_norm(Z)))
+        if "spectral" in families:
+            rows.extend((layer, k, v) for k, v in M.spectral(Z).items())
+    if "cka" in families:
+        sel = sorted(layer for layer in layers if layer in st.pooled)
+        for a, b in zip(sel, sel[1:]):
+            if b == a + 1:  # consecutive layers of the same model: how much block a transforms its input
+                rows.append((b, "cka_consecutive", M.cka(st.Z(a)[1], st.Z(b)[1])))
+    return rows
+
+
+def pair_rows(base: ModelStats, var: ModelStats, layers: list[int], families: set[str]) -> list[tuple]:
+    """Base-vs-variant metrics at each layer (the variant's own per-model rows come from ``per_model_rows``)."""
+    rows: list[tuple] = []
+    for layer in layers:
+        if layer in base.pooled and layer in var.pooled:
+            ib, Zb = base.Z(layer)
+            iv, Zv = var.Z(layer)
+            if not torch.equal(ib, iv):
+                raise RuntimeError(f"base and variant rows do not pair up at layer {layer}")
+            if "cka" in families:
+                rows.append((layer, "cka", M.cka(Zb, Zv)))
+                if Zb.shape[0] > 3:
+                    rows.append((layer, "cka_unbiased", M.cka(Zb, Zv, unbiased=True)))
+            if "cosine" in families:
+                rows.append((layer, "cosine", M.cosine(Zb, Zv)))
+            if "mean_shift" in families:
+                rows.extend((layer, k, v) for k, v in M.mean_shift(Zb, Zv).items())
+            if "change_intensity" in families:
+                rows.append((layer, "change_intensity", M.change_intensity(Zb, Zv)))
+        if "cka_token" in families and layer in var.moments:
+            m = var.moments[layer]
+            rows.append(
+                (layer, "cka_token", M.cka_from_moments(m["sxy"], m["sxx"], m["syy"], m["sx"], m["sy"], int(m["n"])))
+            )
+        if "logit_lens" in families:
+            for key in ("logit_top1_agreement", "logit_kl"):
+                if f"{key}@{layer}" in var.sums:
+                    rows.append((layer, key, var.mean(f"{key}@{layer}")))
+    return rows

@@ -1,0 +1,104 @@
+"""``midblock eval``: score a model on gsm8k/arith under a protocol, or its loss/perplexity on a corpus."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from midblock.cli import common_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model (GSM8K protocols, arith, perplexity)", description=__doc__)
+    p.add_argument("--model", default="smollm2-135m", help="model spec: base, BASE+ADAPTER, BASE+DELTA, run dir...")
+    p.add_argument("--task", default="gsm8k", help="gsm8k, arith, or ppl (loss on --data)")
+    p.add_argument("--protocol", default="lm-eval", help="lm-eval (5-shot harness), paper or original")
+    p.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most N items (default: all)")
+    p.add_argument("--offset", type=int, default=0, help="skip the first N test items")
+    p.add_argument("--batch-size", type=int, default=16, help="items decoded together")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="override the protocol's limit")
+    p.add_argument("--num-fewshot", type=int, default=None, help="override the protocol's number of shots")
+    p.add_argument(
+        "--fewshot-sampling",
+        default="fixed",
+        help="fixed: one seeded exemplar draw for all items (fast); per-item: a draw per item",
+    )
+    p.add_argument("--data", default=None, help="GSM8K directory/.jsonl, or the corpus for --task ppl")
+    p.add_argument("--max-length", type=int, default=512, help="ppl: tokens per text (longer ones are cut)")
+    p.add_argument("--backend", default="hf", help="hf (transformers) or vllm (GPU, when installed)")
+    p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    common_args(p)
+    # --seed seeds the few-shot exemplar sampler; the harness's default is 1234
+    p.set_defaults(func=run, seed=1234)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.task == "ppl":
+        return _run_ppl(args)
+    from midblock.evaluation import evaluate, format_summary
+
+    summary = evaluate(
+        args.model,
+        task=args.task,
+        protocol=args.protocol,
+        limit=args.limit,
+        offset=args.offset,
+        chat_template=args.chat_template,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        num_fewshot=args.num_fewshot,
+        data=args.data,
+        backend=args.backend,
+        dtype=args.dtype,
+        progress=not args.no_progress,
+        fewshot_sampling=args.fewshot_sampling,
+    )
+    print(format_summary(summary))
+    if args.out:
+        print(f"per-item results: {Path(args.out) / 'items.jsonl'}; summary: {Path(args.out) / 'summary.json'}")
+    return 0
+
+
+def _run_ppl(args: argparse.Namespace) -> int:
+    from midblock.errors import MidblockError
+    from midblock.evaluation.ppl import load_texts, token_loss
+    from midblock.io import fresh_output_dir, provenance, write_json
+    from midblock.models import load_model
+    from midblock.models.loading import parse_spec
+
+    if not args.data:
+        raise MidblockError("--task ppl needs --data FILE (.txt or .jsonl)")
+    if args.limit is not None and args.limit < 1:
+        raise MidblockError(f"--limit must be >= 1, got {args.limit}", hint="omit it to use every text")
+    if args.batch_size < 1:
+        raise MidblockError(f"--batch-size must be >= 1, got {args.batch_size}")
+    parse_spec(args.model)
+    texts = load_texts(args.data, args.limit)
+    if args.out:
+        fresh_output_dir(args.out)
+    model, tok = load_model(args.model, dtype=args.dtype)
+    res = token_loss(
+        model, tok, texts, batch_size=args.batch_size, max_length=args.max_length, progress=not args.no_progress
+    )
+    print(
+        f"ppl on {args.data} with {args.model}: loss {res['loss']:.4f}, perplexity {res['ppl']:.3f} "
+        f"({res['n_tokens']} tokens, {res['n_texts']} texts, {res['n_truncated']} cut at {args.max_length})"
+    )
+    if args.out:
+        cfg = {
+            "model": args.model,
+            "task": "ppl",
+            "data": args.data,
+            "limit": args.limit,
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+        }
+        write_json(
+            Path(args.out) / "ppl.json",
+            res | {"model": args.model, "data": args.data, "provenance": provenance(cfg, args.seed)},
+        )
+    return 0

@@ -1,0 +1,403 @@
+"""``evaluate``: score a model on GSM8K-style tasks under a named protocol, resumable, with intervals.
+
+Protocols (see docs/evaluation.md and the GSM8K spec):
+
+- ``lm-eval``: lm-evaluation-harness ``gsm8k`` (5-shot, 256 new tokens, stop strings); primary scores
+  ``strict-match`` and ``flexible-extract``.
+- ``paper``: the paper's reference code (zero-shot, 64 new tokens, no stop strings); primary ``paper``.
+- ``original``: openai/grade-school-math's scorer on zero-shot ``Question/Answer`` prompts (the format
+  ``midblock train`` fine-tunes on), 256 new tokens and the harness's stop strings; primary ``original``.
+
+Every extractor is applied to every completion and recorded; ``primary`` names the protocol's own scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midblock.errors import MidblockError
+from midblock.evaluation.extract import EXTRACTORS, score_all
+from midblock.evaluation.generate import DecodeConfig, generate_completions, generate_vllm
+from midblock.evaluation.prompts import (
+    FEWSHOT_SEED,
+    SAMPLING,
+    chat_prompt,
+    fewshot_prompt,
+    require_chat_template,
+    sample_exemplars,
+    zero_shot,
+)
+from midblock.evaluation.stats import wilson_interval
+
+log = logging.getLogger(__name__)
+
+EVAL_TASKS = ("gsm8k", "arith")
+HARNESS_STOPS = ("Question:", "</s>", "<|im_end|>")
+ITEMS_FILE = "items.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    num_fewshot: int
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    primary: tuple[str, ...]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "lm-eval": Protocol(5, 256, HARNESS_STOPS, ("strict-match", "flexible-extract")),
+    "paper": Protocol(0, 64, (), ("paper",)),
+    "original": Protocol(0, 256, HARNESS_STOPS, ("original",)),
+}
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how; validated on construction, before any model is loaded."""
+
+    task: str = field(default="gsm8k", metadata={"help": "gsm8k or arith (test split)"})
+    protocol: str = field(default="lm-eval", metadata={"help": "lm-eval, paper or original"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate at most this many items"})
+    offset: int = field(default=0, metadata={"help": "skip this many test items first"})
+    chat_template: bool = field(default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"})
+    batch_size: int = field(default=16, metadata={"help": "prompts decoded together"})
+    seed: int = field(default=FEWSHOT_SEED, metadata={"help": "seed of the few-shot exemplar sampler"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "override the protocol's token limit"})
+    num_fewshot: int | None = field(default=None, metadata={"help": "override the protocol's number of shots"})
+    data: str | None = field(default=None, metadata={"help": "GSM8K directory/file (default: $MIDBLOCK_GSM8K)"})
+    fewshot_sampling: str = field(
+        default="fixed", metadata={"help": "fixed: one exemplar draw for all items; per-item: a draw per item"}
+    )
+    backend: str = field(default="hf", metadata={"help": "hf (transformers generate) or vllm"})
+
+    def __post_init__(self) -> None:
+        if self.task not in EVAL_TASKS:
+            raise MidblockError(f"unknown task '{self.task}'", hint="choose one of " + ", ".join(EVAL_TASKS + ("ppl",)))
+        if self.protocol not in PROTOCOLS:
+            raise MidblockError(f"unknown protocol '{self.protocol}'", hint="choose one of " + ", ".join(PROTOCOLS))
+        if self.limit is not None and self.limit < 1:
+            raise MidblockError(f"--limit must be >= 1, got {self.limit}", hint="omit it to evaluate every item")
+        if self.offset < 0:
+            raise MidblockError(f"--offset must be >= 0, got {self.offset}")
+        if self.batch_size < 1:
+            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise MidblockError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise MidblockError(f"num_fewshot must be >= 0, got {self.num_fewshot}")
+        if self.fewshot_sampling not in SAMPLING:
+            raise MidblockError(
+                f"unknown few-shot sampling '{self.fewshot_sampling}'", hint="use " + " or ".join(SAMPLING)
+            )
+        if self.backend not in ("hf", "vllm"):
+            raise MidblockError(f"unknown backend '{self.backend}'", hint="use hf or vllm")
+
+    @property
+    def spec(self) -> Protocol:
+        return PROTOCOLS[self.protocol]
+
+    def decode_config(self, progress: bool = True) -> DecodeConfig:
+        p = self.spec
+        return DecodeConfig(
+            max_new_tokens=self.max_new_tokens or p.max_new_tokens,
+            stop=p.stop,
+            batch_size=self.batch_size,
+            progress=progress,
+        )
+
+    @property
+    def shots(self) -> int:
+        return self.spec.num_fewshot if self.num_fewshot is None else self.num_fewshot
+
+
+def load_test_items(cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The test rows to score, each with its absolute ``index`` in the split."""
+    from midblock.data import load_rows
+
+    rows = load_rows(cfg.task, "test", cfg.data, limit=cfg.limit, offset=cfg.offset)
+    if not rows:
+        raise MidblockError(f"--offset {cfg.offset} is past the end of the {cfg.task} test split")
+    for r in rows:
+        if "####" not in str(r.get("answer", "")):
+            raise MidblockError(f"a {cfg.task} test row has no '#### N' gold answer", hint="check --data")
+    return [{"index": cfg.offset + i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)]
+
+
+def build_prompts(cfg: EvalConfig, items: list[dict[str, Any]], tokenizer) -> list[str]:
+    if cfg.chat_template:
+        require_chat_template(tokenizer)
+    train: list[dict[str, Any]] = []
+    if cfg.shots:
+        from midblock.data import load_rows
+
+        train = load_rows(cfg.task, "train", cfg.data)
+    prompts = []
+    fixed = sample_exemplars(train, None, cfg.shots, cfg.seed) if cfg.shots else []
+    for it in items:
+        ex = fixed
+        if cfg.shots and cfg.fewshot_sampling == "per-item":
+            ex = sample_exemplars(train, it["index"], cfg.shots, cfg.seed)
+        if cfg.chat_template:
+            prompts.append(chat_prompt(tokenizer, it["question"], ex))
+        else:
+            prompts.append(fewshot_prompt(it["question"], ex) if ex else zero_shot(it["question"]))
+    return prompts
+
+
+def summarize(records: list[dict[str, Any]], primary: tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy and Wilson 95% interval per extractor over per-item records."""
+    n = len(records)
+    scores = {}
+    for name in EXTRACTORS:
+        k = sum(1 for r in records if r["scores"][name]["correct"])
+        lo, hi = wilson_interval(k, n)
+        scores[name] = {"accuracy": k / n if n else 0.0, "ci_low": lo, "ci_high": hi, "correct": k, "n": n}
+    return {"n": n, "primary": list(primary), "scores": scores}
+
+
+def evaluate(
+    model_spec: str,
+    task: str = "gsm8k",
+    protocol: str = "lm-eval",
+    limit: int | None = None,
+    offset: int = 0,
+    chat_template: bool = False,
+    out_dir: str | Path | None = None,
+    batch_size: int = 16,
+    seed: int = FEWSHOT_SEED,
+    max_new_tokens: int | None = None,
+    num_fewshot: int | None = None,
+    data: str | None = None,
+    backend: str = "hf",
+    dtype: str | None = None,
+    progress: bool = True,
+    fewshot_sampling: str = "fixed",
+) -> dict[str, Any]:
+    """Load ``model_spec`` and evaluate it; returns the summary (plus ``items``, the per-item records).
+
+    Every input is validated (task, protocol, limits, data file, model spec, output directory) before
+    the model is loaded; with ``out_dir`` the per-item file is written as it goes and a rerun resumes.
+    """
+    from midblock.models.loading import parse_spec
+
+    t0 = time.perf_counter()
+    cfg = EvalConfig(
+        task,
+        protocol,
+        limit,
+        offset,
+        chat_template,
+        batch_size,
+        seed,
+        max_new_tokens,
+        num_fewshot,
+        data,
+        fewshot_sampling,
+        backend,
+    )
+    ms = parse_spec(model_spec)
+    items = load_test_items(cfg)
+    if out_dir is not None:
+        from midblock.io import fresh_output_dir
+
+        fresh_output_dir(out_dir)
+    if chat_template:  # a missing template is a user error: say so before loading weights
+        from midblock.models.loading import load_tokenizer
+
+        require_chat_template(load_tokenizer(ms))
+    if backend == "vllm":
+        return _evaluate_vllm(ms, cfg, items, out_dir, progress, t0)
+    from midblock.models import load_model
+
+    model, tok = load_model(model_spec, dtype=dtype)
+    return evaluate_model(
+        model, tok, cfg=cfg, out_dir=out_dir, model_spec=model_spec, progress=progress, items=items, _t0=t0
+    )
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    task: str = "gsm8k",
+    protocol: str = "lm-eval",
+    limit: int | None = None,
+    offset: int = 0,
+    chat_template: bool = False,
+    out_dir: str | Path | None = None,
+    batch_size: int = 16,
+    seed: int = FEWSHOT_SEED,
+    max_new_tokens: int | None = None,
+    num_fewshot: int | None = None,
+    data: str | None = None,
+    model_spec: str | None = None,
+    progress: bool = True,
+    fewshot_sampling: str = "fixed",
+    cfg: EvalConfig | None = None,
+    items: list[dict[str, Any]] | None = None,
+    _t0: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate an already-loaded model (e.g. one with swapped layers); same outputs as ``evaluate``."""
+    t0 = _t0 if _t0 is not None else time.perf_counter()
+    if cfg is None:
+        cfg = EvalConfig(
+            task,
+            protocol,
+            limit,
+            offset,
+            chat_template,
+            batch_size,
+            seed,
+            max_new_tokens,
+            num_fewshot,
+            data,
+            fewshot_sampling,
+            "hf",
+        )
+    if cfg.backend != "hf":
+        raise MidblockError("evaluate_model runs loaded models with the hf backend only", hint="use evaluate()")
+    items = items if items is not None else load_test_items(cfg)
+    prompts = build_prompts(cfg, items, tokenizer)
+    return _run(
+        cfg,
+        items,
+        prompts,
+        out_dir,
+        model_spec,
+        progress,
+        t0,
+        lambda todo, cb: generate_completions(model, tokenizer, todo, cfg.decode_config(progress), cb),
+    )
+
+
+def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: float) -> dict[str, Any]:
+    from midblock.models.loading import load_tokenizer, resolve_base_dir
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise MidblockError("--backend vllm needs vLLM installed", hint="pip install vllm, or use --backend hf") from e
+    if ms.delta:
+        raise MidblockError("--backend vllm cannot apply a mid-block delta", hint="use --backend hf")
+    tok = load_tokenizer(ms)
+    prompts = build_prompts(cfg, items, tok)
+    path = resolve_base_dir(ms)
+
+    def gen(todo, cb):
+        outs = generate_vllm(path, tok, todo, cfg.decode_config(progress), adapter=ms.adapter)
+        for i, o in enumerate(outs):
+            cb(i, o)
+        return outs
+
+    return _run(cfg, items, prompts, out_dir, ms.original, progress, t0, gen)
+
+
+def _run(cfg, items, prompts, out_dir, model_spec, progress, t0, gen) -> dict[str, Any]:
+    from midblock.io import RunDir, append_jsonl, provenance, read_jsonl_tolerant, write_json
+
+    records: dict[int, dict[str, Any]] = {}
+    run = None
+    items_path = None
+    if out_dir is not None:
+        run = RunDir(out_dir).acquire()
+        items_path = Path(out_dir) / ITEMS_FILE
+        by_index = {it["index"]: p for it, p in zip(items, prompts)}
+        saved = read_jsonl_tolerant(items_path)
+        for r in saved:
+            if r.get("index") in by_index:
+                if r.get("prompt") != by_index[r["index"]] or r.get("protocol") != cfg.protocol:
+                    run.release()
+                    raise MidblockError(
+                        f"{items_path} holds results of a different evaluation (item {r['index']})",
+                        hint="choose another --out",
+                    )
+                records[r["index"]] = r
+        _rewrite_if_torn(items_path, saved)
+    try:
+        todo = [(it, p) for it, p in zip(items, prompts) if it["index"] not in records]
+        if records:
+            log.info("resuming: %d of %d items already done", len(items) - len(todo), len(items))
+
+        def on_result(j: int, completion: str) -> None:
+            it, prompt = todo[j]
+            rec = {
+                "index": it["index"],
+                "protocol": cfg.protocol,
+                "prompt": prompt,
+                "completion": completion,
+                "gold": it["answer"].split("####")[-1].strip(),
+                "scores": score_all(completion, it["answer"]),
+            }
+            records[it["index"]] = rec
+            if items_path is not None:
+                append_jsonl(items_path, rec)
+
+        g0 = time.perf_counter()
+        if todo:
+            gen([p for _, p in todo], on_result)
+        gen_s = time.perf_counter() - g0
+        ordered = [records[it["index"]] for it in items]
+        summary = summarize(ordered, cfg.spec.primary)
+        summary.update(
+            task=cfg.task,
+            protocol=cfg.protocol,
+            chat_template=cfg.chat_template,
+            num_fewshot=cfg.shots,
+            fewshot_sampling=cfg.fewshot_sampling if cfg.shots else None,
+            max_new_tokens=cfg.decode_config(False).max_new_tokens,
+            model=model_spec,
+            seed=cfg.seed,
+            first_index=items[0]["index"],
+            generated_now=len(todo),
+            generation_s=round(gen_s, 3),
+            items_per_s=round(len(todo) / gen_s, 4) if todo and gen_s > 0 else None,
+            wall_s=round(time.perf_counter() - t0, 3),
+            provenance=provenance(asdict(cfg) | {"model": model_spec}, cfg.seed),
+        )
+        if out_dir is not None:
+            write_json(Path(out_dir) / SUMMARY_FILE, summary)
+            run.mark_completed()
+        return summary | {"items": ordered}
+    finally:
+        if run is not None:
+            run.release()
+
+
+def _rewrite_if_torn(path: Path, saved: list[dict[str, Any]]) -> None:
+    """Drop a torn last line (a killed run) so appends start on a clean line; every whole line is kept."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        import json
+
+        from midblock.io import write_text
+
+        write_text(path, "".join(json.dumps(r) + "\n" for r in saved))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable lines: each primary score with its interval, then the other extractors."""
+    head = (
+        f"{summary['task']} ({summary['protocol']}, {summary['num_fewshot']}-shot"
+        f"{', chat template' if summary['chat_template'] else ''}) on {summary['model']}: n={summary['n']}"
+    )
+    lines = [head]
+    names = summary["primary"] + [k for k in summary["scores"] if k not in summary["primary"]]
+    for name in names:
+        s = summary["scores"][name]
+        tag = "" if name in summary["primary"] else "  (other extractor)"
+        lines.append(
+            f"  {name:17s} {100 * s['accuracy']:6.2f}%  95% CI [{100 * s['ci_low']:.2f}, {100 * s['ci_high']:.2f}]"
+            f"  ({s['correct']}/{s['n']}){tag}"
+        )
+    if summary.get("items_per_s"):
+        lines.append(
+            f"  {summary['generated_now']} items generated at {summary['items_per_s']:.2f} items/s; "
+            f"wall {summary['wall_s']:.1f}s"
+        )
+    return "\n".join(lines)

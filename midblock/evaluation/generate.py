@@ -1,0 +1,365 @@
+"""Batched greedy decoding: KV cache, left padding, length-sorted batches, per-row stop strings.
+
+``generate_completions`` returns, for each prompt, the text the model continues it with, cut at the first
+stop string exactly as lm-evaluation-harness does (``for s in stops: text = text.split(s)[0]``). A row is
+finished as soon as a stop string (or EOS) appears in its own continuation; the default engine then drops it
+from the batch and the KV cache, the ``generate`` engine marks it with the ``StopOnStrings`` criterion. The
+token prefix every prompt shares (few-shot exemplars) is computed once. Greedy, so the result equals
+decoding each prompt alone with ``transformers``' ``generate``, which the tests check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from midblock.errors import MidblockError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeConfig:
+    """How to decode: greedy always; these are the knobs a protocol sets."""
+
+    max_new_tokens: int = field(default=256, metadata={"help": "most tokens generated per item"})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop strings; the completion is cut at the first"})
+    batch_size: int = field(default=16, metadata={"help": "prompts decoded together"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar with items/s"})
+    prefix_cache: bool = field(
+        default=True,
+        metadata={"help": "compute the KV cache of the token prefix every prompt shares (few-shot exemplars) once"},
+    )
+    min_prefix: int = field(default=16, metadata={"help": "shortest shared prefix worth caching, in tokens"})
+    engine: str = field(
+        default="loop",
+        metadata={
+            "help": "loop: our greedy loop that drops finished rows from the batch and its KV cache; "
+            "generate: transformers' generate with the StopOnStrings criterion (finished rows ride along)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise MidblockError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        self.stop = tuple(s for s in self.stop if s)
+        if self.engine not in ("loop", "generate"):
+            raise MidblockError(f"unknown decoding engine '{self.engine}'", hint="use loop or generate")
+
+
+class StopOnStrings(StoppingCriteria):
+    """Marks a row finished once any stop string (or an EOS token) appears in its generated part.
+
+    Only the last ``window`` generated tokens of unfinished rows are decoded each step: a stop string that
+    just appeared ends inside that window, and finished rows cost nothing more.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int, eos_ids: Sequence[int]):
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.prompt_len = prompt_len
+        self.eos_ids = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
+        self.window = 2 * max((len(s) for s in self.stops), default=0) + 4
+        self.done: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.done is None:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        last = input_ids[:, -1]
+        if len(self.eos_ids):
+            self.done |= torch.isin(last, self.eos_ids.to(last.device))
+        if self.stops:
+            start = max(self.prompt_len, input_ids.shape[1] - self.window)
+            for i in (~self.done).nonzero().flatten().tolist():
+                tail = self.tokenizer.decode(input_ids[i, start:], skip_special_tokens=False)
+                if any(s in tail for s in self.stops):
+                    self.done[i] = True
+        return self.done.clone()
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    return sorted(ids)
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt token ids without special tokens, plus BOS where the tokenizer asks for one (as training does)."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [bos] + ids
+    return ids
+
+
+def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
+    """The harness's post-processing: keep what comes before each stop string in turn."""
+    for s in stops:
+        if s:
+            text = text.split(s)[0]
+    return text
+
+
+def decode_completion(tokenizer, ids: Sequence[int], eos_ids: Sequence[int], stops: Sequence[str]) -> str:
+    ids = list(ids)
+    for j, t in enumerate(ids):
+        if t in eos_ids:
+            ids = ids[:j]
+            break
+    return truncate_at_stops(tokenizer.decode(ids, skip_special_tokens=True), stops)
+
+
+def shared_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every sequence at least one token of its own."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs) - 1
+    k = 0
+    while k < n and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return max(k, 0)
+
+
+@dataclass
+class _Prefix:
+    ids: list[int]
+    cache: object  # a transformers Cache holding the prefix's keys and values, batch 1
+    key: str  # the generate() argument name for it: 'cache' (transformers >= 5.2x) or 'past_key_values'
+
+
+def _has_sliding_window(model) -> bool:
+    """Sliding-window attention counts padded positions too, so a padded gap would change what rows see."""
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return bool(getattr(cfg, "sliding_window", None)) and bool(
+        getattr(cfg, "use_sliding_window", True) or "sliding_attention" in (getattr(cfg, "layer_types", None) or [])
+    )
+
+
+def _last_logits_only(model) -> dict[str, int]:
+    """``logits_to_keep=1`` where the model takes it: the LM head runs on the last position only."""
+    import inspect
+
+    try:
+        ok = "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        ok = False
+    return {"logits_to_keep": 1} if ok else {}
+
+
+@torch.inference_mode()
+def _prefix_cache(model, ids: list[int]) -> _Prefix:
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, **_last_logits_only(model))
+    if "cache" in out:
+        return _Prefix(ids, out["cache"], "cache")
+    return _Prefix(ids, out["past_key_values"], "past_key_values")
+
+
+@torch.inference_mode()
+def _generate_batch(
+    model, tokenizer, batch: list[list[int]], cfg: DecodeConfig, eos: list[int], prefix: _Prefix | None = None
+) -> list[str]:
+    """One batch, left padded. With a shared ``prefix`` the rows are ``[prefix][pads][own tokens]``: the
+    prefix's cache is reused and the padding masked, positions counted over real tokens only, so each row
+    sees exactly the sequence it would see alone."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    P = len(prefix.ids) if prefix is not None else 0
+    own = [x[P:] for x in batch]
+    S = max(len(x) for x in own)
+    T = P + S
+    device = next(model.parameters()).device
+    ids = torch.full((len(batch), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    if P:
+        ids[:, :P] = torch.tensor(prefix.ids)
+        mask[:, :P] = 1
+    for i, x in enumerate(own):  # left padding of each row's own part: every prompt ends at position T
+        ids[i, T - len(x) :] = torch.tensor(x)
+        mask[i, T - len(x) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    if cfg.engine == "loop":
+        gen = _greedy_loop(model, tokenizer, ids, mask, cfg, eos, prefix if P else None)
+        return [decode_completion(tokenizer, g, eos, cfg.stop) for g in gen]
+    extra = {}
+    if P:
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(len(batch))
+        extra[prefix.key] = cache
+    gcfg = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=eos or None,
+        use_cache=True,
+    )
+    stopper = StopOnStrings(tokenizer, cfg.stop, T, eos)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        generation_config=gcfg,
+        stopping_criteria=StoppingCriteriaList([stopper]),
+        **extra,
+    )
+    return [decode_completion(tokenizer, row[T:].tolist(), eos, cfg.stop) for row in out]
+
+
+@torch.inference_mode()
+def _greedy_loop(
+    model, tokenizer, ids, mask, cfg: DecodeConfig, eos: list[int], prefix: _Prefix | None
+) -> list[list[int]]:
+    """Greedy decoding that removes a row from the batch (and from the KV cache) the step it finishes.
+
+    Same arithmetic per row as ``generate`` (positions counted over real tokens, padding masked), so the
+    tokens equal those of decoding the row alone; finished rows cost nothing afterwards.
+    """
+    import copy
+
+    B = ids.shape[0]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    kw = {}
+    start = 0
+    if prefix is not None:
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(B)
+        kw[prefix.key] = cache
+        start = len(prefix.ids)
+    kw |= _last_logits_only(model)
+    out = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=pos[:, start:], use_cache=True, **kw)
+    key = "cache" if "cache" in out else "past_key_values"
+    cache = out[key]
+    nxt = out.logits[:, -1].argmax(-1)
+    last = pos[:, -1]
+    active = list(range(B))
+    gen: list[list[int]] = [[] for _ in range(B)]
+    eos_set = set(eos)
+    window = 2 * max((len(s) for s in cfg.stop), default=0) + 4
+    for step in range(cfg.max_new_tokens):
+        keep = []
+        for j, row in enumerate(active):
+            t = int(nxt[j])
+            gen[row].append(t)
+            done = t in eos_set
+            if not done and cfg.stop:
+                tail = tokenizer.decode(gen[row][-window:], skip_special_tokens=False)
+                done = any(s in tail for s in cfg.stop)
+            if not done:
+                keep.append(j)
+        if not keep or step == cfg.max_new_tokens - 1:
+            break
+        if len(keep) < len(active):  # drop finished rows everywhere, cache included
+            idx = torch.tensor(keep, device=ids.device)
+            cache.batch_select_indices(idx)
+            mask, nxt, last = mask[idx], nxt[idx], last[idx]
+            active = [active[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        last = last + 1
+        out = model(
+            input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True, **{key: cache}
+        )
+        cache = out[key]
+        nxt = out.logits[:, -1].argmax(-1)
+    return gen
+
+
+def generate_completions(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    cfg: DecodeConfig | None = None,
+    on_result: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Greedy completions of ``prompts`` (in their order), decoded in length-sorted batches.
+
+    ``on_result(i, completion)`` is called as soon as prompt ``i``'s batch finishes, so callers can write
+    results as they go.
+    """
+    cfg = cfg or DecodeConfig()
+    eos = eos_token_ids(model, tokenizer)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    _warn_if_too_long(model, encoded, cfg.max_new_tokens)
+    # longest first: similar lengths share a batch (little padding) and memory peaks at the start
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    results: list[str | None] = [None] * len(prompts)
+    prefix = None
+    if cfg.prefix_cache and len(encoded) > 1 and not _has_sliding_window(model):
+        P = shared_prefix_len(encoded)
+        if P >= cfg.min_prefix:
+            prefix = _prefix_cache(model, encoded[order[0]][:P])
+            log.debug("caching a shared prefix of %d tokens", P)
+    bar = _progress(len(prompts), cfg.progress)
+    t0 = time.perf_counter()
+    try:
+        for b in range(0, len(order), cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            texts = _generate_batch(model, tokenizer, [encoded[i] for i in idx], cfg, eos, prefix)
+            for i, text in zip(idx, texts):
+                results[i] = text
+                if on_result is not None:
+                    on_result(i, text)
+            if bar is not None:
+                bar.update(len(idx))
+                bar.set_postfix(items_per_s=f"{(b + len(idx)) / (time.perf_counter() - t0):.2f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return [r if r is not None else "" for r in results]
+
+
+def _warn_if_too_long(model, encoded: list[list[int]], max_new: int) -> None:
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not limit or not encoded:
+        return
+    over = sum(1 for x in encoded if len(x) + max_new > limit)
+    if over:
+        log.warning(
+            "%d of %d prompts plus %d new tokens exceed the model's %d positions; results may be meaningless",
+            over,
+            len(encoded),
+            max_new,
+            limit,
+        )
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="item", desc="generate", dynamic_ncols=True)
+
+
+def generate_vllm(
+    model_path: str, tokenizer, prompts: Sequence[str], cfg: DecodeConfig, adapter: str | None = None
+) -> list[str]:
+    """The same greedy decoding through vLLM (GPU users): same prompt token ids, same stop-string cut."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise MidblockError("--backend vllm needs vLLM", hint="pip install vllm, or use --backend hf") from e
+    llm = vllm.LLM(model=model_path, enable_lora=adapter is not None, seed=0)
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop=list(cfg.stop) or None)
+    lora = None
+    if adapter is not None:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("adapter", 1, adapter)
+    token_prompts = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
+    outs = llm.generate(token_prompts, params, lora_request=lora)
+    return [truncate_at_stops(o.outputs[0].text, cfg.stop) for o in outs]

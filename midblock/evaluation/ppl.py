@@ -1,0 +1,115 @@
+"""Forgetting check: token-level loss and perplexity of a model on a text corpus.
+
+``token_loss`` is the mean negative log-likelihood over every predicted real token (padding masked), so the
+result does not depend on how texts are batched. ``load_texts`` reads plain text (documents separated by
+blank lines) or JSONL with ``text``, ``prompt``+``completion`` or ``question``+``answer`` fields.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from midblock.errors import MidblockError
+
+
+def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [bos] + ids
+    return ids[:max_length], len(ids) > max_length
+
+
+def nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token NLL over positions whose target is a real token, and how many there are."""
+    logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return float(nll[valid].sum()), int(valid.sum())
+
+
+@torch.inference_mode()
+def token_loss(
+    model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 512, progress: bool = False
+) -> dict[str, Any]:
+    """``{"loss", "ppl", "n_tokens", "n_texts", "n_truncated"}``: mean NLL per predicted token, exp of it.
+
+    Texts longer than ``max_length`` tokens are cut (and counted in ``n_truncated``); a text of one token
+    predicts nothing and adds no tokens.
+    """
+    if batch_size < 1:
+        raise MidblockError(f"batch_size must be >= 1, got {batch_size}")
+    if max_length < 2:
+        raise MidblockError(f"max_length must be >= 2, got {max_length}")
+    if not texts:
+        raise MidblockError("no texts to score")
+    enc = [encode_text(tokenizer, t, max_length) for t in texts]
+    truncated = sum(1 for _, cut in enc if cut)
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i][0]))  # similar lengths batch together
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(enc), unit="text", desc="loss")
+    for b in range(0, len(order), batch_size):
+        batch = [enc[i][0] for i in order[b : b + batch_size]]
+        T = max(1, max(len(x) for x in batch))
+        ids = torch.full((len(batch), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        for i, x in enumerate(batch):  # right padding: positions are 0..n-1 as in a single-text forward
+            ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[i, : len(x)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        s, n = nll_sum(logits, ids, mask)
+        total += s
+        count += n
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    if count == 0:
+        raise MidblockError("the texts hold no token to predict (each is a single token)")
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(loss), "n_tokens": count, "n_texts": len(enc), "n_truncated": truncated}
+
+
+def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
+    """Texts of a corpus file: ``.jsonl`` rows (``text`` / ``prompt``+``completion`` / ``question``+``answer``)
+    or plain text with documents separated by blank lines."""
+    p = Path(path)
+    if not p.exists():
+        raise MidblockError(f"data file {p} does not exist")
+    if p.is_dir():
+        raise MidblockError(f"{p} is a directory", hint="pass a .txt or .jsonl file to --data")
+    if p.suffix == ".jsonl":
+        from midblock.data import read_jsonl
+
+        rows = read_jsonl(p, any_of=(("text",), ("prompt", "completion"), ("question", "answer")))
+        texts = [_row_text(r) for r in rows]
+    else:
+        try:
+            raw = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise MidblockError(f"{p} is not UTF-8 text") from e
+        texts = [d.strip() for d in raw.split("\n\n") if d.strip()]
+        if not texts:
+            raise MidblockError(f"data file {p} is empty")
+    return texts[:limit] if limit is not None else texts
+
+
+def _row_text(r: dict[str, Any]) -> str:
+    if "text" in r:
+        return str(r["text"])
+    if "prompt" in r and "completion" in r:
+        return str(r["prompt"]) + str(r["completion"])
+    return f"Question: {r['question']}\nAnswer: {r['answer']}"  # the paper's analysis format

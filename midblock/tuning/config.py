@@ -1,0 +1,179 @@
+"""``MidBlockConfig``: which blocks to train, how (LoRA or full parameters), at what rank and step size.
+
+Validated in ``__post_init__`` (PEFT style) so a bad value fails before any model is loaded; anything that
+needs the model (band indices, module names) is resolved later by :func:`midblock.tuning.prepare.plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midblock.errors import MidblockError
+
+METHODS = ("lora", "midblock", "midblock-full", "full", "freeze", "segments")
+LORA_METHODS = ("lora", "midblock", "segments")
+ALPHA_POLICIES = ("constant-ratio", "fixed", "rslora")
+TARGET_GROUPS = ("attn", "mlp", "all-linear")
+PAPER_ALPHA = 128.0  # the paper's fixed lora_alpha
+DEFAULT_RATIO = 2.0  # alpha / r when nothing else is given (PEFT's common alpha = 2r)
+RSLORA_ALPHA = 16.0
+
+
+def parse_segments(pattern: str) -> list[int]:
+    """``'-1,113,113,113,-1'`` -> ``[-1, 113, 113, 113, -1]`` (-1 = frozen segment)."""
+    try:
+        vals = [int(v) for v in str(pattern).replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise MidblockError(
+            f"cannot parse segments '{pattern}'", hint="write one rank per segment, -1 for frozen: -1,113,113,113,-1"
+        ) from None
+    if not vals:
+        raise MidblockError("segments pattern is empty", hint="e.g. -1,113,113,113,-1")
+    bad = [v for v in vals if v == 0 or v < -1]
+    if bad:
+        raise MidblockError(
+            f"segments '{pattern}' holds rank {bad[0]}", hint="each entry is a rank >= 1 or -1 (frozen)"
+        )
+    if all(v == -1 for v in vals):
+        raise MidblockError(f"segments '{pattern}' freezes every segment", hint="give at least one segment a rank")
+    return vals
+
+
+@dataclass
+class MidBlockConfig:
+    """What to train. ``method`` picks the family; the other fields refine it."""
+
+    method: str = field(
+        default="midblock",
+        metadata={
+            "help": "lora (all blocks) | midblock (LoRA on the band) | midblock-full (full params of the band) | "
+            "full | freeze (full params except first/last N blocks) | segments (per-segment ranks)"
+        },
+    )
+    band: str = field(
+        default="seg2-4/5",
+        metadata={"help": "blocks of midblock / midblock-full: a resolve_layers spec, or 'auto' with `analysis`"},
+    )
+    analysis: str | None = field(
+        default=None, metadata={"help": "analysis directory whose results.json recommends the band for band='auto'"}
+    )
+    rank: int = field(default=8, metadata={"help": "LoRA rank r (for segments: the reference rank of the alpha ratio)"})
+    alpha: float | None = field(
+        default=None,
+        metadata={"help": "lora_alpha; default: 2r (constant-ratio), 128 (fixed, the paper's), 16 (rslora)"},
+    )
+    alpha_policy: str = field(
+        default="constant-ratio",
+        metadata={
+            "help": "constant-ratio: alpha/r equal across ranks and arms; fixed: one alpha for every rank; "
+            "rslora: scaling alpha/sqrt(r)"
+        },
+    )
+    budget_baseline_rank: int | None = field(
+        default=None,
+        metadata={"help": "set the rank so the band matches all-block LoRA of this rank (see budget_by)"},
+    )
+    budget_by: str = field(default="rank-units", metadata={"help": "rank-units (the paper's rule) | params"})
+    target_modules: tuple[str, ...] = field(
+        default=("attn",),
+        metadata={
+            "help": "module names relative to a block (q_proj, self_attn.o_proj, c_attn...) or groups "
+            "attn | mlp | all-linear; default: the paper's q,k,v,o = the attention projections"
+        },
+    )
+    segments: str | None = field(default=None, metadata={"help": "per-segment ranks, e.g. -1,113,113,113,-1"})
+    freeze_first: int = field(default=0, metadata={"help": "freeze method: blocks frozen at the bottom"})
+    freeze_last: int = field(default=0, metadata={"help": "freeze method: blocks frozen at the top"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "non-reentrant checkpointing of the band and the blocks above it"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise MidblockError(f"unknown method '{self.method}'", hint="choose one of " + ", ".join(METHODS))
+        if self.alpha_policy not in ALPHA_POLICIES:
+            raise MidblockError(
+                f"unknown alpha policy '{self.alpha_policy}'", hint="choose one of " + ", ".join(ALPHA_POLICIES)
+            )
+        if self.budget_by not in ("rank-units", "params"):
+            raise MidblockError(f"unknown budget rule '{self.budget_by}'", hint="use rank-units or params")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise MidblockError(f"rank must be a positive integer, got {self.rank!r}", hint="e.g. --rank 8")
+        if self.budget_baseline_rank is not None and self.budget_baseline_rank <= 0:
+            raise MidblockError(f"budget baseline rank must be positive, got {self.budget_baseline_rank}")
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise MidblockError(f"alpha must be a positive number, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MidblockError(f"dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = tuple(t for t in self.target_modules.replace(" ", "").split(",") if t)
+        self.target_modules = tuple(self.target_modules)
+        if not self.target_modules and self.method in LORA_METHODS:
+            raise MidblockError("no target modules given", hint="use e.g. attn, mlp, all-linear or q_proj,v_proj")
+        if not isinstance(self.band, str) or not self.band.strip():
+            raise MidblockError("band spec is empty", hint="use e.g. seg2-4/5, 6-23 or auto with --analysis DIR")
+        if self.band == "auto" and not self.analysis:
+            raise MidblockError(
+                "band 'auto' needs an analysis", hint="pass --analysis DIR (a `midblock analyze` output)"
+            )
+        if self.method == "segments":
+            if not self.segments:
+                raise MidblockError("method segments needs a pattern", hint="e.g. --segments -1,113,113,113,-1")
+            parse_segments(self.segments)
+        elif self.segments:
+            raise MidblockError(f"--segments only applies to method segments, not {self.method}")
+        if self.freeze_first < 0 or self.freeze_last < 0:
+            raise MidblockError("freeze_first / freeze_last must be >= 0")
+        if self.method == "freeze" and self.freeze_first == 0 and self.freeze_last == 0:
+            raise MidblockError("method freeze needs --freeze-first and/or --freeze-last", hint="or use method full")
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def is_lora(self) -> bool:
+        return self.method in LORA_METHODS
+
+    def resolved_band_spec(self) -> str:
+        """The band spec after ``auto`` is looked up in the analysis (``results.json: recommended_band.spec``)."""
+        if self.band != "auto":
+            return self.band
+        path = Path(str(self.analysis)) / "results.json"
+        if not path.exists():
+            raise MidblockError(f"band 'auto': {path} does not exist", hint="run `midblock analyze --out DIR` first")
+        from midblock.io import read_json
+
+        rec = read_json(path).get("recommended_band")
+        spec = rec.get("spec") if isinstance(rec, dict) else None
+        if not spec:
+            raise MidblockError(f"band 'auto': {path} has no recommended_band.spec", hint="pass an explicit --band")
+        return str(spec)
+
+    def alpha_for(self, rank: int) -> float:
+        """lora_alpha used at ``rank`` under the alpha policy."""
+        if self.alpha_policy == "constant-ratio":
+            ratio = (self.alpha / self.rank) if self.alpha is not None else DEFAULT_RATIO
+            return ratio * rank
+        if self.alpha_policy == "fixed":
+            return self.alpha if self.alpha is not None else PAPER_ALPHA
+        return self.alpha if self.alpha is not None else RSLORA_ALPHA
+
+    def scaling_for(self, rank: int) -> float:
+        """LoRA's multiplier of BA: alpha/r, or alpha/sqrt(r) for rslora."""
+        a = self.alpha_for(rank)
+        return a / math.sqrt(rank) if self.alpha_policy == "rslora" else a / rank
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MidBlockConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "target_modules" in known and isinstance(known["target_modules"], list):
+            known["target_modules"] = tuple(known["target_modules"])
+        return cls(**known)

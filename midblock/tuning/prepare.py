@@ -1,0 +1,368 @@
+"""``prepare_model(model, config)``: make exactly the intended parameters trainable, with a truncated backward.
+
+LoRA goes through PEFT with *explicit* module names restricted to the band (PEFT cannot combine a string
+target with a layer selection); per-segment ranks use ``rank_pattern`` / ``alpha_pattern`` keyed by
+module-name regexes. Full-parameter methods only flip ``requires_grad``.
+
+The backward pass must stop at the first trainable block: nothing below it may require grad, the
+embedding output must not require grad (``enable_input_require_grads``, which TRL and the Trainer turn on
+with checkpointing, would bring back the full-depth backward), and checkpointing is non-reentrant and
+applied only to the blocks the backward visits (the band and the blocks above it), never below.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from midblock.errors import MidblockError
+from midblock.layers import resolve_layers, segment_bounds
+from midblock.tuning.budget import Layout, match_budget
+from midblock.tuning.config import MidBlockConfig, parse_segments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """A config resolved against a model's layout: which blocks train, how, and which modules."""
+
+    method: str
+    num_layers: int
+    blocks_path: str
+    lora_ranks: dict[int, int] = field(default_factory=dict)  # block -> rank (LoRA methods)
+    full_blocks: list[int] = field(default_factory=list)  # full-parameter blocks
+    train_rest: bool = False  # embedding, final norm and head (full fine-tuning only)
+    targets: list[str] = field(default_factory=list)  # LoRA targets relative to a block
+    alphas: dict[int, float] = field(default_factory=dict)
+    scalings: dict[int, float] = field(default_factory=dict)
+    band_spec: str = ""
+    budget: dict[str, Any] | None = None
+
+    @property
+    def trainable_blocks(self) -> list[int]:
+        return sorted(set(self.lora_ranks) | set(self.full_blocks))
+
+    @property
+    def backward_blocks(self) -> list[int]:
+        """Blocks the backward pass visits: the first trainable one and every block above it."""
+        return list(range(self.first_trainable, self.num_layers))
+
+    @property
+    def first_trainable(self) -> int:
+        b = self.trainable_blocks
+        return 0 if self.train_rest or not b else b[0]
+
+    def layout(self, checkpointing: bool = False) -> Layout:
+        return Layout(dict(self.lora_ranks), list(self.full_blocks), list(self.targets), self.train_rest, checkpointing)
+
+    def module_names(self) -> list[str]:
+        """Fully qualified LoRA target names, e.g. ``model.layers.6.self_attn.q_proj``."""
+        return [f"{self.blocks_path}.{b}.{t}" for b in sorted(self.lora_ranks) for t in self.targets]
+
+    def to_dict(self) -> dict[str, Any]:
+        from midblock.layers import format_indices
+
+        return {
+            "method": self.method,
+            "num_layers": self.num_layers,
+            "band_spec": self.band_spec,
+            "trainable_blocks": self.trainable_blocks,
+            "trainable_blocks_str": format_indices(self.trainable_blocks),
+            "first_trainable_block": self.first_trainable,
+            "backward_depth": self.num_layers - self.first_trainable,
+            "lora_ranks": {str(k): v for k, v in self.lora_ranks.items()},
+            "targets": self.targets,
+            "alphas": {str(k): v for k, v in self.alphas.items()},
+            "scalings": {str(k): v for k, v in self.scalings.items()},
+            "budget": self.budget,
+        }
+
+
+def resolve_targets(names: tuple[str, ...] | list[str], layout) -> list[str]:
+    """Expand groups and short names (``q_proj``) to block-relative module names; unknown names are errors."""
+    out: list[str] = []
+    for n in names:
+        if n == "attn":
+            out += layout.attn_linears
+        elif n == "mlp":
+            out += layout.mlp_linears
+        elif n == "all-linear":
+            out += layout.linear_names
+        elif n in layout.linear_names:
+            out.append(n)
+        else:
+            hits = [m for m in layout.linear_names if m.split(".")[-1] == n]
+            if not hits:
+                raise MidblockError(
+                    f"target module '{n}' does not exist in this model's blocks",
+                    hint="existing: " + ", ".join(layout.linear_names) + " (or attn, mlp, all-linear)",
+                )
+            out += hits
+    return list(dict.fromkeys(out))
+
+
+def plan(config: MidBlockConfig, layout) -> Plan:
+    """Resolve ``config`` against a model layout (``get_layout`` of a model or of a meta skeleton)."""
+    L = layout.num_layers
+    p = Plan(config.method, L, layout.blocks_path)
+    m = config.method
+    if m in ("lora", "full"):
+        band = list(range(L))
+        p.band_spec = "all"
+    elif m in ("midblock", "midblock-full"):
+        p.band_spec = config.resolved_band_spec()
+        band = resolve_layers(p.band_spec, L)
+    elif m == "freeze":
+        band = list(range(config.freeze_first, L - config.freeze_last))
+        if not band:
+            raise MidblockError(
+                f"freezing the first {config.freeze_first} and last {config.freeze_last} of {L} blocks leaves none"
+            )
+        p.band_spec = f"{band[0]}-{band[-1]}"
+    else:  # segments
+        ranks = parse_segments(config.segments or "")
+        bounds = segment_bounds(L, len(ranks))
+        band = []
+        for (lo, hi), r in zip(bounds, ranks):
+            if r > 0:
+                for b in range(lo, hi):
+                    p.lora_ranks[b] = r
+                band += list(range(lo, hi))
+        if not band:
+            raise MidblockError(f"segments '{config.segments}' select no block of a {L}-block model")
+        p.band_spec = config.segments or ""
+    if config.is_lora:
+        p.targets = resolve_targets(config.target_modules, layout)
+        if m != "segments":
+            rank = config.rank
+            if config.budget_baseline_rank is not None:
+                per_rank = _per_rank(layout, p.targets)
+                bm = match_budget(
+                    L,
+                    config.budget_baseline_rank,
+                    band,
+                    by=config.budget_by,
+                    baseline_params_per_rank=per_rank,
+                    band_params_per_rank=per_rank,
+                )
+                rank = bm.rank
+                p.budget = {
+                    "baseline": f"lora all {L} blocks r{bm.baseline_rank}",
+                    "rank": bm.rank,
+                    "units": bm.units,
+                    "baseline_units": bm.baseline_units,
+                    "by": bm.by,
+                }
+            p.lora_ranks = {b: rank for b in band}
+        p.alphas = {b: config.alpha_for(r) for b, r in p.lora_ranks.items()}
+        p.scalings = {b: config.scaling_for(r) for b, r in p.lora_ranks.items()}
+    else:
+        p.full_blocks = band
+        p.train_rest = m == "full"
+    return p
+
+
+def _per_rank(layout, targets: list[str]) -> int:
+    from midblock.tuning.budget import _in_out
+
+    return sum(sum(_in_out(layout.blocks[0].get_submodule(t))) for t in targets)
+
+
+# --------------------------------------------------------------------------- building the model
+
+
+def lora_config(p: Plan, config: MidBlockConfig, base_name: str | None = None, fan_in_fan_out: bool = False):
+    """The PEFT ``LoraConfig``: explicit module names; per-rank-group patterns when ranks differ."""
+    from peft import LoraConfig
+
+    ranks = sorted(set(p.lora_ranks.values()))
+    default_rank = max(ranks, key=lambda r: sum(1 for v in p.lora_ranks.values() if v == r))
+    rank_pattern, alpha_pattern = {}, {}
+    for r in ranks:
+        if r == default_rank:
+            continue
+        blocks = "|".join(str(b) for b in sorted(p.lora_ranks) if p.lora_ranks[b] == r)
+        targets = "|".join(re.escape(t) for t in p.targets)
+        # PEFT matches keys with re.match(rf"(.*\.)?({key})$", module_name): anchor the block index.
+        key = rf"{re.escape(p.blocks_path)}\.({blocks})\.({targets})"
+        rank_pattern[key] = r
+        alpha_pattern[key] = config.alpha_for(r)
+    return LoraConfig(
+        r=default_rank,
+        lora_alpha=config.alpha_for(default_rank),
+        target_modules=p.module_names(),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        use_rslora=config.alpha_policy == "rslora",
+        lora_dropout=config.dropout,
+        fan_in_fan_out=fan_in_fan_out,  # GPT-2's Conv1D stores (in, out)
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_name,
+    )
+
+
+def prepare_model(model: nn.Module, config: MidBlockConfig, *, base_name: str | None = None) -> nn.Module:
+    """Return ``model`` ready to train per ``config`` (a ``PeftModel`` for LoRA methods).
+
+    Usable with any loop (HF ``Trainer``, TRL ``SFTTrainer``, your own). Do NOT let the trainer enable
+    gradient checkpointing itself (``gradient_checkpointing=False`` in its arguments): set
+    ``config.gradient_checkpointing`` here, which checkpoints the trainable blocks non-reentrantly without
+    input gradients. ``base_name`` is recorded in a saved adapter so ``load_model(adapter_dir)`` works.
+    """
+    from midblock.models.introspect import get_layout
+
+    layout = get_layout(model)
+    p = plan(config, layout)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    if config.is_lora:
+        from peft import get_peft_model
+
+        conv1d = any(type(layout.blocks[0].get_submodule(t)).__name__ == "Conv1D" for t in p.targets)
+        model = get_peft_model(model, lora_config(p, config, base_name, conv1d))
+        verify_lora_ranks(model, p)
+    else:
+        for b in p.full_blocks:
+            for prm in layout.blocks[b].parameters():
+                prm.requires_grad_(True)
+        if p.train_rest:
+            for prm in model.parameters():
+                prm.requires_grad_(True)
+    model.midblock_plan = p  # read by train() and the checks
+    if config.gradient_checkpointing:
+        enable_band_checkpointing(model, p.backward_blocks)
+    check_truncated_backward(model, fix=True)
+    return model
+
+
+def verify_lora_ranks(model: nn.Module, p: Plan) -> None:
+    """Inspect the built LoRA modules: exactly the planned modules, each at its planned rank."""
+    from peft.tuners.lora import LoraLayer
+
+    from midblock.models.introspect import block_of_param, get_layout
+
+    lay = get_layout(model)
+    built: dict[str, int] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, LoraLayer) and "default" in getattr(mod, "r", {}):
+            built[name] = mod.r["default"]
+    expected = {f"{b}.{t}": p.lora_ranks[b] for b in p.lora_ranks for t in p.targets}
+    got = {}
+    for name, r in built.items():
+        b = block_of_param(name, lay)
+        rel = name.split(f"{lay.blocks_path}.{b}.", 1)[-1]
+        got[f"{b}.{rel}"] = r
+    if got != expected:
+        wrong = sorted(set(got.items()) ^ set(expected.items()))[:3]
+        raise RuntimeError(f"PEFT built LoRA modules that differ from the plan: {wrong}")
+
+
+def enable_band_checkpointing(model: nn.Module, blocks: list[int]) -> None:
+    """Non-reentrant activation checkpointing on ``blocks`` only (no input gradients needed).
+
+    ``prepare_model`` passes the blocks the backward visits (the band and the blocks above it): blocks
+    below the band keep no activations for a backward anyway, so checkpointing them would only cost a
+    recompute; blocks above the band hold activations for the backward, so checkpointing them saves as
+    much memory as the peer set-up (checkpointing everything) without its full-depth backward.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    from midblock.models.introspect import get_layout
+
+    fn = functools.partial(checkpoint, use_reentrant=False)
+    lay = get_layout(model)
+    for b in blocks:
+        block = lay.blocks[b]
+        if not hasattr(type(block), "gradient_checkpointing"):
+            raise MidblockError(f"{type(block).__name__} does not support per-block checkpointing")
+        block.gradient_checkpointing = True
+        block._gradient_checkpointing_func = fn
+
+
+def _input_grad_hooks(emb: nn.Module) -> list[int]:
+    return [k for k, h in emb._forward_hooks.items() if "require" in getattr(h, "__name__", "")]
+
+
+def check_truncated_backward(model: nn.Module, *, fix: bool = False) -> dict[str, Any]:
+    """Verify the backward stops at the first trainable block; with ``fix=True`` repair what can be repaired.
+
+    Violations: a parameter below the first trainable block requires grad (refused: that is a different
+    method), the embedding output requires grad (``enable_input_require_grads``; fixed by removing the
+    hook), reentrant checkpointing or checkpointing below the band (fixed: non-reentrant on the band only).
+    Returns a report with the backward depth.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from midblock.models.introspect import block_of_param, get_layout
+
+    lay = get_layout(model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise MidblockError("no parameter requires grad: nothing would train")
+    blocks = [block_of_param(n, lay) for n in trainable]
+    outside = [n for n, b in zip(trainable, blocks) if b is None]
+    first = 0 if outside else min(b for b in blocks if b is not None)
+    plan_ = getattr(model, "midblock_plan", None)
+    if plan_ is not None and first < plan_.first_trainable:
+        bad = next(n for n, b in zip(trainable, blocks) if b is None or b < plan_.first_trainable)
+        raise MidblockError(
+            f"{bad} requires grad but lies below the band (first trainable block {plan_.first_trainable})",
+            hint="freeze it, or choose a band that includes it",
+        )
+    fixed: list[str] = []
+    emb = lay.embedding
+    hooks = _input_grad_hooks(emb)
+    if first > 0 and hooks:
+        if not fix:
+            raise MidblockError("the embedding output requires grad (enable_input_require_grads): full-depth backward")
+        inner = getattr(getattr(getattr(model, "base_model", None), "model", None), "disable_input_require_grads", None)
+        for k in hooks:
+            emb._forward_hooks.pop(k, None)
+        if inner is not None:
+            try:
+                inner()
+            except AttributeError:  # no handle left to remove: the hooks are already gone
+                pass
+        fixed.append("removed input-require-grads hooks")
+    emb_grad = bool(emb.weight.requires_grad)
+    if first > 0:
+        with torch.enable_grad():
+            out = emb(torch.zeros(1, 1, dtype=torch.long, device=emb.weight.device))
+        if out.requires_grad:
+            raise MidblockError("the embedding output still requires grad; remove the trainer's input-grad hook")
+    ckpt = []
+    for i, block in enumerate(lay.blocks):
+        if getattr(block, "gradient_checkpointing", False):
+            f = getattr(block, "_gradient_checkpointing_func", None)
+            reentrant = getattr(f, "keywords", {}).get("use_reentrant", True) if f is not None else True
+            if i < first or reentrant:
+                if not fix:
+                    raise MidblockError(
+                        f"block {i} uses {'reentrant ' if reentrant else ''}checkpointing below/in band"
+                    )
+                if i < first:
+                    block.gradient_checkpointing = False
+                else:
+                    block._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+                    ckpt.append(i)
+                fixed.append(f"block {i} checkpointing")
+            else:
+                ckpt.append(i)
+    if fixed:
+        log.info("truncated backward: fixed %s", "; ".join(dict.fromkeys(fixed)))
+    return {
+        "first_trainable_block": first,
+        "backward_depth": lay.num_layers - first,
+        "num_layers": lay.num_layers,
+        "embedding_trainable": emb_grad,
+        "checkpointed_blocks": ckpt,
+        "fixed": list(dict.fromkeys(fixed)),
+    }

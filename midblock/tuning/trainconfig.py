@@ -1,0 +1,115 @@
+"""``TrainConfig`` / ``TrainResult``: the arguments and the outcome of :func:`midblock.tuning.train.train`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from midblock.errors import MidblockError
+from midblock.tuning.config import MidBlockConfig
+
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Fields that may change between a run and its --resume (everything else must match).
+RUN_CONTROL = ("out", "resume", "progress", "save_every", "eval_every", "log_every")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. ``tuning`` says what to train; the rest says how."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "model spec (load_model)"})
+    out: str | None = field(default=None, metadata={"help": "run directory (required)"})
+    task: str | None = field(default=None, metadata={"help": "gsm8k | arith | jsonl (default from --data)"})
+    data: str | None = field(default=None, metadata={"help": "data file or directory for the task"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    tuning: MidBlockConfig = field(default_factory=MidBlockConfig, metadata={"help": "what to train"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (default 1e-3 LoRA, 2e-5 full)"})
+    schedule: str = field(default="linear", metadata={"help": "linear | cosine | constant (after warmup)"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 if no steps)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per process per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_length: int = field(default=512, metadata={"help": "longer examples are dropped and reported"})
+    seed: int = field(default=0, metadata={"help": "data order and LoRA init (random presets keep seed-0 weights)"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16"})
+    head_at_labels: bool = field(default=True, metadata={"help": "apply the LM head only at labelled positions"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    eval_every: int = field(default=0, metadata={"help": "evaluation loss every N steps (0 = only at the end)"})
+    eval_limit: int = field(default=64, metadata={"help": "examples in the evaluation-loss set"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only when stopped)"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
+    log_every: int = field(default=1, metadata={"help": "write a log line every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tuning, dict):
+            self.tuning = MidBlockConfig.from_dict(self.tuning)
+        if not self.out:
+            raise MidblockError("a training run needs an output directory", hint="pass --out DIR")
+        if self.schedule not in SCHEDULES:
+            raise MidblockError(f"unknown schedule '{self.schedule}'", hint="use " + ", ".join(SCHEDULES))
+        if self.precision not in PRECISIONS:
+            raise MidblockError(f"unknown precision '{self.precision}'", hint="use " + ", ".join(PRECISIONS))
+        for name in ("batch_size", "grad_accum", "max_length", "log_every"):
+            if getattr(self, name) < 1:
+                raise MidblockError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "save_every", "eval_limit"):
+            if getattr(self, name) < 0:
+                raise MidblockError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise MidblockError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise MidblockError(f"epochs must be > 0, got {self.epochs}")
+        if self.lr is not None and not self.lr > 0:
+            raise MidblockError(f"learning rate must be > 0, got {self.lr}")
+        if self.limit is not None and self.limit < 1:
+            raise MidblockError(f"limit must be >= 1, got {self.limit}")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.tuning.is_lora else 2e-5)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tuning"] = self.tuning.to_dict()
+        return d
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must be equal for ``--resume`` to continue the same run."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class TrainResult:
+    """What a run produced and how fast. Also written to ``train_summary.json``."""
+
+    run_dir: str
+    method: str
+    steps: int
+    stopped: bool  # True when interrupted (signal or callback) before the last step; a checkpoint exists
+    final_loss: float | None
+    eval_loss: float | None
+    median_step_s: float | None
+    tokens_per_s: float | None
+    peak_mem_bytes: int
+    peak_mem_kind: str  # "rss" (CPU, process peak) or "cuda_max_allocated"
+    trainable_params: int
+    rank_units: int
+    scaling: float | None  # alpha/r (alpha/sqrt(r) for rslora); None for full-parameter methods
+    backward_depth: int
+    predicted_vs_lora: float
+    predicted_vs_full: float
+    wall_s: float
+    world_size: int = 1  # processes that trained together (DDP)
+    adapter: str | None = None
+    delta: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

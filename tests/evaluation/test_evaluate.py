@@ -1,0 +1,157 @@
+"""evaluate/evaluate_model end to end on tiny models: outputs, scoring plumbing, resume after a kill."""
+
+import importlib
+import json
+
+import pytest
+
+from midblock.errors import MidblockError
+from midblock.evaluation import EvalConfig, evaluate, evaluate_model
+from midblock.evaluation.prompts import fewshot_prompt, sample_exemplars
+from midblock.evaluation.stats import wilson_interval
+from midblock.io import read_jsonl_tolerant
+
+ev = importlib.import_module("midblock.evaluation.evaluate")  # the module (the package exports the function)
+
+
+def test_lm_eval_prompts_are_the_five_shot_format():
+    from midblock.data import load_rows
+
+    cfg = EvalConfig(task="arith", limit=2, offset=3)
+    items = ev.load_test_items(cfg)
+    assert [it["index"] for it in items] == [3, 4]
+    prompts = ev.build_prompts(cfg, items, tokenizer=None)
+    train = load_rows("arith", "train")
+    fixed = sample_exemplars(train, None, 5, 1234)
+    assert prompts[0] == fewshot_prompt(items[0]["question"], fixed)
+    assert prompts[1] == fewshot_prompt(items[1]["question"], fixed)  # one shared draw by default
+    per_item = ev.build_prompts(EvalConfig(task="arith", fewshot_sampling="per-item"), items, None)
+    assert per_item[0] == fewshot_prompt(items[0]["question"], sample_exemplars(train, 3, 5, 1234))
+    assert per_item[0].split("Question: ")[1] != per_item[1].split("Question: ")[1]
+    assert prompts[0].count("Question: ") == 6 and prompts[0].endswith(f"Question: {items[0]['question']}\nAnswer:")
+    assert prompts[0].count("\n\nQuestion: ") == 5
+    # the same item gets the same prompt whatever the offset
+    assert ev.build_prompts(EvalConfig(task="arith", limit=1, offset=3), items[:1], None) == prompts[:1]
+
+
+def _fake_generator(monkeypatch, answer_for):
+    """Replace decoding by completions that answer item i as answer_for(i, gold); record what was asked."""
+    asked = []
+
+    def fake(model, tok, prompts, cfg, on_result=None):
+        out = []
+        for i, p in enumerate(prompts):
+            q = p.rsplit("Question: ", 1)[1].split("\nAnswer:")[0]
+            gold = QUESTIONS[q]
+            asked.append(q)
+            out.append(answer_for(len(asked) - 1, gold))
+            if on_result:
+                on_result(i, out[-1])
+        return out
+
+    monkeypatch.setattr(ev, "generate_completions", fake)
+    return asked
+
+
+QUESTIONS = {}
+
+
+@pytest.fixture(autouse=True)
+def _questions():
+    from midblock.data import load_rows
+
+    for r in load_rows("arith", "test", limit=40):
+        QUESTIONS[r["question"]] = r["answer"].split("####")[-1].strip()
+
+
+def test_scores_and_intervals_from_known_completions(monkeypatch, tmp_path):
+    # every third item answered right in the '#### N' format, the others with a wrong number
+    _fake_generator(monkeypatch, lambda k, g: f" So.\n#### {g}" if k % 3 == 0 else f" It is {int(g) + 1}.")
+    s = evaluate_model(None, None, task="arith", protocol="paper", limit=12, out_dir=tmp_path / "e", progress=False)
+    k = sum(1 for r in s["items"] if r["scores"]["strict-match"]["correct"])
+    assert k == 4 and s["n"] == 12
+    assert s["scores"]["strict-match"]["accuracy"] == pytest.approx(4 / 12)
+    assert (s["scores"]["strict-match"]["ci_low"], s["scores"]["strict-match"]["ci_high"]) == wilson_interval(4, 12)
+    assert s["scores"]["paper"]["correct"] == 4 and s["primary"] == ["paper"]
+    saved = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert saved["scores"] == s["scores"] and "items" not in saved
+    assert saved["provenance"]["config"]["protocol"] == "paper" and "torch" in saved["provenance"]["versions"]
+    rows = read_jsonl_tolerant(tmp_path / "e" / "items.jsonl")
+    assert [r["index"] for r in sorted(rows, key=lambda r: r["index"])] == list(range(12))
+    assert {"prompt", "completion", "gold", "scores"} <= set(rows[0])
+
+
+def test_resume_after_a_kill_generates_only_missing_items(monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def dying(k, g):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt  # killed while generating item 6
+        return f"#### {g}"
+
+    _fake_generator(monkeypatch, dying)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(None, None, task="arith", protocol="original", limit=10, out_dir=out, progress=False)
+    assert not (out / "summary.json").exists()
+    with open(out / "items.jsonl", "a") as f:
+        f.write('{"index": 7, "protoc')  # a line torn by the kill
+    assert len(read_jsonl_tolerant(out / "items.jsonl")) == 5
+    asked = _fake_generator(monkeypatch, lambda k, g: f"#### {g}")
+    s = evaluate_model(None, None, task="arith", protocol="original", limit=10, out_dir=out, progress=False)
+    assert len(asked) == 5 and s["generated_now"] == 5
+    assert s["n"] == 10 and s["scores"]["original"]["correct"] == 10
+    assert len(read_jsonl_tolerant(out / "items.jsonl")) == 10
+    # a third run has nothing left to do
+    asked = _fake_generator(monkeypatch, lambda k, g: "#### 0")
+    assert (
+        evaluate_model(None, None, task="arith", protocol="original", limit=10, out_dir=out, progress=False)["scores"][
+            "original"
+        ]["correct"]
+        == 10
+        and asked == []
+    )
+    # a different protocol in the same directory is refused, not mixed in
+    with pytest.raises(MidblockError, match="different evaluation"):
+        evaluate_model(None, None, task="arith", protocol="lm-eval", limit=10, out_dir=out, progress=False)
+
+
+def test_evaluate_real_tiny_model_end_to_end(tmp_path):
+    s = evaluate(
+        "random:llama-tiny",
+        task="arith",
+        protocol="paper",
+        limit=3,
+        max_new_tokens=8,
+        out_dir=tmp_path / "t",
+        batch_size=2,
+        progress=False,
+    )
+    assert s["n"] == 3 and s["model"] == "random:llama-tiny" and s["max_new_tokens"] == 8
+    assert s["items_per_s"] > 0 and s["wall_s"] > 0
+    assert len(read_jsonl_tolerant(tmp_path / "t" / "items.jsonl")) == 3
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(task="mmlu"), "unknown task"),
+        (dict(protocol="harness"), "unknown protocol"),
+        (dict(limit=0), "--limit must be >= 1"),
+        (dict(offset=10_000), "past the end"),
+        (dict(backend="tgi"), "unknown backend"),
+    ],
+)
+def test_bad_input_fails_before_loading_or_writing(kw, match, tmp_path):
+    with pytest.raises(MidblockError, match=match):
+        evaluate("random:llama-tiny", **({"task": "arith"} | kw), out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_chat_template_prompts(tokenizer):
+    cfg = EvalConfig(task="arith", limit=1, chat_template=True, num_fewshot=1)
+    items = ev.load_test_items(cfg)
+    (p,) = ev.build_prompts(cfg, items, tokenizer)
+    assert p.startswith("<|im_start|>user\n") and p.endswith("<|im_start|>assistant\n")
+    assert p.count("<|im_start|>user") == 2 and items[0]["question"] in p and "#### N" in p

@@ -1,0 +1,173 @@
+"""prepare_model: exactly the intended parameters train, PEFT modules match the plan, backward is truncated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from midblock.data import collate, load_examples, tokenize_sft
+from midblock.errors import MidblockError
+from midblock.models.introspect import block_of_param, get_layout
+from midblock.tuning.config import MidBlockConfig
+from midblock.tuning.loss import causal_lm_loss
+from midblock.tuning.prepare import check_truncated_backward, prepare_model
+
+
+def _batch(tok, n=4):
+    ts = tokenize_sft(load_examples("arith", "train", limit=n), tok, 512)
+    return collate(ts.items, tok.pad_token_id)
+
+
+def _grads(model, tok):
+    model.train()
+    loss, _ = causal_lm_loss(model, _batch(tok), True)
+    loss.backward()
+    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny"])
+def test_midblock_lora_trains_only_band_targets(tiny, preset):
+    model, tok = tiny(preset)
+    pm = prepare_model(model, MidBlockConfig(method="midblock", band="2-3", rank=4))
+    lay = get_layout(pm)
+    req = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert req and all("lora_" in n for n in req)
+    assert {block_of_param(n, lay) for n in req} == {2, 3}
+    per_block = {n.split(f"{lay.blocks_path}.", 1)[1].split(".lora_")[0] for n in req}
+    assert per_block == {f"{b}.{t}" for b in (2, 3) for t in lay.attn_linears}  # GPT-2: c_attn / c_proj
+    with torch.no_grad():  # B starts at 0, which gives A a zero gradient: make every LoRA factor live
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    assert _grads(pm, tok) == req
+
+
+def test_full_methods_by_requires_grad(tiny):
+    model, tok = tiny("llama-tiny")
+    pm = prepare_model(model, MidBlockConfig(method="midblock-full", band="3-4"))
+    lay = get_layout(pm)
+    req = {n for n, p in pm.named_parameters() if p.requires_grad}
+    assert {block_of_param(n, lay) for n in req} == {3, 4}
+    assert req == {n for n, _ in pm.named_parameters() if block_of_param(n, lay) in (3, 4)}
+    assert _grads(pm, tok) == req
+    m2, _ = tiny("llama-tiny")
+    fr = prepare_model(m2, MidBlockConfig(method="freeze", freeze_first=1, freeze_last=2))
+    assert {block_of_param(n, lay) for n, p in fr.named_parameters() if p.requires_grad} == {1, 2, 3}
+    m3, _ = tiny("llama-tiny")
+    full = prepare_model(m3, MidBlockConfig(method="full"))
+    assert all(p.requires_grad for p in full.parameters())
+
+
+def test_segments_heterogeneous_ranks_are_built(tiny):
+    from peft.tuners.lora import LoraLayer
+
+    model, _ = tiny("llama-tiny")  # 6 blocks, 3 segments of 2: -1 | r4 | r8
+    pm = prepare_model(model, MidBlockConfig(method="segments", segments="-1,4,8", rank=4, alpha=8))
+    lay = get_layout(pm)
+    built = {}
+    for name, mod in pm.named_modules():
+        if isinstance(mod, LoraLayer):
+            b = block_of_param(name, lay)
+            built[name] = (b, mod.r["default"], mod.lora_A["default"].weight.shape[0], mod.scaling["default"])
+    assert {v[0] for v in built.values()} == {2, 3, 4, 5}
+    for b, r, a_rows, scaling in built.values():
+        want = 4 if b in (2, 3) else 8
+        assert r == a_rows == want
+        assert scaling == 2.0  # constant-ratio: alpha follows the rank
+    assert len(built) == 4 * len(lay.attn_linears)
+
+
+def test_target_names_and_errors(tiny):
+    model, _ = tiny("llama-tiny")
+    pm = prepare_model(model, MidBlockConfig(method="lora", target_modules=("q_proj", "mlp.down_proj")))
+    names = {n.rsplit(".lora_", 1)[0].split(".layers.")[1] for n, p in pm.named_parameters() if p.requires_grad}
+    assert names == {f"{b}.{m}" for b in range(6) for m in ("self_attn.q_proj", "mlp.down_proj")}
+    m2, _ = tiny("llama-tiny")
+    with pytest.raises(MidblockError, match="existing: self_attn.q_proj"):
+        prepare_model(m2, MidBlockConfig(target_modules=("c_attn",)))
+    with pytest.raises(MidblockError, match="selects block 8"):
+        prepare_model(m2, MidBlockConfig(band="8-9"))
+
+
+def _visited_blocks(model, tok):
+    """Blocks whose output gradient autograd computes (tensor hooks on every block's output)."""
+    lay = get_layout(model)
+    seen: set[int] = set()
+    handles = []
+    for i, blk in enumerate(lay.blocks):
+
+        def fwd(_m, _inp, out, i=i):
+            h = out[0] if isinstance(out, tuple) else out
+            if h.requires_grad:
+                h.register_hook(lambda g, i=i: seen.add(i))
+
+        handles.append(blk.register_forward_hook(fwd))
+    try:
+        _grads(model, tok)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_checkpointing_backward_never_visits_blocks_below_band(tiny):
+    model, tok = tiny("llama-tiny")
+    pm = prepare_model(model, MidBlockConfig(band="2-3", gradient_checkpointing=True))
+    rep = check_truncated_backward(pm)
+    assert rep["backward_depth"] == 4 and rep["checkpointed_blocks"] == [2, 3, 4, 5]
+    assert _visited_blocks(pm, tok) == {2, 3, 4, 5}
+    # the peer set-up (input grads, as TRL/Trainer do with checkpointing) visits every block: the test can fail
+    pm.enable_input_require_grads()
+    assert _visited_blocks(pm, tok) == set(range(6))
+    with pytest.raises(MidblockError, match="requires grad"):
+        check_truncated_backward(pm, fix=False)
+    assert check_truncated_backward(pm, fix=True)["fixed"]
+    assert _visited_blocks(pm, tok) == {2, 3, 4, 5}
+
+
+def test_checkpointing_gives_identical_lora_grads(tiny):
+    grads = []
+    for ck in (False, True):
+        model, tok = tiny("llama-tiny")
+        torch.manual_seed(0)
+        pm = prepare_model(model, MidBlockConfig(band="2-3", gradient_checkpointing=ck))
+        _grads(pm, tok)
+        grads.append({n: p.grad.clone() for n, p in pm.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.equal(grads[0][k], grads[1][k]) for k in grads[0])
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny", "gemma3-tiny", "gptneox-tiny"])
+def test_head_at_labels_loss_equals_full_loss(tiny, preset):
+    model, tok = tiny(preset)
+    b = _batch(tok)
+    with torch.no_grad():
+        ref = model(**b).loss
+        fast, n = causal_lm_loss(model, b, head_at_labels=True)
+        slow, _ = causal_lm_loss(model, b, head_at_labels=False)
+    assert n == int((b["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(fast, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(slow, ref, rtol=1e-6, atol=0)
+
+
+def test_trainer_style_reentrant_checkpointing_is_repaired(tiny):
+    model, tok = tiny("llama-tiny")
+    pm = prepare_model(model, MidBlockConfig(band="3-4"))
+    # what Trainer(gradient_checkpointing=True) does: reentrant checkpointing on every block + input grads
+    pm.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    pm.enable_input_require_grads()
+    with pytest.raises(MidblockError):
+        check_truncated_backward(pm)
+    rep = check_truncated_backward(pm, fix=True)
+    assert rep["checkpointed_blocks"] == [3, 4, 5] and rep["backward_depth"] == 3
+    blocks = get_layout(pm).blocks
+    assert not any(blocks[i].gradient_checkpointing for i in range(3))
+    assert _visited_blocks(pm, tok) == {3, 4, 5}
+
+
+def test_refuses_trainable_params_below_the_band(tiny):
+    model, _ = tiny("llama-tiny")
+    pm = prepare_model(model, MidBlockConfig(band="3-4"))
+    get_layout(pm).blocks[1].mlp.up_proj.weight.requires_grad_(True)
+    with pytest.raises(MidblockError, match="below the band"):
+        check_truncated_backward(pm, fix=True)
