@@ -88,14 +88,38 @@ def _free_cache() -> None:
         pass
 
 
+def reset_peak_memory(device: str | None = None) -> None:
+    """Start a new peak-memory window, so runs in one process (``compare``, ``demo``) do not inherit the
+    previous run's peak. On Linux, writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM)."""
+    try:
+        import torch
+
+        if device and str(device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats(device)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux: peak_memory_bytes falls back to the process-lifetime peak
+
+
 def peak_memory_bytes(device: str | None = None) -> int:
-    """Peak memory of this process: CUDA max allocated on a GPU, peak RSS (ru_maxrss) on the CPU."""
+    """Peak memory since the last ``reset_peak_memory``: CUDA max allocated on a GPU, peak RSS on the CPU."""
     try:
         import torch
 
         if device and str(device).startswith("cuda") and torch.cuda.is_available():
             return int(torch.cuda.max_memory_allocated(device))
     except ImportError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
         pass
     import resource
 

@@ -36,3 +36,21 @@ def test_other_errors_pass_through():
     with pytest.raises(ValueError):
         run_with_batch(fn, 8, auto=True)
     assert is_oom(MemoryError()) and not is_oom(RuntimeError("size mismatch"))
+
+
+def test_peak_memory_window_resets_between_runs():
+    import sys
+
+    from midblock.resources import peak_memory_bytes, reset_peak_memory
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("peak reset uses /proc/self/clear_refs (Linux)")
+    reset_peak_memory()
+    before = peak_memory_bytes()
+    blob = bytearray(400 * 2**20)  # touch 400 MiB
+    blob[:: 4096] = b"x" * len(blob[:: 4096])
+    high = peak_memory_bytes()
+    del blob
+    reset_peak_memory()
+    assert high - before > 300 * 2**20
+    assert peak_memory_bytes() < high - 300 * 2**20

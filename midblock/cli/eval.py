@@ -17,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate at most N items (default: all)")
     p.add_argument("--offset", type=int, default=0, help="skip the first N test items")
     p.add_argument("--batch-size", type=int, default=16, help="items decoded together")
+    p.add_argument("--auto-batch", action="store_true", help="on out-of-memory, halve the batch and continue")
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the protocol's limit")
     p.add_argument("--num-fewshot", type=int, default=None, help="override the protocol's number of shots")
     p.add_argument(
@@ -38,24 +39,31 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "ppl":
         return _run_ppl(args)
     from midblock.evaluation import evaluate, format_summary
+    from midblock.resources import run_with_batch
 
-    summary = evaluate(
-        args.model,
-        task=args.task,
-        protocol=args.protocol,
-        limit=args.limit,
-        offset=args.offset,
-        chat_template=args.chat_template,
-        out_dir=args.out,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-        num_fewshot=args.num_fewshot,
-        data=args.data,
-        backend=args.backend,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-        fewshot_sampling=args.fewshot_sampling,
+    # Out of memory: advice with a smaller batch, or (--auto-batch) halve and go on; finished items are
+    # kept in the per-item file, so a retry does not redo them.
+    summary = run_with_batch(
+        lambda bs: evaluate(
+            args.model,
+            task=args.task,
+            protocol=args.protocol,
+            limit=args.limit,
+            offset=args.offset,
+            chat_template=args.chat_template,
+            out_dir=args.out,
+            batch_size=bs,
+            seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+            num_fewshot=args.num_fewshot,
+            data=args.data,
+            backend=args.backend,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+            fewshot_sampling=args.fewshot_sampling,
+        ),
+        args.batch_size,
+        auto=args.auto_batch,
     )
     print(format_summary(summary))
     if args.out:

@@ -121,9 +121,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from midblock.resources import run_with_batch
     from midblock.tuning.train import train
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    # Out of memory: a message with a batch size that should fit (the run can then --resume with it
+    # only in a new --out, since the batch is part of the run's configuration).
+    result = run_with_batch(lambda bs: train(config), config.batch_size, auto=False)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 reports
         return 130 if result.stopped else 0
     summary = {

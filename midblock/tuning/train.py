@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import random
-import resource
 import signal
 import statistics
 import threading
@@ -192,9 +191,9 @@ def _save_outputs(run: Path, model, config: TrainConfig, p) -> dict[str, str | N
 
 
 def _peak_mem(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "rss"
+    from midblock.resources import peak_memory_bytes
+
+    return peak_memory_bytes(str(device)), "cuda_max_allocated" if device.type == "cuda" else "rss"
 
 
 class _StopFlag:
@@ -251,6 +250,9 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     cuda = torch.cuda.is_available()
     mp = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[config.precision]
     acc = _accelerator(cuda, mp)
+    from midblock.resources import reset_peak_memory
+
+    reset_peak_memory(str(acc.device))  # this run's peak, not an earlier run's in the same process
     main = acc.is_main_process
     base, tok = load_model(config.model)
     items, eval_items, data_report = _load_data(config, v["task"], tok)
