@@ -261,7 +261,7 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     model = prepare_model(base, config.tuning, base_name=config.model)
     model.train()
 
-    shape = model_shape(model)
+    shape = model_shape(v["skeleton"])  # the unwrapped structure: PEFT wraps the target Linear modules
     layout = p.layout(config.tuning.gradient_checkpointing)
     mean_len = sum(len(it["input_ids"]) for it in items) / len(items)
     mean_lab = sum(sum(1 for x in it["labels"][1:] if x != -100) for it in items) / len(items)
