@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"midblock: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("midblock: interrupted", file=sys.stderr)
         return 130

