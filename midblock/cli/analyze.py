@@ -46,21 +46,27 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise MidblockError("analyze needs --out DIR")
-    res = analyze(
-        args.base,
-        variants=args.variant,
-        datasets=args.data or ["gsm8k"],
-        samples=args.samples,
-        max_length=args.max_length,
-        layers=args.layers,
-        metrics=args.metrics,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        out=args.out,
-        seed=args.seed,
-        resume=args.resume,
-        split=args.split,
+    from midblock.resources import run_with_batch
+
+    # out of memory: a one-line message with a batch size that should fit
+    res = run_with_batch(
+        lambda bs: analyze(
+            args.base,
+            variants=args.variant,
+            datasets=args.data or ["gsm8k"],
+            samples=args.samples,
+            max_length=args.max_length,
+            layers=args.layers,
+            metrics=args.metrics,
+            batch_size=bs,
+            device=args.device,
+            dtype=args.dtype,
+            out=args.out,
+            seed=args.seed,
+            resume=args.resume,
+            split=args.split,
+        ),
+        args.batch_size,
     )
     band = res["recommended_band"]
     print(f"wrote {args.out}/metrics.csv ({res['rows']} rows), results.json, report.html")
