@@ -244,18 +244,21 @@ def _train_arm(config: DemoConfig, s: dict[str, Any], arm: str, seed: int, out: 
 
 
 def _evaluate(config: DemoConfig, s: dict[str, Any], spec: str, out: Path) -> dict[str, Any]:
-    from midblock.evaluation.evaluate import evaluate
+    from midblock.evaluation.evaluate import evaluate_model
     from midblock.evaluation.ppl import token_loss
     from midblock.models import load_model
 
     if _stage_done(out) and (out / "forgetting.json").exists():
         summary = read_json(out / "summary.json")
-        summary["items"] = [r for r in _read_items(out)]
+        summary["items"] = _read_items(out)
         summary["forgetting"] = read_json(out / "forgetting.json")
         return summary
+    # One load serves both measurements; a LoRA adapter is merged, which also makes decoding faster.
+    model, tok = load_model(spec, merge=True)
     # Zero-shot, in the format the arms were trained on; greedy, stop strings of the harness.
-    summary = evaluate(
-        spec,
+    summary = evaluate_model(
+        model,
+        tok,
         task=config.task,
         protocol="original",
         limit=s["eval_items"],
@@ -263,8 +266,8 @@ def _evaluate(config: DemoConfig, s: dict[str, Any], spec: str, out: Path) -> di
         data=config.data,
         max_new_tokens=s["max_new_tokens"],
         batch_size=16,
+        model_spec=spec,
     )
-    model, tok = load_model(spec, merge=True)
     forgetting = token_loss(model, tok, general_corpus()[: s["ppl_texts"]], batch_size=8, max_length=128)
     write_json(out / "forgetting.json", forgetting)
     summary["forgetting"] = forgetting

@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,7 +276,3 @@ def fresh_output_dir(path: str | os.PathLike) -> Path:
     if not os.access(parent, os.W_OK):
         raise MidblockError(f"cannot write to {parent}", hint="choose a writable --out")
     return path
-
-
-def temp_dir(prefix: str = "midblock-") -> str:
-    return tempfile.mkdtemp(prefix=prefix)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +178,3 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int, padding_side: str = 
         labels[i, sl] = torch.tensor(b.get("labels", b["input_ids"]))
         mask[i, sl] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def env_gsm8k() -> str | None:
-    return os.environ.get("MIDBLOCK_GSM8K")

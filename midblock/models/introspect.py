@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from midblock.errors import MidblockError
@@ -138,11 +137,3 @@ def block_of_param(name: str, layout: ModelLayout) -> int | None:
     rest = name[pos + len(key) :]
     head = rest.split(".", 1)[0]
     return int(head) if head.isdigit() else None
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def first_param_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
