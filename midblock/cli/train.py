@@ -67,6 +67,12 @@ def register(sub) -> None:
     h.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
     h.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
+    h.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard parameters with FSDP across the processes of torchrun / accelerate launch "
+        "(automatic under an accelerate FSDP config)",
+    )
     common_args(p)
     p.set_defaults(func=run)
 
@@ -117,6 +123,7 @@ def config_from_args(args: argparse.Namespace):
         save_every=args.save_every,
         resume=args.resume,
         progress=not args.no_progress,
+        fsdp=args.fsdp,
     )
 
 

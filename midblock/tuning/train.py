@@ -1,8 +1,9 @@
 """``train(TrainConfig) -> TrainResult``: the training loop behind ``midblock train`` and ``midblock compare``.
 
 A plain loop on ``accelerate`` (one CPU, one GPU, or several processes under ``accelerate launch`` /
-``torchrun``). The data order is a pure function of (seed, step), so ``resume`` continues exactly: the
-checkpoint holds the trainable tensors, optimizer, scheduler and RNG states, and the step.
+``torchrun``: DDP, or FSDP through :mod:`midblock.tuning.fsdp` when ``config.fsdp`` or an accelerate FSDP
+configuration asks for it). The data order is a pure function of (seed, step), so ``resume`` continues
+exactly: the checkpoint holds the trainable tensors, optimizer, scheduler and RNG states, and the step.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
     from midblock.tuning.prepare import plan
 
     parse_spec(config.model)
+    if config.fsdp:
+        from midblock.tuning.fsdp import check_fsdp_settings
+
+        check_fsdp_settings()
     task = resolve_task(config.task, config.data)
     skeleton = load_skeleton(config.model)
     p = plan(config.tuning, get_layout(skeleton))
@@ -133,14 +138,15 @@ def _rng_state() -> dict[str, Any]:
     return st
 
 
-def _save_checkpoint(run: Path, step: int, model, opt, sched) -> Path:
+def _save_checkpoint(run: Path, step: int, model, opt, sched, gathered: tuple | None = None) -> Path:
+    """``gathered`` = (trainable, optimizer) full states under FSDP (gathered on every rank beforehand)."""
     ckdir = run / CKPT_DIR
     ckdir.mkdir(exist_ok=True)
     path = ckdir / f"step-{step:07d}.pt"
     state = {
         "step": step,
-        "trainable": _trainable_state(model),
-        "optimizer": opt.state_dict(),
+        "trainable": gathered[0] if gathered else _trainable_state(model),
+        "optimizer": gathered[1] if gathered else opt.state_dict(),
         "scheduler": sched.state_dict(),
         "rng": _rng_state(),
     }
@@ -157,13 +163,18 @@ def _latest_checkpoint(run: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
-def _load_checkpoint(path: Path, model, opt, sched) -> int:
+def _load_checkpoint(path: Path, model, opt, sched, fsdp: bool = False) -> int:
     st = torch.load(path, map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n, v in st["trainable"].items():
-            params[n].copy_(v.to(params[n].device, params[n].dtype))
-    opt.load_state_dict(st["optimizer"])
+    if fsdp:  # every rank read the file; each keeps its shard
+        from midblock.tuning.fsdp import load_full_state
+
+        load_full_state(model, opt, st["trainable"], st["optimizer"])
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, v in st["trainable"].items():
+                params[n].copy_(v.to(params[n].device, params[n].dtype))
+        opt.load_state_dict(st["optimizer"])
     sched.load_state_dict(st["scheduler"])
     torch.set_rng_state(st["rng"]["torch"])
     random.setstate(st["rng"]["python"])
@@ -175,16 +186,21 @@ def _load_checkpoint(path: Path, model, opt, sched) -> int:
 # --------------------------------------------------------------------------- outputs
 
 
-def _save_outputs(run: Path, model, config: TrainConfig, p) -> dict[str, str | None]:
-    """Adapter directory (LoRA) or ``delta.safetensors`` of the trained blocks (full parameters)."""
+def _save_outputs(run: Path, model, config: TrainConfig, p, state: dict | None = None) -> dict[str, str | None]:
+    """Adapter directory (LoRA) or ``delta.safetensors`` of the trained blocks (full parameters).
+
+    ``state``: the trainable tensors already gathered to full size (FSDP); else read from ``model``.
+    """
     if config.tuning.is_lora:
         model.peft_config["default"].base_model_name_or_path = config.model
+        kw = {"state_dict": state} if state is not None else {}  # PEFT keeps the LoRA keys of it
         with atomic_path(run / "adapter") as tmp:
-            model.save_pretrained(tmp, save_embedding_layers=False)  # LoRA only: no vocab check
+            model.save_pretrained(tmp, save_embedding_layers=False, **kw)  # LoRA only: no vocab check
         return {"adapter": "adapter", "delta": None}
     from safetensors.torch import save_file
 
-    tensors = {n: t.contiguous() for n, t in _trainable_state(model).items()}
+    state = state if state is not None else _trainable_state(model)
+    tensors = {n: t.contiguous() for n, t in state.items()}
     with atomic_path(run / "delta.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"method": config.tuning.method, "base": config.model})
     return {"adapter": None, "delta": "delta.safetensors"}
@@ -245,11 +261,23 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     from midblock.tuning.prepare import prepare_model
 
     t_start = time.perf_counter()
+    from midblock.tuning.fsdp import fsdp_requested
+
+    config.fsdp = fsdp_requested(config.fsdp)  # recorded in the run's config: --resume must match it
     v = _validate(config)
     p = v["plan"]
     cuda = torch.cuda.is_available()
     mp = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[config.precision]
     acc = _accelerator(cuda, mp)
+    if config.fsdp:
+        if acc.num_processes < 2:
+            raise MidblockError(
+                "FSDP needs several processes; this is one",
+                hint="run under accelerate launch --num_processes N or torchrun --nproc-per-node N",
+            )
+        from midblock.tuning.fsdp import disable_rank0_only_loading
+
+        disable_rank0_only_loading()
     from midblock.resources import reset_peak_memory
 
     reset_peak_memory(str(acc.device))  # this run's peak, not an earlier run's in the same process
@@ -330,9 +358,16 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
 
     main = acc.is_main_process
     world, rank = acc.num_processes, acc.process_index
-    model = acc.prepare(model)
-    inner = acc.unwrap_model(model)
-    report = check_truncated_backward(inner, fix=False)  # re-check after the wrapper is built
+    fsdp = config.fsdp
+    if fsdp:  # not acc.prepare: accelerate ignores its FSDP plugin on CPU (see midblock.tuning.fsdp)
+        from midblock.tuning.fsdp import full_optimizer_state, full_trainable_state, grad_sync, shard_model
+
+        report = check_truncated_backward(model, fix=False)  # before sharding: it runs the embedding
+        model = inner = shard_model(model, acc.device)  # checks names and requires_grad are unchanged
+    else:
+        model = acc.prepare(model)
+        inner = acc.unwrap_model(model)
+        report = check_truncated_backward(inner, fix=False)  # re-check after the wrapper is built
     params = [x for x in inner.parameters() if x.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
     n_steps = total_steps(config, len(items), world)
@@ -345,7 +380,7 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
             if main:
                 write_text(run / LOG_FILE, "")
         else:
-            start = _load_checkpoint(ck, inner, opt, sched)
+            start = _load_checkpoint(ck, inner, opt, sched, fsdp)
     if config.resume and start:
         if main:  # drop log lines written after the checkpoint: they will be written again
             rows = [r for r in read_jsonl_tolerant(run / LOG_FILE) if r.get("step", 0) <= start]
@@ -369,7 +404,10 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
                 idx_all += idx
                 batch = {k: t.to(acc.device) for k, t in collate([items[i] for i in idx], pad).items()}
                 sync = micro == config.grad_accum - 1
-                ctx = acc.no_sync(model) if (world > 1 and not sync) else _null()
+                if fsdp:
+                    ctx = grad_sync(model, sync)
+                else:
+                    ctx = acc.no_sync(model) if (world > 1 and not sync) else _null()
                 with ctx, acc.autocast():
                     loss, _ = causal_lm_loss(model, batch, config.head_at_labels)
                 acc.backward(loss / config.grad_accum)
@@ -381,7 +419,9 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
                     f"loss is {mean_loss} at step {step + 1} (examples {idx_all[:8]}...)",
                     hint=f"last good checkpoint: {last_ckpt or 'none'}; lower --lr or check the data",
                 )
-            if config.max_grad_norm:
+            if config.max_grad_norm and fsdp:  # DTensor gradients: the norm is reduced across ranks
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            elif config.max_grad_norm:
                 acc.clip_grad_norm_(params, config.max_grad_norm)
             opt.step()
             sched.step()
@@ -414,8 +454,9 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
                 stopped = True
             if (config.save_every and done % config.save_every == 0) or stopped:
                 acc.wait_for_everyone()
+                gathered = (full_trainable_state(inner), full_optimizer_state(inner, opt)) if fsdp else None
                 if main:
-                    last_ckpt = _save_checkpoint(run, done, inner, opt, sched)
+                    last_ckpt = _save_checkpoint(run, done, inner, opt, sched, gathered)
             if stopped:
                 log.warning("stopped at step %d; continue with --resume (checkpoint %s)", done, last_ckpt)
                 break
@@ -444,9 +485,11 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
         predicted_vs_full=pred["vs_full"],
         wall_s=time.perf_counter() - t_start,
         world_size=world,
+        fsdp=fsdp,
     )
+    state = full_trainable_state(inner) if (fsdp and not stopped) else None  # collective: every rank
     if main and not stopped:
-        out = _save_outputs(run, inner, config, p)
+        out = _save_outputs(run, inner, config, p, state)
         result.adapter, result.delta = out["adapter"], out["delta"]
         from midblock.models.loading import RUN_MANIFEST
 
@@ -482,12 +525,16 @@ def _eval_loss(model, items, pad, config, acc) -> float:
     model.eval()
     tot = torch.zeros(2, device=acc.device)
     mine = items[acc.process_index :: acc.num_processes]
+    # the same number of forwards on every rank (FSDP's forward is collective): a rank out of items
+    # runs a stand-in batch with weight 0
+    n_batches = math.ceil(math.ceil(len(items) / acc.num_processes) / config.batch_size)
     with torch.no_grad():
-        for i in range(0, len(mine), config.batch_size):
-            batch = {k: t.to(acc.device) for k, t in collate(mine[i : i + config.batch_size], pad).items()}
+        for i in range(0, n_batches * config.batch_size, config.batch_size):
+            chunk = mine[i : i + config.batch_size]
+            batch = {k: t.to(acc.device) for k, t in collate(chunk or items[:1], pad).items()}
             with acc.autocast():
                 loss, _ = causal_lm_loss(model, batch, config.head_at_labels)
-            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if chunk else 0
             tot += torch.tensor([float(loss) * n, n], device=acc.device)
     model.train()
     tot = acc.reduce(tot, "sum")

@@ -43,6 +43,10 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
     log_every: int = field(default=1, metadata={"help": "write a log line every N steps"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    fsdp: bool = field(
+        default=False,
+        metadata={"help": "shard with FSDP (fully_shard per block); also on under an accelerate FSDP config"},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.tuning, dict):
@@ -107,7 +111,8 @@ class TrainResult:
     predicted_vs_lora: float
     predicted_vs_full: float
     wall_s: float
-    world_size: int = 1  # processes that trained together (DDP)
+    world_size: int = 1  # processes that trained together (DDP or FSDP)
+    fsdp: bool = False  # parameters were sharded with FSDP
     adapter: str | None = None
     delta: str | None = None
 

@@ -160,3 +160,61 @@ def test_shared_prefix_len_leaves_each_row_a_token():
     assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
     assert shared_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2
     assert shared_prefix_len([[7, 8], [9]]) == 0
+
+
+def test_preallocated_layer_holds_what_a_dynamic_layer_holds():
+    """In-place writes into one buffer give the same keys/values as transformers' concatenating layer,
+    through a broadcast batch-1 prefix, multi-token and one-token updates, and row dropping."""
+    from transformers.cache_utils import DynamicLayer
+
+    from midblock.evaluation.generate import _PreallocatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    B, H, D = 3, 2, 4
+    pk, pv = torch.randn(1, H, 5, D, generator=g), torch.randn(1, H, 5, D, generator=g)
+    mine, ref = _PreallocatedLayer(capacity=5 + 4 + 3 + 1), DynamicLayer()
+    mine.allocate(pk, pv, B)
+    mine.update(pk, pv)
+    ref.update(pk.expand(B, -1, -1, -1).clone(), pv.expand(B, -1, -1, -1).clone())
+    steps = [torch.randn(B, H, 4, D, generator=g)] + [torch.randn(B, H, 1, D, generator=g) for _ in range(3)]
+    for i, k in enumerate(steps):
+        if i == 2:
+            keep = torch.tensor([0, 2])
+            mine.batch_select_indices(keep)
+            ref.batch_select_indices(keep)
+            k = k[keep]
+        elif i == 3:
+            k = k[torch.tensor([0, 2])]
+        km, vm = mine.update(k, 2 * k)
+        kr, vr = ref.update(k, 2 * k)
+        assert torch.equal(km, kr) and torch.equal(vm, vr)
+        assert mine.get_seq_length() == ref.get_seq_length()
+    assert mine.get_seq_length() == 5 + 4 + 3 == mine.capacity - 1  # one slot left: nothing reallocated
+
+
+def test_decode_writes_the_cache_in_place(lively, monkeypatch):
+    """The greedy loop uses the preallocated cache (no whole-cache copy per token) on a plain-attention model."""
+    import midblock.evaluation.generate as gen
+
+    seen = []
+    real = gen._preallocated_cache
+    monkeypatch.setattr(gen, "_preallocated_cache", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    model, tok = lively
+    generate_completions(model, tok, PROMPTS[:3], DecodeConfig(max_new_tokens=8, batch_size=3, progress=False))
+    assert seen and all(c is not None for c in seen)
+    assert all(isinstance(layer, gen._PreallocatedLayer) for layer in seen[0].layers)
+
+
+@pytest.mark.parametrize("preset", ["gemma3-tiny", "mistral-tiny"])
+def test_loop_equals_transformers_generate_on_other_cache_layouts(tiny, preset):
+    """Sliding-window layers fall back to transformers' own cache; grouped-query heads use the in-place one."""
+    model, tok = tiny(preset, seed=0)
+    with torch.no_grad():  # scaled so greedy outputs differ between prompts (gemma3 scales its embeddings itself)
+        for p in model.parameters():
+            p.mul_(1.0 if preset == "gemma3-tiny" else 3.0)
+    cfg = dict(max_new_tokens=16, stop=("\n\n",), progress=False)
+    loop = generate_completions(model, tok, PROMPTS, DecodeConfig(batch_size=4, engine="loop", **cfg))
+    ref = generate_completions(
+        model, tok, PROMPTS, DecodeConfig(batch_size=1, engine="generate", prefix_cache=False, **cfg)
+    )
+    assert loop == ref and len(set(ref)) > 3
