@@ -73,8 +73,11 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, Any], head_at_labels: bool
 def _plain_linear(head: nn.Module) -> bool:
     """A bare ``nn.Linear`` with ordinary tensors (not a PEFT-wrapped head, not sharded DTensors under FSDP),
     so its weight can be used directly without the module's own forward and hooks."""
-    return type(head) is nn.Linear and type(head.weight.data) is torch.Tensor and not head._forward_hooks and not (
-        head._forward_pre_hooks
+    return (
+        type(head) is nn.Linear
+        and type(head.weight.data) is torch.Tensor
+        and not head._forward_hooks
+        and not (head._forward_pre_hooks)
     )
 
 

@@ -89,3 +89,32 @@ def test_presets_are_valid_grids():
     labels = [c.label for c in p.cells() if c.seed == 0]
     assert labels[0] == "uniform-r64" and "mid-seg2-4" in labels and len(labels) == 11
     assert all(c.tuning["alpha_policy"] == "fixed" for c in p.cells())
+
+
+@pytest.mark.slow
+def test_paper_segments_preset_runs_every_layout_end_to_end(tmp_path, gsm8k_path):
+    """The paper-segments grid as shipped (11 layouts + the untuned base, GSM8K, lm-eval protocol), shrunk
+    only in size: tiny model, one step, one test item, a few new tokens."""
+    grid = preset("paper-segments", alpha_policy="fixed")
+    grid |= {
+        "model": "random:llama-8l",
+        "data": str(gsm8k_path),
+        "eval_data": str(gsm8k_path),
+        "eval_limit": 1,
+        "max_new_tokens": 4,
+        "seeds": [0],
+        "train": grid["train"] | {"limit": 4, "batch_size": 1, "grad_accum": 1, "steps": 1},
+    }
+    res = compare(grid, tmp_path / "ps", progress=False)
+    per_seed = [r for r in res["rows"] if r["seed"] == 0]
+    labels = [r["arm"] for r in per_seed]
+    assert labels[0] == "uniform-r64" and len(labels) == 11 and "seg5(last)" in labels
+    assert res["rows"][0]["arm"].startswith("base")
+    units = {r["arm"]: r["rank_units"] for r in per_seed}
+    assert units["uniform-r64"] == 8 * 64
+    # rank-unit budgets: every layout within one block's rounding of the uniform arm's 512 units
+    assert all(abs(u - 512) <= 512 / 8 for u in units.values()), units
+    # the paper's fixed alpha = 128: alpha/r differs between layouts with different ranks
+    ratios = {r["arm"]: r["alpha_over_r"] for r in per_seed}
+    assert ratios["uniform-r64"] == 2.0 and ratios["mid-seg2-4"] < 2.0
+    assert all((tmp_path / "ps" / f).exists() for f in ("compare.csv", "compare.md", "compare.png"))
