@@ -2,15 +2,16 @@
 
 Order of work: validate every argument (no file written), load data and models and check they are
 comparable, then open the run directory. Extraction streams batches through all models together
-(``capture.collect``), checkpointing the accumulators so ``resume=True`` continues; the metric phase
-(``rows``) then works on the accumulators alone.
+(``capture.collect``, "lockstep"), or with ``sequential=True`` through one model at a time
+(``midblock.analysis.sequential``: the base first, spilling what the pairs need, then each variant),
+checkpointing the accumulators so ``resume=True`` continues; the metric phase (``rows``) then works on the
+accumulators alone. Under ``torchrun``/``accelerate launch`` the batches are sharded over processes, the
+accumulators reduced, and only rank 0 writes outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
@@ -28,14 +29,23 @@ from midblock.analysis.capture import (
     make_batches,
     reduce_across_processes,
 )
+from midblock.analysis.inputs import (
+    FINGERPRINT,
+    check_cache,
+    dataset_arg,
+    fingerprint,
+    load_models,
+    load_texts,
+    model_identity,
+    tokenize,
+)
 from midblock.analysis.recommend import RecommendConfig, recommend_band
 from midblock.analysis.rows import DEFAULT_METRICS, FAMILIES, pair_rows, per_model_rows
 from midblock.errors import MidblockError
-from midblock.io import RunDir, atomic_path, fresh_output_dir, provenance, read_json, write_csv, write_json
+from midblock.io import RunDir, atomic_path, fresh_output_dir, provenance, write_csv, write_json
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ["variant", "dataset", "layer", "depth", "metric", "value"]
-FINGERPRINT = "fingerprint.json"
 
 
 @dataclass
@@ -57,7 +67,13 @@ class AnalyzeConfig:
     alpha: float = field(default=1.0, metadata={"help": "Renyi entropy order"})
     grad_batches: int = field(default=4, metadata={"help": "batches averaged for grad_norm"})
     seed: int = field(default=0, metadata={"help": "seed of random presets and data generation"})
-    device_map: str | None = field(default=None, metadata={"help": "e.g. 'auto' to spread big models (accelerate)"})
+    device_map: str | None = field(
+        default=None, metadata={"help": "from_pretrained device_map, e.g. 'auto' to spread a big model (accelerate)"}
+    )
+    sequential: bool = field(
+        default=False,
+        metadata={"help": "one model resident at a time: the base first (spilling what pairs need), then each variant"},
+    )
 
     def __post_init__(self) -> None:
         if not self.variants and not self.base:
@@ -72,10 +88,14 @@ class AnalyzeConfig:
             raise MidblockError(f"padding side must be left or right, got {self.padding_side!r}")
         if self.dtype not in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"):
             raise MidblockError(f"unknown dtype '{self.dtype}'", hint="use fp32, bf16 or fp16")
+        if self.grad_batches < 1:
+            raise MidblockError(f"--grad-batches must be >= 1, got {self.grad_batches}")
         if self.alpha <= 0:
             raise MidblockError(f"Renyi alpha must be > 0, got {self.alpha}")
         if not self.datasets:
             raise MidblockError("analyze needs at least one dataset", hint="--data gsm8k")
+        if self.device_map and self.device:
+            raise MidblockError("--device and --device-map exclude each other", hint="pass only one of them")
         self.metrics = parse_metrics(self.metrics)
 
 
@@ -101,104 +121,6 @@ def parse_metrics(metrics: str | list[str] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _dataset_arg(ds: str) -> tuple[str, str | None, str]:
-    """(task, data path or None, display name) of a --data value."""
-    if ds in ("gsm8k", "arith"):
-        return ds, None, ds
-    p = Path(ds)
-    if not p.exists():
-        raise MidblockError(f"dataset '{ds}' is neither gsm8k, arith nor an existing .jsonl file")
-    from midblock.data import resolve_task
-
-    return resolve_task(None, ds), ds, p.stem
-
-
-def _load_texts(ds: str, cfg: AnalyzeConfig, warnings: list[str]) -> tuple[str, list[str]]:
-    from midblock.data import load_examples
-
-    task, data, name = _dataset_arg(ds)
-    split = cfg.split if task != "jsonl" else "test"
-    exs = load_examples(task, split, data, limit=cfg.samples)
-    if not exs:
-        raise MidblockError(f"dataset '{ds}' has no samples", hint="check the file or split")
-    if len(exs) < cfg.samples:
-        warnings.append(f"dataset {name}: {len(exs)} samples available, {cfg.samples} asked; used {len(exs)}")
-    return name, [e.text for e in exs]
-
-
-def _tokenize(texts: list[str], tok, max_length: int) -> tuple[list[list[int]], int]:
-    seqs, cut = [], 0
-    for t in texts:
-        ids = tok(t, add_special_tokens=True, verbose=False)["input_ids"]
-        if len(ids) > max_length:
-            cut += 1
-            ids = ids[:max_length]
-        seqs.append(ids)
-    return seqs, cut
-
-
-def _model_name(spec: str, taken: set[str]) -> str:
-    name = Path(spec.rstrip("/")).name if Path(spec).exists() or "+" in spec else spec
-    name = name.replace(",", "_") or "variant"
-    if name == "base":
-        name = "variant"
-    out, k = name, 2
-    while out in taken:
-        out, k = f"{name}-{k}", k + 1
-    taken.add(out)
-    return out
-
-
-def _check_compatible(base, btok, var, vtok, name: str) -> None:
-    from midblock.models.introspect import _strip_peft, get_layout
-
-    cb, cv = type(_strip_peft(base)).__name__, type(_strip_peft(var)).__name__
-    if cb != cv:
-        raise MidblockError(f"variant {name} is a {cv}, the base a {cb}", hint="compare models of one architecture")
-    lb, lv = get_layout(base), get_layout(var)
-    if lb.num_layers != lv.num_layers:
-        raise MidblockError(f"variant {name} has {lv.num_layers} blocks, the base {lb.num_layers}")
-    db, dv = lb.embedding.weight.shape[-1], lv.embedding.weight.shape[-1]
-    if db != dv:
-        raise MidblockError(f"variant {name} has hidden size {dv}, the base {db}")
-    if btok.get_vocab() != vtok.get_vocab():
-        raise MidblockError(f"variant {name} uses a different tokenizer from the base (vocabularies differ)")
-
-
-def _model_identity(model) -> str:
-    """A cheap content hash of a model's weights (sums and shapes), so a changed checkpoint is noticed."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            h.update(f"{n}{tuple(p.shape)}{float(p.detach().double().sum()):.10e}".encode())
-    return h.hexdigest()[:16]
-
-
-def _fingerprint(cfg: AnalyzeConfig, models: dict[str, Any], seqs: dict[str, list[list[int]]]) -> dict[str, Any]:
-    data_hash = {k: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16] for k, v in seqs.items()}
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("device", "device_map")}
-    fp = {"models": {k: _model_identity(m) for k, m in models.items()}, "data": data_hash, "settings": settings}
-    fp["key"] = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return fp
-
-
-def _check_cache(out: Path, fp: dict[str, Any]) -> None:
-    f = out / FINGERPRINT
-    if not f.exists():
-        return
-    old = read_json(f)
-    if old.get("key") == fp["key"]:
-        return
-    diff = [k for k in ("models", "data") if old.get(k) != fp.get(k)]
-    changed = [k for k in fp["settings"] if old.get("settings", {}).get(k) != fp["settings"][k]]
-    if changed:
-        diff.append(f"settings ({', '.join(changed)})")
-    raise MidblockError(
-        f"{out} holds an analysis with different {', '.join(diff)}",
-        hint="use another --out, or delete that directory to start over",
-    )
-
-
 def _dist() -> tuple[int, int]:
     import torch.distributed as dist
 
@@ -211,12 +133,19 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
-def _extract(models, seqs, name, cfg, spec, cache: Path, resume: bool, pad_id: int) -> dict[str, ModelStats]:
-    """Stream one dataset through every model, checkpointing accumulators so a resumed run continues."""
+def _extract(
+    models, seqs, name, cfg, spec, cache: Path, resume: bool, pad_id: int, tag: str | None = None, **pairing
+) -> dict[str, ModelStats]:
+    """Stream one dataset through ``models``, checkpointing accumulators so a resumed run continues.
+
+    Lockstep mode passes every model (base first); one-model-at-a-time passes one model, a ``tag`` naming
+    its checkpoint files and the ``paired``/``on_keep`` arguments of ``collect``.
+    """
     from tqdm.auto import tqdm
 
     rank, world = _dist()
-    done, part = cache / f"{name}.r{rank}.pt", cache / f"{name}.r{rank}.partial.pt"
+    stem = name if tag is None else f"{name}@{tag}"
+    done, part = cache / f"{stem}.r{rank}.pt", cache / f"{stem}.r{rank}.partial.pt"
     start, stats = 0, None
     if resume and done.exists():
         stats = {k: ModelStats.from_state(v) for k, v in torch.load(done, weights_only=False).items()}
@@ -228,7 +157,7 @@ def _extract(models, seqs, name, cfg, spec, cache: Path, resume: bool, pad_id: i
     n_batches = math.ceil(len(seqs) / cfg.batch_size)
     mine = [b for b in make_batches(seqs, cfg.batch_size, pad_id, cfg.padding_side, start=start)]
     mine = [b for i, b in enumerate(mine, start) if i % world == rank]
-    bar = tqdm(total=n_batches, initial=start, desc=f"extract {name}", leave=False)
+    bar = tqdm(total=n_batches, initial=start, desc=f"extract {stem}", leave=False, disable=rank != 0)
 
     def checkpoint(i: int, st: dict[str, ModelStats]) -> None:
         bar.update(world)
@@ -236,7 +165,7 @@ def _extract(models, seqs, name, cfg, spec, cache: Path, resume: bool, pad_id: i
             with atomic_path(part) as tmp:
                 torch.save({"next_batch": start + (i + 1) * world, "stats": {k: v.state() for k, v in st.items()}}, tmp)
 
-    stats = collect(models, mine, spec, stats, on_batch=checkpoint)
+    stats = collect(models, mine, spec, stats, on_batch=checkpoint, **pairing)
     bar.close()
     with atomic_path(done) as tmp:
         torch.save({k: v.state() for k, v in stats.items()}, tmp)
@@ -297,7 +226,6 @@ def analyze(
         **options,
     )
     from midblock.layers import resolve_layers
-    from midblock.models import load_model
     from midblock.models.introspect import get_layout
     from midblock.models.loading import parse_spec
 
@@ -307,32 +235,25 @@ def analyze(
     for s in [cfg.base, *cfg.variants]:
         parse_spec(s)
     for ds in cfg.datasets:
-        _dataset_arg(ds)
+        dataset_arg(ds)
     rec_cfg = recommend or RecommendConfig()
     warnings: list[str] = []
-    texts = dict(_load_texts(ds, cfg, warnings) for ds in cfg.datasets)
+    texts = dict(load_texts(ds, cfg, warnings) for ds in cfg.datasets)
     if len(texts) != len(cfg.datasets):
         raise MidblockError("two --data values have the same name", hint="rename one of the files")
 
     load_kw = {"device_map": cfg.device_map} if cfg.device_map else {}
-    base_model, tok = load_model(cfg.base, dtype=cfg.dtype, device=cfg.device, seed=seed, **load_kw)
-    L = get_layout(base_model).num_layers
+    models, tok, var_info, identities = load_models(cfg, seed, load_kw)
+    L = get_layout(models["base"]).num_layers
     layer_idx = resolve_layers(cfg.layers, L + 1)  # layer indices 0..L (0 = embedding output)
-    models: dict[str, Any] = {"base": base_model}
-    taken = {"base"}
-    for vs in cfg.variants:
-        vm, vt = load_model(vs, dtype=cfg.dtype, device=cfg.device, seed=seed, **load_kw)
-        name = _model_name(vs, taken)
-        _check_compatible(base_model, tok, vm, vt, name)
-        models[name] = vm
+    names = ["base", *(v["name"] for v in var_info)]
     seqs, truncated = {}, {}
     for name, tx in texts.items():
-        seqs[name], truncated[name] = _tokenize(tx, tok, cfg.max_length)
+        seqs[name], truncated[name] = tokenize(tx, tok, cfg.max_length)
     fams = set(cfg.metrics)
-    fp = _fingerprint(cfg, models, seqs)
-    _check_cache(out, fp)  # before anything is written: a cache from other settings is never reused
+    fp = fingerprint(cfg, identities, seqs)
+    check_cache(out, fp)  # before anything is written: a cache from other settings is never reused
 
-    names = list(models)
     spec = CaptureSpec(
         layers=layer_idx,
         token_stats=tuple(
@@ -342,65 +263,153 @@ def analyze(
             or (s == "token_norm" and "l2_norm" in fams)
             or s in fams
         ),
-        pooled=bool(
-            fams
-            & {
-                "dataset_entropy",
-                "effective_rank",
-                "l2_norm",
-                "spectral",
-                "cka",
-                "cosine",
-                "mean_shift",
-                "change_intensity",
-            }
-        ),
-        token_cka="cka_token" in fams and len(models) > 1,
+        pooled=bool(fams & _POOLED_FAMILIES),
+        token_cka="cka_token" in fams and len(names) > 1,
         logit_lens="logit_lens" in fams,
         alpha=cfg.alpha,
     )
     rank, _ = _dist()
+    pad_id = tok.pad_token_id
     # only the main process owns the run directory; other data-parallel ranks just contribute shards
     with RunDir(out) if rank == 0 else contextlib.nullcontext() as run:
         if rank == 0:
             write_json(out / FINGERPRINT, fp)
         cache = out / "cache"
-        cache.mkdir(exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        if cfg.sequential:
+            parts, grads = _run_sequential(models, var_info, cfg, spec, seqs, cache, resume, pad_id, fams, load_kw)
+        else:
+            parts, grads = _run_lockstep(models, cfg, spec, seqs, cache, resume, pad_id, fams)
         csv_rows: list[dict[str, Any]] = []
-
-        def emit(variant: str, ds: str, rows) -> None:
-            for layer, metric, value in rows:
-                csv_rows.append(
-                    {
-                        "variant": variant,
-                        "dataset": ds,
-                        "layer": layer,
-                        "depth": round(layer / L, 6),
-                        "metric": metric,
-                        "value": value,
-                    }
-                )
-
-        weight_rows = _weight_rows(models, fams)
-        for ds, sq in seqs.items():
-            stats = _extract(models, sq, ds, cfg, spec, cache, resume, tok.pad_token_id)
+        for ds in seqs:
             for nm in names:
-                emit(nm, ds, per_model_rows(stats[nm], layer_idx, fams, cfg.alpha))
-                if nm != "base":
-                    emit(nm, ds, pair_rows(stats["base"], stats[nm], layer_idx, fams))
-                    emit(nm, ds, [(k[0], k[1], v) for k, v in sorted(weight_rows.get(nm, {}).items())])
-            if "grad_norm" in fams:
-                g = _grad_cached(cache, ds, resume, base_model, _grad_batches(sq, tok.pad_token_id, cfg))
-                emit("base", ds, [(k[0], k[1], v) for k, v in sorted(g.items())])
+                csv_rows.extend(_csv_rows(nm, ds, parts[ds][nm], L))
+            if ds in grads:
+                csv_rows.extend(_csv_rows("base", ds, sorted(grads[ds].items()), L))
         band = _recommend(csv_rows, L, names, rec_cfg)
         if rank != 0:
-            return {"recommended_band": band}
+            return {"rank": rank, "recommended_band": band, "rows": len(csv_rows), "warnings": []}
         for ds in seqs:
             if truncated[ds]:
                 warnings.append(f"dataset {ds}: {truncated[ds]} samples truncated to {cfg.max_length} tokens")
         results = _write_outputs(out, cfg, csv_rows, band, warnings, names, L, layer_idx, seqs, fp)
+        if cfg.sequential:
+            from midblock.analysis.sequential import remove_spill
+
+            remove_spill(cache / _SPILL)
         run.mark_completed()
     return results
+
+
+_POOLED_FAMILIES = {
+    "dataset_entropy",
+    "effective_rank",
+    "l2_norm",
+    "spectral",
+    "cka",
+    "cosine",
+    "mean_shift",
+    "change_intensity",
+}
+_SPILL = "spill"  # cache/spill: the one-model-at-a-time mode's base states and weights, deleted on success
+
+
+def _csv_rows(variant: str, ds: str, rows, L: int) -> list[dict[str, Any]]:
+    """(layer, metric, value) tuples (or ((layer, metric), value) pairs) -> CSV dicts with the depth fraction."""
+    out = []
+    for r in rows:
+        (layer, metric), value = (r[0], r[1]) if len(r) == 2 else ((r[0], r[1]), r[2])
+        out.append(
+            {
+                "variant": variant,
+                "dataset": ds,
+                "layer": layer,
+                "depth": round(layer / L, 6),
+                "metric": metric,
+                "value": value,
+            }
+        )
+    return out
+
+
+def _model_rows(stats: dict[str, ModelStats], nm: str, layer_idx, fams, alpha, weight_rows=None) -> list:
+    """One model's rows on one dataset: per-model metrics, and for a variant its paired and weight rows."""
+    rows = per_model_rows(stats[nm], layer_idx, fams, alpha)
+    if nm != "base":
+        rows += pair_rows(stats["base"], stats[nm], layer_idx, fams)
+        rows += [(k[0], k[1], v) for k, v in sorted((weight_rows or {}).items())]
+    return rows
+
+
+def _run_lockstep(models, cfg, spec, seqs, cache, resume, pad_id, fams) -> tuple[dict, dict]:
+    """Every model loaded; each batch goes through the base and then every variant."""
+    layer_idx = spec.layers
+    weight_rows = _weight_rows(models, fams)
+    parts: dict[str, dict[str, list]] = {}
+    grads: dict[str, dict] = {}
+    for ds, sq in seqs.items():
+        stats = _extract(models, sq, ds, cfg, spec, cache, resume, pad_id)
+        parts[ds] = {nm: _model_rows(stats, nm, layer_idx, fams, cfg.alpha, weight_rows.get(nm)) for nm in models}
+        if "grad_norm" in fams:
+            grads[ds] = _grad_cached(cache, ds, resume, models["base"], _grad_batches(sq, pad_id, cfg))
+    return parts, grads
+
+
+def _run_sequential(models, var_info, cfg, spec, seqs, cache, resume, pad_id, fams, load_kw) -> tuple[dict, dict]:
+    """One model resident at a time: the base over every dataset (spilling what the pairs need), then each
+    variant in turn on identical batches. ``models`` holds only the base, which is dropped from it here."""
+    from midblock.analysis import sequential as S
+    from midblock.analysis.weights import lora_delta, weight_delta
+    from midblock.models import load_model
+    from midblock.models.introspect import get_layout
+
+    layer_idx, spill = spec.layers, cache / _SPILL
+    rank, _ = _dist()
+    need_states = (spec.token_cka or spec.logit_lens) and bool(var_info)
+    wfile = spill / "base_weights.safetensors"
+    need_weights = "weight_delta" in fams and any(not v["lora"] for v in var_info) and rank == 0
+    parts: dict[str, dict[str, list]] = {ds: {} for ds in seqs}
+    grads: dict[str, dict] = {}
+    base_stats: dict[str, ModelStats] = {}
+    base = models.pop("base")
+    if need_weights and not (resume and wfile.exists()):
+        S.save_base_weights(base, wfile)
+    for ds, sq in seqs.items():
+        # a resumed run reuses the base's accumulators only while its spilled states are still there
+        keep_cache = resume and (not need_states or (spill / ds).exists())
+        writer = S.SpillWriter(spill / ds) if need_states else None
+        st = _extract({"base": base}, sq, ds, cfg, spec, cache, keep_cache, pad_id, tag="base", on_keep=writer)
+        base_stats[ds] = st["base"]
+        parts[ds]["base"] = _model_rows(st, "base", layer_idx, fams, cfg.alpha)
+        if writer is not None and writer.bytes:
+            log.info("spilled %.1f MB of base states for %s", writer.bytes / 2**20, ds)
+        if "grad_norm" in fams:
+            grads[ds] = _grad_cached(cache, ds, resume, base, _grad_batches(sq, pad_id, cfg))
+    lay = get_layout(base)
+    lens = (None, None)
+    if spec.logit_lens and var_info:
+        lens = (S.detached_copy(lay.final_norm), S.detached_copy(lay.lm_head))
+    lay = base = None  # the base is freed before any variant is loaded
+    S.release_memory()
+    for v in var_info:
+        nm = v["name"]
+        vm, _ = load_model(v["spec"], dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, **load_kw)
+        if model_identity(vm) != v["identity"]:
+            raise MidblockError(f"variant {nm} changed on disk during the run", hint="rerun when it is stable")
+        wrows: dict = {}
+        if v["lora"]:
+            if fams & {"lora_delta", "weight_delta"}:
+                wrows = lora_delta(vm)
+        elif need_weights:
+            wrows = weight_delta(S.SavedWeights(wfile), vm)
+        for ds, sq in seqs.items():
+            paired = S.BasePair(spill / ds, *lens) if need_states else (lambda batch: None)
+            st = _extract({nm: vm}, sq, ds, cfg, spec, cache, resume, pad_id, tag=nm, paired=paired)
+            parts[ds][nm] = _model_rows({"base": base_stats[ds], nm: st[nm]}, nm, layer_idx, fams, cfg.alpha, wrows)
+            st = None  # the variant's accumulators (D x D moments) are not needed once its rows exist
+        vm = None
+        S.release_memory()
+    return parts, grads
 
 
 def _grad_cached(cache: Path, ds: str, resume: bool, model, batches) -> dict:
@@ -411,7 +420,7 @@ def _grad_cached(cache: Path, ds: str, resume: bool, model, batches) -> dict:
         return torch.load(f, weights_only=False)
     from tqdm.auto import tqdm
 
-    g = grad_norm(model, tqdm(batches, desc=f"grad_norm {ds}", leave=False))
+    g = grad_norm(model, tqdm(batches, desc=f"grad_norm {ds}", leave=False, disable=_dist()[0] != 0))
     with atomic_path(f) as tmp:
         torch.save(g, tmp)
     return g
@@ -484,6 +493,7 @@ def _write_outputs(out, cfg, csv_rows, band, warnings, names, L, layer_idx, seqs
         recommended_band=band,
         plots=[f"plots/{p}" for p in plots],
         rows=len(csv_rows),
+        world_size=_dist()[1],
     )
     write_json(out / "results.json", results)
     add_section(out, analysis_section(results, csv_rows))

@@ -90,9 +90,7 @@ class ModelStats:
         return idx[order], Z[order]
 
     def add_moments(self, layer: int, X: torch.Tensor, Y: torch.Tensor) -> None:
-        X64, Y64 = X.to(_F64), Y.to(_F64)
-        new = {"sxy": X64.T @ Y64, "sxx": X64.T @ X64, "syy": Y64.T @ Y64, "sx": X64.sum(0), "sy": Y64.sum(0)}
-        new["n"] = torch.tensor(float(X.shape[0]), dtype=_F64)
+        new = M.token_moments(X, Y)
         cur = self.moments.get(layer)
         self.moments[layer] = new if cur is None else {k: cur[k] + new[k].to(cur[k].device) for k in cur}
 
@@ -304,7 +302,7 @@ class StatsCollector:
             if self.role == "base":
                 self.keep[layer] = real
             elif self.pair is not None and sp.token_cka:
-                st.add_moments(layer, self.pair.keep[layer], real)
+                st.add_moments(layer, self.pair.keep[layer].to(real.device), real)
         if sp.logit_lens:
             self._lens(layer, h, m)
 
@@ -316,6 +314,8 @@ class StatsCollector:
         tgt = tgt[m]
         x = h[m]
         base = self.pair.keep[layer] if (self.role != "base" and self.pair is not None) else None
+        if base is not None:  # the base's lens modules may sit on another device (device_map, a spilled base)
+            base = base.to(self.pair._device())
         ce = agree = kl = 0.0
         for s in range(0, x.shape[0], self.spec.lens_chunk):
             sl = slice(s, s + self.spec.lens_chunk)
@@ -325,7 +325,8 @@ class StatsCollector:
             ce -= float(lp[ok].gather(-1, t[ok].unsqueeze(-1)).to(_F64).sum())
             if base is not None:
                 lb = M.logit_lens_logprobs(base[sl].to(self.pair._dtype()), self.pair.norm, self.pair.head)
-                a, k, _ = M.lens_agreement_kl(lb, lp, torch.ones(lp.shape[0], dtype=torch.bool, device=lp.device))
+                every = torch.ones(lp.shape[0], dtype=torch.bool, device=lp.device)
+                a, k, _ = M.lens_agreement_kl(lb.to(lp.device), lp, every)
                 agree, kl = agree + a, kl + k
         self.stats.add(f"logit_ce@{layer}", ce, int((tgt >= 0).sum()))
         if base is not None:
@@ -334,6 +335,9 @@ class StatsCollector:
 
     def _dtype(self) -> torch.dtype:
         return next(self.head.parameters()).dtype
+
+    def _device(self) -> torch.device:
+        return next(self.head.parameters()).device
 
     def _check_finite(self, layer: int, h: torch.Tensor, m: torch.Tensor) -> None:
         bad_rows = ~torch.isfinite(h).all(-1) & m
@@ -353,24 +357,32 @@ def collect(
     stats: dict[str, ModelStats] | None = None,
     stop_early: bool = True,
     on_batch=None,
+    paired=None,
+    on_keep=None,
 ) -> dict[str, ModelStats]:
     """Feed every batch to every model (the first is the base), accumulating ``ModelStats`` per model.
 
     ``on_batch(i, stats)`` is called after each batch (used for checkpoints and progress).
+    One model at a time (``midblock.analysis.sequential``): on the base's own pass, ``on_keep(batch, keep)``
+    receives the base's kept real-token states of each batch (to spill them); on a variant's pass,
+    ``paired(batch)`` returns the stand-in for the base's collector on that batch, and every model in
+    ``models`` is a variant paired with it.
     """
     names = list(models)
     stats = stats if stats is not None else {}
     for nm in names:
         stats.setdefault(nm, ModelStats())
-    cols = {
-        nm: StatsCollector(stats[nm], spec, models[nm], "base" if i == 0 else "variant") for i, nm in enumerate(names)
-    }
+    roles = {nm: "base" if i == 0 and paired is None else "variant" for i, nm in enumerate(names)}
+    cols = {nm: StatsCollector(stats[nm], spec, models[nm], roles[nm]) for nm in names}
     taps = [Tap(models[nm], spec.layers, cols[nm], stop_early) for nm in names]
     try:
         for i, batch in enumerate(batches):
+            pair = paired(batch) if paired is not None else cols[names[0]]
             for nm in names:
-                cols[nm].start(batch, batch.attention_mask, pair=cols[names[0]] if nm != names[0] else None)
+                cols[nm].start(batch, batch.attention_mask, pair=pair if roles[nm] == "variant" else None)
                 forward(models[nm], batch)
+            if on_keep is not None and roles[names[0]] == "base":
+                on_keep(batch, cols[names[0]].keep)
             cols[names[0]].keep = {}
             if on_batch is not None:
                 on_batch(i, stats)

@@ -243,6 +243,65 @@ def cka_from_moments(
     return float(cxy.pow(2).sum() / den) if den > 0 else float("nan")
 
 
+# Streaming token-level CKA keeps these sums over paired rows (x_i, y_i); all are additive, so batches and
+# data-parallel shards merge by addition. The D x D ones serve both estimators; the D-vectors and scalars
+# are what the unbiased HSIC needs on top (O(n D) per batch, against O(n D^2) for the D x D products).
+MOMENT_KEYS = ("sxy", "sxx", "syy", "sx", "sy", "n", "x_y2", "y_x2", "x_x2", "y_y2", "q_xy", "q_xx", "q_yy")
+UNBIASED_KEYS = ("x_y2", "y_x2", "x_x2", "y_y2", "q_xy", "q_xx", "q_yy")
+
+
+def token_moments(X: torch.Tensor, Y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The float64 moment sums of paired rows X (n x D) and Y (n x E), uncentred (see ``MOMENT_KEYS``).
+
+    ``x_y2`` = sum_i x_i |y_i|^2, ``q_xy`` = sum_i |x_i|^2 |y_i|^2, and so on.
+    """
+    X, Y = _f64(X), _f64(Y)
+    nx, ny = X.pow(2).sum(-1), Y.pow(2).sum(-1)
+    return {
+        "sxy": X.T @ Y,
+        "sxx": X.T @ X,
+        "syy": Y.T @ Y,
+        "sx": X.sum(0),
+        "sy": Y.sum(0),
+        "n": torch.tensor(float(X.shape[0]), dtype=_F64, device=X.device),
+        "x_y2": ny @ X,
+        "y_x2": nx @ Y,
+        "x_x2": nx @ X,
+        "y_y2": ny @ Y,
+        "q_xy": nx @ ny,
+        "q_xx": nx @ nx,
+        "q_yy": ny @ ny,
+    }
+
+
+def _hsic_u(tr: torch.Tensor, k1: torch.Tensor, l1: torch.Tensor, kl1: torch.Tensor, n: float) -> torch.Tensor:
+    """Song et al.'s unbiased HSIC from tr(K~L~), 1^T K~ 1, 1^T L~ 1 and 1^T K~ L~ 1 (K~ = K, zero diagonal)."""
+    return (tr + k1 * l1 / ((n - 1) * (n - 2)) - 2.0 * kl1 / (n - 2)) / (n * (n - 3))
+
+
+def cka_unbiased_from_moments(m: dict[str, torch.Tensor]) -> float:
+    """Unbiased-HSIC linear CKA of token rows from the streamed sums of ``token_moments`` (no rows kept).
+
+    With K = X X^T and K~ its off-diagonal part (rows x_i uncentred: the estimator does its own centring),
+    tr(K~L~) = ||X^T Y||_F^2 - sum_i |x_i|^2 |y_i|^2, 1^T K~ 1 = |s_x|^2 - sum_i |x_i|^2, and with
+    a_i = x_i.s_x - |x_i|^2, b_i = y_i.s_y - |y_i|^2:
+    1^T K~ L~ 1 = sum_i a_i b_i = s_x^T (X^T Y) s_y - s_x.(sum_i x_i |y_i|^2) - s_y.(sum_i y_i |x_i|^2)
+    + sum_i |x_i|^2 |y_i|^2. Equals ``cka(X, Y, unbiased=True)`` (Gram form) to round-off; needs n > 3.
+    """
+    g = {k: _f64(m[k]) for k in MOMENT_KEYS}
+    n = float(g["n"])
+    if n <= 3:
+        return float("nan")
+    sx, sy, sxy, sxx, syy = g["sx"], g["sy"], g["sxy"], g["sxx"], g["syy"]
+    k1 = sx @ sx - sxx.diagonal().sum()
+    l1 = sy @ sy - syy.diagonal().sum()
+    hxy = _hsic_u(sxy.pow(2).sum() - g["q_xy"], k1, l1, sx @ sxy @ sy - sx @ g["x_y2"] - sy @ g["y_x2"] + g["q_xy"], n)
+    hxx = _hsic_u(sxx.pow(2).sum() - g["q_xx"], k1, k1, sx @ sxx @ sx - 2.0 * sx @ g["x_x2"] + g["q_xx"], n)
+    hyy = _hsic_u(syy.pow(2).sum() - g["q_yy"], l1, l1, sy @ syy @ sy - 2.0 * sy @ g["y_y2"] + g["q_yy"], n)
+    den = (hxx * hyy).clamp_min(0).sqrt()
+    return float(hxy / den) if den > 0 else float("nan")
+
+
 def cosine(Zb: torch.Tensor, Zv: torch.Tensor) -> float:
     """Mean over samples of cos(z_base_i, z_var_i)."""
     Zb, Zv = _f64(Zb), _f64(Zv)

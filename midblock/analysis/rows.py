@@ -18,7 +18,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "l2_norm": ("l2_norm", "token_norm"),
     "spectral": ("s_max", "condition_number", "rank_deficiency"),
     "cka": ("cka", "cka_unbiased", "cka_consecutive"),
-    "cka_token": ("cka_token",),
+    "cka_token": ("cka_token", "cka_token_unbiased"),
     "cosine": ("cosine",),
     "mean_shift": ("mean_shift", "mean_shift_rel"),
     "change_intensity": ("change_intensity",),
@@ -103,6 +103,8 @@ def pair_rows(base: ModelStats, var: ModelStats, layers: list[int], families: se
             rows.append(
                 (layer, "cka_token", M.cka_from_moments(m["sxy"], m["sxx"], m["syy"], m["sx"], m["sy"], int(m["n"])))
             )
+            if int(m["n"]) > 3 and all(k in m for k in M.UNBIASED_KEYS):
+                rows.append((layer, "cka_token_unbiased", M.cka_unbiased_from_moments(m)))
         if "logit_lens" in families:
             for key in ("logit_top1_agreement", "logit_kl"):
                 if f"{key}@{layer}" in var.sums:

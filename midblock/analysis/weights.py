@@ -18,12 +18,31 @@ from midblock.models.introspect import block_of_param, get_layout
 GROUPS = ("attn", "mlp")
 
 
-def _group_sums(layout, named: Iterable[tuple[str, float, float]]) -> dict[int, dict[str, list[float]]]:
-    """named: (module name relative to a block, block index, |delta|^2, |W|^2) -> per block, per group sums."""
+def _linears(layout) -> dict[str, str]:
+    """The block's linear modules (name relative to a block -> 'attn', 'mlp' or 'other'), seen through PEFT.
+
+    On a model whose block 0 carries LoRA, the layout lists PEFT's pieces ('q_proj.base_layer',
+    'q_proj.lora_A.default', ...): the wrapped linear is the model's weight, the LoRA factors are not.
+    """
+    out: dict[str, str] = {}
+    for name in layout.linear_names:
+        parts = name.split(".")
+        if "base_layer" in parts:
+            rel = ".".join(parts[: parts.index("base_layer")])
+        elif any(p.startswith("lora_") for p in parts):
+            continue
+        else:
+            rel = name
+        out.setdefault(rel, layout.group(name))
+    return out
+
+
+def _group_sums(named: Iterable[tuple[str, int, float, float]]) -> dict[int, dict[str, list[float]]]:
+    """named: (group of the module, block index, |delta|^2, |W|^2) -> per block, per group sums."""
     out: dict[int, dict[str, list[float]]] = {}
-    for rel, block, d2, w2 in named:
+    for group, block, d2, w2 in named:
         g = out.setdefault(block, {k: [0.0, 0.0] for k in ("all", *GROUPS)})
-        for key in ("all", layout.group(rel)):
+        for key in ("all", group):
             if key in g:
                 g[key][0] += d2
                 g[key][1] += w2
@@ -44,10 +63,30 @@ def _linear_weights(model, layout) -> dict[tuple[int, str], torch.Tensor]:
     """(block, linear name relative to the block) -> its weight tensor, for the base transformers model."""
     out = {}
     for i, block in enumerate(layout.blocks):
-        for rel in layout.linear_names:
+        for rel in _linears(layout):
             mod = block.get_submodule(rel)
             w = getattr(mod, "base_layer", mod).weight  # a PEFT LoRA layer wraps the original linear
             out[(i, rel)] = w
+    return out
+
+
+def weight_key(block: int, rel: str) -> str:
+    """The key of block ``block``'s linear ``rel`` in ``base_weights`` (and the safetensors spill)."""
+    return f"block{block}:{rel}"
+
+
+EMBEDDING_KEY = "embedding"
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    """Every weight ``weight_delta`` reads from the base (block linears and the embedding), by ``weight_key``.
+
+    The one-model-at-a-time mode saves these (safetensors) before the base is freed and passes them back as
+    ``weight_delta(saved, variant)``.
+    """
+    lay = get_layout(model)
+    out = {weight_key(i, rel): w for (i, rel), w in _linear_weights(model, lay).items()}
+    out[EMBEDDING_KEY] = lay.embedding.weight
     return out
 
 
@@ -55,21 +94,29 @@ def _linear_weights(model, layout) -> dict[tuple[int, str], torch.Tensor]:
 def weight_delta(base, variant) -> dict[tuple[int, str], float]:
     """||W_var - W_base||_F per block over its linear weights, per attention/MLP group, and relative.
 
-    Also the embedding (layer 0). Returns {(layer index, metric): value}.
+    Also the embedding (layer 0). ``base`` is a model or a mapping like ``base_weights(model)`` (tensors
+    fetched one at a time, e.g. lazily from a file). Returns {(layer index, metric): value}.
     """
-    lb, lv = get_layout(base), get_layout(variant)
-    if lb.num_layers != lv.num_layers:
-        raise MidblockError(f"weight_delta: base has {lb.num_layers} blocks, variant {lv.num_layers}")
-    wb, wv = _linear_weights(base, lb), _linear_weights(variant, lv)
+    lv = get_layout(variant)
+    if isinstance(base, torch.nn.Module):
+        lb = get_layout(base)
+        if lb.num_layers != lv.num_layers:
+            raise MidblockError(f"weight_delta: base has {lb.num_layers} blocks, variant {lv.num_layers}")
+        base = base_weights(base)
     named = []
-    for key, w in wb.items():
-        v = wv[key]
+    groups = _linears(lv)
+    for (block, rel), v in _linear_weights(variant, lv).items():
+        key = weight_key(block, rel)
+        if key not in base:
+            raise MidblockError(f"weight_delta: the base has no weight for block {block} {rel}")
+        w = base[key].detach().to(device=v.device, dtype=torch.float64)
         if v.shape != w.shape:
-            raise MidblockError(f"weight_delta: block {key[0]} {key[1]} has shape {tuple(v.shape)} vs {tuple(w.shape)}")
-        d = v.detach().to(torch.float64) - w.detach().to(torch.float64)
-        named.append((key[1], key[0], float(d.pow(2).sum()), float(w.detach().to(torch.float64).pow(2).sum())))
-    rows = _rows(_group_sums(lb, named), "weight_delta")
-    eb, ev = lb.embedding.weight.detach().to(torch.float64), lv.embedding.weight.detach().to(torch.float64)
+            raise MidblockError(f"weight_delta: block {block} {rel} has shape {tuple(v.shape)} vs {tuple(w.shape)}")
+        d = v.detach().to(torch.float64) - w
+        named.append((groups[rel], block, float(d.pow(2).sum()), float(w.pow(2).sum())))
+    rows = _rows(_group_sums(named), "weight_delta")
+    ev = lv.embedding.weight.detach().to(torch.float64)
+    eb = base[EMBEDDING_KEY].detach().to(device=ev.device, dtype=torch.float64)
     d = float((ev - eb).norm())
     rows[(0, "weight_delta")] = d
     rows[(0, "weight_delta_rel")] = d / float(eb.norm())
@@ -89,8 +136,9 @@ def lora_delta(model) -> dict[tuple[int, str], float]:
     """
     lay = get_layout(model)
     named = []
+    groups = _linears(lay)
     for i, block in enumerate(lay.blocks):
-        for rel in lay.linear_names:
+        for rel, group in groups.items():
             mod = block.get_submodule(rel)
             w = getattr(mod, "base_layer", mod).weight.detach().to(torch.float64)
             d2 = 0.0
@@ -99,8 +147,8 @@ def lora_delta(model) -> dict[tuple[int, str], float]:
                     continue
                 A, B = mod.lora_A[name].weight, mod.lora_B[name].weight
                 d2 += M.lora_delta_sq(A, B, float(mod.scaling[name]))
-            named.append((rel, i, d2, float(w.pow(2).sum())))
-    return _rows(_group_sums(lay, named), "lora_delta")
+            named.append((group, i, d2, float(w.pow(2).sum())))
+    return _rows(_group_sums(named), "lora_delta")
 
 
 def grad_norm(model, batches: Iterable[dict[str, torch.Tensor]]) -> dict[tuple[int, str], float]:

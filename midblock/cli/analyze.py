@@ -34,7 +34,23 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument(
+        "--device-map",
+        default=None,
+        help="from_pretrained device_map of checkpoints, e.g. auto (spreads a big model over GPUs and CPU)",
+    )
+    p.add_argument(
+        "--sequential",
+        "--one-model-at-a-time",
+        dest="sequential",
+        action="store_true",
+        help="keep one model in memory: the base over all batches first (what the paired metrics need is spilled "
+        "to OUT/cache/spill, deleted on success), then each variant in turn; same results as the default lockstep",
+    )
     p.add_argument("--split", default="test", help="dataset split (default test)")
+    p.add_argument(
+        "--grad-batches", type=int, default=4, help="batches of the analysed data averaged for grad_norm (default 4)"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     common_args(p)
     p.set_defaults(func=run)
@@ -65,9 +81,14 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             resume=args.resume,
             split=args.split,
+            grad_batches=args.grad_batches,
+            device_map=args.device_map,
+            sequential=args.sequential,
         ),
         args.batch_size,
     )
+    if res.get("rank", 0) != 0:
+        return 0  # data-parallel worker: the main process reports and writes the outputs
     band = res["recommended_band"]
     print(f"wrote {args.out}/metrics.csv ({res['rows']} rows), results.json, report.html")
     print(f"recommended band: {band['spec']} ({band['evidence'].get('mode')})")

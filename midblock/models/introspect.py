@@ -108,8 +108,13 @@ def find_layout(model: nn.Module) -> ModelLayout:
             break
 
     attn, mlp, other = [], [], []
+    wrappers: list[str] = []
     for name, mod in blocks[0].named_modules():
-        if not _is_linear(mod):
+        if any(name.startswith(f"{w}.") for w in wrappers):
+            continue  # inside a PEFT tuner layer: its base_layer and LoRA factors are not the block's linears
+        if _is_linear(getattr(mod, "base_layer", None)):
+            wrappers.append(name)  # the wrapper (e.g. 'self_attn.q_proj') stands for the linear it wraps
+        elif not _is_linear(mod):
             continue
         top = name.split(".")[0].lower()
         if any(w in top for w in _ATTN_WORDS):

@@ -4,57 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from midblock.analysis.analyze import CSV_COLUMNS, analyze
 from midblock.errors import MidblockError
 from midblock.layers import resolve_layers
+from tests.analysis.conftest import K, L, _save_variant
 from tests.conftest import run_cli
-
-L, K = 8, 5  # llama-8l; blocks K..L-1 are perturbed
-
-
-def _save_variant(path: Path, first_block: int, seed: int = 1, tokenizer=None) -> str:
-    from midblock.models import load_model
-    from midblock.models.presets import byte_tokenizer
-
-    model, _ = load_model("random:llama-8l", seed=0)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for i in range(first_block, L):
-            for p in model.model.layers[i].parameters():
-                p.mul_(1 + 0.5 * torch.randn(p.shape, generator=g))
-    model.save_pretrained(path)
-    (tokenizer or byte_tokenizer()).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def variants(tmp_path_factory):
-    d = tmp_path_factory.mktemp("variants")
-    return {"tail": _save_variant(d / "tail", K), "late": _save_variant(d / "late", L - 1, seed=2)}
-
-
-@pytest.fixture(scope="module")
-def run(variants, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "a"
-    res = analyze(
-        "random:llama-8l",
-        [variants["tail"], variants["late"]],
-        ["arith"],
-        samples=12,
-        max_length=40,
-        batch_size=4,
-        out=out,
-        metrics="all",
-        grad_batches=2,
-    )
-    with open(out / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    return out, res, rows
 
 
 def _val(rows, variant, layer, metric):
@@ -161,6 +118,9 @@ def test_fewer_samples_warns_and_empty_fails(tmp_path):
         (["--metrics", "logit_kl"], "written by family 'logit_lens'"),
         (["--data", "nope.jsonl"], "neither gsm8k, arith nor an existing"),
         (["--samples", "0"], "--samples must be >= 1"),
+        (["--variant", "random:llama-tiny", "--sequential"], "has 6 blocks, the base 8"),
+        (["--device", "cpu", "--device-map", "auto"], "--device and --device-map exclude each other"),
+        (["--grad-batches", "0"], "--grad-batches must be >= 1"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, argv, message):

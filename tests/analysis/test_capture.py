@@ -133,6 +133,7 @@ def test_token_cka_and_logit_lens_pairing(tiny):
         m = st["v"].moments[layer]
         assert M.cka_from_moments(m["sxy"], m["sxx"], m["syy"], m["sx"], m["sy"], int(m["n"])) == pytest.approx(1.0)
         assert int(m["n"]) == sum(len(s) for s in SEQS)
+        assert M.cka_unbiased_from_moments(m) == pytest.approx(1.0, abs=1e-9)
         assert st["v"].mean(f"logit_kl@{layer}") == pytest.approx(0.0, abs=1e-6)
         assert st["v"].mean(f"logit_top1_agreement@{layer}") == 1.0
     # the last layer read through the final norm once is the model's own next-token loss
@@ -141,6 +142,24 @@ def test_token_cka_and_logit_lens_pairing(tiny):
         loss = base(input_ids=batch.input_ids, labels=batch.input_ids).loss
     one = collect({"base": base}, [batch], CaptureSpec(layers=[6], logit_lens=True))["base"]
     assert one.mean("logit_ce@6") == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_token_cka_streamed_equals_direct_on_token_rows(tiny):
+    """Both token-CKA estimators from the hooks' moment sums equal the Gram-form CKA of the stacked real-token
+    rows (every sample unpadded, computed directly)."""
+    base, _ = tiny("llama-tiny", seed=0)
+    var, _ = tiny("llama-tiny", seed=1)
+    layers = [0, 3, 6]
+    st = collect({"base": base, "v": var}, make_batches(SEQS, 4, 256, "left"), CaptureSpec(layers, token_cka=True))
+    for layer in layers:
+        # the capture's row order is by batch; CKA does not depend on the order of paired rows
+        X = torch.cat([_direct_states(base, s)[0][layer] for s in SEQS])
+        Y = torch.cat([_direct_states(var, s)[0][layer] for s in SEQS])
+        m = st["v"].moments[layer]
+        assert M.cka_unbiased_from_moments(m) == pytest.approx(M.cka(X, Y, unbiased=True), abs=1e-5)
+        biased = M.cka_from_moments(m["sxy"], m["sxx"], m["syy"], m["sx"], m["sy"], int(m["n"]))
+        assert biased == pytest.approx(M.cka(X, Y), abs=1e-5)
+        assert abs(M.cka(X, Y, unbiased=True) - M.cka(X, Y)) > 1e-3
 
 
 def test_stops_after_last_needed_block(tiny):

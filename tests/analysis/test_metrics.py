@@ -142,6 +142,39 @@ def test_cka_from_moments_matches_direct():
     assert got == pytest.approx(M.cka(X, Y), abs=1e-12)
 
 
+def _sum_moments(X: torch.Tensor, Y: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
+    parts = [M.token_moments(X[i : i + chunk], Y[i : i + chunk]) for i in range(0, X.shape[0], chunk)]
+    return {k: sum(p[k] for p in parts) for k in M.MOMENT_KEYS}
+
+
+@pytest.mark.parametrize("n, d, e", [(6, 9, 4), (37, 5, 8), (120, 12, 12)])
+def test_cka_unbiased_from_moments_equals_gram_hsic(n, d, e):
+    # uncentred rows with an offset: the estimator centres implicitly; streamed in uneven chunks
+    X = _x(n, d, 10) + 2.0
+    Y = torch.tanh(X @ _x(d, e, 11)) + 0.3 * _x(n, e, 12) - 1.0
+    K, L = X @ X.T, Y @ Y.T
+    direct = float(M._hsic_unbiased(K, L) / (M._hsic_unbiased(K, K) * M._hsic_unbiased(L, L)).sqrt())
+    assert direct == pytest.approx(M.cka(X, Y, unbiased=True), abs=1e-12)
+    for chunk in (n, 5, 1):
+        assert M.cka_unbiased_from_moments(_sum_moments(X, Y, chunk)) == pytest.approx(direct, abs=1e-9)
+    assert abs(direct - M.cka(X, Y)) > 1e-4  # not the biased estimator
+
+
+def test_cka_unbiased_from_moments_invariances():
+    X = _x(60, 8, 13)
+    Y = X @ _x(8, 6, 14) + 0.5 * _x(60, 6, 15)
+    base = M.cka_unbiased_from_moments(_sum_moments(X, Y, 16))
+    assert 0.0 < base < 1.0
+    assert M.cka_unbiased_from_moments(_sum_moments(X, X, 7)) == pytest.approx(1.0, abs=1e-12)
+    assert M.cka_unbiased_from_moments(_sum_moments(X @ _rot(8, 4), Y, 9)) == pytest.approx(base, abs=1e-10)
+    assert M.cka_unbiased_from_moments(_sum_moments(X, 7.5 * Y @ _rot(6, 5), 60)) == pytest.approx(base, abs=1e-10)
+    assert M.cka_unbiased_from_moments(_sum_moments(0.01 * X, Y, 11)) == pytest.approx(base, abs=1e-10)
+    # the centring is built in: translating either side changes nothing (up to round-off)
+    assert M.cka_unbiased_from_moments(_sum_moments(X + 3.0, Y - X_offset()[:6], 13)) == pytest.approx(base, abs=1e-9)
+    m = _sum_moments(X[:3], Y[:3], 3)
+    assert math.isnan(M.cka_unbiased_from_moments(m))  # needs n > 3
+
+
 def X_offset() -> torch.Tensor:
     return torch.linspace(-2, 2, 7, dtype=torch.float64)
 

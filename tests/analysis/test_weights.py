@@ -41,6 +41,21 @@ def test_lora_delta_equals_weight_delta_of_merged_model(tiny, rslora):
     assert ld[(3, "lora_delta_attn")] > 0 and ld[(5, "lora_delta_mlp")] > 0
 
 
+def test_lora_on_every_block_including_block_0(tiny):
+    """With LoRA on block 0 the layout lists PEFT's pieces (q_proj.base_layer, q_proj.lora_A.default ...);
+    the deltas must still see q_proj itself (this gave zeros everywhere before)."""
+    base, _ = tiny("llama-tiny")
+    peft_model = _lora(tiny("llama-tiny")[0], False)
+    ld = lora_delta(peft_model)
+    wd = weight_delta(base, peft_model)  # an unmerged PEFT variant: its frozen base weights equal the base
+    assert all(v == 0.0 for (layer, m), v in wd.items() if not m.endswith("_rel"))
+    wd = weight_delta(base, peft_model.merge_and_unload())
+    for block in range(6):
+        for g in ("", "_attn", "_mlp"):
+            key = (block + 1, f"lora_delta{g}")
+            assert ld[key] > 0 and ld[key] == pytest.approx(wd[(block + 1, f"weight_delta{g}")], rel=1e-5)
+
+
 def test_weight_delta_groups_add_up(tiny):
     base, _ = tiny("llama-tiny")
     var, _ = tiny("llama-tiny")

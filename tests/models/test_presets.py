@@ -62,3 +62,18 @@ def test_skeleton_introspects_a_7b_shape_without_memory():
     m = load_skeleton("random:olmo2-7b")
     lay = get_layout(m)
     assert lay.num_layers == 32 and next(m.parameters()).device.type == "meta"
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny"])
+def test_layout_sees_through_peft_wrappers(tiny, preset):
+    """With LoRA on block 0 the block's linears keep their own names, not PEFT's pieces
+    ('q_proj.base_layer', 'q_proj.lora_A.default'), so per-module metrics find the weights."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny(preset)
+    before = get_layout(model)
+    names = (list(before.attn_linears), list(before.mlp_linears), list(before.other_linears))
+    targets = [n.split(".")[-1] for n in before.attn_linears]
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, fan_in_fan_out=preset == "gpt2-tiny"))
+    after = get_layout(peft_model)
+    assert (after.attn_linears, after.mlp_linears, after.other_linears) == names
