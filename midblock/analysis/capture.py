@@ -278,16 +278,18 @@ class StatsCollector:
         self._check_finite(layer, h, m)
         hz = _masked(h, m)
         n = self.n.to(h.device)
-        if sp.pooled:
-            st.add_pooled(layer, self.batch.idx, hz.to(_F64).sum(1) / n.unsqueeze(-1))
         names = sp.token_stats
+        # one float64 copy shared by the float64 statistics (pooled rows, curvature, token norms)
+        h64 = hz.to(_F64) if sp.pooled or "curvature" in names or "token_norm" in names else None
+        if sp.pooled:
+            st.add_pooled(layer, self.batch.idx, h64.sum(1) / n.unsqueeze(-1))
         for center in (False, True):
             name = "prompt_entropy_centered" if center else "prompt_entropy"
             if name in names:
                 val, ok = _prompt_entropy_batch(hz, m, n, sp.alpha, center)
                 st.add(f"{name}@{layer}", float(val[ok].sum()), int(ok.sum()))
         if "curvature" in names:
-            val, ok = _curvature_batch(hz, m)
+            val, ok = _curvature_batch(h64, m)
             st.add(f"curvature@{layer}", float(val[ok].sum()), int(ok.sum()))
         if "sparsity" in names:
             a = hz.abs()
@@ -295,7 +297,7 @@ class StatsCollector:
             small = ((a < 0.01 * mx) & m.unsqueeze(-1)).sum(dim=(1, 2)).to(_F64)
             st.add(f"sparsity@{layer}", float((small / (n * h.shape[-1])).sum()), h.shape[0])
         if "token_norm" in names:
-            rn = hz.to(_F64).norm(dim=-1).sum(1) / n
+            rn = h64.norm(dim=-1).sum(1) / n
             st.add(f"token_norm@{layer}", float(rn.sum()), h.shape[0])
         if sp.token_cka or sp.logit_lens:
             real = h[m]  # (real tokens, D), same order in base and variants

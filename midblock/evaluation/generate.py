@@ -20,6 +20,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from midblock.errors import MidblockError
+from midblock.evaluation.prefix_attention import shared_prefix_attention
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,14 @@ def _greedy_loop(
         cache.batch_repeat_interleave(B)
         kw[prefix.key] = cache
     kw |= _last_logits_only(model)
+    # with the prefix held once per row at the same positions, attention can read it once for all rows
+    shared = start if prefix is not None and isinstance(getattr(cache, "layers", [None])[0], _PreallocatedLayer) else 0
+    with shared_prefix_attention(model, shared):
+        return _decode(model, tokenizer, ids, mask, pos, start, kw, cfg, eos)
+
+
+def _decode(model, tokenizer, ids, mask, pos, start: int, kw: dict, cfg: DecodeConfig, eos: list[int]):
+    B = ids.shape[0]
     out = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=pos[:, start:], use_cache=True, **kw)
     key = "cache" if "cache" in out else "past_key_values"
     cache = out[key]
