@@ -6,8 +6,9 @@ catch the final hidden states with a hook on the final norm, and apply the head 
 only. The loss equals the model's own mean cross-entropy over labelled tokens (see the tests).
 
 The head and the cross-entropy are also fused and chunked (``chunked_head_ce``): the full N x V logits,
-their log-softmax and their gradient never exist at once. At SmolLM2's batch 8 x 256 those three were about
-1.1 GiB, a fifth of a LoRA step's peak memory, identical for every method, so they hid the band's saving.
+their log-softmax and their gradient never exist at once. At SmolLM2's batch 8 x 256 this lowers the peak
+memory rise of a LoRA step from 2.93 to 2.10 GiB; that part is the same for every method, so it hid the
+band's saving.
 """
 
 from __future__ import annotations
