@@ -251,9 +251,8 @@ def _last_logits_only(model) -> dict[str, int]:
 def _prefix_cache(model, ids: list[int]) -> _Prefix:
     device = next(model.parameters()).device
     out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, **_last_logits_only(model))
-    if "cache" in out:
-        return _Prefix(ids, out["cache"], "cache")
-    return _Prefix(ids, out["past_key_values"], "past_key_values")
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # the output's name for it varies too
+    return _Prefix(ids, cache, _cache_kwarg(model))
 
 
 @torch.inference_mode()
@@ -341,8 +340,9 @@ def _greedy_loop(
 def _decode(model, tokenizer, ids, mask, pos, start: int, kw: dict, cfg: DecodeConfig, eos: list[int]):
     B = ids.shape[0]
     out = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=pos[:, start:], use_cache=True, **kw)
-    key = "cache" if "cache" in out else "past_key_values"
-    cache = out[key]
+    out_key = "cache" if "cache" in out else "past_key_values"  # where outputs put it
+    key = _cache_kwarg(model)  # what forward takes
+    cache = out[out_key]
     nxt = out.logits[:, -1].argmax(-1)
     last = pos[:, -1]
     active = list(range(B))
@@ -372,7 +372,7 @@ def _decode(model, tokenizer, ids, mask, pos, start: int, kw: dict, cfg: DecodeC
         out = model(
             input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True, **{key: cache}
         )
-        cache = out[key]
+        cache = out[out_key]
         nxt = out.logits[:, -1].argmax(-1)
     return gen
 
