@@ -137,7 +137,6 @@ def shared_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 class _Prefix:
     ids: list[int]
     cache: object  # a transformers Cache holding the prefix's keys and values, batch 1
-    key: str  # the generate() argument name for it: 'cache' (transformers >= 5.2x) or 'past_key_values'
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -252,7 +251,7 @@ def _prefix_cache(model, ids: list[int]) -> _Prefix:
     device = next(model.parameters()).device
     out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, **_last_logits_only(model))
     cache = out["cache"] if "cache" in out else out["past_key_values"]  # the output's name for it varies too
-    return _Prefix(ids, cache, _cache_kwarg(model))
+    return _Prefix(ids, cache)
 
 
 @torch.inference_mode()
@@ -288,7 +287,7 @@ def _generate_batch(
     if P:
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(len(batch))
-        extra[prefix.key] = cache
+        extra[_cache_kwarg(model)] = cache
     gcfg = GenerationConfig(
         do_sample=False,
         num_beams=1,
@@ -324,12 +323,11 @@ def _greedy_loop(
     kw = {}
     start = len(prefix.ids) if prefix is not None else 0
     cache = _preallocated_cache(model, B, ids.shape[1] + cfg.max_new_tokens, prefix)
-    if cache is not None:
-        kw[prefix.key if prefix is not None else _cache_kwarg(model)] = cache
-    elif prefix is not None:
+    if cache is None and prefix is not None:  # other cache layouts: transformers' cache, prefix per row
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(B)
-        kw[prefix.key] = cache
+    if cache is not None:
+        kw[_cache_kwarg(model)] = cache
     kw |= _last_logits_only(model)
     # with the prefix held once per row at the same positions, attention can read it once for all rows
     shared = start if prefix is not None and isinstance(getattr(cache, "layers", [None])[0], _PreallocatedLayer) else 0
