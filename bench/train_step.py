@@ -4,12 +4,17 @@ common peer set-up, interleaved in ONE process, beside the FLOP model's predicti
     HF_HUB_OFFLINE=1 .venv/bin/python bench/train_step.py --model smollm2-135m --batch 8 --seq 256 --steps 5
 
 Every configuration trains the same fixed batch (random tokens, loss on every position). Rounds run the
-configurations in turn (A B C ... A B C ...); the first round is warm-up (optimizer states are created
-there); medians over the remaining rounds. All models share the frozen base tensors, so they fit together.
+configurations in turn (A B C ... A B C ...); each phase below starts with a warm-up round (optimizer
+states, the heap's working size); medians over the timed rounds. All models share the frozen base tensors,
+so they fit together.
 
-Memory: the process runs with ``MALLOC_MMAP_THRESHOLD_`` set low so freed tensors go back to the OS, and a
-sampler thread records the peak RSS during each step. A configuration's memory is reported as
+Two phases in the one process. Memory first: the process starts with ``MALLOC_MMAP_THRESHOLD_`` set low so
+freed tensors go back to the OS at once, and a sampler thread records the peak RSS during each step. A
+configuration's memory is reported as
 ``frozen weights + its trainable state (params, Adam moments) + (peak RSS during the step - RSS before)``.
+Then time: ``mallopt`` switches glibc to reusing freed memory (as in a normal run; with every tensor mmapped,
+each step would page-fault all its activations in again and the kernel time would favour the configuration
+that allocates less), and the timed rounds run. On CUDA memory comes from the allocator's peak statistics.
 
 The peer set-up is what TRL's SFTTrainer / transformers' Trainer do with a PEFT band and checkpointing:
 ``layers_to_transform`` + ``enable_input_require_grads`` + ``gradient_checkpointing_enable()`` (every block).
@@ -18,7 +23,9 @@ The peer set-up is what TRL's SFTTrainer / transformers' Trainer do with a PEFT 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import ctypes
 import datetime as dt
 import os
 import statistics
@@ -42,6 +49,17 @@ from midblock.tuning.loss import causal_lm_loss  # noqa: E402
 from midblock.tuning.prepare import enable_band_checkpointing, prepare_model  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def normal_allocator() -> None:
+    """Let glibc keep and reuse freed memory (mmap only above 32 MiB, trim only above 256 MiB free), close to
+    its own adaptive thresholds after a few steps, so timed steps do not page-fault their activations in."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD (32 MiB is glibc's ceiling on 64-bit)
+        libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: the allocator was never switched either
+        pass
 
 
 def rss() -> int:
@@ -156,39 +174,56 @@ def main() -> int:
     cpu: dict[str, list[float]] = {n: [] for n in names}
     mem: dict[str, list[int]] = {n: [] for n in names}
     cuda = args.device.startswith("cuda")
-    for rnd in range(args.steps + 1):
-        for n in names:
-            key = n.removesuffix("+ckpt")
-            m = cfgs[key]
-            lay = get_layout(m)
-            if key != "peer":
-                for b in lay.blocks:
-                    b.gradient_checkpointing = False
-                if n.endswith("+ckpt"):
-                    enable_band_checkpointing(m, m.midblock_plan.backward_blocks)
-            m.train()
+
+    def step(n: str, sampler: PeakSampler | None = None) -> tuple[float, float, int]:
+        key = n.removesuffix("+ckpt")
+        m = cfgs[key]
+        lay = get_layout(m)
+        if key != "peer":
+            for b in lay.blocks:
+                b.gradient_checkpointing = False
+            if n.endswith("+ckpt"):
+                enable_band_checkpointing(m, m.midblock_plan.backward_blocks)
+        m.train()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        with sampler or contextlib.nullcontext():
+            t0, c0 = time.perf_counter(), cpu_clock()
+            loss, _ = causal_lm_loss(m, batch, head_at_labels=True)
+            loss.backward()
+            opts[key].step()
+            opts[key].zero_grad(set_to_none=True)
             if cuda:
                 torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
-            with PeakSampler() as s:
-                t0, c0 = time.perf_counter(), cpu_clock()
-                loss, _ = causal_lm_loss(m, batch, head_at_labels=True)
-                loss.backward()
-                opts[key].step()
-                opts[key].zero_grad(set_to_none=True)
-                if cuda:
-                    torch.cuda.synchronize()
-                dt_s = time.perf_counter() - t0
-                dc_s = cpu_clock() - c0
+            dt_s, dc_s = time.perf_counter() - t0, cpu_clock() - c0
+        if cuda:
+            used = torch.cuda.max_memory_allocated() - before
+        else:
+            used = sampler.peak - sampler.base if sampler else 0
+        return dt_s, dc_s, used + _state_bytes(m, opts[key])
+
+    # Phase 1, memory: every tensor above 64 KiB is its own mmap (set at start-up), so RSS follows the live
+    # tensors. A warm-up round first (it creates the Adam moments), then one measured round: memory is
+    # deterministic.
+    for rnd in range(2):
+        for n in names:
+            _, _, used = step(n, PeakSampler())
+            if rnd:
+                mem[n].append(used)
+        print(f"memory round {rnd}: done", flush=True)
+    # Phase 2, time: back to an allocator that reuses freed memory, as in a normal run. With every tensor
+    # mmapped, each step page-faults all its activations in again (about a quarter of a LoRA step's time
+    # here went to the kernel), which penalises the configuration that allocates more.
+    normal_allocator()
+    for rnd in range(args.steps + 1):
+        for n in names:
+            dt_s, dc_s, _ = step(n)
             if rnd == 0:
-                continue  # warm-up: allocator, Adam moments
+                continue  # warm-up: the heap grows to its working size
             times[n].append(dt_s)
             cpu[n].append(dc_s)
-            if cuda:
-                mem[n].append(torch.cuda.max_memory_allocated() - before + _state_bytes(m, opts[key]))
-            else:
-                mem[n].append(s.peak - s.base + _state_bytes(m, opts[key]))
         if rnd:
             print(f"round {rnd}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
     frozen = sum(p.numel() * p.element_size() for p in base.parameters())
@@ -196,7 +231,7 @@ def main() -> int:
     cmed = {n: statistics.median(cpu[n]) for n in names}
     mmed = {n: frozen + statistics.median(mem[n]) for n in names}
     pred = predictions(shape, band, bm.rank, args)
-    report = render(args, shape, band, bm, names, med, mmed, pred, cmed)
+    report = render(args, shape, band, bm, names, med, mmed, pred, cmed, times)
     if args.completion_steps and not cuda:
         report += "\n" + completion_section(cfgs["midblock"], tok, args)
     print(report)
@@ -250,7 +285,7 @@ RATIOS = [
 ]
 
 
-def render(args, shape, band, bm, names, med, mmed, pred, cmed) -> str:
+def render(args, shape, band, bm, names, med, mmed, pred, cmed, times) -> str:
     from midblock.io import hardware_info, package_versions
     from midblock.layers import format_indices
 
@@ -262,8 +297,9 @@ def render(args, shape, band, bm, names, med, mmed, pred, cmed) -> str:
         "",
         f"Model {args.model} ({shape.num_layers} blocks), batch {args.batch} x {args.seq}, {args.dtype} on "
         f"{args.device}, torch threads {torch.get_num_threads()}; band {args.band} = blocks {format_indices(band)} "
-        f"at r{bm.rank} (rank units {bm.units} vs all-block r{args.rank}: {bm.baseline_units}); medians of "
-        f"{args.steps} interleaved rounds after 1 warm-up round.",
+        f"at r{bm.rank} (rank units {bm.units} vs all-block r{args.rank}: {bm.baseline_units}); times are medians "
+        f"of {args.steps} interleaved rounds after 1 warm-up round; memory from a separate phase before them "
+        "(1 warm-up + 1 measured round).",
         f"Versions: {package_versions()}; hardware: {hardware_info()}",
         "",
         "| config | s/step (wall) | CPU s/step | memory GiB | predicted TFLOP/step |",
@@ -276,8 +312,11 @@ def render(args, shape, band, bm, names, med, mmed, pred, cmed) -> str:
         "Time ratios are wall-clock; beside them the CPU-time ratio (with one torch thread: the CPU seconds of",
         "the thread running the step, which other jobs on a shared machine disturb much less than wall time).",
         "",
-        "| ratio | measured | CPU-time ratio | predicted (FLOPs) | target | within 10% of prediction |",
-        "|---|---:|---:|---:|---|---|",
+        "Paired: the median of the per-round ratios (the two configurations ran minutes apart in each round,",
+        "so slow drift of the machine cancels).",
+        "",
+        "| ratio | measured | paired | CPU-time ratio | predicted (FLOPs) | target | within 10% of prediction |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for label, a, b, kind, target in RATIOS:
         if a not in med or b not in med:
@@ -286,9 +325,12 @@ def render(args, shape, band, bm, names, med, mmed, pred, cmed) -> str:
         if kind == "time":
             p = pred[a] / pred[b]
             ok = "yes" if abs(meas / p - 1) <= 0.10 else "no"
-            lines.append(f"| {label} | {meas:.3f} | {cmed[a] / cmed[b]:.3f} | {p:.3f} | {target} | {ok} |")
+            paired = statistics.median(x / y for x, y in zip(times[a], times[b]))
+            lines.append(
+                f"| {label} | {meas:.3f} | {paired:.3f} | {cmed[a] / cmed[b]:.3f} | {p:.3f} | {target} | {ok} |"
+            )
         else:
-            lines.append(f"| {label} | {meas:.3f} | - | - | {target} | - |")
+            lines.append(f"| {label} | {meas:.3f} | - | - | - | {target} | - |")
     return "\n".join(lines) + "\n"
 
 
@@ -317,7 +359,7 @@ def completion_section(model, tok, args) -> str:
             model.zero_grad(set_to_none=True)
             if rnd:
                 times[name].append(time.perf_counter() - t0)
-            losses[name] = float(loss)
+            losses[name] = float(loss.detach())
     lines = [
         f"## Completion-only path (midblock, arith batch of {args.batch}, {n_tok} tokens, forward+backward)",
         "",

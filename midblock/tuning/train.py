@@ -138,7 +138,7 @@ def _rng_state() -> dict[str, Any]:
     return st
 
 
-def _save_checkpoint(run: Path, step: int, model, opt, sched, gathered: tuple | None = None) -> Path:
+def _save_checkpoint(run: Path, step: int, model, opt, sched, gathered: tuple | None = None, world: int = 1) -> Path:
     """``gathered`` = (trainable, optimizer) full states under FSDP (gathered on every rank beforehand)."""
     ckdir = run / CKPT_DIR
     ckdir.mkdir(exist_ok=True)
@@ -149,6 +149,7 @@ def _save_checkpoint(run: Path, step: int, model, opt, sched, gathered: tuple | 
         "optimizer": gathered[1] if gathered else opt.state_dict(),
         "scheduler": sched.state_dict(),
         "rng": _rng_state(),
+        "world_size": world,  # the data order and the step count depend on it
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -163,8 +164,14 @@ def _latest_checkpoint(run: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
-def _load_checkpoint(path: Path, model, opt, sched, fsdp: bool = False) -> int:
+def _load_checkpoint(path: Path, model, opt, sched, fsdp: bool = False, world: int = 1) -> int:
     st = torch.load(path, map_location="cpu", weights_only=False)
+    if st.get("world_size", world) != world:
+        raise MidblockError(
+            f"--resume: {path.name} was written by a run on {st['world_size']} process(es), this one has {world}; "
+            "the data order and the number of steps depend on it",
+            hint=f"relaunch with {st['world_size']} process(es) (accelerate launch --num_processes / torchrun)",
+        )
     if fsdp:  # every rank read the file; each keeps its shard
         from midblock.tuning.fsdp import load_full_state
 
@@ -380,7 +387,7 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
             if main:
                 write_text(run / LOG_FILE, "")
         else:
-            start = _load_checkpoint(ck, inner, opt, sched, fsdp)
+            start = _load_checkpoint(ck, inner, opt, sched, fsdp, world)
     if config.resume and start:
         if main:  # drop log lines written after the checkpoint: they will be written again
             rows = [r for r in read_jsonl_tolerant(run / LOG_FILE) if r.get("step", 0) <= start]
@@ -456,7 +463,7 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
                 acc.wait_for_everyone()
                 gathered = (full_trainable_state(inner), full_optimizer_state(inner, opt)) if fsdp else None
                 if main:
-                    last_ckpt = _save_checkpoint(run, done, inner, opt, sched, gathered)
+                    last_ckpt = _save_checkpoint(run, done, inner, opt, sched, gathered, world)
             if stopped:
                 log.warning("stopped at step %d; continue with --resume (checkpoint %s)", done, last_ckpt)
                 break

@@ -204,6 +204,23 @@ def test_cli_resume_with_other_config_refused(tmp_path):
     assert rc == 2 and "already holds" in err
 
 
+def test_resume_with_another_process_count_refused(tmp_path):
+    """The data order and the step count depend on the number of processes: a checkpoint written by a
+    2-process run must not silently continue on 1."""
+    out = tmp_path / "run"
+    res = train(_cfg(out, save_every=1), on_step=lambda s, loss: s == 1)
+    assert res.stopped
+    (ck,) = (out / "checkpoints").glob("step-*.pt")
+    st = torch.load(ck, weights_only=False)
+    assert st["world_size"] == 1
+    st["world_size"] = 2
+    torch.save(st, ck)
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(MidblockError, match=r"written by a run on 2 process\(es\), this one has 1"):
+        train(_cfg(out, save_every=1, resume=True))
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
 def test_two_process_cpu_run(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     midblock = Path(sys.executable).parent / "midblock"
