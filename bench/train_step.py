@@ -13,8 +13,8 @@ freed tensors go back to the OS at once, and a sampler thread records the peak R
 configuration's memory is reported as
 ``frozen weights + its trainable state (params, Adam moments) + (peak RSS during the step - RSS before)``.
 Then time: ``mallopt`` switches glibc to reusing freed memory (as in a normal run; with every tensor mmapped,
-each step would page-fault all its activations in again and the kernel time would favour the configuration
-that allocates less), and the timed rounds run. On CUDA memory comes from the allocator's peak statistics.
+each step page-faults all its activations in again, about 30% of a step here: ``bench/page_faults.py``), and
+the timed rounds run, counting each step's page faults. On CUDA memory comes from the allocator's peak statistics.
 
 The peer set-up is what TRL's SFTTrainer / transformers' Trainer do with a PEFT band and checkpointing:
 ``layers_to_transform`` + ``enable_input_require_grads`` + ``gradient_checkpointing_enable()`` (every block).
@@ -28,6 +28,7 @@ import copy
 import ctypes
 import datetime as dt
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -52,12 +53,12 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def normal_allocator() -> None:
-    """Let glibc keep and reuse freed memory (mmap only above 32 MiB, trim only above 256 MiB free), close to
-    its own adaptive thresholds after a few steps, so timed steps do not page-fault their activations in."""
+    """Let glibc keep and reuse freed memory (mmap only above 32 MiB, never trim the heap), so timed steps do
+    not page-fault their activations in. The page faults of every timed step are still counted and reported."""
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD (32 MiB is glibc's ceiling on 64-bit)
-        libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD: never hand the heap's free top back (it would fault in again)
     except (OSError, AttributeError):  # not glibc: the allocator was never switched either
         pass
 
@@ -173,9 +174,10 @@ def main() -> int:
     times: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     mem: dict[str, list[int]] = {n: [] for n in names}
+    faults: dict[str, list[int]] = {n: [] for n in names}
     cuda = args.device.startswith("cuda")
 
-    def step(n: str, sampler: PeakSampler | None = None) -> tuple[float, float, int]:
+    def step(n: str, sampler: PeakSampler | None = None) -> tuple[float, float, int, int]:
         key = n.removesuffix("+ckpt")
         m = cfgs[key]
         lay = get_layout(m)
@@ -189,6 +191,7 @@ def main() -> int:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         with sampler or contextlib.nullcontext():
             t0, c0 = time.perf_counter(), cpu_clock()
             loss, _ = causal_lm_loss(m, batch, head_at_labels=True)
@@ -198,40 +201,42 @@ def main() -> int:
             if cuda:
                 torch.cuda.synchronize()
             dt_s, dc_s = time.perf_counter() - t0, cpu_clock() - c0
+        nflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         if cuda:
             used = torch.cuda.max_memory_allocated() - before
         else:
             used = sampler.peak - sampler.base if sampler else 0
-        return dt_s, dc_s, used + _state_bytes(m, opts[key])
+        return dt_s, dc_s, used + _state_bytes(m, opts[key]), nflt
 
     # Phase 1, memory: every tensor above 64 KiB is its own mmap (set at start-up), so RSS follows the live
     # tensors. A warm-up round first (it creates the Adam moments), then one measured round: memory is
     # deterministic.
     for rnd in range(2):
         for n in names:
-            _, _, used = step(n, PeakSampler())
+            _, _, used, _ = step(n, PeakSampler())
             if rnd:
                 mem[n].append(used)
         print(f"memory round {rnd}: done", flush=True)
     # Phase 2, time: back to an allocator that reuses freed memory, as in a normal run. With every tensor
-    # mmapped, each step page-faults all its activations in again (about a quarter of a LoRA step's time
-    # here went to the kernel), which penalises the configuration that allocates more.
+    # mmapped, each step page-faults all its activations in again (about 30% of a step here went to the
+    # kernel: bench/page_faults.py).
     normal_allocator()
     for rnd in range(args.steps + 1):
         for n in names:
-            dt_s, dc_s, _ = step(n)
+            dt_s, dc_s, _, nflt = step(n)
             if rnd == 0:
                 continue  # warm-up: the heap grows to its working size
             times[n].append(dt_s)
             cpu[n].append(dc_s)
+            faults[n].append(nflt)
         if rnd:
-            print(f"round {rnd}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), flush=True)
+            print(round_line(rnd - 1, names, times), flush=True)
     frozen = sum(p.numel() * p.element_size() for p in base.parameters())
     med = {n: statistics.median(times[n]) for n in names}
     cmed = {n: statistics.median(cpu[n]) for n in names}
     mmed = {n: frozen + statistics.median(mem[n]) for n in names}
     pred = predictions(shape, band, bm.rank, args)
-    report = render(args, shape, band, bm, names, med, mmed, pred, cmed, times)
+    report = render(args, shape, band, bm, names, med, mmed, pred, cmed, times, faults)
     if args.completion_steps and not cuda:
         report += "\n" + completion_section(cfgs["midblock"], tok, args)
     print(report)
@@ -285,7 +290,7 @@ RATIOS = [
 ]
 
 
-def render(args, shape, band, bm, names, med, mmed, pred, cmed, times) -> str:
+def render(args, shape, band, bm, names, med, mmed, pred, cmed, times, faults) -> str:
     from midblock.io import hardware_info, package_versions
     from midblock.layers import format_indices
 
@@ -302,11 +307,14 @@ def render(args, shape, band, bm, names, med, mmed, pred, cmed, times) -> str:
         "(1 warm-up + 1 measured round).",
         f"Versions: {package_versions()}; hardware: {hardware_info()}",
         "",
-        "| config | s/step (wall) | CPU s/step | memory GiB | predicted TFLOP/step |",
-        "|---|---:|---:|---:|---:|",
+        "| config | s/step (wall) | CPU s/step | memory GiB | predicted TFLOP/step | page faults/step |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for n in names:
-        lines.append(f"| {n} | {med[n]:.3f} | {cmed[n]:.3f} | {mmed[n] / gib:.2f} | {pred[n] / 1e12:.3f} |")
+        lines.append(
+            f"| {n} | {med[n]:.3f} | {cmed[n]:.3f} | {mmed[n] / gib:.2f} | {pred[n] / 1e12:.3f} "
+            f"| {statistics.median(faults[n]):.0f} |"
+        )
     lines += [
         "",
         "Time ratios are wall-clock; beside them the CPU-time ratio (with one torch thread: the CPU seconds of",
@@ -331,7 +339,13 @@ def render(args, shape, band, bm, names, med, mmed, pred, cmed, times) -> str:
             )
         else:
             lines.append(f"| {label} | {meas:.3f} | - | - | - | {target} | - |")
+    lines += ["", "Per-round wall times (`python bench/pool_rounds.py FILE...` pools paired ratios across runs):", ""]
+    lines += ["```"] + [round_line(i, names, times) for i in range(len(times[names[0]]))] + ["```"]
     return "\n".join(lines) + "\n"
+
+
+def round_line(i: int, names: list[str], times: dict[str, list[float]]) -> str:
+    return f"round {i + 1}: " + ", ".join(f"{n} {times[n][i]:.2f}s" for n in names)
 
 
 def completion_section(model, tok, args) -> str:
