@@ -60,7 +60,7 @@ def build_comparison(evals: dict[str, list[dict]], arms: dict[str, list[dict]]) 
         if train_runs:
             t = train_runs[0]
             row.update(
-                blocks_trained=t.get("backward_depth"),
+                backward_depth=t.get("backward_depth"),  # blocks the backward pass visits
                 trainable_params=t["trainable_params"],
                 rank_units=t["rank_units"],
                 alpha_over_r=t["scaling"],
