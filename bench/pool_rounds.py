@@ -5,8 +5,8 @@
 Each run prints (and writes into its report) one ``round N: config 12.34s, ...`` line per timed round. A
 round's ratio compares two configurations measured minutes apart in the same process, so slow drift of the
 machine cancels within it; pooling the rounds of several runs also averages over what differs between runs
-(where the heap and the page cache happen to lie). Prints, for each ratio the issue sets a target on, every
-round's value, the pooled median, the FLOP prediction (from the same report) and how far apart they are.
+(where the heap and the page cache happen to lie). Prints, for each ratio the issue sets a target on, the
+number of rounds, the pooled median, the FLOP prediction (the report's ratio table) and how far apart they are.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ PAIRS = [
 ]
 ROUND = re.compile(r"^round \d+: (.*)$")
 CELL = re.compile(r"([\w+-]+) ([\d.]+)s")
-PRED = re.compile(r"^\| ([\w+-]+) \|[^|]*\|[^|]*\|[^|]*\| ([\d.]+) \|")  # config table: TFLOP/step column
+# the report's ratio table: "| midblock / lora time | measured | ... | predicted | target | within 10% |"
+PRED = re.compile(r"^\| ([\w+-]+) / ([\w+-]+) time \|.*\| ([\d.]+) \|[^|]*\|[^|]*\|$")
 
 
-def read(path: Path) -> tuple[list[dict[str, float]], dict[str, float]]:
+def read(path: Path) -> tuple[list[dict[str, float]], dict[tuple[str, str], float]]:
     rounds, pred, seen = [], {}, set()
     for line in path.read_text().splitlines():
         m = ROUND.match(line)
@@ -37,7 +38,7 @@ def read(path: Path) -> tuple[list[dict[str, float]], dict[str, float]]:
             rounds.append({k: float(v) for k, v in CELL.findall(m.group(1))})
         m = PRED.match(line)
         if m:
-            pred[m.group(1)] = float(m.group(2))
+            pred[(m.group(1), m.group(2))] = float(m.group(3))
     return rounds, pred
 
 
@@ -46,7 +47,7 @@ def main(paths: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     pooled: dict[tuple[str, str, str], list[float]] = {p: [] for p in PAIRS}
-    pred: dict[str, float] = {}
+    pred: dict[tuple[str, str], float] = {}
     for path in paths:
         rounds, pr = read(Path(path))
         pred = pred or pr
@@ -58,7 +59,7 @@ def main(paths: list[str]) -> int:
         if not r:
             continue
         med = statistics.median(r)
-        p = pred[a] / pred[b] if a in pred and b in pred else float("nan")
+        p = pred.get((a, b), float("nan"))
         print(f"| {a} / {b} | {len(r)} | {med:.3f} | {p:.3f} | {med / p - 1:+.1%} | {t} |")
     return 0
 
