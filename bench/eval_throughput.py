@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from midblock.models import load_model
 
     model, tok = load_model(args.model)
-    cfg = EvalConfig(task="gsm8k", protocol="lm-eval", limit=args.limit, batch_size=args.batch_size)
+    # the recorded results use one shared exemplar draw (the protocol's default is the harness's draw per item)
+    cfg = EvalConfig(
+        task="gsm8k", protocol="lm-eval", limit=args.limit, batch_size=args.batch_size, fewshot_sampling="fixed"
+    )
     items = load_test_items(cfg)
     prompts = build_prompts(cfg, items, tok)
     dcfg = cfg.decode_config(progress=False)

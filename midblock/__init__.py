@@ -18,10 +18,17 @@ _LAZY = {
     "get_layout": "midblock.models.introspect",
     "MidBlockConfig": "midblock.tuning.config",
     "prepare_model": "midblock.tuning.prepare",
+    "keep_truncation": "midblock.tuning.prepare",
+    "check_truncated_backward": "midblock.tuning.prepare",
+    "MidBlockCallback": "midblock.tuning.trainers",
+    "band_lora_config": "midblock.tuning.trainers",
     "match_budget": "midblock.tuning.budget",
     "train": "midblock.tuning.train",
     "evaluate": "midblock.evaluation.evaluate",
-    "compare": "midblock.evaluation.compare",
+    "compare": "midblock.experiments.runner",
+    "CompareConfig": "midblock.experiments.grid",
+    "run_demo": "midblock.experiments.demo",
+    "DemoConfig": "midblock.experiments.demo",
     "analyze": "midblock.analysis.analyze",
 }
 

@@ -110,6 +110,49 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MidblockError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}", hint="delete it and rerun") from e
 
 
+def save_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Write a ``.safetensors`` file atomically, byte-identical for identical inputs.
+
+    safetensors serialises ``metadata`` from a Rust HashMap, whose order changes from process to process,
+    so two identical runs gave files with different bytes (and checksums). The header is rewritten with
+    sorted keys: the same JSON, the same length (padded with spaces, as the format allows), the same
+    tensor offsets; any safetensors reader loads it unchanged.
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    ordered = {k: header[k] for k in sorted(header, key=lambda k: (k != "__metadata__", k))}
+    if "__metadata__" in ordered:
+        ordered["__metadata__"] = dict(sorted(ordered["__metadata__"].items()))
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # cannot happen (same content, compact form); never write a file that would not load
+        raise RuntimeError(f"safetensors header grew from {n} to {len(text)} bytes when sorted")
+    write_bytes(path, data[:8] + text + b" " * (n - len(text)) + data[8 + n :])
+
+
+def read_torch_state(path: str | os.PathLike, what: str = "cache") -> Any:
+    """A file written with ``torch.save``, read without running code (``weights_only=True``).
+
+    Tensors, numbers, strings and plain containers come back; anything else in the pickle (a class, a
+    function call: what a planted file would use to run code) is refused, as is a truncated file, with a
+    one-line ``MidblockError`` naming the file.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise MidblockError(f"{what} {path} does not exist") from e
+    except Exception as e:  # UnpicklingError, RuntimeError (a cut zip), EOFError: the file is unusable
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise MidblockError(
+            f"cannot read {what} {path}: {first}", hint="it is damaged or was not written by midblock; delete it"
+        ) from e
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one line and flush it to disk: used for logs and per-item results that resume."""
     with open(path, "a", encoding="utf-8") as f:
@@ -189,26 +232,20 @@ def provenance(config: Any = None, seed: int | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- run directories
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunDir:
     """A run directory owned by one process at a time.
 
-    ``RUNNING.lock`` holds the owner's pid (a stale lock from a dead process is taken over);
-    ``COMPLETED`` is written last, so a directory without it is an interrupted run.
+    ``RUNNING.lock`` is held with an OS lock (``flock``) for as long as the owner lives: the kernel drops
+    it when the process dies, however it dies, so there is no pid to misread and no stale lock to judge.
+    The file's text (the owner's pid and host) only feeds the refusal message. ``COMPLETED`` is written
+    last, so a directory without it is an interrupted run.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._lock: Path | None = None
+        self._fd: int | None = None
+        self._fallback: Any = None  # a filelock.FileLock where fcntl is missing (Windows)
 
     @property
     def completed(self) -> bool:
@@ -222,35 +259,66 @@ class RunDir:
         if not os.access(self.path, os.W_OK):
             raise MidblockError(f"output directory {self.path} is not writable", hint="choose another --out")
         lock = self.path / "RUNNING.lock"
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: filelock's msvcrt lock also dies with its process
+            return self._acquire_filelock(lock)
         while True:
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int((lock.read_text().split() or ["0"])[0])
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid) and _same_host_lock(lock):
-                    raise MidblockError(
-                        f"{self.path} is in use by process {pid}",
-                        hint="wait for it to finish or choose another --out",
-                    ) from None
-                lock.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 raise MidblockError(f"cannot write to {self.path}: {e.strerror}", hint="choose another --out") from e
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n{socket.gethostname()}\n")
-            self._lock = lock
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise MidblockError(
+                    f"{self.path} is in use by {_lock_owner(lock)}",
+                    hint="wait for it to finish or choose another --out",
+                ) from None
+            # The previous owner unlinks the file on release: a lock won on that unlinked inode (opened just
+            # before the unlink) guards nothing, since the next process creates and locks a new file. Only
+            # the inode the path names now counts; otherwise try again.
+            try:
+                current = os.stat(lock)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is None or (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n{socket.gethostname()}\n".encode())
+            self._lock, self._fd = lock, fd
             return self
+
+    def _acquire_filelock(self, lock: Path) -> RunDir:  # pragma: no cover - Windows only
+        import filelock
+
+        fl = filelock.FileLock(str(lock) + ".os", timeout=0)
+        try:
+            fl.acquire()
+        except filelock.Timeout:
+            raise MidblockError(
+                f"{self.path} is in use by {_lock_owner(lock)}", hint="wait for it to finish or choose another --out"
+            ) from None
+        write_text(lock, f"{os.getpid()}\n{socket.gethostname()}\n")
+        self._lock, self._fallback = lock, fl
+        return self
 
     def mark_completed(self) -> None:
         write_text(self.path / "COMPLETED", _dt.datetime.now(_dt.timezone.utc).isoformat() + "\n")
 
     def release(self) -> None:
-        if self._lock is not None:
-            self._lock.unlink(missing_ok=True)
-            self._lock = None
+        if self._lock is None:
+            return
+        # Unlink while still holding the lock (see acquire); closing the descriptor then releases it.
+        self._lock.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+        if self._fallback is not None:  # pragma: no cover - Windows only
+            self._fallback.release()
+        self._lock, self._fd, self._fallback = None, None, None
 
     def __enter__(self) -> RunDir:
         return self.acquire()
@@ -259,20 +327,29 @@ class RunDir:
         self.release()
 
 
-def _same_host_lock(lock: Path) -> bool:
+def _lock_owner(lock: Path) -> str:
+    """'process PID on HOST' from a held lock's text, for the refusal message (it may not be written yet)."""
     try:
-        lines = lock.read_text().splitlines()
+        lines = lock.read_text().split()
     except OSError:
-        return True
-    return len(lines) < 2 or lines[1] == socket.gethostname()
+        lines = []
+    if not lines or not lines[0].isdigit():
+        return "another process"
+    host = f" on {lines[1]}" if len(lines) > 1 and lines[1] != socket.gethostname() else ""
+    return f"process {lines[0]}{host}"
 
 
-def fresh_output_dir(path: str | os.PathLike) -> Path:
-    """Validate that ``path`` can hold outputs before any expensive work starts."""
+def fresh_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Validate that ``path`` can hold outputs before any expensive work starts.
+
+    ``flag`` is the option the user gave the path with (``--out``, ``--save``...): the error names it.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise MidblockError(f"--out {path} is a file, not a directory")
+        raise MidblockError(f"{flag} {path} is a file, not a directory")
     parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():  # a path below a regular file can never be created
+        raise MidblockError(f"{flag} {path}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK):
-        raise MidblockError(f"cannot write to {parent}", hint="choose a writable --out")
+        raise MidblockError(f"cannot write to {parent}", hint=f"choose a writable {flag}")
     return path

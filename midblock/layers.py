@@ -22,6 +22,11 @@ _FRAC = re.compile(r"^(\d*\.?\d+):(\d*\.?\d+)$")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 _FIRST_LAST = re.compile(r"^(first|last):(\d+)$")
 
+# The paper's Mid-Block band: the middle three of five segments (20%-80% of depth by the paper's floor rule).
+# The one spelling used wherever "the paper's band" is meant (MidBlockConfig's default, presets, the demo,
+# the analysis' fallback). ``0.2:0.8`` is close but not equal: it picks other blocks at 16 or 24 blocks.
+PAPER_BAND = "seg2-4/5"
+
 SPEC_HELP = "use e.g. 'all', '0.2:0.8', '6-23', '3,5,7', 'first:4', 'last:2' or 'seg2-4/5'"
 
 

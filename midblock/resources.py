@@ -88,9 +88,24 @@ def _free_cache() -> None:
         pass
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so the resident
+    size is what is alive: a run that follows another in one process then starts from the same floor."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the resident size may include freed pages
+
+
 def reset_peak_memory(device: str | None = None) -> None:
     """Start a new peak-memory window, so runs in one process (``compare``, ``demo``) do not inherit the
-    previous run's peak. On Linux, writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM)."""
+    previous run's peak. On Linux, writing 5 to /proc/self/clear_refs resets the peak RSS (VmHWM) to the
+    current resident size, after freed memory has been returned to the OS."""
+    release_freed_memory()
     try:
         import torch
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from midblock.evaluation.compare import CompareConfig, load_grid
+from midblock.experiments.grid import CompareConfig, load_grid
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

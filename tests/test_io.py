@@ -52,19 +52,41 @@ def test_torn_last_jsonl_line_is_dropped(tmp_path):
 
 def test_run_dir_lock_refuses_live_owner_and_takes_over_stale(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # the holder owns the directory through RunDir; its lock is an OS lock that dies with it
+    code = (
+        "import sys, time; from midblock.io import RunDir; RunDir(sys.argv[1]).acquire(); "
+        "print('ok', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
     try:
-        run.mkdir()
-        (run / "RUNNING.lock").write_text(f"{holder.pid}\n{__import__('socket').gethostname()}\n")
+        assert holder.stdout.readline().strip() == "ok"
         with pytest.raises(MidblockError, match=f"in use by process {holder.pid}"):
             io.RunDir(run).acquire()
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: no cleanup runs, RUNNING.lock stays behind with the dead pid
         holder.wait()
-    with io.RunDir(run) as rd:  # the owner is dead: stale lock taken over
+    assert (run / "RUNNING.lock").read_text().split()[0] == str(holder.pid)
+    with io.RunDir(run) as rd:  # the owner is dead: its lock went with it
         assert (run / "RUNNING.lock").read_text().split()[0] == str(os.getpid())
+        with pytest.raises(MidblockError, match="in use by"):  # a second writer, even in this process
+            io.RunDir(run).acquire()
         rd.mark_completed()
     assert not (run / "RUNNING.lock").exists() and io.RunDir(run).completed
+
+
+def test_run_dir_lock_file_contents_do_not_decide(tmp_path):
+    """An empty or garbled RUNNING.lock (the old pid-file scheme read it as pid 0, "stale") decides nothing:
+    only the OS lock does."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for text in ("", "garbage\n", f"{os.getpid()}\n"):
+        (run / "RUNNING.lock").write_text(text)
+        with io.RunDir(run):
+            pass
+    with io.RunDir(run):
+        (run / "RUNNING.lock").write_text("")  # a held lock whose text was wiped is still held
+        with pytest.raises(MidblockError, match="in use by another process"):
+            io.RunDir(run).acquire()
 
 
 def test_provenance_records_versions_and_hardware():

@@ -42,7 +42,8 @@ from midblock.analysis.inputs import (
 from midblock.analysis.recommend import RecommendConfig, recommend_band
 from midblock.analysis.rows import DEFAULT_METRICS, FAMILIES, pair_rows, per_model_rows
 from midblock.errors import MidblockError
-from midblock.io import RunDir, atomic_path, fresh_output_dir, provenance, write_csv, write_json
+from midblock.io import RunDir, atomic_path, fresh_output_dir, provenance, read_torch_state, write_csv, write_json
+from midblock.validation import check_float_fields, check_number
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ["variant", "dataset", "layer", "depth", "metric", "value"]
@@ -90,13 +91,13 @@ class AnalyzeConfig:
             raise MidblockError(f"unknown dtype '{self.dtype}'", hint="use fp32, bf16 or fp16")
         if self.grad_batches < 1:
             raise MidblockError(f"--grad-batches must be >= 1, got {self.grad_batches}")
-        if self.alpha <= 0:
-            raise MidblockError(f"Renyi alpha must be > 0, got {self.alpha}")
+        check_number("Renyi alpha", self.alpha, low=0, low_open=True)
         if not self.datasets:
             raise MidblockError("analyze needs at least one dataset", hint="--data gsm8k")
         if self.device_map and self.device:
             raise MidblockError("--device and --device-map exclude each other", hint="pass only one of them")
         self.metrics = parse_metrics(self.metrics)
+        check_float_fields(self)
 
 
 def parse_metrics(metrics: str | list[str] | None) -> list[str]:
@@ -148,10 +149,10 @@ def _extract(
     done, part = cache / f"{stem}.r{rank}.pt", cache / f"{stem}.r{rank}.partial.pt"
     start, stats = 0, None
     if resume and done.exists():
-        stats = {k: ModelStats.from_state(v) for k, v in torch.load(done, weights_only=False).items()}
+        stats = {k: ModelStats.from_state(v) for k, v in _read_cache(done).items()}
         return reduce_across_processes(stats)
     if resume and part.exists():
-        ck = torch.load(part, weights_only=False)
+        ck = _read_cache(part)
         start, stats = ck["next_batch"], {k: ModelStats.from_state(v) for k, v in ck["stats"].items()}
         log.info("resuming %s at batch %d", name, start)
     n_batches = math.ceil(len(seqs) / cfg.batch_size)
@@ -171,6 +172,15 @@ def _extract(
         torch.save({k: v.state() for k, v in stats.items()}, tmp)
     part.unlink(missing_ok=True)
     return reduce_across_processes(stats)
+
+
+def _read_cache(path: Path) -> Any:
+    """An analysis cache file, read without running code (see ``read_torch_state``); wrong contents are
+    refused as a whole: a cache is only ever a dict."""
+    st = read_torch_state(path, "analysis cache")
+    if not isinstance(st, dict):
+        raise MidblockError(f"analysis cache {path} is not a midblock cache", hint="delete it and rerun")
+    return st
 
 
 def _grad_batches(seqs: list[list[int]], pad_id: int, cfg: AnalyzeConfig) -> list[dict[str, torch.Tensor]]:
@@ -268,7 +278,11 @@ def analyze(
         logit_lens="logit_lens" in fams,
         alpha=cfg.alpha,
     )
-    rank, _ = _dist()
+    rank, world = _dist()
+    if rank == 0:
+        from midblock.launch import describe_run
+
+        describe_run("analyze", world, cfg.batch_size)
     pad_id = tok.pad_token_id
     # only the main process owns the run directory; other data-parallel ranks just contribute shards
     with RunDir(out) if rank == 0 else contextlib.nullcontext() as run:
@@ -417,7 +431,7 @@ def _grad_cached(cache: Path, ds: str, resume: bool, model, batches) -> dict:
 
     f = cache / f"{ds}.grad.pt"
     if resume and f.exists():
-        return torch.load(f, weights_only=False)
+        return _read_cache(f)
     from tqdm.auto import tqdm
 
     g = grad_norm(model, tqdm(batches, desc=f"grad_norm {ds}", leave=False, disable=_dist()[0] != 0))

@@ -26,6 +26,7 @@ import torch
 from midblock.analysis import metrics as M
 from midblock.errors import MidblockError
 from midblock.models.introspect import get_layout
+from midblock.validation import check_number
 
 TOKEN_STATS = ("prompt_entropy", "prompt_entropy_centered", "curvature", "sparsity", "token_norm")
 DEFAULT_TOKEN_STATS = ("prompt_entropy", "curvature", "sparsity", "token_norm")
@@ -50,6 +51,9 @@ class CaptureSpec:
             raise MidblockError(f"unknown token statistic '{bad[0]}'", hint="choose from " + ", ".join(TOKEN_STATS))
         if not self.layers:
             raise MidblockError("no layer selected for capture")
+        check_number("Renyi alpha", self.alpha, low=0, low_open=True)
+        if self.lens_chunk < 1:
+            raise MidblockError(f"lens_chunk must be >= 1, got {self.lens_chunk}")
 
 
 @dataclass
@@ -228,9 +232,12 @@ def _prompt_entropy_batch(hz: torch.Tensor, m: torch.Tensor, n: torch.Tensor, al
     x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     T, D = x.shape[1], x.shape[2]
     G = x @ x.transpose(1, 2) if T <= D else x.transpose(1, 2) @ x
-    ev = M._clean(torch.linalg.eigvalsh(G), G.shape[-1])
-    H = M.entropy_from_eigenvalues(ev, alpha)
+    # The round-off cutoff scales with the size of each sample's own Gram matrix, min(real tokens, D), as
+    # in the float64 reference (metrics.prompt_entropy), not with the padded size: with G.shape[-1] the
+    # same sample lost more small eigenvalues the more the batch was padded (0.001906 alone, 0 at 256).
     k = torch.minimum(n, torch.full_like(n, D)).to(_F64)
+    ev = M._clean(torch.linalg.eigvalsh(G), k.to(G.dtype).view(-1, 1))
+    H = M.entropy_from_eigenvalues(ev, alpha)
     ok = k > 1
     return torch.where(ok, H / k.clamp_min(2).log(), torch.zeros_like(H)), ok
 

@@ -25,10 +25,12 @@ def _f64(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- spectra and entropy
 
 
-def _clean(ev: torch.Tensor, size: int) -> torch.Tensor:
+def _clean(ev: torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:
     """Zero eigenvalues below the solver's round-off (size * eps * largest), as a numerical rank does.
 
     Without this, round-off eigenvalues of ~1e-16 give a rank-one matrix an entropy of ~1e-8 for alpha < 1.
+    ``size`` is the matrix's real size: a tensor (one per matrix, shaped to broadcast against ``ev``) for
+    a batch of zero-padded matrices, so that padding does not raise the cutoff.
     """
     ev = ev.clamp_min(0.0)
     tol = size * torch.finfo(ev.dtype).eps * ev.amax(-1, keepdim=True)
@@ -134,11 +136,19 @@ def effective_rank(Z: torch.Tensor, variant: str = "energy", normalize: bool = T
 
 
 def spectral(Z: torch.Tensor, rel_threshold: float = 0.01) -> dict[str, float]:
-    """Largest singular value, condition number s_max / s_min over min(N, D) values, rank deficiency."""
+    """Largest singular value, condition number s_max / s_min over min(N, D) values, rank deficiency.
+
+    The condition number comes from singular values computed directly (``svdvals``, no vectors): through
+    the Gram form a singular value below sqrt(size * eps) * s_max (about 1e-7 s_max) is already round-off,
+    so every condition number above ~1e7 read as inf. Directly, s_min is resolved down to ~eps * s_max;
+    it is inf only when s_min is below the numerical-rank cutoff max(N, D) * eps * s_max (rank deficient).
+    """
     s = singular_values(Z)
     k = s.numel()
-    smax, smin = float(s[0]), float(s[-1])
-    cond = smax / smin if smin > 0 else float("inf")
+    smax = float(s[0])
+    sv = torch.linalg.svdvals(_f64(Z))  # min(N, D) values, descending
+    smin, cutoff = float(sv[-1]), max(Z.shape[-2], Z.shape[-1]) * torch.finfo(_F64).eps * float(sv[0])
+    cond = float(sv[0]) / smin if smin > cutoff else float("inf")
     deficiency = 1.0 - int((s > rel_threshold * smax).sum()) / k if smax > 0 else 1.0
     return {"s_max": smax, "condition_number": cond, "rank_deficiency": deficiency}
 

@@ -18,9 +18,10 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from midblock.errors import MidblockError
-from midblock.layers import format_indices, resolve_layers
+from midblock.layers import PAPER_BAND, format_indices, resolve_layers
+from midblock.validation import check_float_fields, check_number
 
-FALLBACK = "seg2-4/5"
+FALLBACK = PAPER_BAND
 
 
 @dataclass
@@ -35,12 +36,12 @@ class RecommendConfig:
     )
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.tau <= 1.0:
-            raise MidblockError(f"tau must be in (0, 1], got {self.tau}")
-        if not 0.0 <= self.head_frac < 1.0:
-            raise MidblockError(f"head_frac must be in [0, 1), got {self.head_frac}")
+        check_number("tau", self.tau, low=0, low_open=True, high=1)
+        check_number("head_frac", self.head_frac, low=0, high=1, high_open=True)
         if self.min_blocks < 1:
             raise MidblockError(f"min_blocks must be >= 1, got {self.min_blocks}")
+        check_number("noise_floor", self.noise_floor, low=0)
+        check_float_fields(self)
 
 
 def _normalise(values: list[float], floor: float) -> list[float] | None:

@@ -34,12 +34,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"midblock: error: {message} (see '{self.prog} --help')\n")
 
 
-def common_args(p: argparse.ArgumentParser, *, seed: bool = True, out: bool = True) -> None:
-    """The conventions every subcommand shares."""
+def common_args(p: argparse.ArgumentParser, *, seed: bool = True, out: bool = True, models: bool = True) -> None:
+    """The conventions every subcommand shares (``models``: the command loads models)."""
     if out:
         p.add_argument("--out", help="directory for everything this command writes")
     if seed:
         p.add_argument("--seed", type=int, default=0, help="random seed (data order, init, sampling)")
+    if models:
+        p.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="allow model directories to run their own Python code (auto_map); off by default",
+        )
     p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
 
 
@@ -79,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # the opt-in travels in the environment, so processes this command starts (launchers, workers) inherit it
+    from midblock.models.loading import TRUST_REMOTE_CODE_ENV
+
+    saved_trust = os.environ.get(TRUST_REMOTE_CODE_ENV)
+    if getattr(args, "trust_remote_code", False):
+        os.environ[TRUST_REMOTE_CODE_ENV] = "1"
     try:
         rc = args.func(args)
         return int(rc or 0)
@@ -94,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("midblock: interrupted", file=sys.stderr)
         return 130
+    finally:  # main() also runs in-process (tests, notebooks): leave the environment as it was
+        if saved_trust is None:
+            os.environ.pop(TRUST_REMOTE_CODE_ENV, None)
+        else:
+            os.environ[TRUST_REMOTE_CODE_ENV] = saved_trust
 
 
 if __name__ == "__main__":  # pragma: no cover

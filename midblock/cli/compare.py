@@ -24,7 +24,9 @@ def _csv(s: str | None, kind=str) -> list | None:
 
 def register(sub) -> None:
     p = sub.add_parser("compare", help="train and evaluate a grid of methods side by side", description=__doc__)
-    p.add_argument("--preset", default=None, help="quick (CPU, ~10 min) or paper-segments")
+    p.add_argument(
+        "--preset", default=None, help="quick (the demo's two arms, ~10 min CPU), full, smoke or paper-segments"
+    )
     p.add_argument("--config", default=None, help="YAML grid file (see docs/evaluation.md)")
     p.add_argument("--model", default=None, help="base model spec")
     p.add_argument("--task", default=None, help="training task: gsm8k, arith or jsonl")
@@ -41,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--eval-task", default=None, help="evaluation task: gsm8k or arith")
     p.add_argument("--protocol", default=None, help="evaluation protocol: lm-eval, paper or original")
     p.add_argument("--eval-limit", type=int, default=None, help="test items per evaluation")
-    p.add_argument("--forgetting-data", default=None, help="corpus for the loss check: gsm8k, arith or a file")
+    p.add_argument("--forgetting-data", default=None, help="corpus for the loss check: general, gsm8k, arith or a file")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common_args(p, seed=False)
     p.set_defaults(func=run)
@@ -50,7 +52,7 @@ def register(sub) -> None:
 def grid_from_args(args: argparse.Namespace) -> dict:
     """Merge preset, YAML file and flags into one grid dict (validated by CompareConfig)."""
     from midblock.errors import MidblockError
-    from midblock.evaluation.compare import load_grid, preset
+    from midblock.experiments.grid import load_grid, preset
 
     grid: dict = {}
     if args.preset:
@@ -71,13 +73,17 @@ def grid_from_args(args: argparse.Namespace) -> dict:
     seeds = _csv(args.seeds, int)
     if seeds is not None:
         grid["seeds"] = seeds
-    train = dict(grid.get("train") or {})
-    for key, val in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)):
-        if val is not None:
-            train[key] = val
+    train = grid.get("train") or {}
+    if isinstance(train, dict):  # anything else is left for CompareConfig to refuse in one line
+        train = dict(train)
+        for key, val in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)):
+            if val is not None:
+                train[key] = val
     grid["train"] = train
     if args.forgetting_data:
-        grid["forgetting"] = {"data": args.forgetting_data, "limit": 32, "max_length": 256}
+        grid["forgetting"] = (grid.get("forgetting") or {"limit": 32, "max_length": 256}) | {
+            "data": args.forgetting_data
+        }
     methods = _csv(args.methods)
     if methods:
         rank = args.rank or 8
@@ -102,7 +108,8 @@ def grid_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from midblock.errors import MidblockError
-    from midblock.evaluation.compare import CompareConfig, compare
+    from midblock.experiments.grid import CompareConfig
+    from midblock.experiments.runner import compare
 
     if not args.out:
         raise MidblockError("compare needs --out DIR", hint="the table and every cell's run are written there")

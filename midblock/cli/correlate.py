@@ -11,7 +11,7 @@ def register(sub) -> None:
     p = sub.add_parser("correlate", help="metric-metric correlation of analysis runs", description=__doc__)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="`midblock analyze` run directories (or metrics.csv)")
     p.add_argument("--min-rows", type=int, default=3, help="fewest common rows for a correlation (else NaN)")
-    common_args(p, seed=False)
+    common_args(p, seed=False, models=False)
     p.set_defaults(func=run)
 
 

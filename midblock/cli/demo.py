@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from midblock.cli import common_args
+from midblock.layers import PAPER_BAND
 
 
 def register(sub) -> None:
@@ -12,8 +13,8 @@ def register(sub) -> None:
     p.add_argument("--model", default="smollm2-135m", help="model spec (default: the embedded SmolLM2-135M)")
     p.add_argument("--task", default="arith", help="arith (built in) or gsm8k")
     p.add_argument("--data", help="GSM8K directory or file for --task gsm8k (default: $MIDBLOCK_GSM8K or the hub)")
-    p.add_argument("--profile", default="quick", help="quick (~10 min on 2 CPU cores) | full (3 seeds, longer)")
-    p.add_argument("--band", default="0.2:0.8", help="the mid-block band (resolve_layers spec)")
+    p.add_argument("--profile", default="quick", help="quick (~10 min on 2 CPU cores) | full (3 seeds, longer) | smoke")
+    p.add_argument("--band", default=PAPER_BAND, help=f"the mid-block band (default {PAPER_BAND}: the paper's band)")
     p.add_argument("--steps", type=int, help="override the profile's training steps per arm")
     p.add_argument("--eval-items", type=int, help="override the profile's number of held-out problems")
     common_args(p)
@@ -21,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from midblock.demo import DemoConfig, run_demo
+    from midblock.experiments.demo import DemoConfig, run_demo
     from midblock.reporting.demo_report import format_table
 
     cfg = DemoConfig(

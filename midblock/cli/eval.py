@@ -22,8 +22,9 @@ def register(sub) -> None:
     p.add_argument("--num-fewshot", type=int, default=None, help="override the protocol's number of shots")
     p.add_argument(
         "--fewshot-sampling",
-        default="fixed",
-        help="fixed: one seeded exemplar draw for all items (fast); per-item: a draw per item",
+        default="lm-eval",
+        help="lm-eval: the harness's own exemplar draw for each item (default); fixed: one draw shared by all "
+        "items (a shared prefix: fast); per-item: a draw per item seeded by (seed, item index)",
     )
     p.add_argument("--data", default=None, help="GSM8K directory/.jsonl, or the corpus for --task ppl")
     p.add_argument("--max-length", type=int, default=512, help="ppl: tokens per text (longer ones are cut)")

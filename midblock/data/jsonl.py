@@ -9,6 +9,12 @@ from typing import Any
 
 from midblock.errors import MidblockError
 
+# Fields whose value becomes text the model reads or is scored against. Anything but a string (null, a
+# number, a list) would be turned into text by str() somewhere downstream: "None" trained as a completion,
+# or 42 never equal to the extracted "42". Every JSONL reader goes through read_jsonl, so checking here
+# covers training, evaluation, perplexity corpora and analysis data alike.
+TEXT_FIELDS = ("prompt", "completion", "question", "answer", "text")
+
 
 def read_jsonl(
     path: str | os.PathLike, required: tuple[str, ...] | None = None, any_of: tuple[tuple[str, ...], ...] | None = None
@@ -46,7 +52,46 @@ def read_jsonl(
         if any_of and not any(all(k in row for k in group) for group in any_of):
             want = " or ".join("+".join(g) for g in any_of)
             raise MidblockError(f"{path}:{n}: row has keys {sorted(row)[:5]}, needs {want}")
+        _check_types(row, path, n)
         rows.append(row)
     if not rows:
         raise MidblockError(f"data file {path} is empty")
     return rows
+
+
+def _check_types(row: dict[str, Any], path: Path, n: int) -> None:
+    """Text fields must be strings; ``messages`` a non-empty list of ``{"role": str, "content": str}``."""
+    for key in TEXT_FIELDS:
+        if key in row and not isinstance(row[key], str):
+            raise MidblockError(
+                f"{path}:{n}: '{key}' must be a string, got {_json_type(row[key])}",
+                hint="quote the value, or drop the row",
+            )
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise MidblockError(
+                f'{path}:{n}: \'messages\' must be a non-empty list of {{"role", "content"}} objects, '
+                f"got {_json_type(msgs)}"
+            )
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise MidblockError(
+                    f"{path}:{n}: messages[{i}] must be an object with string 'role' and 'content', "
+                    f"got {_json_type(m) if not isinstance(m, dict) else sorted(m)}"
+                )
+
+
+def _json_type(v: Any) -> str:
+    """The JSON name of a parsed value's type, as the user wrote it."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return f"a number ({v})"
+    if isinstance(v, list):
+        return "an empty list" if not v else "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return f"a string ({v[:20]!r})" if isinstance(v, str) else type(v).__name__

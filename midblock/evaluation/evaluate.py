@@ -2,8 +2,8 @@
 
 Protocols (see docs/evaluation.md and the GSM8K spec):
 
-- ``lm-eval``: lm-evaluation-harness ``gsm8k`` (5-shot, 256 new tokens, stop strings); primary scores
-  ``strict-match`` and ``flexible-extract``.
+- ``lm-eval``: lm-evaluation-harness ``gsm8k`` (5-shot with the harness's own exemplar draw per item, 256 new
+  tokens, stop strings); primary scores ``strict-match`` and ``flexible-extract``.
 - ``paper``: the paper's reference code (zero-shot, 64 new tokens, no stop strings); primary ``paper``.
 - ``original``: openai/grade-school-math's scorer on zero-shot ``Question/Answer`` prompts (the format
   ``midblock train`` fine-tunes on), 256 new tokens and the harness's stop strings; primary ``original``.
@@ -23,6 +23,7 @@ from midblock.errors import MidblockError
 from midblock.evaluation.extract import EXTRACTORS, score_all
 from midblock.evaluation.generate import DecodeConfig, generate_completions, generate_vllm
 from midblock.evaluation.prompts import (
+    DEFAULT_SAMPLING,
     FEWSHOT_SEED,
     SAMPLING,
     chat_prompt,
@@ -71,7 +72,11 @@ class EvalConfig:
     num_fewshot: int | None = field(default=None, metadata={"help": "override the protocol's number of shots"})
     data: str | None = field(default=None, metadata={"help": "GSM8K directory/file (default: $MIDBLOCK_GSM8K)"})
     fewshot_sampling: str = field(
-        default="fixed", metadata={"help": "fixed: one exemplar draw for all items; per-item: a draw per item"}
+        default=DEFAULT_SAMPLING,
+        metadata={
+            "help": "lm-eval: the harness's own draw per item; fixed: one draw shared by all items (fast); "
+            "per-item: a draw per item seeded by (seed, index)"
+        },
     )
     backend: str = field(default="hf", metadata={"help": "hf (transformers generate) or vllm"})
 
@@ -92,7 +97,7 @@ class EvalConfig:
             raise MidblockError(f"num_fewshot must be >= 0, got {self.num_fewshot}")
         if self.fewshot_sampling not in SAMPLING:
             raise MidblockError(
-                f"unknown few-shot sampling '{self.fewshot_sampling}'", hint="use " + " or ".join(SAMPLING)
+                f"unknown few-shot sampling '{self.fewshot_sampling}'", hint="use one of " + ", ".join(SAMPLING)
             )
         if self.backend not in ("hf", "vllm"):
             raise MidblockError(f"unknown backend '{self.backend}'", hint="use hf or vllm")
@@ -137,11 +142,8 @@ def build_prompts(cfg: EvalConfig, items: list[dict[str, Any]], tokenizer) -> li
 
         train = load_rows(cfg.task, "train", cfg.data)
     prompts = []
-    fixed = sample_exemplars(train, None, cfg.shots, cfg.seed) if cfg.shots else []
-    for it in items:
-        ex = fixed
-        if cfg.shots and cfg.fewshot_sampling == "per-item":
-            ex = sample_exemplars(train, it["index"], cfg.shots, cfg.seed)
+    for it in items:  # item k's exemplars depend on k only (lm-eval: the harness's draw for document k)
+        ex = sample_exemplars(train, it["index"], cfg.shots, cfg.seed, cfg.fewshot_sampling) if cfg.shots else []
         if cfg.chat_template:
             prompts.append(chat_prompt(tokenizer, it["question"], ex))
         else:
@@ -176,7 +178,7 @@ def evaluate(
     backend: str = "hf",
     dtype: str | None = None,
     progress: bool = True,
-    fewshot_sampling: str = "fixed",
+    fewshot_sampling: str = DEFAULT_SAMPLING,
 ) -> dict[str, Any]:
     """Load ``model_spec`` and evaluate it; returns the summary (plus ``items``, the per-item records).
 
@@ -236,7 +238,7 @@ def evaluate_model(
     data: str | None = None,
     model_spec: str | None = None,
     progress: bool = True,
-    fewshot_sampling: str = "fixed",
+    fewshot_sampling: str = DEFAULT_SAMPLING,
     cfg: EvalConfig | None = None,
     items: list[dict[str, Any]] | None = None,
     _t0: float | None = None,
@@ -262,6 +264,11 @@ def evaluate_model(
         raise MidblockError("evaluate_model runs loaded models with the hf backend only", hint="use evaluate()")
     items = items if items is not None else load_test_items(cfg)
     prompts = build_prompts(cfg, items, tokenizer)
+    identity = None
+    if out_dir is not None:  # hashing every tensor costs about a second per GB: only to key stored results
+        from midblock.fingerprint import model_identity
+
+        identity = model_identity(model, tokenizer)
     return _run(
         cfg,
         items,
@@ -271,6 +278,7 @@ def evaluate_model(
         progress,
         t0,
         lambda todo, cb: generate_completions(model, tokenizer, todo, cfg.decode_config(progress), cb),
+        identity,
     )
 
 
@@ -293,11 +301,63 @@ def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: floa
             cb(i, o)
         return outs
 
-    return _run(cfg, items, prompts, out_dir, ms.original, progress, t0, gen)
+    from midblock.fingerprint import spec_identity, tokenizer_digest
+
+    identity = {"files": spec_identity(ms.original), "tokenizer": tokenizer_digest(tok)} if out_dir else None
+    return _run(cfg, items, prompts, out_dir, ms.original, progress, t0, gen, identity)
 
 
-def _run(cfg, items, prompts, out_dir, model_spec, progress, t0, gen) -> dict[str, Any]:
-    from midblock.io import RunDir, append_jsonl, provenance, read_jsonl_tolerant, write_json
+# Settings that do not change an item's result: which items are run, and how many at once.
+_NOT_IN_FINGERPRINT = ("limit", "offset", "batch_size", "data")
+
+
+def eval_fingerprint(cfg: EvalConfig, identity: dict[str, Any]) -> dict[str, Any]:
+    """What shapes every per-item result: the model (its tensors and tokenizer), the protocol and decoding
+    settings, the package version. The data enter per item (prompt and item hash), so ``--limit`` can grow."""
+    from midblock.fingerprint import make
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    settings["max_new_tokens"] = cfg.decode_config(False).max_new_tokens
+    settings["stop"] = list(cfg.spec.stop)
+    settings["num_fewshot"] = cfg.shots
+    return make(model=identity, settings=settings)
+
+
+def _item_hash(it: dict[str, Any]) -> str:
+    from midblock.fingerprint import digest
+
+    return digest([it["question"], it["answer"]])
+
+
+def _load_saved(cfg, items, prompts, out_dir: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The finished items of an earlier run into ``out_dir``: only if everything that shaped them is equal."""
+    from midblock.fingerprint import check_or_record
+    from midblock.io import read_jsonl_tolerant
+
+    items_path = out_dir / ITEMS_FILE
+    saved = read_jsonl_tolerant(items_path)
+    check_or_record(out_dir, eval_fingerprint(cfg, identity), "evaluation results", has_results=bool(saved))
+    by_index = {it["index"]: (it, p) for it, p in zip(items, prompts)}
+    records = {}
+    for r in saved:
+        if r.get("index") not in by_index:
+            continue
+        it, prompt = by_index[r["index"]]
+        if r.get("prompt") != prompt or r.get("item_hash") != _item_hash(it):
+            what = "prompt" if r.get("prompt") != prompt else "test item (question or answer)"
+            raise MidblockError(
+                f"{items_path} holds results for another {what} at item {r['index']}",
+                hint="the data changed: choose another --out",
+            )
+        records[r["index"]] = r
+    _rewrite_if_torn(items_path, saved)
+    return records
+
+
+def _run(
+    cfg, items, prompts, out_dir, model_spec, progress, t0, gen, identity: dict[str, Any] | None
+) -> dict[str, Any]:
+    from midblock.io import RunDir, append_jsonl, provenance, write_json
 
     records: dict[int, dict[str, Any]] = {}
     run = None
@@ -305,18 +365,11 @@ def _run(cfg, items, prompts, out_dir, model_spec, progress, t0, gen) -> dict[st
     if out_dir is not None:
         run = RunDir(out_dir).acquire()
         items_path = Path(out_dir) / ITEMS_FILE
-        by_index = {it["index"]: p for it, p in zip(items, prompts)}
-        saved = read_jsonl_tolerant(items_path)
-        for r in saved:
-            if r.get("index") in by_index:
-                if r.get("prompt") != by_index[r["index"]] or r.get("protocol") != cfg.protocol:
-                    run.release()
-                    raise MidblockError(
-                        f"{items_path} holds results of a different evaluation (item {r['index']})",
-                        hint="choose another --out",
-                    )
-                records[r["index"]] = r
-        _rewrite_if_torn(items_path, saved)
+        try:
+            records = _load_saved(cfg, items, prompts, Path(out_dir), identity)
+        except BaseException:
+            run.release()
+            raise
     try:
         todo = [(it, p) for it, p in zip(items, prompts) if it["index"] not in records]
         if records:
@@ -326,6 +379,7 @@ def _run(cfg, items, prompts, out_dir, model_spec, progress, t0, gen) -> dict[st
             it, prompt = todo[j]
             rec = {
                 "index": it["index"],
+                "item_hash": _item_hash(it),
                 "protocol": cfg.protocol,
                 "prompt": prompt,
                 "completion": completion,
@@ -356,6 +410,7 @@ def _run(cfg, items, prompts, out_dir, model_spec, progress, t0, gen) -> dict[st
             generation_s=round(gen_s, 3),
             items_per_s=round(len(todo) / gen_s, 4) if todo and gen_s > 0 else None,
             wall_s=round(time.perf_counter() - t0, 3),
+            fingerprint=eval_fingerprint(cfg, identity)["key"] if identity else None,
             provenance=provenance(asdict(cfg) | {"model": model_spec}, cfg.seed),
         )
         if out_dir is not None:

@@ -450,7 +450,10 @@ def generate_vllm(
         import vllm
     except ImportError as e:
         raise MidblockError("--backend vllm needs vLLM", hint="pip install vllm, or use --backend hf") from e
-    llm = vllm.LLM(model=model_path, enable_lora=adapter is not None, seed=0)
+    from midblock.models.loading import check_remote_code, trust_remote_code
+
+    check_remote_code(model_path)
+    llm = vllm.LLM(model=model_path, enable_lora=adapter is not None, seed=0, trust_remote_code=trust_remote_code())
     params = vllm.SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop=list(cfg.stop) or None)
     lora = None
     if adapter is not None:

@@ -10,40 +10,6 @@ from collections.abc import Sequence
 
 Z95 = 1.959963984540054  # the standard normal 0.975 quantile
 
-# Student t 0.975 quantiles for 1..30 degrees of freedom (beyond 30 the normal value is within 4%).
-_T975 = (
-    12.706204736,
-    4.302652730,
-    3.182446305,
-    2.776445105,
-    2.570581836,
-    2.446911851,
-    2.364624252,
-    2.306004135,
-    2.262157163,
-    2.228138852,
-    2.200985160,
-    2.178812830,
-    2.160368656,
-    2.144786688,
-    2.131449546,
-    2.119905299,
-    2.109815578,
-    2.100922040,
-    2.093024054,
-    2.085963447,
-    2.079613845,
-    2.073873068,
-    2.068657610,
-    2.063898562,
-    2.059538553,
-    2.055529439,
-    2.051830516,
-    2.048407142,
-    2.045229642,
-    2.042272456,
-)
-
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion; ``(0, 1)`` when ``n == 0``."""
@@ -90,10 +56,66 @@ def paired_bootstrap(
     return {"diff": diff, "lo": float(means[lo_i]), "hi": float(means[hi_i]), "n": n, "n_boot": n_boot}
 
 
+def _t_central(t: float, df: int) -> float:
+    """P(|T| < t) for Student's t with an integer ``df`` >= 1, t >= 0: the closed form of Abramowitz and
+    Stegun 26.7.3-4 (a finite sum of powers of cos(atan(t / sqrt(df))), df / 2 terms), exact up to rounding."""
+    theta = math.atan(t / math.sqrt(df))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2 == 0:  # sin(theta) * (1 + c2/2 + c2^2 (1*3)/(2*4) + ... up to c2^((df-2)/2))
+        term = total = 1.0
+        for k in range(1, df // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        return s * total
+    # odd: (2/pi) (theta + sin(theta) cos(theta) (1 + c2 * 2/3 + c2^2 (2*4)/(3*5) + ... up to c2^((df-3)/2)))
+    total = 0.0
+    if df > 1:
+        term = total = 1.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        total *= s * math.sqrt(c2)
+    return 2 / math.pi * (theta + total)
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile of Student's t with an integer ``df`` >= 1 (0.5 < q < 1): relative error below
+    1e-11 up to q = 0.9999 (checked against ``scipy.stats.t.ppf`` in the tests; scipy is not a dependency).
+
+    Newton's method on the closed-form distribution function, from the normal quantile (below the root:
+    the central probability is concave in t, so the iterates rise monotonically to it). Past 10,000 degrees
+    of freedom, the asymptotic expansion of Abramowitz and Stegun 26.7.5, whose next term is below 1e-18.
+    """
+    from statistics import NormalDist
+
+    if int(df) != df or df < 1:
+        raise ValueError(f"degrees of freedom must be an integer >= 1, got {df}")
+    if not 0.5 < q < 1:
+        raise ValueError(f"quantile level must lie in (0.5, 1), got {q}")
+    df = int(df)
+    z = NormalDist().inv_cdf(q)
+    if df > 10_000:
+        g1 = (z**3 + z) / 4
+        g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+        g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+        g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+        return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+    target = 2 * q - 1  # P(|T| < t)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    t = z
+    for _ in range(200):
+        dens = math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))
+        step = (target - _t_central(t, df)) / (2 * dens)
+        t += step
+        if abs(step) <= 1e-14 * max(t, 1.0):
+            break
+    return t
+
+
 def t_quantile_975(df: int) -> float:
-    if df < 1:
-        raise ValueError("degrees of freedom must be >= 1")
-    return _T975[df - 1] if df <= len(_T975) else Z95
+    """The Student t 0.975 quantile (two-sided 95%) for ``df`` degrees of freedom: 12.706 at 1, 2.042 at 30,
+    2.040 at 31, tending to 1.960."""
+    return t_quantile(0.975, df)
 
 
 def mean_ci(values: Sequence[float]) -> dict[str, float]:

@@ -41,6 +41,35 @@ EMBEDDED = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 RUN_MANIFEST = "midblock_run.json"  # written by `midblock train` into its run directory
+# Opt-in to running the Python a model directory ships (config.json ``auto_map``): the CLI's
+# --trust-remote-code sets it for the command; a Python caller can set it in the environment.
+TRUST_REMOTE_CODE_ENV = "MIDBLOCK_TRUST_REMOTE_CODE"
+
+
+def trust_remote_code() -> bool:
+    """Whether model directories may run their own code (off unless explicitly opted in)."""
+    return os.environ.get(TRUST_REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+ADAPTER_META = "midblock_adapter.json"  # written next to adapter_config.json: the midblock spec of the base
+
+
+def loadable_base(spec: str) -> str | None:
+    """What ``from_pretrained`` can load as the base of a model trained from ``spec``, or None.
+
+    Saved adapters record this as ``base_model_name_or_path`` so that PEFT's ``AutoPeftModelForCausalLM``
+    and the model card work: a hub id as given, a local directory as an absolute path, the converted local
+    directory under ``$MIDBLOCK_CACHE`` for the embedded models and GGUF files. ``random:`` presets have no
+    loadable base (midblock builds them from a config and a seed), nor has a base that is itself tuned
+    (``BASE+ADAPTER``, a run directory): None; midblock's own metadata keeps the spec for those.
+    """
+    ms = parse_spec(spec)
+    if ms.adapter or ms.delta or ms.kind == "random":
+        return None
+    if ms.kind in ("embedded", "gguf"):
+        return str(Path(resolve_base_dir(ms)).resolve())
+    p = Path(ms.target)
+    return str(p.resolve()) if p.exists() else ms.target
 
 
 def cache_dir() -> Path:
@@ -73,6 +102,7 @@ def parse_spec(spec: str) -> ModelSpec:
             parsed.adapter = str(extra_p)
         elif extra_p.suffix == ".safetensors" or (extra_p / "delta.safetensors").exists():
             parsed.delta = str(extra_p if extra_p.suffix == ".safetensors" else extra_p / "delta.safetensors")
+            check_safetensors(parsed.delta, "delta")
         else:
             raise MidblockError(f"'{extra}' is neither a PEFT adapter directory nor a mid-block delta (.safetensors)")
         parsed.original = spec
@@ -98,7 +128,14 @@ def parse_spec(spec: str) -> ModelSpec:
         if manifest.exists():
             return _spec_from_run(p, spec)
         if (p / "adapter_config.json").exists():
-            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            from midblock.io import read_json
+
+            acfg = read_json(p / "adapter_config.json")
+            base = acfg.get("base_model_name_or_path") if isinstance(acfg, dict) else None
+            own = p / ADAPTER_META  # midblock's own record: the spec, also where transformers has no base
+            if own.exists():
+                meta = read_json(own)
+                base = (meta.get("base") if isinstance(meta, dict) else None) or base
             if not base:
                 raise MidblockError(f"adapter {spec} does not record its base model", hint=f"use BASE+{spec}")
             parsed = parse_spec(base)
@@ -116,16 +153,151 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 def _spec_from_run(run: Path, spec: str) -> ModelSpec:
-    m = json.loads((run / RUN_MANIFEST).read_text())
+    from midblock.io import read_json
+
+    m = read_json(run / RUN_MANIFEST)
+    if not isinstance(m, dict) or not isinstance(m.get("base"), str):
+        raise MidblockError(f"{run / RUN_MANIFEST} does not name its base model", hint="is it a midblock run?")
     parsed = parse_spec(m["base"])
     if m.get("adapter"):
-        parsed.adapter = str(run / m["adapter"])
+        parsed.adapter = str(run_file(run, m["adapter"], "adapter"))
+        check_adapter_dir(parsed.adapter)
     if m.get("delta"):
-        parsed.delta = str(run / m["delta"])
+        parsed.delta = str(run_file(run, m["delta"], "delta"))
+        check_safetensors(parsed.delta, "delta")
     if not (parsed.adapter or parsed.delta):
         raise MidblockError(f"run directory {spec} holds no adapter or delta yet", hint="has its training finished?")
     parsed.original = spec
     return parsed
+
+
+def run_file(run: str | os.PathLike, name: Any, what: str) -> Path:
+    """``run/name`` for a path a run manifest records, confined to the run directory.
+
+    A manifest is data from whoever handed over the directory: ``"adapter": "../../etc"`` or an absolute
+    path must not make midblock read (or, for an adapter, import the settings of) files elsewhere.
+    """
+    run = Path(run)
+    if not isinstance(name, str) or not name.strip():
+        raise MidblockError(f"{run / RUN_MANIFEST}: '{what}' must be a file name inside the run, got {name!r}")
+    target = (run / name).resolve()
+    if not target.is_relative_to(run.resolve()) or target == run.resolve():
+        raise MidblockError(
+            f"{run / RUN_MANIFEST}: '{what}' points outside the run directory ({name})",
+            hint="a run directory's files must live inside it",
+        )
+    if not target.exists():
+        raise MidblockError(f"run directory {run} has no {name} (its manifest names it)", hint="is the run complete?")
+    return target
+
+
+def check_safetensors(path: str | os.PathLike, what: str) -> None:
+    """Read the header of a ``.safetensors`` file: a truncated or foreign file fails here, in one line.
+
+    safetensors checks that the header's tensors cover the file exactly, so a cut anywhere is caught
+    without reading the tensors (the file is memory-mapped).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # SafetensorError, OSError...: the file cannot be used, whatever the cause
+        first = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
+        raise MidblockError(f"cannot read {what} {path}: {first}", hint="is the file truncated? re-save it") from e
+
+
+def save_adapter(model, out: str | os.PathLike, spec: str, **save_kwargs: Any) -> str | None:
+    """Save a PEFT model's adapter to ``out`` so it loads anywhere; returns the recorded base (or None).
+
+    ``adapter_config.json`` gets ``base_model_name_or_path = loadable_base(spec)`` and the model card names
+    that base, so ``AutoPeftModelForCausalLM.from_pretrained(out)`` works without midblock;
+    ``midblock_adapter.json`` keeps the midblock spec, which ``load_model(out)`` prefers (and which is the only
+    record for ``random:`` presets, whose card says so).
+    """
+    from midblock.io import write_json, write_text
+    from midblock.models.introspect import _strip_peft
+
+    out = Path(out)
+    base = loadable_base(spec)
+    model.peft_config["default"].base_model_name_or_path = base
+    cfg = getattr(_strip_peft(model), "config", None)
+    old = getattr(cfg, "_name_or_path", None)
+    if cfg is not None:
+        cfg._name_or_path = base or ""  # PEFT's model card reads the base from the model config
+    try:
+        model.save_pretrained(out, save_embedding_layers=False, **save_kwargs)  # LoRA only: no vocab check
+    finally:
+        if cfg is not None:
+            cfg._name_or_path = old
+    write_json(out / ADAPTER_META, {"base": spec, "base_model_name_or_path": base})
+    card = out / "README.md"
+    if base is None:
+        where = f"`{spec}`, which transformers cannot load by name: load it with `midblock.load_model('{spec}')`"
+    else:
+        where = f"`{base}` (midblock spec `{spec}`)"
+    text = card.read_text() if card.exists() else ""
+    write_text(card, text + f"\n## Base model\n\nTrained by midblock on {where}.\n")
+    return base
+
+
+def check_adapter_dir(path: str | os.PathLike) -> None:
+    """A PEFT adapter directory that PEFT can load: valid ``adapter_config.json`` and readable weights."""
+    from midblock.io import read_json
+
+    p = Path(path)
+    if not p.is_dir():
+        raise MidblockError(f"adapter {p} is not a directory")
+    if not (p / "adapter_config.json").exists():
+        raise MidblockError(f"adapter {p} has no adapter_config.json", hint="is the run complete, or the copy partial?")
+    if not isinstance(read_json(p / "adapter_config.json"), dict):
+        raise MidblockError(f"{p / 'adapter_config.json'} is not a JSON object")
+    weights = p / "adapter_model.safetensors"
+    if weights.exists():
+        check_safetensors(weights, "adapter weights")
+    elif (p / "adapter_model.bin").exists():
+        # a pickle: PEFT would unpickle it; midblock writes safetensors only and reads no pickle from others
+        raise MidblockError(
+            f"adapter {p} holds adapter_model.bin (a pickle), which midblock does not load",
+            hint="re-save it with save_pretrained(safe_serialization=True)",
+        )
+    else:
+        raise MidblockError(f"adapter {p} has no adapter_model.safetensors", hint="is the copy partial?")
+
+
+def check_remote_code(path: str | os.PathLike) -> None:
+    """Refuse a local model directory that ships Python (``auto_map``) unless remote code is trusted.
+
+    With ``trust_remote_code=False`` transformers would either refuse (unknown model type) or quietly
+    load its own class instead of the directory's: both differ from what the directory asks for, so the
+    user decides, once, in one line, and nobody is prompted on the terminal.
+    """
+    p = Path(path)
+    if trust_remote_code() or not p.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        f = p / name
+        if not f.exists():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MidblockError(f"{f} is not valid JSON: {e}", hint="is the download complete?") from e
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise MidblockError(
+                f"{p} ships its own Python code ('auto_map' in {name}); midblock does not run it by default",
+                hint=f"pass --trust-remote-code (or set {TRUST_REMOTE_CODE_ENV}=1) only if you trust its author",
+            )
+
+
+def check_model_weights(path: str | os.PathLike) -> None:
+    """Every ``*.safetensors`` shard of a local model directory is readable (transformers' own error for a
+    truncated shard is a traceback from deep inside the loader)."""
+    p = Path(path)
+    if not p.is_dir():
+        return
+    for f in sorted(p.glob("*.safetensors")):
+        check_safetensors(f, "model weights")
 
 
 def _find_package_file(package: str, module: str, suffix: str) -> Path | None:
@@ -172,15 +344,17 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        qmodel = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+        qmodel = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+        )
     except Exception as e:  # transformers raises many types for an unreadable GGUF
         raise MidblockError(f"transformers cannot load the GGUF {gguf}: {str(e).splitlines()[0][:200]}") from e
-    cfg = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cfg = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
     # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh model of the same config.
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, trust_remote_code=False)
     missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
@@ -203,6 +377,7 @@ def resolve_base_dir(ms: ModelSpec) -> str:
         st = Path(ms.target).stat()
         key = hashlib.sha1(f"{Path(ms.target).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
         return str(_convert_gguf(Path(ms.target), cache_dir() / "models" / f"{Path(ms.target).stem}-{key}"))
+    check_remote_code(ms.target)  # before transformers reads anything of a local directory
     return ms.target
 
 
@@ -215,8 +390,8 @@ def load_tokenizer(spec: str | ModelSpec):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_base_dir(ms))
-    except OSError as e:
+        tok = AutoTokenizer.from_pretrained(resolve_base_dir(ms), trust_remote_code=trust_remote_code())
+    except (OSError, ValueError) as e:  # ValueError: a hub repository that needs its own code
         raise _load_error(ms, e) from e
     _fix_pad(tok)
     return tok
@@ -263,13 +438,17 @@ def load_model(
 
         model = build_random_model(ms.target, seed=seed, dtype=dtype)
     else:
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM
 
+        from_pretrained_kwargs.setdefault("trust_remote_code", trust_remote_code())
         try:
-            model = AutoModelForCausalLM.from_pretrained(resolve_base_dir(ms), dtype=dtype, **from_pretrained_kwargs)
+            base_dir = resolve_base_dir(ms)
+            check_model_weights(base_dir)
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, **from_pretrained_kwargs)
         except MidblockError:
             raise
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
             raise _load_error(ms, e) from e
     tok = load_tokenizer(ms)
     if ms.delta:
@@ -277,7 +456,12 @@ def load_model(
     if ms.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, ms.adapter)
+        check_adapter_dir(ms.adapter)  # PEFT's errors for a damaged adapter are tracebacks
+        try:
+            model = PeftModel.from_pretrained(model, ms.adapter)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # e.g. shapes that do not fit the base
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise MidblockError(f"cannot load adapter {ms.adapter}: {first}") from e
         if merge:
             model = model.merge_and_unload()
     if device:

@@ -152,7 +152,7 @@ def build_random_model(name: str, seed: int = 0, dtype=None):
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype or torch.float32, trust_remote_code=False)
     finally:
         torch.random.set_rng_state(state)
     model.eval()

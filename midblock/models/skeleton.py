@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from midblock.errors import MidblockError
-from midblock.models.loading import parse_spec, resolve_base_dir
+from midblock.models.loading import parse_spec, resolve_base_dir, trust_remote_code
 
 
 def load_config(spec: str):
@@ -15,7 +15,7 @@ def load_config(spec: str):
 
         return preset_config(ms.target)
     try:
-        return AutoConfig.from_pretrained(resolve_base_dir(ms))
+        return AutoConfig.from_pretrained(resolve_base_dir(ms), trust_remote_code=trust_remote_code())
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise MidblockError(
@@ -32,6 +32,6 @@ def load_skeleton(spec: str):
     cfg = load_config(spec)
     try:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(cfg)
+            return AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code())
     except ValueError as e:
         raise MidblockError(f"'{spec}' is not a causal language model ({type(cfg).__name__})") from e

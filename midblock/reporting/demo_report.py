@@ -1,4 +1,7 @@
-"""The demo's comparison table, figures and report sections (one self-contained ``report.html``)."""
+"""The demo's table, figures and report sections (one self-contained ``report.html``).
+
+Renders the rows that :mod:`midblock.experiments.table` computed; no statistics are computed here.
+"""
 
 from __future__ import annotations
 
@@ -9,83 +12,6 @@ from typing import Any
 
 from midblock.io import read_jsonl_tolerant, write_csv, write_text
 from midblock.reporting.report import Section, add_section, esc, table_html
-
-PRIMARY = "original"  # the zero-shot `#### N` extractor the demo scores with (protocol "original")
-
-
-def _correct(summary: dict[str, Any], extractor: str = PRIMARY) -> dict[int, int]:
-    return {r["index"]: int(bool(r["scores"][extractor]["correct"])) for r in summary["items"]}
-
-
-def build_comparison(evals: dict[str, list[dict]], arms: dict[str, list[dict]]) -> list[dict[str, Any]]:
-    """One row per system: accuracy with Wilson interval (mean over seeds), paired difference vs the
-    all-block LoRA baseline with a paired bootstrap interval, budgets, speed, memory, forgetting."""
-    from midblock.evaluation.stats import mean_ci, paired_bootstrap, wilson_interval
-
-    base_ppl = evals["base"][0]["forgetting"]["ppl"]
-    baseline = {e["seed_index"]: _correct(e) for e in _with_seed_index(evals.get("lora", []))}
-    rows = []
-    for system, runs in evals.items():
-        accs, diffs = [], []
-        k_tot = n_tot = 0
-        for e in _with_seed_index(runs):
-            c = _correct(e)
-            k, n = sum(c.values()), len(c)
-            k_tot, n_tot = k_tot + k, n_tot + n
-            accs.append(k / n)
-            if system != "lora" and e["seed_index"] in baseline:
-                b = baseline[e["seed_index"]]
-                idx = sorted(set(c) & set(b))
-                diffs.append(paired_bootstrap([c[i] for i in idx], [b[i] for i in idx], seed=e["seed_index"]))
-        lo, hi = wilson_interval(k_tot, n_tot)
-        row: dict[str, Any] = {
-            "system": system,
-            "seeds": len(runs),
-            "n_items": n_tot // max(1, len(runs)),
-            "accuracy": sum(accs) / len(accs),
-            "ci_low": lo,
-            "ci_high": hi,
-            "seed_accuracies": " ".join(f"{a:.3f}" for a in accs),
-            "ppl_general": sum(e["forgetting"]["ppl"] for e in runs) / len(runs),
-        }
-        row["ppl_change_pct"] = 100 * (row["ppl_general"] / base_ppl - 1)
-        if len(accs) > 1:
-            m = mean_ci(accs)
-            row["seed_mean_ci"] = f"[{m['lo']:.3f}, {m['hi']:.3f}]"
-        if diffs:
-            d = diffs[0] if len(diffs) == 1 else _pool(diffs)
-            row["diff_vs_lora"] = d["diff"]
-            row["diff_ci"] = f"[{d['lo']:+.3f}, {d['hi']:+.3f}]"
-        train_runs = arms.get(system)
-        if train_runs:
-            t = train_runs[0]
-            row.update(
-                backward_depth=t.get("backward_depth"),  # blocks the backward pass visits
-                trainable_params=t["trainable_params"],
-                rank_units=t["rank_units"],
-                alpha_over_r=t["scaling"],
-                step_s=_mean(r["median_step_s"] for r in train_runs),
-                peak_mem_gib=max(r["peak_mem_bytes"] for r in train_runs) / 2**30,
-                final_loss=_mean(r["final_loss"] for r in train_runs),
-                train_wall_s=sum(r["wall_s"] for r in train_runs),
-            )
-        rows.append(row)
-    return rows
-
-
-def _with_seed_index(runs: list[dict]) -> list[dict]:
-    return [dict(r, seed_index=i) for i, r in enumerate(runs)]
-
-
-def _pool(diffs: list[dict]) -> dict[str, float]:
-    # Across seeds: mean of differences, and the mean of the per-seed interval ends (conservative).
-    return {k: sum(d[k] for d in diffs) / len(diffs) for k in ("diff", "lo", "hi")}
-
-
-def _mean(vals) -> float | None:
-    v = [x for x in vals if x is not None]
-    return sum(v) / len(v) if v else None
-
 
 # --------------------------------------------------------------------------- figures
 
@@ -106,7 +32,7 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
     acc = [r["accuracy"] for r in rows]
     err = [[a - r["ci_low"] for a, r in zip(acc, rows)], [r["ci_high"] - a for a, r in zip(acc, rows)]]
     ax.bar(xs, acc, color=["#999999", "#4477aa", "#ee6677"][: len(rows)], yerr=err, capsize=6)
-    ax.set_xticks(list(xs), [r["system"] for r in rows])
+    ax.set_xticks(list(xs), [r["arm"] for r in rows])
     ax.set_ylabel("accuracy (95% Wilson interval)")
     ax.set_ylim(0, max(0.05, max(r["ci_high"] for r in rows) * 1.15))
     fig.tight_layout()
@@ -114,12 +40,13 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_losses(arms: dict[str, list[dict]], path: Path) -> None:
+def plot_losses(arms: dict[str, list[str]], path: Path) -> None:
+    """Training loss per optimizer step; ``arms`` maps each arm to its run directories (one per seed)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for arm, color in zip(arms, ["#4477aa", "#ee6677", "#228833"]):
-        for i, r in enumerate(arms[arm]):
-            log = [x for x in read_jsonl_tolerant(Path(r["run_dir"]) / "train_log.jsonl") if "loss" in x]
+        for i, run_dir in enumerate(arms[arm]):
+            log = [x for x in read_jsonl_tolerant(Path(run_dir) / "train_log.jsonl") if "loss" in x]
             ax.plot(
                 [x["step"] for x in log],
                 [x["loss"] for x in log],
@@ -175,18 +102,20 @@ def plot_change_profile(metrics_csv: Path, bands: dict[str, list[int]], num_laye
 
 
 def format_table(rows: list[dict]) -> str:
-    """The terminal summary table."""
+    """The terminal summary table (one row per system: the base and each arm pooled over its seeds)."""
     cols = [
-        ("system", "{}"),
+        ("arm", "{}"),
+        ("band", "{}"),
         ("accuracy", "{:.3f}"),
         ("ci_low", "{:.3f}"),
         ("ci_high", "{:.3f}"),
-        ("diff_vs_lora", "{:+.3f}"),
-        ("diff_ci", "{}"),
+        ("diff_vs_baseline", "{:+.3f}"),
+        ("diff_low", "{:+.3f}"),
+        ("diff_high", "{:+.3f}"),
         ("trainable_params", "{:,}"),
         ("rank_units", "{}"),
         ("alpha_over_r", "{:.2f}"),
-        ("step_s", "{:.2f}"),
+        ("median_step_s", "{:.2f}"),
         ("peak_mem_gib", "{:.2f}"),
         ("ppl_change_pct", "{:+.1f}"),
     ]
@@ -201,12 +130,11 @@ def format_table(rows: list[dict]) -> str:
 
 def verdict(rows: list[dict]) -> str:
     """What the numbers do and do not support, in plain words."""
-    by = {r["system"]: r for r in rows}
+    by = {r["arm"]: r for r in rows}
     out = []
     mid, lora = by.get("midblock"), by.get("lora")
-    if mid and lora and "diff_ci" in mid:
-        lo, hi = (float(x) for x in mid["diff_ci"].strip("[]").split(","))
-        d = mid["diff_vs_lora"]
+    if mid and lora and mid.get("diff_vs_baseline") is not None:
+        d, lo, hi = mid["diff_vs_baseline"], mid["diff_low"], mid["diff_high"]
         if lo <= 0 <= hi:
             out.append(
                 f"Mid-block minus all-block LoRA: {d:+.3f} accuracy, paired 95% interval [{lo:+.3f}, {hi:+.3f}]. "
@@ -218,13 +146,13 @@ def verdict(rows: list[dict]) -> str:
                 f"Mid-block LoRA scored {better} than all-block LoRA by {abs(d):.3f} (paired 95% interval "
                 f"[{lo:+.3f}, {hi:+.3f}], excluding 0) on these items, at matched rank units and alpha/r."
             )
-        if mid.get("step_s") and lora.get("step_s"):
+        if mid.get("median_step_s") and lora.get("median_step_s") and mid.get("peak_mem_gib"):
             out.append(
-                f"A mid-block training step took {mid['step_s'] / lora['step_s']:.2f}x the time of an "
-                f"all-block step, at {mid['peak_mem_gib'] / lora['peak_mem_gib']:.2f}x the peak memory "
-                "(process peak RSS on a CPU includes the model and the evaluation-free training loop)."
+                f"A mid-block training step took {mid['median_step_s'] / lora['median_step_s']:.2f}x the time of "
+                f"an all-block step, at {mid['peak_mem_gib'] / lora['peak_mem_gib']:.2f}x the peak memory (each "
+                "run's own peak: RSS on a CPU, from a trimmed start; allocated memory on a GPU)."
             )
-    if mid and lora:
+    if mid and lora and mid.get("ppl_change_pct") is not None and lora.get("ppl_change_pct") is not None:
         out.append(
             f"Perplexity on general text changed by {lora['ppl_change_pct']:+.1f}% (all-block) and "
             f"{mid['ppl_change_pct']:+.1f}% (mid-block) against the base: the forgetting check."
@@ -235,7 +163,7 @@ def verdict(rows: list[dict]) -> str:
             "The base model rarely produces the `#### N` answer format zero-shot, so its low score measures "
             "format as much as arithmetic."
         )
-    n = max((r["n_items"] for r in rows), default=0)
+    n = max((r["n"] for r in rows), default=0)
     out.append(
         f"With {n} items, a 95% interval on one accuracy is about +/-{100 * 1.96 * math.sqrt(0.25 / max(n, 1)):.0f} "
         "points at 50%: small differences are not evidence. Use `--profile full` (more items, three seeds)."
@@ -243,66 +171,75 @@ def verdict(rows: list[dict]) -> str:
     return " ".join(out)
 
 
-def write_demo_report(
-    out: Path, config, summary: dict[str, Any], arms: dict[str, list[dict]], evals: dict[str, list[dict]]
-) -> Path:
+REPORT_COLUMNS = [
+    "arm",
+    "band",
+    "seed",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "seed_sd",
+    "diff_vs_baseline",
+    "diff_low",
+    "diff_high",
+    "trainable_params",
+    "rank_units",
+    "alpha_over_r",
+    "backward_depth",
+    "median_step_s",
+    "peak_mem_gib",
+    "final_loss",
+    "ppl",
+    "ppl_change_pct",
+]
+
+
+def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[dict[str, Any]]) -> Path:
     rows = summary["comparison"]
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    write_csv(out / "comparison.csv", rows)
+    write_csv(out / "comparison.csv", rows, fieldnames=REPORT_COLUMNS)
     plot_accuracy(rows, figs / "accuracy.png")
-    plot_losses(arms, figs / "training_loss.png")
+    runs: dict[str, list[str]] = {}
+    bands: dict[str, list[int]] = {}
+    for c in sorted(cells, key=lambda c: c["seed"]):
+        runs.setdefault(c["label"], []).append(c["run_dir"])
+        bands.setdefault(c["label"], c.get("band") or [])
+    plot_losses(runs, figs / "training_loss.png")
     prov = summary["provenance"]
     L = _num_layers(config.model)
-    bands = {}
-    for arm in arms:
-        idx = arms[arm][0].get("band_indices") or _band_from_manifest(Path(arms[arm][0]["run_dir"]))
-        bands[arm] = idx or []
     has_profile = plot_change_profile(out / "analysis" / "metrics.csv", bands, L, figs / "change_profile.png")
-    md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    md += ["| " + " | ".join(_cell(v) for v in r.values()) + " |" for r in rows]
+    md = ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
+    md += ["| " + " | ".join(_cell(r.get(c)) for c in REPORT_COLUMNS) + " |" for r in rows]
     write_text(out / "comparison.md", "\n".join(md) + "\n")
 
-    s = summary["settings"]
+    g = summary["settings"]
+    t = g["train"]
+    lora, mid = (m for m in g["methods"])
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items())
     what = (
         f"<p>Model <code>{esc(config.model)}</code>, task <code>{esc(config.task)}</code>, profile "
         f"<code>{esc(config.profile)}</code>. Two arms trained from the same base with the same data order, "
-        f"seed(s) {esc(', '.join(map(str, s['seeds'])))}, {s['steps']} optimizer steps of {s['batch_size']} examples, "
-        f"learning rate {s['lr']}, completion-only loss: <b>lora</b> = LoRA r{s['rank']} on the attention projections "
-        f"of every block; <b>midblock</b> = LoRA on the band <code>{esc(config.band)}</code> only, its rank raised "
-        "so the rank units match, alpha/r equal. Evaluation: zero-shot <code>Question: ...\\nAnswer:</code>, greedy, "
-        f"up to {s['max_new_tokens']} new tokens, harness stop strings, scored by the first <code>#### N</code> "
-        f"(protocol <code>original</code>) on {s['eval_items']} held-out problems; forgetting = perplexity on "
-        f"{s['ppl_texts']} sentences of general text bundled with midblock.</p>"
+        f"seed(s) {esc(', '.join(map(str, g['seeds'])))}, {t['steps']} optimizer steps of {t['batch_size']} "
+        f"examples, learning rate {t['lr']}, completion-only loss: <b>lora</b> = LoRA r{lora['rank']} on the "
+        "attention projections of every block; <b>midblock</b> = LoRA on the band "
+        f"<code>{esc(mid['band'])}</code> only ({esc(summary['band']['why'])}), its rank raised so the rank "
+        "units match, alpha/r equal. Evaluation: zero-shot <code>Question: ...\\nAnswer:</code>, greedy, up to "
+        f"{g['max_new_tokens']} new tokens, harness stop strings, scored by the first <code>#### N</code> "
+        f"(protocol <code>original</code>) on {g['eval_limit']} held-out problems; forgetting = perplexity on "
+        f"{g['forgetting']['limit']} sentences of general text bundled with midblock. The numbers are those of "
+        "<code>midblock compare</code> on the same grid (<code>compare/compare.md</code>).</p>"
         f"<p>Wall time {summary['wall_s']:.0f} s ({esc(timings)})."
         f" Versions: {esc(', '.join(f'{k} {v}' for k, v in prov['versions'].items()))}. Hardware: "
         f"{esc(prov['hardware'].get('cpu_count'))} CPUs, {esc(prov['hardware'].get('platform'))}.</p>"
     )
     add_section(out, Section("run", "What was run", what, order=10), render=False)
-    cols = [
-        "system",
-        "accuracy",
-        "ci_low",
-        "ci_high",
-        "diff_vs_lora",
-        "diff_ci",
-        "seed_accuracies",
-        "trainable_params",
-        "rank_units",
-        "alpha_over_r",
-        "step_s",
-        "peak_mem_gib",
-        "final_loss",
-        "ppl_general",
-        "ppl_change_pct",
-    ]
     add_section(
         out,
         Section(
             "comparison",
             "Comparison",
-            table_html(rows, cols, floatfmt="{:.3f}") + f'<p class="note">{esc(verdict(rows))}</p>',
+            table_html(rows, REPORT_COLUMNS, floatfmt="{:.3f}") + f'<p class="note">{esc(verdict(rows))}</p>',
             ["figures/accuracy.png"],
             order=20,
         ),
@@ -347,15 +284,3 @@ def _num_layers(spec: str) -> int:
     from midblock.models.skeleton import load_skeleton
 
     return get_layout(load_skeleton(spec)).num_layers
-
-
-def _band_from_manifest(run_dir: Path) -> list[int] | None:
-    import json
-
-    p = run_dir / "midblock_run.json"
-    if p.exists():
-        m = json.loads(p.read_text())
-        for key in ("band_indices", "blocks", "band"):
-            if isinstance(m.get(key), list):
-                return m[key]
-    return None

@@ -258,7 +258,7 @@ def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
     if len({c.name for c in grid}) != len(grid):
         raise MidblockError("the same --weights list is given twice")
     if cfg.save:
-        fresh_output_dir(cfg.save)
+        fresh_output_dir(cfg.save, flag="--save")
     measurer = build_measurer(
         task=cfg.task,
         protocol=cfg.protocol,

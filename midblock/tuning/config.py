@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
+from midblock.layers import PAPER_BAND
+from midblock.validation import check_float_fields, check_number
 
 METHODS = ("lora", "midblock", "midblock-full", "full", "freeze", "segments")
 LORA_METHODS = ("lora", "midblock", "segments")
@@ -54,7 +56,7 @@ class MidBlockConfig:
         },
     )
     band: str = field(
-        default="seg2-4/5",
+        default=PAPER_BAND,
         metadata={"help": "blocks of midblock / midblock-full: a resolve_layers spec, or 'auto' with `analysis`"},
     )
     analysis: str | None = field(
@@ -105,10 +107,9 @@ class MidBlockConfig:
             raise MidblockError(f"rank must be a positive integer, got {self.rank!r}", hint="e.g. --rank 8")
         if self.budget_baseline_rank is not None and self.budget_baseline_rank <= 0:
             raise MidblockError(f"budget baseline rank must be positive, got {self.budget_baseline_rank}")
-        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise MidblockError(f"alpha must be a positive number, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise MidblockError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha is not None:
+            check_number("alpha", self.alpha, low=0, low_open=True)
+        check_number("dropout", self.dropout, low=0, high=1, high_open=True)
         if isinstance(self.target_modules, str):
             self.target_modules = tuple(t for t in self.target_modules.replace(" ", "").split(",") if t)
         self.target_modules = tuple(self.target_modules)
@@ -130,6 +131,7 @@ class MidBlockConfig:
             raise MidblockError("freeze_first / freeze_last must be >= 0")
         if self.method == "freeze" and self.freeze_first == 0 and self.freeze_last == 0:
             raise MidblockError("method freeze needs --freeze-first and/or --freeze-last", hint="or use method full")
+        check_float_fields(self)
 
     # ------------------------------------------------------------------ derived values
 

@@ -36,21 +36,30 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(fwd).parameters
 
 
-def causal_lm_loss(model: nn.Module, batch: dict[str, Any], head_at_labels: bool = True) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over labelled tokens, and the number of those tokens."""
+def causal_lm_loss(
+    model: nn.Module, batch: dict[str, Any], head_at_labels: bool = True, reduction: str = "mean"
+) -> tuple[torch.Tensor, int]:
+    """Next-token cross-entropy over labelled tokens, and the number of those tokens.
+
+    ``reduction="mean"``: the mean over those tokens (0 when there are none with the fused head);
+    ``"sum"``: their sum, for a caller that divides by the label tokens of a larger batch (the training
+    loop: every micro-batch and process of an optimizer step, as HF Trainer's ``num_items_in_batch``).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     labels = batch["labels"]
     shift = labels[:, 1:]
     n_tok = int((shift != IGNORE_INDEX).sum())
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if not head_at_labels or not _accepts_logits_to_keep(model):
         logits = model(**kw).logits
-        return _ce(logits[:, :-1], shift), n_tok
+        return _ce(logits[:, :-1], shift, reduction), n_tok
     from midblock.models.introspect import get_layout
 
     lay = get_layout(_inner(model))
     if lay.final_norm is None:
         logits = model(**kw).logits
-        return _ce(logits[:, :-1], shift), n_tok
+        return _ce(logits[:, :-1], shift, reduction), n_tok
     caught: dict[str, torch.Tensor] = {}
 
     def grab(_m, _i, out):
@@ -66,11 +75,11 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, Any], head_at_labels: bool
     cap = getattr(getattr(_inner(model), "config", None), "final_logit_softcapping", None)
     head = lay.lm_head
     if not cap and _plain_linear(head):
-        return chunked_head_ce(h[keep], head.weight, head.bias, shift[keep]), n_tok
+        return chunked_head_ce(h[keep], head.weight, head.bias, shift[keep], reduction=reduction), n_tok
     logits = head(h[keep])
     if cap:  # Gemma's soft-capping happens after the head
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits.float(), shift[keep]), n_tok
+    return F.cross_entropy(logits.float(), shift[keep], reduction=reduction), n_tok
 
 
 def _plain_linear(head: nn.Module) -> bool:
@@ -93,15 +102,24 @@ def chunked_head_ce(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     chunk: int | None = None,
+    reduction: str = "mean",
+    stats: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of ``h @ weight.T + bias`` against ``targets`` (N x D hidden rows, V x D head),
-    ``chunk`` rows at a time (default: as many rows as fit ``CHUNK_BYTES`` of float32 logits, at least 32).
+    """Mean (or, with ``reduction="sum"``, summed) cross-entropy of ``h @ weight.T + bias`` against
+    ``targets`` (N x D hidden rows, V x D head), ``chunk`` rows at a time (default: as many rows as fit
+    ``CHUNK_BYTES`` of float32 logits, at least 32).
 
     With gradients wanted, each chunk's gradient (softmax minus one-hot) is turned into the gradients of
     ``h``, ``weight`` and ``bias`` right away and its logits are dropped: memory holds one chunk's logits
     instead of N x V logits, log-probabilities and their gradient, and the arithmetic is the same as the
     unfused head's forward and backward. The log-softmax runs in float32 whatever the input dtype.
+
+    ``stats`` (a dict, filled in place when given): ``row_loss``, each row's cross-entropy (detached), and
+    ``is_top1``, whether the target is the row's arg-max; both fall out of the chunk loop without another
+    pass over the vocabulary (the trainer integration reports them as TRL's per-token outputs).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if h.shape[0] == 0:
         return h.new_zeros((), dtype=torch.float32) * h.sum()  # no labelled token: zero, still differentiable
     if chunk is None:
@@ -113,17 +131,26 @@ def chunked_head_ce(
     )
     if not wants:
         total = h.new_zeros((), dtype=torch.float32)
+        rows, top1 = [], []
         for s in range(0, h.shape[0], chunk):
             logits = F.linear(h[s : s + chunk], weight, bias).float()
-            total = total + F.cross_entropy(logits, targets[s : s + chunk], reduction="sum")
-        return total / h.shape[0]
-    return _ChunkedHeadCE.apply(h, weight, bias, targets, chunk)
+            row = F.cross_entropy(logits, targets[s : s + chunk], reduction="none")
+            if stats is not None:
+                rows.append(row)
+                top1.append(logits.argmax(-1) == targets[s : s + chunk])
+            total = total + row.sum()
+        if stats is not None:
+            stats["row_loss"], stats["is_top1"] = torch.cat(rows), torch.cat(top1)
+        return total / h.shape[0] if reduction == "mean" else total
+    return _ChunkedHeadCE.apply(h, weight, bias, targets, chunk, reduction == "mean", stats)
 
 
 class _ChunkedHeadCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk):
+    def forward(ctx, h, weight, bias, targets, chunk, mean, stats=None):
         n = h.shape[0]
+        row_loss = torch.empty(n, dtype=torch.float32, device=h.device) if stats is not None else None
+        is_top1 = torch.empty(n, dtype=torch.bool, device=h.device) if stats is not None else None
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         g_h = torch.empty_like(h) if need_h else None
@@ -139,9 +166,14 @@ class _ChunkedHeadCE(torch.autograd.Function):
             # and at the end of the forward pass (every activation saved) that buffer is the step's peak
             picked = logits.gather(1, yc[:, None]).squeeze(1)
             top = logits.amax(dim=-1, keepdim=True)
+            if is_top1 is not None:
+                is_top1[s : s + chunk] = picked >= top.squeeze(1)
             grad = logits.sub_(top).exp_()
             z = grad.sum(dim=-1, keepdim=True)
-            total += (z.log().add_(top).squeeze(1) - picked).sum()
+            row = z.log().add_(top).squeeze(1) - picked
+            if row_loss is not None:
+                row_loss[s : s + chunk] = row
+            total += row.sum()
             grad.div_(z)  # softmax
             grad[torch.arange(len(yc), device=grad.device), yc] -= 1.0
             grad = grad.to(hc.dtype)
@@ -154,8 +186,10 @@ class _ChunkedHeadCE(torch.autograd.Function):
         ctx.save_for_backward(*(t for t in (g_h, g_w, g_b) if t is not None))
         ctx.has = (need_h, need_w, need_b)
         ctx.dtypes = {"h": h.dtype, "w": weight.dtype, "b": bias.dtype if bias is not None else None}
-        ctx.n = n
-        return total / n
+        ctx.n = n if mean else 1  # the sum: the saved per-token gradients are used unscaled
+        if stats is not None:
+            stats["row_loss"], stats["is_top1"] = row_loss, is_top1
+        return total / ctx.n
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -164,8 +198,9 @@ class _ChunkedHeadCE(torch.autograd.Function):
         out = []
         for has, like in zip(ctx.has, ("h", "w", "b")):
             out.append((next(saved) * scale).to(ctx.dtypes[like]) if has else None)
-        return out[0], out[1], out[2], None, None
+        return out[0], out[1], out[2], None, None, None, None
 
 
-def _ce(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=IGNORE_INDEX)
+def _ce(logits: torch.Tensor, shift: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    return F.cross_entropy(flat, shift.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction)

@@ -211,10 +211,10 @@ def lora_config(p: Plan, config: MidBlockConfig, base_name: str | None = None, f
 def prepare_model(model: nn.Module, config: MidBlockConfig, *, base_name: str | None = None) -> nn.Module:
     """Return ``model`` ready to train per ``config`` (a ``PeftModel`` for LoRA methods).
 
-    Usable with any loop (HF ``Trainer``, TRL ``SFTTrainer``, your own). Do NOT let the trainer enable
-    gradient checkpointing itself (``gradient_checkpointing=False`` in its arguments): set
-    ``config.gradient_checkpointing`` here, which checkpoints the trainable blocks non-reentrantly without
-    input gradients. ``base_name`` is recorded in a saved adapter so ``load_model(adapter_dir)`` works.
+    Usable with any loop (HF ``Trainer``, TRL ``SFTTrainer``, your own), with or without the trainer's
+    ``gradient_checkpointing=True``: the returned model's checkpointing entry points keep the backward
+    truncated (:func:`keep_truncation`); ``config.gradient_checkpointing`` does the same for your own loop.
+    ``base_name`` is recorded in a saved adapter (see :func:`midblock.models.loading.loadable_base`).
     """
     from midblock.models.introspect import get_layout
 
@@ -236,9 +236,79 @@ def prepare_model(model: nn.Module, config: MidBlockConfig, *, base_name: str | 
             for prm in model.parameters():
                 prm.requires_grad_(True)
     model.midblock_plan = p  # read by train() and the checks
+    keep_truncation(model)
     if config.gradient_checkpointing:
         enable_band_checkpointing(model, p.backward_blocks)
     check_truncated_backward(model, fix=True)
+    return model
+
+
+def _first_trainable(model: nn.Module) -> int:
+    """The first block the backward must reach, read from the plan or else from ``requires_grad``."""
+    from midblock.models.introspect import block_of_param, get_layout
+
+    plan_ = getattr(model, "midblock_plan", None)
+    if plan_ is not None:
+        return plan_.first_trainable
+    lay = get_layout(model)
+    blocks = [block_of_param(n, lay) for n, prm in model.named_parameters() if prm.requires_grad]
+    if not blocks or any(b is None for b in blocks):
+        return 0  # nothing trainable yet (before PEFT wraps the model), or something outside the blocks trains
+    return min(b for b in blocks if b is not None)
+
+
+def keep_truncation(model: nn.Module) -> nn.Module:
+    """Replace the checkpointing entry points trainers call on ``model`` by truncation-keeping versions.
+
+    transformers' ``Trainer.train()`` calls ``activation_checkpointing_enable`` (which turns on input
+    gradients for PEFT models) and TRL's ``SFTTrainer`` calls ``enable_input_require_grads``; both make the
+    embedding output require grad, and then every block below the band is back-propagated. On this model:
+
+    - ``enable_input_require_grads`` does nothing (input gradients are only needed by *reentrant*
+      checkpointing, and midblock checkpoints non-reentrantly, which gives the same gradients without them);
+    - ``activation_checkpointing_enable`` / ``gradient_checkpointing_enable`` checkpoint, non-reentrantly, the
+      first trainable block and every block above it, never the blocks below (they keep no activations for a
+      backward, so checkpointing them would only add a recompute). ``use_reentrant=True`` is refused with a
+      warning and replaced; ``every_n_layers`` and ``offload`` are honoured only for their default values.
+
+    The first trainable block is read when the trainer calls, so this also works on a model PEFT wraps later
+    (the ``peft_config=`` route). The methods are set on the transformers model instance, which PEFT's
+    wrappers forward attribute look-ups to. Returns ``model``.
+    """
+    from midblock.models.introspect import _strip_peft
+
+    inner = _strip_peft(model)
+    if getattr(inner, "_midblock_keeps_truncation", False):
+        return model
+
+    def enable_input_require_grads(*_a: Any, **_k: Any) -> None:
+        log.info("enable_input_require_grads: skipped (midblock keeps the backward truncated at the band)")
+
+    def activation_checkpointing_enable(
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+        **extra: Any,
+    ) -> None:
+        kw = dict(activation_checkpointing_kwargs or extra.pop("gradient_checkpointing_kwargs", None) or {})
+        if kw.pop("use_reentrant", False):
+            log.warning("reentrant checkpointing needs input gradients (full-depth backward): using non-reentrant")
+        if every_n_layers != 1 or offload:
+            log.warning("midblock checkpointing ignores every_n_layers=%s / offload=%s", every_n_layers, offload)
+        from midblock.models.introspect import get_layout
+
+        first = _first_trainable(model)
+        enable_band_checkpointing(model, list(range(first, get_layout(model).num_layers)), **kw)
+
+    def gradient_checkpointing_enable(gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    # object.__setattr__: plain functions on the instance shadow the class methods (nn.Module's own
+    # __setattr__ would do the same, but this says that no parameter or buffer is meant)
+    object.__setattr__(inner, "enable_input_require_grads", enable_input_require_grads)
+    object.__setattr__(inner, "activation_checkpointing_enable", activation_checkpointing_enable)
+    object.__setattr__(inner, "gradient_checkpointing_enable", gradient_checkpointing_enable)
+    object.__setattr__(inner, "_midblock_keeps_truncation", True)
     return model
 
 
@@ -264,7 +334,7 @@ def verify_lora_ranks(model: nn.Module, p: Plan) -> None:
         raise RuntimeError(f"PEFT built LoRA modules that differ from the plan: {wrong}")
 
 
-def enable_band_checkpointing(model: nn.Module, blocks: list[int]) -> None:
+def enable_band_checkpointing(model: nn.Module, blocks: list[int], **checkpoint_kwargs: Any) -> None:
     """Non-reentrant activation checkpointing on ``blocks`` only (no input gradients needed).
 
     ``prepare_model`` passes the blocks the backward visits (the band and the blocks above it): blocks
@@ -276,7 +346,7 @@ def enable_band_checkpointing(model: nn.Module, blocks: list[int]) -> None:
 
     from midblock.models.introspect import get_layout
 
-    fn = functools.partial(checkpoint, use_reentrant=False)
+    fn = functools.partial(checkpoint, **{**checkpoint_kwargs, "use_reentrant": False})
     lay = get_layout(model)
     for b in blocks:
         block = lay.blocks[b]

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import signal
 import statistics
 import threading
@@ -84,9 +85,32 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
                 f"--resume: {out} was trained with a different {diff[0]} ({old.get(diff[0])!r} != {new[diff[0]]!r})",
                 hint="resume with the original settings or choose another --out",
             )
+        _check_inputs(out, read_json(saved).get("inputs"), _inputs(config, task))
     elif saved.exists():
         raise MidblockError(f"{out} already holds a training run", hint="pass --resume or choose another --out")
     return {"task": task, "skeleton": skeleton, "plan": p}
+
+
+def _inputs(config: TrainConfig, task: str) -> dict[str, Any]:
+    """The contents a run was trained from: the base model's files and the training rows."""
+    from midblock.data import load_rows
+    from midblock.fingerprint import rows_digest, spec_identity
+
+    rows = load_rows(task, "train", config.data, limit=config.limit)
+    return {"model": spec_identity(config.model), "data": rows_digest(rows)}
+
+
+def _check_inputs(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """--resume continues only from the same base weights and the same training data, not just the same names."""
+    from midblock.fingerprint import describe_change
+
+    for key, what in (("model", "base model files"), ("data", "training data")):
+        if old is None or old.get(key) != new[key]:
+            change = "no record of them" if old is None else describe_change({key: old.get(key)}, {key: new[key]})
+            raise MidblockError(
+                f"--resume: {out} was trained from other {what} ({change})",
+                hint="resume with the original model and data or choose another --out",
+            )
 
 
 def _load_data(config: TrainConfig, task: str, tokenizer) -> tuple[list, list, dict]:
@@ -153,19 +177,72 @@ def _save_checkpoint(run: Path, step: int, model, opt, sched, gathered: tuple | 
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    for old in ckdir.glob("step-*.pt"):  # keep only the newest: full-parameter states are large
-        if old != path:
-            old.unlink(missing_ok=True)
+    # Keep this checkpoint and the one before it: if the newest is ever damaged (a full disk, a copy cut
+    # short), --resume falls back to the previous one instead of losing the run. Checkpoints of later
+    # steps belong to a timeline this run abandoned (it resumed from an older one): they go.
+    cks = _checkpoints(run)
+    older = [c for c in cks if _ckpt_step(c) < step]
+    for old in [c for c in cks if _ckpt_step(c) > step] + older[:-1]:
+        old.unlink(missing_ok=True)
     return path
 
 
+def _ckpt_step(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    cks = [c for c in (run / CKPT_DIR).glob("step-*.pt") if c.stem.split("-", 1)[1].isdigit()]
+    return sorted(cks, key=_ckpt_step)
+
+
 def _latest_checkpoint(run: Path) -> Path | None:
-    cks = sorted((run / CKPT_DIR).glob("step-*.pt"))
+    cks = _checkpoints(run)
     return cks[-1] if cks else None
 
 
-def _load_checkpoint(path: Path, model, opt, sched, fsdp: bool = False, world: int = 1) -> int:
-    st = torch.load(path, map_location="cpu", weights_only=False)
+class _Unreadable(Exception):
+    """A checkpoint file that cannot be used (truncated, empty, not ours, or a pickle with code in it)."""
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, read without running code: ``weights_only=True`` unpickles tensors, numbers,
+    strings and containers only, so a planted pickle (a run directory someone handed over) is refused."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, a truncated zip (RuntimeError), EOFError...: all unusable
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise _Unreadable(first) from e
+    need = {"step": int, "trainable": dict, "optimizer": dict, "scheduler": dict, "rng": dict}
+    if not isinstance(st, dict) or any(not isinstance(st.get(k), t) for k, t in need.items()):
+        raise _Unreadable("not a midblock training checkpoint")
+    return st
+
+
+def _resume_state(run: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint and its state; an unreadable newer one is named in a warning."""
+    cks = _checkpoints(run)
+    bad: list[str] = []
+    for ck in reversed(cks):
+        try:
+            st = _read_checkpoint(ck)
+        except _Unreadable as e:
+            bad.append(f"{ck.name} ({e})")
+            continue
+        if bad:
+            log.warning("--resume: checkpoint %s is unreadable; falling back to %s", "; ".join(bad), ck.name)
+        return ck, st
+    if bad:
+        raise MidblockError(
+            f"--resume: no readable checkpoint in {run / CKPT_DIR}: {'; '.join(bad)}",
+            hint="delete the run directory to start over",
+        )
+    return None
+
+
+def _load_checkpoint(path: Path, model, opt, sched, fsdp: bool = False, world: int = 1, st: dict | None = None) -> int:
+    st = st if st is not None else _read_checkpoint(path)
     if st.get("world_size", world) != world:
         raise MidblockError(
             f"--resume: {path.name} was written by a run on {st['world_size']} process(es), this one has {world}; "
@@ -199,17 +276,20 @@ def _save_outputs(run: Path, model, config: TrainConfig, p, state: dict | None =
     ``state``: the trainable tensors already gathered to full size (FSDP); else read from ``model``.
     """
     if config.tuning.is_lora:
-        model.peft_config["default"].base_model_name_or_path = config.model
+        from midblock.models.loading import save_adapter
+
         kw = {"state_dict": state} if state is not None else {}  # PEFT keeps the LoRA keys of it
         with atomic_path(run / "adapter") as tmp:
-            model.save_pretrained(tmp, save_embedding_layers=False, **kw)  # LoRA only: no vocab check
+            save_adapter(model, tmp, config.model, **kw)
         return {"adapter": "adapter", "delta": None}
-    from safetensors.torch import save_file
+    from midblock.io import save_safetensors
 
     state = state if state is not None else _trainable_state(model)
     tensors = {n: t.contiguous() for n, t in state.items()}
-    with atomic_path(run / "delta.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"method": config.tuning.method, "base": config.model})
+    # deterministic bytes: two runs with the same seed give the same file (see save_safetensors)
+    save_safetensors(
+        run / "delta.safetensors", tensors, metadata={"method": config.tuning.method, "base": config.model}
+    )
     return {"adapter": None, "delta": "delta.safetensors"}
 
 
@@ -331,6 +411,7 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     run = Path(config.out)
     acc.wait_for_everyone()  # every process has validated `out` before the main one writes into it
     rundir = RunDir(run) if main else None
+    fresh = bool(rundir) and not config.resume and not (run.exists() and any(run.iterdir()))
     if rundir:
         rundir.acquire()
     try:
@@ -339,6 +420,7 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
                 run / CONFIG_FILE,
                 {
                     "train_config": config.to_dict(),
+                    "inputs": _inputs(config, v["task"]),
                     "plan": p.to_dict(),
                     "data": data_report,
                     **provenance(config.to_dict(), config.seed),
@@ -350,6 +432,13 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
             )
             write_text(run / "param_table.md", table + "\n")
         return _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir, t_start, on_step)
+    except MidblockError:
+        # A new run that fails before its first checkpoint (the loss turned non-finite at step 2) has nothing
+        # to resume, and its train_config.json would make the same --out refuse every later attempt: the
+        # directory held only this run's files (it was empty and is locked), so it goes.
+        if fresh and _latest_checkpoint(run) is None:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     finally:
         if rundir:
             rundir.release()
@@ -359,12 +448,16 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from midblock.data import collate
+    from midblock.data import IGNORE_INDEX, collate
     from midblock.tuning.loss import causal_lm_loss
     from midblock.tuning.prepare import check_truncated_backward
 
     main = acc.is_main_process
     world, rank = acc.num_processes, acc.process_index
+    if main:
+        from midblock.launch import describe_run
+
+        describe_run("train", world, config.batch_size, config.grad_accum)
     fsdp = config.fsdp
     if fsdp:  # not acc.prepare: accelerate ignores its FSDP plugin on CPU (see midblock.tuning.fsdp)
         from midblock.tuning.fsdp import full_optimizer_state, full_trainable_state, grad_sync, shard_model
@@ -381,13 +474,13 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
     sched = get_scheduler(config.schedule, opt, num_warmup_steps=config.warmup_steps, num_training_steps=n_steps)
     start = 0
     if config.resume:
-        ck = _latest_checkpoint(run)
-        if ck is None:  # stopped before the first checkpoint: the same run from step 0
+        found = _resume_state(run)
+        if found is None:  # stopped before the first checkpoint: the same run from step 0
             log.warning("--resume: %s has no checkpoint yet; starting from step 0", run)
             if main:
                 write_text(run / LOG_FILE, "")
         else:
-            start = _load_checkpoint(ck, inner, opt, sched, fsdp, world)
+            start = _load_checkpoint(found[0], inner, opt, sched, fsdp, world, st=found[1])
     if config.resume and start:
         if main:  # drop log lines written after the checkpoint: they will be written again
             rows = [r for r in read_jsonl_tolerant(run / LOG_FILE) if r.get("step", 0) <= start]
@@ -403,24 +496,34 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
     with _StopFlag() as stop:
         for step in range(start, n_steps):
             t0 = time.perf_counter()
-            step_loss = torch.zeros((), device=acc.device)
-            n_tok = 0
+            # Token-weighted, as HF Trainer (num_items_in_batch): the step's loss is the summed cross-entropy
+            # of every labelled token of the step (all micro-batches, all processes) over their number, so
+            # batch 4 == batch 2 x accum 2 == 2 processes x batch 2. DDP and FSDP average the gradients over
+            # processes, hence the factor `world` (Trainer's too).
             idx_all = []
+            batches = []
             for micro in range(config.grad_accum):
                 idx = _micro_batch(config, len(items), step, micro, rank, world)
                 idx_all += idx
-                batch = {k: t.to(acc.device) for k, t in collate([items[i] for i in idx], pad).items()}
+                batches.append(collate([items[i] for i in idx], pad))
+            n_lab = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+            n_lab = int(acc.reduce(torch.tensor(n_lab, device=acc.device), "sum"))
+            scale = world / max(n_lab, 1)  # no labelled token in the step: zero loss and zero gradient
+            step_loss = torch.zeros((), device=acc.device)
+            n_tok = 0
+            for micro, cpu_batch in enumerate(batches):
+                batch = {k: t.to(acc.device) for k, t in cpu_batch.items()}
                 sync = micro == config.grad_accum - 1
                 if fsdp:
                     ctx = grad_sync(model, sync)
                 else:
                     ctx = acc.no_sync(model) if (world > 1 and not sync) else _null()
                 with ctx, acc.autocast():
-                    loss, _ = causal_lm_loss(model, batch, config.head_at_labels)
-                acc.backward(loss / config.grad_accum)
-                step_loss += loss.detach() / config.grad_accum
+                    loss, _ = causal_lm_loss(model, batch, config.head_at_labels, reduction="sum")
+                acc.backward(loss * scale)
+                step_loss += loss.detach().float()
                 n_tok += int(batch["attention_mask"].sum())
-            mean_loss = float(acc.reduce(step_loss, "mean"))
+            mean_loss = float(acc.reduce(step_loss, "sum")) / max(n_lab, 1)  # per-token mean of the step
             if not math.isfinite(mean_loss):
                 raise MidblockError(
                     f"loss is {mean_loss} at step {step + 1} (examples {idx_all[:8]}...)",

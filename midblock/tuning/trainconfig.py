@@ -7,6 +7,7 @@ from typing import Any
 
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
+from midblock.validation import check_float_fields, check_number
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -65,12 +66,16 @@ class TrainConfig:
                 raise MidblockError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
             raise MidblockError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise MidblockError(f"epochs must be > 0, got {self.epochs}")
-        if self.lr is not None and not self.lr > 0:
-            raise MidblockError(f"learning rate must be > 0, got {self.lr}")
+        # inf/nan pass a plain `<= 0` test; check_number refuses them before the run directory exists
+        if self.epochs is not None:
+            check_number("--epochs", self.epochs, low=0, low_open=True)
+        if self.lr is not None:
+            check_number("learning rate (--lr)", self.lr, low=0, low_open=True, hint="e.g. --lr 1e-4")
+        check_number("--weight-decay", self.weight_decay, low=0)
+        check_number("--max-grad-norm", self.max_grad_norm, low=0, hint="0 turns clipping off")
         if self.limit is not None and self.limit < 1:
             raise MidblockError(f"limit must be >= 1, got {self.limit}")
+        check_float_fields(self)
 
     @property
     def peak_lr(self) -> float:

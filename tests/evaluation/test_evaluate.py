@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import random
 
 import pytest
 
@@ -22,16 +23,27 @@ def test_lm_eval_prompts_are_the_five_shot_format():
     assert [it["index"] for it in items] == [3, 4]
     prompts = ev.build_prompts(cfg, items, tokenizer=None)
     train = load_rows("arith", "train")
-    fixed = sample_exemplars(train, None, 5, 1234)
-    assert prompts[0] == fewshot_prompt(items[0]["question"], fixed)
-    assert prompts[1] == fewshot_prompt(items[1]["question"], fixed)  # one shared draw by default
+    # by default the harness's draws: item k gets the (k+1)-th draw of one Random(1234) generator
+    assert cfg.fewshot_sampling == "lm-eval"
+    rng = random.Random(1234)
+    draws = [rng.sample(train, 5) for _ in range(5)]
+    assert prompts == [fewshot_prompt(it["question"], draws[it["index"]]) for it in items]
+    fixed = ev.build_prompts(EvalConfig(task="arith", fewshot_sampling="fixed"), items, None)
+    assert fixed == [fewshot_prompt(it["question"], draws[0]) for it in items]  # one shared draw
     per_item = ev.build_prompts(EvalConfig(task="arith", fewshot_sampling="per-item"), items, None)
-    assert per_item[0] == fewshot_prompt(items[0]["question"], sample_exemplars(train, 3, 5, 1234))
+    assert per_item[0] == fewshot_prompt(items[0]["question"], sample_exemplars(train, 3, 5, 1234, "per-item"))
     assert per_item[0].split("Question: ")[1] != per_item[1].split("Question: ")[1]
     assert prompts[0].count("Question: ") == 6 and prompts[0].endswith(f"Question: {items[0]['question']}\nAnswer:")
     assert prompts[0].count("\n\nQuestion: ") == 5
     # the same item gets the same prompt whatever the offset
     assert ev.build_prompts(EvalConfig(task="arith", limit=1, offset=3), items[:1], None) == prompts[:1]
+
+
+def _model(preset: str = "llama-tiny"):
+    """A real (tiny) model and tokenizer: decoding is faked, but results are keyed on the model's tensors."""
+    from midblock.models import load_model
+
+    return load_model(f"random:{preset}")
 
 
 def _fake_generator(monkeypatch, answer_for):
@@ -67,7 +79,7 @@ def _questions():
 def test_scores_and_intervals_from_known_completions(monkeypatch, tmp_path):
     # every third item answered right in the '#### N' format, the others with a wrong number
     _fake_generator(monkeypatch, lambda k, g: f" So.\n#### {g}" if k % 3 == 0 else f" It is {int(g) + 1}.")
-    s = evaluate_model(None, None, task="arith", protocol="paper", limit=12, out_dir=tmp_path / "e", progress=False)
+    s = evaluate_model(*_model(), task="arith", protocol="paper", limit=12, out_dir=tmp_path / "e", progress=False)
     k = sum(1 for r in s["items"] if r["scores"]["strict-match"]["correct"])
     assert k == 4 and s["n"] == 12
     assert s["scores"]["strict-match"]["accuracy"] == pytest.approx(4 / 12)
@@ -93,28 +105,28 @@ def test_resume_after_a_kill_generates_only_missing_items(monkeypatch, tmp_path)
 
     _fake_generator(monkeypatch, dying)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(None, None, task="arith", protocol="original", limit=10, out_dir=out, progress=False)
+        evaluate_model(*_model(), task="arith", protocol="original", limit=10, out_dir=out, progress=False)
     assert not (out / "summary.json").exists()
     with open(out / "items.jsonl", "a") as f:
         f.write('{"index": 7, "protoc')  # a line torn by the kill
     assert len(read_jsonl_tolerant(out / "items.jsonl")) == 5
     asked = _fake_generator(monkeypatch, lambda k, g: f"#### {g}")
-    s = evaluate_model(None, None, task="arith", protocol="original", limit=10, out_dir=out, progress=False)
+    s = evaluate_model(*_model(), task="arith", protocol="original", limit=10, out_dir=out, progress=False)
     assert len(asked) == 5 and s["generated_now"] == 5
     assert s["n"] == 10 and s["scores"]["original"]["correct"] == 10
     assert len(read_jsonl_tolerant(out / "items.jsonl")) == 10
     # a third run has nothing left to do
     asked = _fake_generator(monkeypatch, lambda k, g: "#### 0")
     assert (
-        evaluate_model(None, None, task="arith", protocol="original", limit=10, out_dir=out, progress=False)["scores"][
+        evaluate_model(*_model(), task="arith", protocol="original", limit=10, out_dir=out, progress=False)["scores"][
             "original"
         ]["correct"]
         == 10
         and asked == []
     )
     # a different protocol in the same directory is refused, not mixed in
-    with pytest.raises(MidblockError, match="different evaluation"):
-        evaluate_model(None, None, task="arith", protocol="lm-eval", limit=10, out_dir=out, progress=False)
+    with pytest.raises(MidblockError, match="different settings.protocol"):
+        evaluate_model(*_model(), task="arith", protocol="lm-eval", limit=10, out_dir=out, progress=False)
 
 
 def test_evaluate_real_tiny_model_end_to_end(tmp_path):

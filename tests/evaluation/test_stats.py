@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from midblock.evaluation.stats import mean_ci, paired_bootstrap, t_quantile_975, wilson_interval
+from midblock.evaluation.stats import mean_ci, paired_bootstrap, t_quantile, t_quantile_975, wilson_interval
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (8, 10), (10, 10), (37, 100), (1, 1319), (660, 1319)])
@@ -52,4 +52,32 @@ def test_mean_ci_over_seeds():
     one = mean_ci([0.5])
     assert one["lo"] == one["hi"] == 0.5 and math.isnan(one["std"])
     assert t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
-    assert t_quantile_975(1000) == pytest.approx(1.96, abs=1e-3)
+    assert t_quantile_975(1000) == pytest.approx(1.96, abs=1e-2)
+
+
+# Student t 0.975 quantiles (R's qt(0.975, df), 10 significant digits)
+T975 = {
+    1: 12.70620474,
+    2: 4.302652730,
+    5: 2.570581836,
+    30: 2.042272456,
+    31: 2.039513446,
+    100: 1.983971519,
+    1000: 1.962339081,
+}
+
+
+@pytest.mark.parametrize("df, want", sorted(T975.items()))
+def test_t_quantile_975_exact_past_30_degrees_of_freedom(df, want):
+    """Exact at every df: at 31 the old table fell back to the normal 1.960 (the right value is 2.0395)."""
+    assert t_quantile_975(df) == pytest.approx(want, rel=1e-9)
+
+
+def test_t_quantile_against_scipy_and_bad_input():
+    stats = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 120), 250, 1000, 9_999, 10_001, 10**6]:
+        for q in (0.6, 0.9, 0.975, 0.995, 0.9999):
+            assert t_quantile(q, df) == pytest.approx(float(stats.t.ppf(q, df)), rel=1e-10), (q, df)
+    for bad in ((0.975, 0), (0.975, 2.5), (0.5, 3), (1.0, 3)):
+        with pytest.raises(ValueError):
+            t_quantile(*bad)

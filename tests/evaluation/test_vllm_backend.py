@@ -24,7 +24,8 @@ def fake_vllm(monkeypatch):
     calls = {}
 
     class LLM:
-        def __init__(self, model, enable_lora=False, seed=0):
+        def __init__(self, model, enable_lora=False, seed=0, trust_remote_code=None):
+            assert trust_remote_code is False  # never None: vLLM/transformers would decide, or ask
             calls["init"] = dict(model=model, enable_lora=enable_lora, seed=seed)
 
         def generate(self, prompts, params, lora_request=None):

@@ -1,7 +1,8 @@
 """FSDP: 2 CPU processes (gloo) under ``accelerate launch`` / ``torchrun`` against a single-process twin.
 
 The twin sees the same global batch: FSDP runs 2 processes x batch 2, the twin batch 2 x grad_accum 2, so
-both average the same two micro-batch losses (the data order is a function of seed and step only).
+both divide the same summed token loss by the same label count (the data order is a function of seed and
+step only; see test_accumulation.py).
 FSDP reduces gradients (and the clipping norm) in another order, so weights are compared with TOL:
 measured max |difference| 3.7e-9 for ``midblock-full`` and 0.0 for LoRA (the mean of two gradients is
 exact in float); Adam moves each weight by ~lr = 1e-3 per step, and a run that skipped the gradient

@@ -103,3 +103,43 @@ def test_default_chunk_follows_vocabulary_and_bad_chunk_is_refused(monkeypatch):
     assert rows == [300, 300, 100]
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         chunked_head_ce(h, w, b, y, chunk=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_sum_reduction_equals_the_unfused_sum_with_its_gradients(bias):
+    """``reduction="sum"`` (the training loop divides by the label tokens of the whole optimizer step):
+    same value and gradients as the unfused summed cross-entropy, with and without gradients wanted."""
+    h, w, b, y = _case(torch.float64, bias)
+    ref = F.cross_entropy(F.linear(h, w, b), y, reduction="sum")
+    g_ref = _grads(ref, h, w, b)
+    got = chunked_head_ce(h, w, b, y, chunk=64, reduction="sum")
+    torch.testing.assert_close(got, ref, rtol=1e-13, atol=0)
+    for a, r in zip(_grads(got, h, w, b), g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-11, atol=1e-13)
+    with torch.no_grad():  # this path computes in float32
+        nograd = chunked_head_ce(h, w, b, y, chunk=64, reduction="sum")
+        torch.testing.assert_close(nograd.double(), ref, rtol=1e-6, atol=0)
+    assert chunked_head_ce(*_case(torch.float32, n=0), reduction="sum").item() == 0.0
+    with pytest.raises(ValueError, match="reduction"):
+        chunked_head_ce(h, w, b, y, reduction="none")
+
+
+def test_causal_lm_loss_sum_is_mean_times_label_tokens():
+    """Every path of ``causal_lm_loss`` (fused head at the labels, and the full-logits path) sums alike."""
+    from midblock.models import load_model
+    from midblock.tuning.loss import causal_lm_loss
+
+    model, _ = load_model("random:llama-tiny")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 200, (2, 12), generator=g)
+    labels = ids.clone()
+    labels[0, :5] = labels[1, :9] = -100  # prompts of different lengths: 7 and 3 labelled next tokens
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        for head in (True, False):
+            mean, n = causal_lm_loss(model, batch, head)
+            total, n2 = causal_lm_loss(model, batch, head, reduction="sum")
+            assert n == n2 == 10
+            torch.testing.assert_close(total, mean * n, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="reduction"):
+        causal_lm_loss(model, batch, reduction="none")

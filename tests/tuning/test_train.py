@@ -147,8 +147,8 @@ def test_nan_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
     real = L.causal_lm_loss
     calls = {"n": 0}
 
-    def poisoned(model, batch, head):
-        loss, n = real(model, batch, head)
+    def poisoned(model, batch, head, **kw):
+        loss, n = real(model, batch, head, **kw)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 3 else loss), n
 
@@ -222,6 +222,8 @@ def test_resume_with_another_process_count_refused(tmp_path):
 
 
 def test_two_process_cpu_run(tmp_path):
+    """DDP, 2 processes x batch 2, equals one process x batch 4 (token-weighted loss over the step's 4
+    examples, which carry different label counts; see test_accumulation.py): adapters to 1e-6, same losses."""
     torchrun = Path(sys.executable).parent / "torchrun"
     midblock = Path(sys.executable).parent / "midblock"
     out = tmp_path / "ddp"
@@ -259,6 +261,15 @@ def test_two_process_cpu_run(tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 3
     model, _ = load_model(str(out))
     assert type(model).__name__.startswith("PeftModel")
+    one = tmp_path / "one"
+    argv = cmd[cmd.index("train") :]
+    argv[argv.index("--batch-size") + 1], argv[argv.index("--out") + 1] = "4", str(one)
+    rc, _, err = run_cli(*argv)
+    assert rc == 0, err
+    a, b = _adapter(out), _adapter(one)
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6  # old rule: 2e-3
+    losses = [[json.loads(x)["loss"] for x in (r / "train_log.jsonl").read_text().splitlines()] for r in (out, one)]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=0)
 
 
 def test_cli_segments_bf16_and_lora_merge(tmp_path):

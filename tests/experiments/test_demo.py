@@ -2,12 +2,16 @@
 
 import csv
 import json
-import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from midblock.demo import DemoConfig, general_corpus, run_demo
 from midblock.errors import MidblockError
+from midblock.experiments.demo import DemoConfig, run_demo
+from midblock.experiments.runner import compare, general_corpus
+from midblock.experiments.table import pooled_rows
+from midblock.layers import PAPER_BAND
 from midblock.reporting.browser import check_report, find_chromium
 
 
@@ -22,39 +26,54 @@ def test_demo_writes_a_complete_run(demo_run):
     cfg, summary, out = demo_run
     assert (out / "COMPLETED").exists() and not (out / "RUNNING.lock").exists()
     rows = list(csv.DictReader(open(out / "comparison.csv")))
-    assert [r["system"] for r in rows] == ["base", "lora", "midblock"]
-    by = {r["system"]: r for r in rows}
+    assert [r["arm"] for r in rows] == ["base", "lora", "midblock"]
+    by = {r["arm"]: r for r in rows}
     # matched budgets and step sizes between the arms
     assert by["lora"]["rank_units"] == by["midblock"]["rank_units"]
     assert by["lora"]["alpha_over_r"] == by["midblock"]["alpha_over_r"]
-    assert int(by["lora"]["n_items"]) == 6
     for r in rows:
         assert 0.0 <= float(r["ci_low"]) <= float(r["accuracy"]) <= float(r["ci_high"]) <= 1.0
+    assert summary["comparison"][1]["n"] == 6
     saved = json.loads((out / "demo_summary.json").read_text())
     assert saved["provenance"]["config"]["model"] == "random:llama-tiny"
     assert {"torch", "transformers", "peft"} <= set(saved["provenance"]["versions"])
     assert saved["recommended_band"]["spec"]
-    # mid-block trained only its band: the run manifest names the blocks
-    manifest = json.loads((out / "train-midblock-s0" / "midblock_run.json").read_text())
-    assert manifest["band"] == [1, 2, 3, 4]  # 0.2:0.8 of 6 blocks
+    # the demo trains the paper's band, spelled once: seg2-4/5 of 6 blocks is blocks 1..3
+    assert cfg.band == PAPER_BAND == "seg2-4/5" and by["midblock"]["band"] == "1-3"
+    mid = next(c for c in summary_cells(out) if c["label"] == "midblock")
+    manifest = json.loads((Path(mid["run_dir"]) / "midblock_run.json").read_text())
+    assert manifest["band"] == [1, 2, 3]
 
 
-def test_report_is_self_contained(demo_run):
-    _, _, out = demo_run
-    html = (out / "report.html").read_text()
-    for title in ("What was run", "Comparison", "Where fine-tuning changed the model", "Training loss"):
-        assert title in html
-    srcs = re.findall(r'src="([^"]+)"', html)
-    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert "interval" in html  # the verdict says what the intervals support
+def summary_cells(out):
+    return [json.loads(p.read_text()) for p in sorted((out / "compare" / "cells").glob("*/cell.json"))]
+
+
+def test_demo_numbers_are_compares_numbers(demo_run, tmp_path):
+    """The demo is compare() on its two-arm grid: an independent compare run gives the very same numbers."""
+    cfg, summary, out = demo_run
+    rows = pooled_rows(compare(cfg.grid(), tmp_path / "cmp", progress=False)["rows"])
+    assert [r["arm"] for r in rows] == [r["arm"] for r in summary["comparison"]]
+    keys = ("n", "accuracy", "ci_low", "ci_high", "seed_sd", "diff_vs_baseline", "diff_low", "diff_high")
+    keys += ("band", "trainable_params", "rank_units", "alpha_over_r", "final_loss", "ppl", "ppl_change_pct")
+    for a, b in zip(summary["comparison"], rows):
+        for key in keys:
+            assert a.get(key) == b.get(key), (a["arm"], key)
 
 
 def test_rerun_skips_finished_stages_and_gives_the_same_numbers(demo_run):
     cfg, summary, out = demo_run
-    mtime = (out / "train-lora-s0" / "train_summary.json").stat().st_mtime
+    mid = next(c for c in summary_cells(out) if c["label"] == "lora")
+    mtime = (Path(mid["run_dir"]) / "train_summary.json").stat().st_mtime
     again = run_demo(cfg)
-    assert (out / "train-lora-s0" / "train_summary.json").stat().st_mtime == mtime
+    assert (Path(mid["run_dir"]) / "train_summary.json").stat().st_mtime == mtime
     assert again["comparison"] == summary["comparison"]
+
+
+def test_rerun_with_other_settings_is_refused_naming_the_setting(demo_run):
+    cfg, _, out = demo_run
+    with pytest.raises(MidblockError, match=r"settings.steps \(None != 5\)"):
+        run_demo(replace(cfg, steps=5))
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (CI installs it: apt-get install chromium)")

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from midblock.errors import MidblockError
-from midblock.evaluation.compare import CompareConfig, compare, preset
+from midblock.experiments.grid import CompareConfig, preset
+from midblock.experiments.runner import compare
 from tests.conftest import run_cli
 
 GRID = {
@@ -48,7 +49,7 @@ def test_compare_two_methods_two_seeds_end_to_end_and_resume(tmp_path, monkeypat
         assert r["alpha_over_r"] == 2.0 and r["median_step_s"] > 0 and r["ppl"] > 1
         assert r["ppl_delta"] is not None
     # the two seeds trained differently (LoRA init and data order differ)
-    lora = [json.loads((out / "cells" / f"lora__s{s}" / "cell.json").read_text()) for s in (0, 1)]
+    lora = [json.loads(next((out / "cells").glob(f"lora__s{s}-*/cell.json")).read_text()) for s in (0, 1)]
     assert lora[0]["train"]["final_loss"] != lora[1]["train"]["final_loss"]
     assert json.loads((out / "compare.json").read_text())["versions"]["torch"]
     # a rerun trains and evaluates nothing: every cell is finished
@@ -118,3 +119,91 @@ def test_paper_segments_preset_runs_every_layout_end_to_end(tmp_path, gsm8k_path
     ratios = {r["arm"]: r["alpha_over_r"] for r in per_seed}
     assert ratios["uniform-r64"] == 2.0 and ratios["mid-seg2-4"] < 2.0
     assert all((tmp_path / "ps" / f).exists() for f in ("compare.csv", "compare.md", "compare.png"))
+
+
+SMALL = {
+    "model": "random:llama-tiny",
+    "task": "arith",
+    "protocol": "original",
+    "eval_limit": 2,
+    "max_new_tokens": 2,
+    "seeds": [0],
+    "train": {"steps": 1, "batch_size": 2, "max_length": 256, "limit": 4, "eval_limit": 0},
+    "methods": [{"name": "lora", "method": "lora", "rank": 2}],
+}
+
+
+def _cells(out):
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "cells").glob("*/cell.json")}
+
+
+def _gsm_dir(path, answer_of_2="3"):
+    path.mkdir(exist_ok=True)
+    rows = [{"question": f"What is {i} plus 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(6)]
+    rows[2]["answer"] = f"2 + 1 = {answer_of_2}\n#### {answer_of_2}"
+    for split in ("train", "test"):
+        (path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"model": "random:qwen2-tiny"}, id="model"),
+        pytest.param({"train": SMALL["train"] | {"steps": 2}}, id="steps"),
+        pytest.param({"max_new_tokens": 3}, id="max_new_tokens"),
+        pytest.param({"seeds": [1]}, id="seed"),
+        pytest.param({"methods": [{"name": "lora", "method": "lora", "rank": 4}]}, id="rank"),
+        pytest.param("data", id="data-file-contents"),
+    ],
+)
+def test_a_rerun_with_one_changed_setting_recomputes(tmp_path, change):
+    """The finding: a rerun with --steps 5 reported the 1-step cell. Now each setting keys the cell."""
+    out = tmp_path / "c"
+    grid = dict(SMALL)
+    if change == "data":  # the same file name, other contents
+        grid |= {"task": "gsm8k", "data": _gsm_dir(tmp_path / "d"), "eval_data": str(tmp_path / "d")}
+        compare(grid, out, progress=False)
+        _gsm_dir(tmp_path / "d", answer_of_2="4")
+    else:
+        compare(grid, out, progress=False)
+        grid |= change
+    first = _cells(out)
+    again = compare(grid, out, progress=False)
+    new = {k: v for k, v in _cells(out).items() if k not in first}
+    assert len(new) == 1, "the changed grid reused a stored cell"
+    (cell,) = new.values()
+    assert again["cells"][0]["fingerprint"] == cell["fingerprint"]
+    if change != "data" and "train" in change:
+        assert cell["train"]["steps"] == 2 and again["rows"][0]["n"] == 2
+
+
+def test_arms_whose_names_clean_to_the_same_text_get_their_own_cells(tmp_path):
+    """The finding: 'a b' and 'a/b' shared one directory; one arm never trained."""
+    grid = SMALL | {
+        "methods": [{"name": "a b", "method": "lora", "rank": 2}, {"name": "a/b", "method": "lora", "rank": 4}]
+    }
+    res = compare(grid, tmp_path / "c", progress=False)
+    cells = _cells(tmp_path / "c")
+    assert len(cells) == 2 and all(k.startswith("a_b__s0-") for k in cells)
+    assert sorted(c["label"] for c in cells.values()) == ["a b", "a/b"]
+    ranks = {r["arm"]: r["rank_units"] for r in res["rows"] if r["seed"] == "mean(1)"}
+    assert ranks == {"a b": 6 * 2, "a/b": 6 * 4}  # 6 blocks x r2 and x r4: both arms trained
+
+
+@pytest.mark.parametrize(
+    "yaml_text,match",
+    [
+        ("methods: 5\n", "'methods' must be a non-empty list"),
+        ("seeds: abc\nmethods: [{name: a, method: lora}]\n", "'seeds' must be a non-empty list of integers"),
+        ("train: 3\nmethods: [{name: a, method: lora}]\n", "'train' must be a mapping"),
+        ("eval_limit: many\nmethods: [{name: a, method: lora}]\n", "'eval_limit' must be an integer"),
+        ("methods: [{name: a, method: midblock, bands: 6-23}]\n", "'bands' of method entry 'a' must be a list"),
+    ],
+)
+def test_grid_files_with_wrong_types_fail_in_one_line_leaving_nothing(tmp_path, yaml_text, match):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("model: random:llama-tiny\n" + yaml_text)
+    rc, out, err = run_cli("compare", "--config", str(grid), "--out", str(tmp_path / "o"))
+    assert rc == 2 and match in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "o").exists()

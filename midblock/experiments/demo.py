@@ -1,0 +1,151 @@
+"""``midblock demo``: the main job, end to end, on one machine.
+
+1. analyse the base model alone (gradient norms on the tuning data, consecutive-layer CKA) and record
+   the band it recommends;
+2. ``compare()`` the two-arm preset of the profile: uniform LoRA on every block against mid-block LoRA on
+   the paper's band (``seg2-4/5``: the middle three of five segments) with matched rank units and equal
+   alpha/r, the same data order, seeds and number of steps, then the base and both arms evaluated on
+   held-out problems and on a general-text corpus (forgetting). The demo's numbers are ``compare``'s
+   numbers: same cells, same statistics;
+3. analyse base vs each tuned model, layer by layer;
+4. write one self-contained ``report.html`` and print a summary table.
+
+The run directory records the demo's fingerprint (every setting, the base model's files, the version): a
+rerun with other settings into the same ``--out`` is refused with one line naming what changed, and a rerun
+with the same settings skips every finished stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midblock.analysis.analyze import analyze
+from midblock.analysis.rows import DEFAULT_METRICS
+from midblock.data import load_gsm8k
+from midblock.errors import MidblockError
+from midblock.experiments.grid import PROFILES, two_arm_grid
+from midblock.experiments.runner import compare
+from midblock.experiments.table import pooled_rows
+from midblock.fingerprint import check_or_record, make, spec_identity
+from midblock.io import RunDir, fresh_output_dir, provenance, read_json, write_json
+from midblock.layers import PAPER_BAND
+from midblock.models.loading import parse_spec
+
+log = logging.getLogger(__name__)
+
+ARMS = ("lora", "midblock")
+ANALYSIS_SAMPLES = {"quick": 48, "full": 200, "smoke": 8}
+
+
+@dataclass
+class DemoConfig:
+    """The demo's settings: a profile plus optional overrides."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "model spec (default: the embedded SmolLM2-135M)"})
+    task: str = field(default="arith", metadata={"help": "arith (built in) or gsm8k (needs a local copy)"})
+    data: str | None = field(default=None, metadata={"help": "GSM8K directory/file when --task gsm8k"})
+    profile: str = field(default="quick", metadata={"help": "quick (~10 min CPU) | full (longer, 3 seeds) | smoke"})
+    band: str = field(
+        default=PAPER_BAND,
+        metadata={"help": "the mid-block band; default the paper's middle three of five segments (seg2-4/5)"},
+    )
+    out: str = field(default="runs/demo", metadata={"help": "run directory"})
+    seed: int = field(default=0, metadata={"help": "first seed (the full profile adds seed+1, seed+2)"})
+    steps: int | None = field(default=None, metadata={"help": "override the profile's training steps per arm"})
+    eval_items: int | None = field(default=None, metadata={"help": "override the number of held-out items"})
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise MidblockError(f"unknown profile '{self.profile}'", hint="use " + ", ".join(PROFILES))
+        if self.task not in ("arith", "gsm8k"):
+            raise MidblockError(f"the demo runs task arith or gsm8k, not '{self.task}'")
+        for name in ("steps", "eval_items"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise MidblockError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+    def grid(self) -> dict[str, Any]:
+        """The comparison the demo runs, as a ``compare`` grid."""
+        return two_arm_grid(
+            self.profile,
+            model=self.model,
+            task=self.task,
+            data=self.data,
+            band=self.band,
+            seed=self.seed,
+            steps=self.steps,
+            eval_items=self.eval_items,
+        )
+
+
+def _fingerprint(config: DemoConfig) -> dict[str, Any]:
+    settings = {k: v for k, v in asdict(config).items() if k != "out"}
+    return make(settings=settings, grid=config.grid(), model=spec_identity(config.model))
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    """Run the whole demo into ``config.out``; returns the summary (also in ``demo_summary.json``)."""
+    parse_spec(config.model)
+    if config.task == "gsm8k":
+        load_gsm8k("test", config.data)  # fail now, not after an hour, when GSM8K is not available
+    out = fresh_output_dir(config.out)
+    t_start = time.perf_counter()
+    with RunDir(out) as run:
+        has_results = (out / "analysis-base").exists() or (out / "compare").exists()
+        check_or_record(out, _fingerprint(config), "a demo run", has_results=has_results)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        base_analysis = _analyze(config, out / "analysis-base", [])
+        timings["analyze base"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        res = compare(config.grid(), out / "compare", progress=True)
+        timings["train and evaluate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        first_seed = min(c["seed"] for c in res["cells"])
+        runs = {c["label"]: c["run_dir"] for c in res["cells"] if c["seed"] == first_seed}
+        variant_analysis = _analyze(config, out / "analysis", [runs[a] for a in ARMS])
+        timings["analyze tuned"] = time.perf_counter() - t0
+
+        from midblock.reporting.demo_report import write_demo_report
+
+        summary = {
+            "comparison": pooled_rows(res["rows"]),
+            "band": {"spec": config.band, "why": "the paper's band: the middle three of five segments of depth"},
+            "recommended_band": base_analysis.get("recommended_band"),
+            "variant_recommended_band": variant_analysis.get("recommended_band"),
+            "timings_s": {k: round(v, 1) for k, v in timings.items()},
+            "wall_s": round(time.perf_counter() - t_start, 1),
+            "settings": config.grid(),
+            "provenance": provenance(asdict(config), config.seed),
+        }
+        write_json(out / "demo_summary.json", summary)
+        write_demo_report(out, config, summary, res["cells"])
+        run.mark_completed()
+    return summary
+
+
+def _analyze(config: DemoConfig, out: Path, variants: list[str]) -> dict[str, Any]:
+    """The base alone (``variants`` empty: gradient norms, consecutive-layer similarity) or base vs tuned."""
+    if RunDir(out).completed:
+        return read_json(out / "results.json")
+    # grad_norm is a property of the base alone and was measured in the base analysis already
+    metrics = [m for m in DEFAULT_METRICS if m != "grad_norm"] if variants else None
+    kw = {"metrics": metrics} if metrics else {}
+    return analyze(
+        config.model,
+        variants,
+        datasets=[config.data if (config.task == "gsm8k" and config.data) else config.task],
+        samples=ANALYSIS_SAMPLES[config.profile],
+        max_length=256,
+        out=out,
+        seed=config.seed,
+        resume=True,
+        **kw,
+    )

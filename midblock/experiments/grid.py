@@ -1,0 +1,320 @@
+"""What a comparison runs: the grid (methods x bands x seeds), its presets, and its validation.
+
+A grid is a plain dict (a YAML file, a preset, or flags) validated by :class:`CompareConfig`. Each method
+entry is a set of :class:`~midblock.tuning.config.MidBlockConfig` fields plus a ``name`` (the arm's label)
+and optional ``bands`` (one arm per band). The demo's profiles are presets too (``quick``, ``full``,
+``smoke``), so ``midblock demo`` and ``midblock compare --preset quick`` train and score the same arms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midblock.errors import MidblockError
+from midblock.evaluation.evaluate import EVAL_TASKS, PROTOCOLS, EvalConfig
+from midblock.evaluation.extract import EXTRACTORS
+from midblock.layers import PAPER_BAND
+from midblock.tuning.config import MidBlockConfig
+
+TRAIN_KEYS = (
+    "steps",
+    "epochs",
+    "lr",
+    "batch_size",
+    "grad_accum",
+    "max_length",
+    "limit",
+    "precision",
+    "schedule",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "head_at_labels",
+    "eval_limit",
+)
+FORGETTING_KEYS = ("data", "limit", "max_length", "batch_size")
+PAPER_SEGMENT_BANDS = {
+    "mid-seg2-4": PAPER_BAND,
+    "seg1(first)": "seg1/5",
+    "seg2": "seg2/5",
+    "seg3": "seg3/5",
+    "seg4": "seg4/5",
+    "seg5(last)": "seg5/5",
+    "seg1-2": "seg1-2/5",
+    "seg2-3": "seg2-3/5",
+    "seg3-4": "seg3-4/5",
+    "seg4-5": "seg4-5/5",
+}
+
+# The demo's profiles, which are also compare presets: two arms (all-block LoRA, and LoRA on the paper's
+# band with the same rank units and alpha/r), the same data order per seed, zero-shot scoring in the format
+# the arms were trained on, forgetting as perplexity on the bundled general-text corpus.
+PROFILES: dict[str, dict[str, Any]] = {
+    # ~10 minutes on 2 CPU cores with SmolLM2-135M.
+    "quick": dict(steps=50, batch_size=8, lr=1e-3, rank=8, eval_items=100, seeds=1, max_new_tokens=96),
+    # Longer and more trustworthy: more steps, more items, three seeds.
+    "full": dict(steps=200, batch_size=8, lr=1e-3, rank=8, eval_items=500, seeds=3, max_new_tokens=128),
+    # For tests on tiny random models: seconds, not minutes.
+    "smoke": dict(steps=4, batch_size=4, lr=1e-3, rank=4, eval_items=6, seeds=1, max_new_tokens=24),
+}
+PROFILE_PRECISION = {"quick": "bf16", "full": "bf16", "smoke": "fp32"}
+PROFILE_PPL_TEXTS = {"quick": 40, "full": 40, "smoke": 6}
+
+
+def two_arm_grid(
+    profile: str = "quick",
+    *,
+    model: str = "smollm2-135m",
+    task: str = "arith",
+    data: str | None = None,
+    band: str = PAPER_BAND,
+    seed: int = 0,
+    steps: int | None = None,
+    eval_items: int | None = None,
+    alpha_policy: str = "constant-ratio",
+) -> dict[str, Any]:
+    """The demo's comparison as a grid: all-block LoRA vs mid-block LoRA on ``band``, matched budgets."""
+    if profile not in PROFILES:
+        raise MidblockError(f"unknown profile '{profile}'", hint="use " + ", ".join(PROFILES))
+    s = PROFILES[profile]
+    steps = steps or s["steps"]
+    return {
+        "model": model,
+        "task": task,
+        "data": data,
+        "eval_task": task,
+        "eval_data": data,
+        "protocol": "original",
+        "eval_limit": eval_items or s["eval_items"],
+        "max_new_tokens": s["max_new_tokens"],
+        "seeds": [seed + i for i in range(s["seeds"])],
+        "baseline": "lora",
+        "train": {
+            "steps": steps,
+            "lr": s["lr"],
+            "batch_size": s["batch_size"],
+            "max_length": 384,
+            "precision": PROFILE_PRECISION[profile],
+            "warmup_steps": max(1, steps // 10),
+        },
+        "methods": [
+            {"name": "lora", "method": "lora", "rank": s["rank"], "alpha_policy": alpha_policy},
+            {
+                "name": "midblock",
+                "method": "midblock",
+                "band": band,
+                "rank": s["rank"],
+                "budget_baseline_rank": s["rank"],
+                "alpha_policy": alpha_policy,
+            },
+        ],
+        "forgetting": {"data": "general", "limit": PROFILE_PPL_TEXTS[profile], "max_length": 128, "batch_size": 8},
+        "include_base": True,
+    }
+
+
+def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
+    """The grid of a named preset (a plain dict, as a YAML file would give)."""
+    if name in PROFILES:
+        return two_arm_grid(name, alpha_policy=alpha_policy)
+    if name == "paper-segments":
+        # the paper's layouts: uniform r64 LoRA on q,k,v,o vs every segment layout at the same rank units
+        common = {"rank": 64, "alpha_policy": alpha_policy, "dropout": 0.05, "target_modules": ["attn"]}
+        methods = [{"name": "uniform-r64", "method": "lora", **common}]
+        for label, band in PAPER_SEGMENT_BANDS.items():
+            methods.append({"name": label, "method": "midblock", "band": band, "budget_baseline_rank": 64, **common})
+        return {
+            "model": "smollm2-135m",
+            "task": "gsm8k",
+            "eval_task": "gsm8k",
+            "protocol": "lm-eval",
+            "eval_limit": None,
+            "seeds": [0, 1, 2],
+            "baseline": "uniform-r64",
+            "train": {"limit": 2000, "epochs": 1, "lr": 1e-4, "batch_size": 4, "grad_accum": 8, "max_length": 512},
+            "methods": methods,
+            "forgetting": None,
+            "include_base": True,
+        }
+    raise MidblockError(f"unknown preset '{name}'", hint="use " + ", ".join([*PROFILES, "paper-segments"]))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid: an arm (its label and tuning settings) at one seed."""
+
+    label: str
+    seed: int
+    tuning: dict[str, Any]
+
+    @property
+    def slug(self) -> str:
+        """A readable file-name part; not unique on its own (``a b`` and ``a/b`` share it): the cell's
+        directory adds the hash of its fingerprint, which includes the label itself."""
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.label)[:60]
+
+
+def _require(cond: bool, what: str, hint: str | None = None) -> None:
+    if not cond:
+        raise MidblockError(what, hint=hint)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class CompareConfig:
+    """A comparison grid; ``methods`` entries are MidBlockConfig fields plus ``name`` and optional ``bands``."""
+
+    methods: list[dict[str, Any]] = field(metadata={"help": "method entries: name, method, band(s), rank, ..."})
+    model: str = field(default="smollm2-135m", metadata={"help": "base model spec"})
+    task: str = field(default="arith", metadata={"help": "training task"})
+    data: str | None = field(default=None, metadata={"help": "training data (file/dir) for the task"})
+    eval_task: str | None = field(default=None, metadata={"help": "evaluation task (gsm8k | arith)"})
+    eval_data: str | None = field(default=None, metadata={"help": "GSM8K location for evaluation"})
+    protocol: str = field(default="original", metadata={"help": "evaluation protocol"})
+    metric: str | None = field(default=None, metadata={"help": "extractor reported (default: protocol's first)"})
+    eval_limit: int | None = field(default=None, metadata={"help": "test items (default: all)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "items decoded together"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "override the protocol's token limit"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds"})
+    baseline: str | None = field(default=None, metadata={"help": "label of the baseline arm (default: first)"})
+    train: dict[str, Any] = field(default_factory=dict, metadata={"help": "TrainConfig fields shared by cells"})
+    forgetting: dict[str, Any] | None = field(
+        default=None, metadata={"help": "{data: general | gsm8k | arith | FILE, limit, max_length, batch_size}"}
+    )
+    include_base: bool = field(default=False, metadata={"help": "also evaluate the untuned base model"})
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        if self.eval_task is None:
+            self.eval_task = self.task if self.task in EVAL_TASKS else "gsm8k"
+        self.eval_config()  # validates task, protocol, limit, batch size, token limit
+        if self.metric is None:
+            self.metric = PROTOCOLS[self.protocol].primary[0]
+        _require(self.metric in EXTRACTORS, f"unknown metric '{self.metric}'", "choose one of " + ", ".join(EXTRACTORS))
+        _require(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}")
+        bad = sorted(set(self.train) - set(TRAIN_KEYS))
+        _require(not bad, f"unknown train setting '{bad[0] if bad else ''}'", "use " + ", ".join(TRAIN_KEYS))
+        if self.forgetting:
+            bad = sorted(set(self.forgetting) - set(FORGETTING_KEYS))
+            _require(
+                not bad, f"unknown forgetting setting '{bad[0] if bad else ''}'", "use " + ", ".join(FORGETTING_KEYS)
+            )
+            _require(bool(self.forgetting.get("data")), "forgetting needs 'data' (general, gsm8k, arith or a file)")
+        self._check_methods()
+        labels = list(dict.fromkeys(c.label for c in self.cells()))
+        if self.baseline is None:
+            self.baseline = labels[0]
+        _require(
+            self.baseline in labels,
+            f"baseline '{self.baseline}' is not in the grid",
+            "choose one of " + ", ".join(labels),
+        )
+
+    def _check_types(self) -> None:
+        """Wrong YAML types get one line naming the key, before anything is created."""
+        _require(
+            isinstance(self.methods, list) and bool(self.methods),
+            f"'methods' must be a non-empty list of method entries, got {self.methods!r}",
+            "e.g. methods: [{name: lora, method: lora}]",
+        )
+        _require(
+            isinstance(self.seeds, list) and bool(self.seeds) and all(_is_int(s) for s in self.seeds),
+            f"'seeds' must be a non-empty list of integers, got {self.seeds!r}",
+            "e.g. seeds: [0, 1, 2]",
+        )
+        for key in ("model", "task", "protocol"):
+            _require(isinstance(getattr(self, key), str), f"'{key}' must be a string, got {getattr(self, key)!r}")
+        for key in ("data", "eval_task", "eval_data", "metric", "baseline"):
+            v = getattr(self, key)
+            _require(v is None or isinstance(v, str), f"'{key}' must be a string, got {v!r}")
+        for key in ("eval_limit", "max_new_tokens"):
+            v = getattr(self, key)
+            _require(v is None or _is_int(v), f"'{key}' must be an integer, got {v!r}")
+        _require(_is_int(self.eval_batch_size), f"'eval_batch_size' must be an integer, got {self.eval_batch_size!r}")
+        _require(isinstance(self.train, dict), f"'train' must be a mapping of training settings, got {self.train!r}")
+        _require(
+            self.forgetting is None or isinstance(self.forgetting, dict),
+            f"'forgetting' must be a mapping (data, limit, max_length) or empty, got {self.forgetting!r}",
+        )
+        _require(
+            isinstance(self.include_base, bool), f"'include_base' must be true or false, got {self.include_base!r}"
+        )
+
+    def _check_methods(self) -> None:
+        known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands"}
+        names = []
+        for m in self.methods:
+            _require(
+                isinstance(m, dict) and "method" in m,
+                f"method entry {m!r} has no 'method'",
+                "e.g. {name: lora, method: lora}",
+            )
+            extra = sorted(set(m) - known)
+            _require(
+                not extra, f"method entry '{m.get('name', m['method'])}' has unknown key '{extra[0] if extra else ''}'"
+            )
+            bands = m.get("bands")
+            _require(
+                bands is None or (isinstance(bands, list) and all(isinstance(b, str) for b in bands)),
+                f"'bands' of method entry '{m.get('name', m['method'])}' must be a list of band specs, got {bands!r}",
+            )
+            names.append(str(m.get("name") or m["method"]))
+            for c in self._expand(m, 0):
+                MidBlockConfig.from_dict(c.tuning)  # raises for an unknown method, band policy, rank...
+        _require(len(set(names)) == len(names), "two method entries share a name", "give each entry a distinct 'name'")
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(
+            task=self.eval_task,
+            protocol=self.protocol,
+            limit=self.eval_limit,
+            batch_size=self.eval_batch_size,
+            max_new_tokens=self.max_new_tokens,
+            data=self.eval_data,
+        )
+
+    @staticmethod
+    def _expand(m: dict[str, Any], seed: int) -> list[Cell]:
+        name = str(m.get("name") or m["method"])
+        tuning = {k: v for k, v in m.items() if k not in ("name", "bands")}
+        if isinstance(tuning.get("target_modules"), list):
+            tuning["target_modules"] = tuple(tuning["target_modules"])
+        bands = m.get("bands")
+        if not bands:
+            return [Cell(name, seed, tuning)]
+        return [Cell(f"{name}[{b}]" if len(bands) > 1 else name, seed, tuning | {"band": b}) for b in bands]
+
+    def cells(self) -> list[Cell]:
+        return [c for s in self.seeds for m in self.methods for c in self._expand(m, s)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CompareConfig:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise MidblockError(
+                f"unknown compare setting '{unknown[0]}'", hint="use " + ", ".join(cls.__dataclass_fields__)
+            )
+        if "methods" not in d:
+            raise MidblockError("the comparison grid has no 'methods' list")
+        return cls(**d)
+
+
+def load_grid(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise MidblockError(f"grid file {p} does not exist")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise MidblockError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(d, dict):
+        raise MidblockError(f"{p} must hold a mapping with a 'methods' list")
+    return d

@@ -1,0 +1,148 @@
+"""Rendering of a comparison (``compare`` and the demo): CSV, Markdown, PNG and JSON; no statistics here.
+
+The rows come from :func:`midblock.experiments.table.build_rows`, which owns the one pooling rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    "arm",
+    "seed",
+    "band",
+    "metric",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "seed_sd",
+    "diff_vs_baseline",
+    "diff_low",
+    "diff_high",
+    "trainable_params",
+    "rank_units",
+    "alpha_over_r",
+    "backward_depth",
+    "median_step_s",
+    "peak_mem_gib",
+    "train_wall_s",
+    "final_loss",
+    "eval_wall_s",
+    "ppl",
+    "ppl_delta",
+    "ppl_change_pct",
+]
+
+
+def _pct(x: Any) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: Any, fmt: str = "{:.3g}") -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float) and x == int(x) and abs(x) >= 1000:
+        return f"{int(x):,}"
+    return f"{x:,}" if isinstance(x, int) else fmt.format(x)
+
+
+def markdown(cc, rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"Model `{cc.model}`, trained on `{cc.task}`, evaluated on `{cc.eval_task}` with protocol "
+        f"`{cc.protocol}` (metric `{cc.metric}`); baseline `{cc.baseline}`; seeds {cc.seeds}. "
+        "Accuracy in %. 95% intervals: Wilson over the test items, per seed and for the `mean(S)` rows (each "
+        "item's correctness averaged over the seeds); differences paired over the same items (bootstrap). "
+        "Peak memory: the training run's own peak (RSS on a CPU, allocated memory on a GPU).\n\n"
+    )
+    cols = [
+        "arm",
+        "seed",
+        "blocks",
+        "n",
+        "accuracy % [95% CI]",
+        "diff vs baseline [95% CI]",
+        "trainable params",
+        "rank units",
+        "alpha/r",
+        "step s",
+        "peak mem GiB",
+        "train wall s",
+        "eval wall s",
+        "ppl (delta)",
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        diff = (
+            ""
+            if r.get("diff_vs_baseline") is None
+            else (f"{100 * r['diff_vs_baseline']:+.1f} [{100 * r['diff_low']:+.1f}, {100 * r['diff_high']:+.1f}]")
+        )
+        ppl = (
+            ""
+            if r.get("ppl") is None
+            else f"{r['ppl']:.3f}" + ("" if r.get("ppl_delta") is None else f" ({r['ppl_delta']:+.3f})")
+        )
+        cells = [
+            str(r["arm"]),
+            str(r["seed"]),
+            r.get("band") or "",
+            str(r["n"]),
+            f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
+            diff,
+            _num(r.get("trainable_params"), "{:,.0f}"),
+            _num(r.get("rank_units"), "{:.0f}"),
+            _num(r.get("alpha_over_r")),
+            _num(r.get("median_step_s")),
+            _num(r.get("peak_mem_gib")),
+            _num(r.get("train_wall_s"), "{:.1f}"),
+            _num(r.get("eval_wall_s"), "{:.1f}"),
+            ppl,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_png(cc, rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from midblock.io import atomic_path
+
+    means = [r for r in rows if str(r["seed"]).startswith("mean") or r["seed"] == "-"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(means) + 2), 4.0))
+    for x, m in enumerate(means):
+        ax.errorbar(
+            [x],
+            [100 * m["accuracy"]],
+            yerr=[[100 * (m["accuracy"] - m["ci_low"])], [100 * (m["ci_high"] - m["accuracy"])]],
+            fmt="o",
+            color="C0",
+            capsize=4,
+        )
+        seeds = [r for r in rows if r["arm"] == m["arm"] and not str(r["seed"]).startswith("mean") and r is not m]
+        for j, r in enumerate(seeds):
+            ax.plot([x + 0.12 + 0.05 * j], [100 * r["accuracy"]], ".", color="C1", alpha=0.8)
+        if m["arm"] == cc.baseline:
+            ax.axhline(100 * m["accuracy"], color="grey", ls="--", lw=0.8)
+    ax.set_xticks(range(len(means)), [m["arm"] for m in means], rotation=30, ha="right")
+    ax.set_ylabel(f"{cc.metric} accuracy (%)")
+    ax.set_title(f"{cc.model} on {cc.eval_task} ({cc.protocol}); mean and 95% CI, dots: seeds", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float) -> None:
+    from dataclasses import asdict
+
+    from midblock.io import provenance, write_csv, write_json, write_text
+
+    write_csv(out / "compare.csv", rows, fieldnames=COLUMNS)
+    write_text(out / "compare.md", markdown(cc, rows))
+    plot_png(cc, rows, out / "compare.png")
+    write_json(out / "compare.json", {"rows": rows, "wall_s": wall_s, **provenance(asdict(cc), cc.seeds)})
