@@ -10,7 +10,7 @@ from midblock.data import collate, load_examples, tokenize_sft
 spec = os.environ.get("MIDBLOCK_EXAMPLE_MODEL", "smollm2-135m")  # the test runs it on random:llama-tiny
 steps = int(os.environ.get("MIDBLOCK_EXAMPLE_STEPS", "20"))
 model, tok = load_model(spec)
-model = prepare_model(model, MidBlockConfig(method="midblock", band="0.2:0.8", budget_baseline_rank=8))
+model = prepare_model(model, MidBlockConfig(method="midblock", band="seg2-4/5", budget_baseline_rank=8))
 
 # completion-only examples (prompt tokens labelled -100, EOS appended); collate_fn pads a batch of them
 ds = tokenize_sft(load_examples("arith", "train", limit=64), tok, 256).items

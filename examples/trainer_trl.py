@@ -35,7 +35,7 @@ trainer = SFTTrainer(
     train_dataset=ds,
     processing_class=tok,
     # LoRA on blocks 6-23 of 30 at the rank units of all-block r8 (r13), lora_alpha = 2r
-    peft_config=band_lora_config(model, band="0.2:0.8", budget_baseline_rank=8),
+    peft_config=band_lora_config(model, band="seg2-4/5", budget_baseline_rank=8),
     callbacks=[MidBlockCallback()],  # repairs what TRL switched on, logits only at labelled positions
 )
 trainer.train()

@@ -261,7 +261,7 @@ class RunDir:
         lock = self.path / "RUNNING.lock"
         try:
             import fcntl
-        except ImportError:  # pragma: no cover - Windows: filelock's msvcrt lock also dies with its process
+        except ImportError:  # Windows: filelock's msvcrt lock also dies with its process
             return self._acquire_filelock(lock)
         while True:
             try:
@@ -292,7 +292,7 @@ class RunDir:
             self._lock, self._fd = lock, fd
             return self
 
-    def _acquire_filelock(self, lock: Path) -> RunDir:  # pragma: no cover - Windows only
+    def _acquire_filelock(self, lock: Path) -> RunDir:
         import filelock
 
         fl = filelock.FileLock(str(lock) + ".os", timeout=0)
@@ -316,7 +316,7 @@ class RunDir:
         self._lock.unlink(missing_ok=True)
         if self._fd is not None:
             os.close(self._fd)
-        if self._fallback is not None:  # pragma: no cover - Windows only
+        if self._fallback is not None:
             self._fallback.release()
         self._lock, self._fd, self._fallback = None, None, None
 

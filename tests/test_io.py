@@ -89,6 +89,20 @@ def test_run_dir_lock_file_contents_do_not_decide(tmp_path):
             io.RunDir(run).acquire()
 
 
+def test_run_dir_lock_without_fcntl_uses_filelock(tmp_path, monkeypatch):
+    """Where fcntl is missing (Windows) the lock is filelock's, which also dies with its process."""
+    pytest.importorskip("filelock")
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    run = tmp_path / "run"
+    with io.RunDir(run) as rd:
+        assert rd._fallback is not None and (run / "RUNNING.lock").read_text().split()[0] == str(os.getpid())
+        with pytest.raises(MidblockError, match=f"in use by process {os.getpid()}"):
+            io.RunDir(run).acquire()
+    assert not (run / "RUNNING.lock").exists()
+    with io.RunDir(run):  # released: the next owner gets it
+        pass
+
+
 def test_provenance_records_versions_and_hardware():
     p = io.provenance({"lr": 1e-3}, seed=7)
     assert p["seed"] == 7 and p["config"] == {"lr": 1e-3}

@@ -9,8 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from midblock.errors import MidblockError
 from midblock.io import read_json
 
@@ -97,23 +95,20 @@ def check_compatible(base: dict[str, Any], var: dict[str, Any], name: str) -> No
 
 
 def model_identity(model) -> str:
-    """A cheap content hash of a model's weights (sums and shapes), so a changed checkpoint is noticed.
+    """A content hash of a model's tensors (see :func:`midblock.fingerprint.tensors_digest`), so a changed
+    checkpoint is noticed. Weights that a ``device_map`` offloaded (left on the meta device) enter by shape."""
+    from midblock.fingerprint import tensors_digest
 
-    Weights that a ``device_map`` offloaded (left on the meta device) enter by name and shape only.
-    """
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            total = "offloaded" if p.device.type == "meta" else f"{float(p.detach().double().sum()):.10e}"
-            h.update(f"{n}{tuple(p.shape)}{total}".encode())
-    return h.hexdigest()[:16]
+    return tensors_digest(model)
 
 
 def fingerprint(cfg, identities: dict[str, str], seqs: dict[str, list[list[int]]]) -> dict[str, Any]:
+    from midblock.fingerprint import package_version
+
     data_hash = {k: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16] for k, v in seqs.items()}
     # where and how the models run does not change the numbers (sequential = lockstep is tested)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("device", "device_map", "sequential")}
-    fp = {"models": dict(identities), "data": data_hash, "settings": settings}
+    fp = {"models": dict(identities), "data": data_hash, "settings": settings, "version": package_version()}
     fp["key"] = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return fp
 
@@ -125,7 +120,7 @@ def check_cache(out: Path, fp: dict[str, Any]) -> None:
     old = read_json(f)
     if old.get("key") == fp["key"]:
         return
-    diff = [k for k in ("models", "data") if old.get(k) != fp.get(k)]
+    diff = [k for k in ("models", "data", "version") if old.get(k) != fp.get(k)]
     changed = [k for k in fp["settings"] if old.get("settings", {}).get(k) != fp["settings"][k]]
     if changed:
         diff.append(f"settings ({', '.join(changed)})")

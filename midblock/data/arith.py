@@ -56,8 +56,9 @@ ITEMS = [
 ]
 CONTAINERS = ["boxes", "bags", "baskets", "jars", "crates", "packs"]
 
-SPLIT_SEEDS = {"train": 1_000_003, "test": 2_000_003}
-DEFAULT_SIZES = {"train": 2000, "test": 500}
+# dev: held out from both train and test, for choosing settings (e.g. a learning rate) without the test set
+SPLIT_SEEDS = {"train": 1_000_003, "test": 2_000_003, "dev": 3_000_003}
+DEFAULT_SIZES = {"train": 2000, "test": 500, "dev": 300}
 
 
 def _eq(a: int, op: str, b: int) -> tuple[str, int]:
@@ -181,12 +182,14 @@ TEMPLATES: list[Callable[[random.Random], tuple[str, str, int]]] = [
 def generate_arith(split: str = "train", n: int | None = None, seed: int | None = None) -> list[dict[str, str]]:
     """Rows ``{"question", "answer"}`` in GSM8K's format; deterministic for a split (and optional seed)."""
     if split not in SPLIT_SEEDS:
-        raise ValueError(f"arith has splits train and test, not {split!r}")
+        raise ValueError(f"arith has splits train, test and dev, not {split!r}")
     n = DEFAULT_SIZES[split] if n is None else n
     r = random.Random(SPLIT_SEEDS[split] + (seed or 0))
-    banned = set()
-    if split == "test":  # test questions never appear in train
+    banned: set[str] = set()
+    if split in ("test", "dev"):  # test questions never appear in train; dev ones in neither
         banned = {row["question"] for row in generate_arith("train", DEFAULT_SIZES["train"], seed)}
+    if split == "dev":
+        banned |= {row["question"] for row in generate_arith("test", DEFAULT_SIZES["test"], seed)}
     rows, seen = [], set()
     while len(rows) < n:
         q, a, _ = r.choice(TEMPLATES)(r)

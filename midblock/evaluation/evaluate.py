@@ -57,11 +57,14 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalConfig:
     """What to evaluate and how; validated on construction, before any model is loaded."""
 
-    task: str = field(default="gsm8k", metadata={"help": "gsm8k or arith (test split)"})
+    task: str = field(default="gsm8k", metadata={"help": "gsm8k or arith"})
+    split: str = field(
+        default="test", metadata={"help": "test, or dev (arith: held out from train and test, for tuning settings)"}
+    )
     protocol: str = field(default="lm-eval", metadata={"help": "lm-eval, paper or original"})
     limit: int | None = field(default=None, metadata={"help": "evaluate at most this many items"})
     offset: int = field(default=0, metadata={"help": "skip this many test items first"})
@@ -83,6 +86,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.task not in EVAL_TASKS:
             raise MidblockError(f"unknown task '{self.task}'", hint="choose one of " + ", ".join(EVAL_TASKS + ("ppl",)))
+        if self.split not in ("test", "dev"):
+            raise MidblockError(f"unknown evaluation split '{self.split}'", hint="use test or dev")
         if self.protocol not in PROTOCOLS:
             raise MidblockError(f"unknown protocol '{self.protocol}'", hint="choose one of " + ", ".join(PROTOCOLS))
         if self.limit is not None and self.limit < 1:
@@ -124,9 +129,9 @@ def load_test_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     """The test rows to score, each with its absolute ``index`` in the split."""
     from midblock.data import load_rows
 
-    rows = load_rows(cfg.task, "test", cfg.data, limit=cfg.limit, offset=cfg.offset)
+    rows = load_rows(cfg.task, cfg.split, cfg.data, limit=cfg.limit, offset=cfg.offset)
     if not rows:
-        raise MidblockError(f"--offset {cfg.offset} is past the end of the {cfg.task} test split")
+        raise MidblockError(f"--offset {cfg.offset} is past the end of the {cfg.task} {cfg.split} split")
     for r in rows:
         if "####" not in str(r.get("answer", "")):
             raise MidblockError(f"a {cfg.task} test row has no '#### N' gold answer", hint="check --data")
@@ -189,18 +194,18 @@ def evaluate(
 
     t0 = time.perf_counter()
     cfg = EvalConfig(
-        task,
-        protocol,
-        limit,
-        offset,
-        chat_template,
-        batch_size,
-        seed,
-        max_new_tokens,
-        num_fewshot,
-        data,
-        fewshot_sampling,
-        backend,
+        task=task,
+        protocol=protocol,
+        limit=limit,
+        offset=offset,
+        chat_template=chat_template,
+        batch_size=batch_size,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        num_fewshot=num_fewshot,
+        data=data,
+        fewshot_sampling=fewshot_sampling,
+        backend=backend,
     )
     ms = parse_spec(model_spec)
     items = load_test_items(cfg)
@@ -247,18 +252,17 @@ def evaluate_model(
     t0 = _t0 if _t0 is not None else time.perf_counter()
     if cfg is None:
         cfg = EvalConfig(
-            task,
-            protocol,
-            limit,
-            offset,
-            chat_template,
-            batch_size,
-            seed,
-            max_new_tokens,
-            num_fewshot,
-            data,
-            fewshot_sampling,
-            "hf",
+            task=task,
+            protocol=protocol,
+            limit=limit,
+            offset=offset,
+            chat_template=chat_template,
+            batch_size=batch_size,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            num_fewshot=num_fewshot,
+            data=data,
+            fewshot_sampling=fewshot_sampling,
         )
     if cfg.backend != "hf":
         raise MidblockError("evaluate_model runs loaded models with the hf backend only", hint="use evaluate()")

@@ -9,7 +9,7 @@ and optional ``bands`` (one arm per band). The demo's profiles are presets too (
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +144,13 @@ def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of the grid: an arm (its label and tuning settings) at one seed."""
+    """One training run of the grid: an arm (its label, tuning settings and any training settings of its
+    own, e.g. a learning rate) at one seed."""
 
     label: str
     seed: int
     tuning: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -188,6 +190,20 @@ class CompareConfig:
         default=None, metadata={"help": "{data: general | gsm8k | arith | FILE, limit, max_length, batch_size}"}
     )
     include_base: bool = field(default=False, metadata={"help": "also evaluate the untuned base model"})
+    lr_search: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "choose each arm's learning rate first: {lrs: [...], split: dev, eval_limit: N}; one seed "
+            "(the first) per rate, scored on the dev split, the best rate per arm used for every seed"
+        },
+    )
+    auto_analysis: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "for arms with band 'auto' and no analysis: analyse the base first ({data, samples, "
+            "max_length}) and train the band it recommends"
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -206,6 +222,7 @@ class CompareConfig:
                 not bad, f"unknown forgetting setting '{bad[0] if bad else ''}'", "use " + ", ".join(FORGETTING_KEYS)
             )
             _require(bool(self.forgetting.get("data")), "forgetting needs 'data' (general, gsm8k, arith or a file)")
+        self._check_search()
         self._check_methods()
         labels = list(dict.fromkeys(c.label for c in self.cells()))
         if self.baseline is None:
@@ -246,8 +263,39 @@ class CompareConfig:
             isinstance(self.include_base, bool), f"'include_base' must be true or false, got {self.include_base!r}"
         )
 
+    def _check_search(self) -> None:
+        if self.lr_search is not None:
+            ls = self.lr_search
+            _require(isinstance(ls, dict), f"'lr_search' must be a mapping, got {ls!r}")
+            bad = sorted(set(ls) - {"lrs", "split", "eval_limit"})
+            _require(not bad, f"unknown lr_search setting '{bad[0] if bad else ''}'", "use lrs, split, eval_limit")
+            lrs = ls.get("lrs")
+            _require(
+                isinstance(lrs, list) and bool(lrs) and all(isinstance(x, (int, float)) and x > 0 for x in lrs),
+                f"'lr_search.lrs' must be a non-empty list of positive learning rates, got {lrs!r}",
+            )
+            _require(ls.get("split", "dev") in ("dev", "test"), "'lr_search.split' must be dev or test")
+            if ls.get("split", "dev") == "test":
+                raise MidblockError(
+                    "lr_search on the test split would choose settings on the numbers it reports",
+                    hint="use split: dev",
+                )
+            lim = ls.get("eval_limit")
+            _require(lim is None or (_is_int(lim) and lim > 0), f"'lr_search.eval_limit' must be > 0, got {lim!r}")
+        if self.auto_analysis is not None:
+            aa = self.auto_analysis
+            _require(isinstance(aa, dict), f"'auto_analysis' must be a mapping, got {aa!r}")
+            bad = sorted(set(aa) - {"data", "samples", "max_length"})
+            hint = "use data, samples, max_length"
+            _require(not bad, f"unknown auto_analysis setting '{bad[0] if bad else ''}'", hint)
+
+    def search_config(self) -> EvalConfig:
+        """The evaluation of the learning-rate search: the dev split, as many items as asked."""
+        ls = self.lr_search or {}
+        return replace(self.eval_config(), split=ls.get("split", "dev"), limit=ls.get("eval_limit", self.eval_limit))
+
     def _check_methods(self) -> None:
-        known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands"}
+        known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands", "train"}
         names = []
         for m in self.methods:
             _require(
@@ -255,18 +303,24 @@ class CompareConfig:
                 f"method entry {m!r} has no 'method'",
                 "e.g. {name: lora, method: lora}",
             )
+            label = m.get("name", m["method"])
             extra = sorted(set(m) - known)
-            _require(
-                not extra, f"method entry '{m.get('name', m['method'])}' has unknown key '{extra[0] if extra else ''}'"
-            )
+            _require(not extra, f"method entry '{label}' has unknown key '{extra[0] if extra else ''}'")
             bands = m.get("bands")
             _require(
                 bands is None or (isinstance(bands, list) and all(isinstance(b, str) for b in bands)),
                 f"'bands' of method entry '{m.get('name', m['method'])}' must be a list of band specs, got {bands!r}",
             )
+            own = m.get("train", {})
+            _require(isinstance(own, dict), f"'train' of method entry '{label}' must be a mapping, got {own!r}")
+            bad = sorted(set(own) - set(TRAIN_KEYS))
+            _require(not bad, f"unknown train setting '{bad[0] if bad else ''}' in method entry '{label}'")
             names.append(str(m.get("name") or m["method"]))
-            for c in self._expand(m, 0):
-                MidBlockConfig.from_dict(c.tuning)  # raises for an unknown method, band policy, rank...
+            for c in self.expand(m, 0):
+                tuning = dict(c.tuning)
+                if tuning.get("band") == "auto" and not tuning.get("analysis") and self.auto_analysis:
+                    tuning["band"] = PAPER_BAND  # resolved from the grid's own base analysis when run
+                MidBlockConfig.from_dict(tuning)  # raises for an unknown method, band policy, rank...
         _require(len(set(names)) == len(names), "two method entries share a name", "give each entry a distinct 'name'")
 
     def eval_config(self) -> EvalConfig:
@@ -280,18 +334,20 @@ class CompareConfig:
         )
 
     @staticmethod
-    def _expand(m: dict[str, Any], seed: int) -> list[Cell]:
+    def expand(m: dict[str, Any], seed: int) -> list[Cell]:
+        """The arms of one method entry (one per band when it lists several) at ``seed``."""
         name = str(m.get("name") or m["method"])
-        tuning = {k: v for k, v in m.items() if k not in ("name", "bands")}
+        tuning = {k: v for k, v in m.items() if k not in ("name", "bands", "train")}
         if isinstance(tuning.get("target_modules"), list):
             tuning["target_modules"] = tuple(tuning["target_modules"])
+        own = dict(m.get("train") or {})
         bands = m.get("bands")
         if not bands:
-            return [Cell(name, seed, tuning)]
-        return [Cell(f"{name}[{b}]" if len(bands) > 1 else name, seed, tuning | {"band": b}) for b in bands]
+            return [Cell(name, seed, tuning, own)]
+        return [Cell(f"{name}[{b}]" if len(bands) > 1 else name, seed, tuning | {"band": b}, own) for b in bands]
 
     def cells(self) -> list[Cell]:
-        return [c for s in self.seeds for m in self.methods for c in self._expand(m, s)]
+        return [c for s in self.seeds for m in self.methods for c in self.expand(m, s)]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompareConfig:

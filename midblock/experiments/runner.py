@@ -1,15 +1,23 @@
 """``compare``: run every cell of a grid (train, evaluate, measure forgetting) and write one table.
 
-Each cell lives in ``cells/<label>__s<seed>-<hash>/``, where the hash is the key of the cell's fingerprint:
-the base model's files, the training and test data (their rows), the arm's tuning settings, every training
-and evaluation setting, the forgetting corpus and the package version. A rerun with the same settings finds
-its finished cells (``cell.json`` is written last) and resumes interrupted ones (training from its
-checkpoint, evaluation from its per-item file); a rerun with any setting changed gets new directories and
-recomputes, never reusing a result made otherwise. Two arms can never share a directory: the label is part
-of the fingerprint.
+A cell is one arm at one seed. Its training run lives in ``cells/<label>__s<seed>-<train key>/train``, where
+the key hashes the training fingerprint: the arm's label, the seed, the base model's files, the training
+rows, the tuning settings and every training setting, and the package version. Each evaluation of that run
+lives beside it in ``eval-<eval key>/`` (per-item results in its ``eval/``), keyed on the evaluation fingerprint: the test (or dev) rows, the
+few-shot rows, every evaluation setting and the forgetting corpus. ``cell.json`` in that directory is written
+last. So:
 
-Outputs: ``compare.csv``, ``compare.md``, ``compare.png`` and ``compare.json`` (with provenance), from
-:mod:`midblock.experiments.table`.
+- a rerun with the same settings skips finished cells and resumes interrupted ones (training from its
+  checkpoint, evaluation from its per-item file);
+- a rerun with any setting changed gets new directories and recomputes: a result made otherwise is never
+  reused, and two arms never share a directory (the label is part of the key);
+- a training run that two phases need (the learning-rate search's run at the chosen rate is the first seed's
+  run of the main grid) is trained once and evaluated twice.
+
+Optional phases before the grid: ``auto_analysis`` analyses the base and resolves arms with band ``auto`` to
+the band it recommends; ``lr_search`` trains every arm at each rate of a grid on the first seed, scores it on
+the dev split and keeps the best rate per arm. Outputs: ``compare.csv``, ``compare.md``, ``compare.png`` and
+``compare.json`` (with provenance), from :mod:`midblock.reporting.compare_report`.
 """
 
 from __future__ import annotations
@@ -17,20 +25,21 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from midblock.analysis.analyze import analyze
 from midblock.data import load_rows
-from midblock.evaluation.evaluate import evaluate_model
+from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments.grid import Cell, CompareConfig
-from midblock.experiments.table import build_rows
-from midblock.fingerprint import FINGERPRINT_FILE, check_or_record, make, rows_digest, spec_identity
-from midblock.io import fresh_output_dir, read_json, read_jsonl_tolerant, write_json
+from midblock.experiments.table import build_rows, correctness
+from midblock.fingerprint import check_or_record, make, rows_digest, spec_identity
+from midblock.io import RunDir, fresh_output_dir, read_json, read_jsonl_tolerant, write_json
 from midblock.models import load_model
-from midblock.reporting.compare_report import write_outputs
+from midblock.reporting.compare_report import write_lr_search, write_outputs
 from midblock.tuning.config import MidBlockConfig
 from midblock.tuning.train import SUMMARY_FILE, TrainConfig, train
 
@@ -68,42 +77,41 @@ def _train_config(cc: CompareConfig, cell: Cell, tdir: Path, resume: bool = Fals
         tuning=MidBlockConfig.from_dict(cell.tuning),
         resume=resume,
         progress=progress,
-        **cc.train,
+        **(cc.train | cell.train),
     )
 
 
-class _Inputs:
-    """What every cell's fingerprint shares, computed once per ``compare`` call."""
+class Keys:
+    """The fingerprints of a grid's runs, from inputs read once per ``compare`` call."""
 
     def __init__(self, cc: CompareConfig, texts: list[str] | None) -> None:
-        ecfg = cc.eval_config()
+        self.cc = cc
         self.model = spec_identity(cc.model)
-        train_rows = load_rows(cc.task, "train", cc.data, limit=cc.train.get("limit"))
-        self.train_data = rows_digest(train_rows)
-        self.test_data = rows_digest(load_rows(cc.eval_task, "test", cc.eval_data, limit=cc.eval_limit))
-        # few-shot exemplars come from the evaluation task's train split
-        self.shot_data = rows_digest(load_rows(cc.eval_task, "train", cc.eval_data)) if ecfg.shots else None
-        self.evaluation = {k: v for k, v in asdict(ecfg).items() if k != "data"} | {"metric": cc.metric}
+        self.train_data = rows_digest(load_rows(cc.task, "train", cc.data, limit=cc.train.get("limit")))
         self.forgetting = {"settings": cc.forgetting, "texts": rows_digest(texts)} if texts else None
+        self._rows: dict[tuple[str, int | None], str] = {}
 
-    def cell_fingerprint(self, cc: CompareConfig, cell: Cell | None) -> dict[str, Any]:
-        training = None
-        if cell is not None:
-            tc = _train_config(cc, cell, Path("cell"))
-            training = {k: v for k, v in tc.fingerprint().items() if k != "model"}
-        return make(
-            arm={"label": cell.label, "seed": cell.seed} if cell else {"label": "base"},
-            model=self.model,
-            data={"train": self.train_data, "test": self.test_data, "shots": self.shot_data},
-            training=training,
-            evaluation=self.evaluation,
-            forgetting=self.forgetting,
-        )
+    def training(self, cell: Cell) -> dict[str, Any]:
+        tc = _train_config(self.cc, cell, Path("cell"))
+        settings = {k: v for k, v in tc.fingerprint().items() if k != "model"}
+        data = self.train_data
+        if "limit" in cell.train:  # an arm with its own training subset
+            data = rows_digest(load_rows(self.cc.task, "train", self.cc.data, limit=cell.train["limit"]))
+        return make(arm={"label": cell.label, "seed": cell.seed}, model=self.model, data=data, training=settings)
 
+    def evaluation(self, ecfg: EvalConfig | None) -> dict[str, Any]:
+        evaluation = None
+        if ecfg is not None:
+            evaluation = {k: v for k, v in asdict(ecfg).items() if k != "data"} | {"metric": self.cc.metric}
+            evaluation["rows"] = self._digest(ecfg.split, ecfg.limit)
+            evaluation["shot_rows"] = self._digest("train", None) if ecfg.shots else None
+        return make(evaluation=evaluation, forgetting=self.forgetting)
 
-def cell_dir(root: Path, cell: Cell | None, fp: dict[str, Any]) -> Path:
-    name = f"{cell.slug}__s{cell.seed}" if cell else "base"
-    return root / "cells" / f"{name}-{fp['key'][:10]}"
+    def _digest(self, split: str, limit: int | None) -> str:
+        if (split, limit) not in self._rows:
+            rows = load_rows(self.cc.eval_task, split, self.cc.eval_data, limit=limit)
+            self._rows[(split, limit)] = rows_digest(rows)
+        return self._rows[(split, limit)]
 
 
 def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> dict[str, Any]:
@@ -116,43 +124,49 @@ def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> di
 
 
 def run_cell(
-    cc: CompareConfig, cell: Cell | None, cdir: Path, fp: dict[str, Any], texts: list[str] | None, progress: bool
+    cc: CompareConfig,
+    keys: Keys,
+    cell: Cell | None,
+    root: Path,
+    ecfg: EvalConfig | None,
+    texts: list[str] | None,
+    progress: bool,
 ) -> dict[str, Any]:
-    """Train (unless ``cell`` is None: the base model), evaluate and measure forgetting; cached in ``cell.json``."""
-    done = cdir / CELL_FILE
-    check_or_record(cdir, fp, "a comparison cell", has_results=done.exists())
+    """Train (unless ``cell`` is None: the base model), evaluate with ``ecfg`` (None: skip) and measure
+    forgetting on ``texts``; returns the cell's record, cached in its evaluation directory."""
+    if cell is None:
+        tfp = make(arm={"label": "base"}, model=keys.model)
+        run_dir = root / "cells" / f"base-{tfp['key'][:10]}"
+    else:
+        tfp = keys.training(cell)
+        run_dir = root / "cells" / f"{cell.slug}__s{cell.seed}-{tfp['key'][:10]}"
+    check_or_record(run_dir, tfp, "a comparison cell", has_results=(run_dir / "train").exists())
+    efp = keys.evaluation(ecfg)
+    edir = run_dir / f"eval-{efp['key'][:10]}"
+    done = edir / CELL_FILE
+    check_or_record(edir, efp, "a comparison cell's evaluation", has_results=done.exists())
     if done.exists():
         rec = read_json(done)
-        rec["items"] = read_jsonl_tolerant(cdir / "eval" / "items.jsonl")
-        return rec
-    tres = _train_cell(cc, cell, cdir / "train", progress) if cell is not None else None
-    spec = str(cdir / "train") if cell is not None else cc.model
+        rec["items"] = read_jsonl_tolerant(edir / "eval" / "items.jsonl")
+        return rec | {"label": cell.label if cell else "base"}
+    tres = _train_cell(cc, cell, run_dir / "train", progress) if cell is not None else None
+    spec = str(run_dir / "train") if cell is not None else cc.model
     # One load serves both measurements; a LoRA adapter is merged, which also makes decoding faster.
     model, tok = load_model(spec, merge=True)
     summary = {"items": []}
-    if cell is not None or cc.include_base:
-        summary = evaluate_model(
-            model, tok, cfg=cc.eval_config(), out_dir=cdir / "eval", model_spec=spec, progress=progress
-        )
-    ppl = None
-    if texts:
-        fm = cc.forgetting or {}
-        ppl = token_loss(
-            model,
-            tok,
-            texts,
-            batch_size=int(fm.get("batch_size", 8)),
-            max_length=int(fm.get("max_length", 512)),
-            progress=progress,
-        )
+    if ecfg is not None:
+        summary = evaluate_model(model, tok, cfg=ecfg, out_dir=edir / "eval", model_spec=spec, progress=progress)
+    ppl = _perplexity(cc, model, tok, texts, progress) if texts else None
     items = summary.pop("items")
     rec = {
         "label": cell.label if cell else "base",
         "seed": cell.seed if cell else None,
         "tuning": cell.tuning if cell else None,
-        "run_dir": str(cdir / "train") if cell else None,
-        "band": _trained_blocks(cdir / "train") if cell else None,
-        "fingerprint": fp["key"],
+        "train_overrides": cell.train if cell else None,
+        "run_dir": str(run_dir / "train") if cell else None,
+        "lr": _train_config(cc, cell, run_dir).peak_lr if cell else None,
+        "band": _trained_blocks(run_dir / "train") if cell else None,
+        "fingerprint": {"training": tfp["key"], "evaluation": efp["key"]},
         "train": tres,
         "eval": summary if summary.get("scores") else None,
         "ppl": ppl,
@@ -160,6 +174,12 @@ def run_cell(
     write_json(done, rec)
     rec["items"] = items
     return rec
+
+
+def _perplexity(cc: CompareConfig, model, tok, texts: list[str], progress: bool) -> dict[str, Any]:
+    fm = cc.forgetting or {}
+    bs, length = int(fm.get("batch_size", 8)), int(fm.get("max_length", 512))
+    return token_loss(model, tok, texts, batch_size=bs, max_length=length, progress=progress)
 
 
 def _trained_blocks(run_dir: Path) -> list[int] | None:
@@ -170,39 +190,80 @@ def _trained_blocks(run_dir: Path) -> list[int] | None:
     return band if isinstance(band, list) else None
 
 
+def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dict[str, Any] | None]:
+    """Arms with band ``auto`` and no analysis of their own: analyse the base (once, resumable) and train
+    the band it recommends. The recommendation is read from the base alone, never from any test split."""
+    auto = [m for m in cc.methods if m.get("band") == "auto" and not m.get("analysis")]
+    if not auto or not cc.auto_analysis:
+        return cc, None
+    aa = cc.auto_analysis
+    adir = out / "analysis-base"
+    if RunDir(adir).completed:
+        res = read_json(adir / "results.json")
+    else:
+        kw = {"datasets": [aa.get("data", cc.task)], "samples": aa.get("samples", 64)}
+        res = analyze(cc.model, [], max_length=aa.get("max_length", 256), out=adir, resume=True, **kw)
+    rec = res["recommended_band"]
+    methods = [m | {"band": rec["spec"]} if m in auto else m for m in cc.methods]
+    return replace(cc, methods=methods), rec
+
+
+def search_learning_rates(cc: CompareConfig, keys: Keys, out: Path, progress: bool) -> tuple[CompareConfig, list]:
+    """Train each arm at every rate of ``lr_search.lrs`` on the first seed, score on the dev split, and
+    return the grid with each arm's best rate (ties: the smaller rate) and the search's records."""
+    ls, seed = cc.lr_search, cc.seeds[0]
+    ecfg = cc.search_config()
+    records, methods = [], []
+    for m in cc.methods:
+        (arm,) = cc.expand(m, seed)  # an arm with several bands would need a rate per band
+        scores = {}
+        for lr in ls["lrs"]:
+            cell = replace(arm, train=arm.train | {"lr": lr})
+            log.info("learning-rate search: %s at lr %g (seed %d, %s split)", arm.label, lr, seed, ecfg.split)
+            rec = run_cell(cc, keys, cell, out, ecfg, None, progress)
+            c = correctness(rec, cc.metric)
+            scores[lr] = sum(c.values()) / len(c)
+            records.append(rec | {"lr": lr, "dev_accuracy": scores[lr]})
+        best = max(sorted(scores), key=lambda lr: scores[lr])  # sorted: the smaller rate wins a tie
+        for r in records[-len(scores) :]:
+            r["chosen"] = r["lr"] == best
+        methods.append(m | {"train": dict(m.get("train") or {}) | {"lr": best}})
+    return replace(cc, methods=methods), records
+
+
 def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every cell of the grid and write the comparison table.
 
-    Returns ``{"rows", "out", "config", "cells"}``: the table rows, and every cell's record (label, seed,
-    run directory, trained blocks, train summary, evaluation summary with per-item results, perplexity).
+    Returns ``{"rows", "out", "config", "cells", "base", "lr_search", "auto_band"}``: the table rows, every
+    cell's record (label, seed, run directory, trained blocks, train summary, evaluation summary with
+    per-item results, perplexity), the base model's record, the learning-rate search and the auto band.
     """
     cc = config if isinstance(config, CompareConfig) else CompareConfig.from_dict(dict(config))
     out = fresh_output_dir(out)
     texts = forgetting_texts(cc)  # validated (and loaded) before any training
-    inputs = _Inputs(cc, texts)  # reads (and so validates) the training and test data
+    keys = Keys(cc, texts)  # reads (and so validates) the training data
+    ecfg = cc.eval_config()
+    keys.evaluation(ecfg)  # ... and the test data
     t0 = time.perf_counter()
+    cc, auto_band = resolve_auto_bands(cc, out)
+    search = []
+    if cc.lr_search:
+        cc, search = search_learning_rates(cc, keys, out, progress)
+        write_lr_search([_search_row(r) for r in search], out, cc.metric)
     base = None
-    current = set()
     if cc.include_base or texts:
-        fp = inputs.cell_fingerprint(cc, None)
-        current.add(cell_dir(out, None, fp).name)
-        base = run_cell(cc, None, cell_dir(out, None, fp), fp, texts, progress)
+        base = run_cell(cc, keys, None, out, ecfg if cc.include_base else None, texts, progress)
     cells = cc.cells()
     results = []
     for k, cell in enumerate(cells):
-        fp = inputs.cell_fingerprint(cc, cell)
-        cdir = cell_dir(out, cell, fp)
-        current.add(cdir.name)
-        log.info("cell %d/%d: %s (seed %d) in %s", k + 1, len(cells), cell.label, cell.seed, cdir.name)
-        results.append(run_cell(cc, cell, cdir, fp, texts, progress))
-    _note_stale_cells(out, current)
+        log.info("cell %d/%d: %s (seed %d)", k + 1, len(cells), cell.label, cell.seed)
+        results.append(run_cell(cc, keys, cell, out, ecfg, texts, progress))
     rows = build_rows(results, base, baseline=cc.baseline, metric=cc.metric)
-    write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0)
-    return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base}
+    extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band}
+    write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
+    return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
 
 
-def _note_stale_cells(out: Path, current: set[str]) -> None:
-    stale = [p.name for p in (out / "cells").iterdir() if p.is_dir() and p.name not in current]
-    stale = [n for n in stale if (out / "cells" / n / FINGERPRINT_FILE).exists()]
-    if stale:
-        log.info("%d cell directories from other settings left untouched: %s", len(stale), ", ".join(sorted(stale)))
+def _search_row(rec: dict[str, Any]) -> dict[str, Any]:
+    keep = ("lr", "dev_accuracy", "chosen")
+    return {"arm": rec["label"], "n": len(rec["items"]), **{k: rec[k] for k in keep}, "run_dir": rec["run_dir"]}

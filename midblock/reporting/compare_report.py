@@ -12,6 +12,7 @@ COLUMNS = [
     "arm",
     "seed",
     "band",
+    "lr",
     "metric",
     "n",
     "accuracy",
@@ -137,7 +138,7 @@ def plot_png(cc, rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float) -> None:
+def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extra: dict | None = None) -> None:
     from dataclasses import asdict
 
     from midblock.io import provenance, write_csv, write_json, write_text
@@ -145,4 +146,21 @@ def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float) -> N
     write_csv(out / "compare.csv", rows, fieldnames=COLUMNS)
     write_text(out / "compare.md", markdown(cc, rows))
     plot_png(cc, rows, out / "compare.png")
-    write_json(out / "compare.json", {"rows": rows, "wall_s": wall_s, **provenance(asdict(cc), cc.seeds)})
+    write_json(
+        out / "compare.json", {"rows": rows, "wall_s": wall_s, **(extra or {}), **provenance(asdict(cc), cc.seeds)}
+    )
+
+
+def write_lr_search(rows: list[dict[str, Any]], out: Path, metric: str) -> None:
+    """The learning-rate search: each arm's dev accuracy at each rate, the chosen rate marked."""
+    from midblock.io import write_text
+
+    lines = [
+        f"Learning-rate search on the dev split (metric `{metric}`, one seed); the chosen rate is marked.\n",
+        "| arm | lr | dev n | dev accuracy % | chosen |",
+        "|---|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        mark = "yes" if r["chosen"] else ""
+        lines.append(f"| {r['arm']} | {r['lr']:g} | {r['n']} | {_pct(r['dev_accuracy'])} | {mark} |")
+    write_text(out / "lr_search.md", "\n".join(lines) + "\n")

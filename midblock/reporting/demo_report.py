@@ -6,7 +6,6 @@ Renders the rows that :mod:`midblock.experiments.table` computed; no statistics 
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +162,12 @@ def verdict(rows: list[dict]) -> str:
             "The base model rarely produces the `#### N` answer format zero-shot, so its low score measures "
             "format as much as arithmetic."
         )
-    n = max((r["n"] for r in rows), default=0)
-    out.append(
-        f"With {n} items, a 95% interval on one accuracy is about +/-{100 * 1.96 * math.sqrt(0.25 / max(n, 1)):.0f} "
-        "points at 50%: small differences are not evidence. Use `--profile full` (more items, three seeds)."
-    )
+    if lora:
+        width = 100 * (lora["ci_high"] - lora["ci_low"])
+        out.append(
+            f"With {lora['n']} items, the 95% interval on all-block LoRA's accuracy alone spans {width:.0f} points: "
+            "small differences are not evidence. Use `--profile full` (more items, three seeds)."
+        )
     return " ".join(out)
 
 

@@ -110,13 +110,33 @@ def rewrite_if_torn(path: Path, rows: list[dict[str, Any]]) -> None:
         write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _check_resume(out: Path, kind: str, fingerprint: dict[str, Any]) -> None:
+def surgery_fingerprint(cfg: SurgeryConfig, models: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """Settings, both models' files (or preset and seed) and the data files' contents, plus the version."""
+    from midblock.data import load_rows
+    from midblock.fingerprint import file_digest, make, rows_digest, spec_identity
+
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "save")}
+    data: dict[str, Any] = {}
+    if cfg.task:
+        data["test"] = rows_digest(load_rows(cfg.task, "test", cfg.data, limit=cfg.limit))
+    if cfg.corpus and Path(cfg.corpus).is_file():
+        data["corpus"] = file_digest(cfg.corpus)
+    identities = {role: spec_identity(spec, seed) for role, (spec, seed) in models.items()}
+    return make(settings=settings, models=identities, data=data)
+
+
+def _check_resume(out: Path, kind: str, fp: dict[str, Any]) -> None:
+    """A directory holding another run's rows is refused, naming the first setting that changed."""
+    from midblock.fingerprint import describe_change
     from midblock.io import read_json
 
     cfg_file = out / f"{kind}_config.json"
-    if cfg_file.exists() and read_json(cfg_file).get("fingerprint") != fingerprint:
+    has_rows = (out / f"{kind}_results.jsonl").exists()
+    old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
+    if (old is None and has_rows) or (old is not None and old.get("key") != fp["key"]):
+        change = "no fingerprint (an older midblock)" if old is None else describe_change(old, fp)
         raise MidblockError(
-            f"{out} holds a different {kind} run ({cfg_file.name} differs)",
+            f"{out} holds a {kind} run made with {change}",
             hint="choose another --out, or delete its " + f"{kind}_* files to start over",
         )
 
@@ -139,7 +159,7 @@ def _grid(
     from midblock.surgery.swap import check_source, run_configurations
 
     out = fresh_output_dir(cfg.out)
-    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in ("out", "save")}
+    fingerprint = surgery_fingerprint(cfg, {"recipient": (recipient, recipient_seed), "donor": (donor, donor_seed)})
     _check_resume(out, kind, fingerprint)
     results = out / f"{kind}_results.jsonl"
     with RunDir(out):

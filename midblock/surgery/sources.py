@@ -15,7 +15,6 @@ namespace (``model.layers.3.mlp.up_proj.weight``). Three kinds:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -83,8 +82,17 @@ class SafetensorsSource(TensorSource):
         else:
             index = path / "model.safetensors.index.json"
             if index.exists():
-                weight_map = json.loads(index.read_text())["weight_map"]
+                from midblock.io import read_json
+
+                weight_map = read_json(index)
+                weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+                if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                    raise MidblockError(f"{index} has no valid weight_map", hint="is the download complete?")
                 files = sorted({path / f for f in weight_map.values()})
+                # like a run manifest, an index names files: they must be the directory's own
+                outside = [f for f in files if not f.resolve().is_relative_to(path.resolve())]
+                if outside:
+                    raise MidblockError(f"{index} points outside {path} ({outside[0]})")
             else:
                 files = sorted(path.glob("*.safetensors"))
         if not files:

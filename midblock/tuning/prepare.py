@@ -257,6 +257,40 @@ def _first_trainable(model: nn.Module) -> int:
     return min(b for b in blocks if b is not None)
 
 
+# The replacements are bound to the transformers model itself (types.MethodType), not closures over it, so a
+# deep copy of a prepared model gets methods bound to the copy.
+
+
+def _no_input_grads(self: nn.Module, *_a: Any, **_k: Any) -> None:
+    log.info("enable_input_require_grads: skipped (midblock keeps the backward truncated at the band)")
+
+
+def _band_checkpointing(
+    self: nn.Module,
+    activation_checkpointing_kwargs: dict | None = None,
+    every_n_layers: int = 1,
+    offload: bool = False,
+    **extra: Any,
+) -> None:
+    kw = dict(activation_checkpointing_kwargs or extra.pop("gradient_checkpointing_kwargs", None) or {})
+    if kw.pop("use_reentrant", False):
+        log.warning("reentrant checkpointing needs input gradients (full-depth backward): using non-reentrant")
+    if every_n_layers != 1 or offload:
+        log.warning("midblock checkpointing ignores every_n_layers=%s / offload=%s", every_n_layers, offload)
+    from midblock.models.introspect import get_layout
+
+    lay = get_layout(self)
+    first = _first_trainable(self)
+    for i in range(first):  # a trainer may have switched them on before: nothing below the band
+        if getattr(lay.blocks[i], "gradient_checkpointing", False):
+            lay.blocks[i].gradient_checkpointing = False
+    enable_band_checkpointing(self, list(range(first, lay.num_layers)), **kw)
+
+
+def _band_checkpointing_old_name(self: nn.Module, gradient_checkpointing_kwargs: dict | None = None, **kw: Any) -> None:
+    _band_checkpointing(self, gradient_checkpointing_kwargs, **kw)
+
+
 def keep_truncation(model: nn.Module) -> nn.Module:
     """Replace the checkpointing entry points trainers call on ``model`` by truncation-keeping versions.
 
@@ -268,47 +302,27 @@ def keep_truncation(model: nn.Module) -> nn.Module:
       checkpointing, and midblock checkpoints non-reentrantly, which gives the same gradients without them);
     - ``activation_checkpointing_enable`` / ``gradient_checkpointing_enable`` checkpoint, non-reentrantly, the
       first trainable block and every block above it, never the blocks below (they keep no activations for a
-      backward, so checkpointing them would only add a recompute). ``use_reentrant=True`` is refused with a
-      warning and replaced; ``every_n_layers`` and ``offload`` are honoured only for their default values.
+      backward, so checkpointing them would only add a recompute). ``use_reentrant=True`` is replaced with a
+      warning; ``every_n_layers`` and ``offload`` are ignored with a warning.
 
-    The first trainable block is read when the trainer calls, so this also works on a model PEFT wraps later
-    (the ``peft_config=`` route). The methods are set on the transformers model instance, which PEFT's
-    wrappers forward attribute look-ups to. Returns ``model``.
+    The first trainable block is read when the trainer calls (from the plan, else from ``requires_grad``), so
+    this also works on a model PEFT wraps later (the ``peft_config=`` route). The methods are set on the
+    transformers model instance, to which PEFT's wrappers forward attribute look-ups. Returns ``model``.
     """
+    import types
+
     from midblock.models.introspect import _strip_peft
 
     inner = _strip_peft(model)
-    if getattr(inner, "_midblock_keeps_truncation", False):
-        return model
-
-    def enable_input_require_grads(*_a: Any, **_k: Any) -> None:
-        log.info("enable_input_require_grads: skipped (midblock keeps the backward truncated at the band)")
-
-    def activation_checkpointing_enable(
-        activation_checkpointing_kwargs: dict | None = None,
-        every_n_layers: int = 1,
-        offload: bool = False,
-        **extra: Any,
-    ) -> None:
-        kw = dict(activation_checkpointing_kwargs or extra.pop("gradient_checkpointing_kwargs", None) or {})
-        if kw.pop("use_reentrant", False):
-            log.warning("reentrant checkpointing needs input gradients (full-depth backward): using non-reentrant")
-        if every_n_layers != 1 or offload:
-            log.warning("midblock checkpointing ignores every_n_layers=%s / offload=%s", every_n_layers, offload)
-        from midblock.models.introspect import get_layout
-
-        first = _first_trainable(model)
-        enable_band_checkpointing(model, list(range(first, get_layout(model).num_layers)), **kw)
-
-    def gradient_checkpointing_enable(gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
-        activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
-
-    # object.__setattr__: plain functions on the instance shadow the class methods (nn.Module's own
-    # __setattr__ would do the same, but this says that no parameter or buffer is meant)
-    object.__setattr__(inner, "enable_input_require_grads", enable_input_require_grads)
-    object.__setattr__(inner, "activation_checkpointing_enable", activation_checkpointing_enable)
-    object.__setattr__(inner, "gradient_checkpointing_enable", gradient_checkpointing_enable)
-    object.__setattr__(inner, "_midblock_keeps_truncation", True)
+    plan_ = getattr(model, "midblock_plan", None)
+    if plan_ is not None and inner is not model:
+        object.__setattr__(inner, "midblock_plan", plan_)  # the bound methods read it from the inner model
+    for name, fn in (
+        ("enable_input_require_grads", _no_input_grads),
+        ("activation_checkpointing_enable", _band_checkpointing),
+        ("gradient_checkpointing_enable", _band_checkpointing_old_name),
+    ):
+        object.__setattr__(inner, name, types.MethodType(fn, inner))
     return model
 
 

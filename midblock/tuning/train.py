@@ -77,7 +77,13 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
             log.warning("--resume: %s holds no saved configuration yet; starting the run from the beginning", out)
             config.resume = False
             return {"task": task, "skeleton": skeleton, "plan": p}
-        old = TrainConfig.from_dict(read_json(saved)["train_config"]).fingerprint()
+        saved_cfg = read_json(saved)
+        if not isinstance(saved_cfg, dict) or not isinstance(saved_cfg.get("train_config"), dict):
+            raise MidblockError(f"--resume: {saved} holds no train_config", hint="is it a midblock run directory?")
+        try:
+            old = TrainConfig.from_dict(saved_cfg["train_config"]).fingerprint()
+        except (TypeError, MidblockError) as e:  # edited by hand, or another version's fields
+            raise MidblockError(f"--resume: {saved} holds an invalid train_config: {e}") from e
         new = config.fingerprint()
         diff = [k for k in new if old.get(k) != new.get(k)]
         if diff:

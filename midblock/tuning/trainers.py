@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,12 +28,17 @@ from transformers import TrainerCallback
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
 
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
 
-def band_lora_config(model: nn.Module, config: MidBlockConfig | None = None, *, base_name: str | None = None, **fields):
+def band_lora_config(
+    model: nn.Module, config: MidBlockConfig | None = None, *, base_name: str | None = None, **fields: Any
+) -> LoraConfig:
     """A PEFT ``LoraConfig`` with LoRA on the band only, to pass as ``SFTTrainer(peft_config=...)``.
 
     ``config`` (or ``MidBlockConfig(**fields)``) is resolved against ``model``: explicit module names of the
@@ -77,7 +82,7 @@ def use_labelled_head(model: nn.Module) -> bool:
     from midblock.tuning.loss import _plain_linear
 
     inner = _strip_peft(model)
-    if getattr(inner.forward, "_midblock_labelled_head", False):
+    if getattr(inner.forward, "__func__", None) is _labelled_forward:
         return True
     lay = get_layout(model)
     cfg = getattr(inner, "config", None)
@@ -91,63 +96,65 @@ def use_labelled_head(model: nn.Module) -> bool:
     if scaled or head is None or not _plain_linear(head) or backbone is None or backbone is inner:
         log.info("labelled-positions head not installed (scaled logits or an unusual head): the model's own is used")
         return False
-    original = inner.forward
-
-    def forward(*args: Any, labels: torch.Tensor | None = None, **kw: Any) -> Any:
-        fused = kw.pop("fused_lm_head", None)
-        nib = kw.pop("num_items_in_batch", None)
-        plain = (
-            args
-            or labels is None
-            or not inner.training
-            or not torch.is_grad_enabled()
-            or kw.get("shift_labels") is not None
-            or kw.get("inputs_embeds") is not None
-            or kw.get("output_router_logits")
-        )
-        if plain:
-            if fused is not None:
-                kw["fused_lm_head"] = fused
-            if nib is not None:
-                kw["num_items_in_batch"] = nib
-            return original(*args, labels=labels, **kw)
-        kw["use_cache"] = False
-        kw.pop("logits_to_keep", None)
-        kw.pop("return_dict", None)
-        hidden = backbone(**kw).last_hidden_state[:, :-1]
-        target = labels[:, 1:].to(hidden.device)
-        mask = target != IGNORE_INDEX
-        from midblock.tuning.loss import chunked_head_ce
-
-        stats: dict[str, torch.Tensor] = {}
-        total = chunked_head_ce(hidden[mask], head.weight, head.bias, target[mask], reduction="sum", stats=stats)
-        n = mask.sum()
-        loss = total / (nib if nib is not None else n.clamp(min=1))
-        if not fused:
-            from transformers.modeling_outputs import CausalLMOutputWithPast
-
-            return CausalLMOutputWithPast(loss=loss, logits=None)
-        rows = stats.get("row_loss", hidden.new_zeros(0, dtype=torch.float32))
-        top1 = stats.get("is_top1", torch.zeros(0, dtype=torch.bool, device=hidden.device))
-        # Each row holds its exact log-probability; the gradient rides on the summed term, whose value is zero:
-        # the sum of the rows is -total in value and in gradient, which is all TRL's nll loss uses.
-        live = (total - total.detach()) / n.clamp(min=1)
-        log_probs = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
-        log_probs = log_probs.masked_scatter(mask, -(rows.detach() + live))
-        return types.SimpleNamespace(
-            loss=loss,
-            log_probs=log_probs,
-            entropy=torch.full(mask.shape, float("nan"), device=hidden.device).masked_fill(~mask, 0.0),
-            log_sum_sq_probs=None,
-            mean_logits=None,
-            is_top1=torch.zeros(mask.shape, dtype=torch.bool, device=hidden.device).masked_scatter(mask, top1),
-            label_mask=mask,
-            aux_loss=None,
-        )
-
-    forward._midblock_labelled_head = True  # type: ignore[attr-defined]
-    object.__setattr__(inner, "forward", forward)
+    # the forward in place now (TRL's fused-head forward, or the model's own) answers every other call; bound
+    # methods, not closures, so that a deep copy of the model calls its own copy
+    object.__setattr__(inner, "_midblock_original_forward", inner.forward)
+    object.__setattr__(inner, "forward", types.MethodType(_labelled_forward, inner))
     return True
+
+
+def _labelled_forward(self: nn.Module, *args: Any, labels: torch.Tensor | None = None, **kw: Any) -> Any:
+    fused = kw.pop("fused_lm_head", None)
+    nib = kw.pop("num_items_in_batch", None)
+    plain = (
+        args
+        or labels is None
+        or not self.training
+        or not torch.is_grad_enabled()
+        or kw.get("shift_labels") is not None
+        or kw.get("inputs_embeds") is not None
+        or kw.get("output_router_logits")
+    )
+    if plain:
+        if fused is not None:
+            kw["fused_lm_head"] = fused
+        if nib is not None:
+            kw["num_items_in_batch"] = nib
+        return self._midblock_original_forward(*args, labels=labels, **kw)
+    from midblock.tuning.loss import chunked_head_ce
+
+    kw["use_cache"] = False
+    kw.pop("logits_to_keep", None)
+    kw.pop("return_dict", None)
+    hidden = getattr(self, self.base_model_prefix)(**kw).last_hidden_state[:, :-1]
+    head = self.get_output_embeddings()
+    target = labels[:, 1:].to(hidden.device)
+    mask = target != IGNORE_INDEX
+    stats: dict[str, torch.Tensor] = {}
+    total = chunked_head_ce(hidden[mask], head.weight, head.bias, target[mask], reduction="sum", stats=stats)
+    n = mask.sum()
+    loss = total / (nib if nib is not None else n.clamp(min=1))
+    if not fused:
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        return CausalLMOutputWithPast(loss=loss, logits=None)
+    rows = stats.get("row_loss", hidden.new_zeros(0, dtype=torch.float32))
+    top1 = stats.get("is_top1", torch.zeros(0, dtype=torch.bool, device=hidden.device))
+    # Each row holds its exact log-probability; the gradient rides on a term whose value is zero: the rows sum
+    # to -total in value and in gradient, which is all TRL's nll loss uses.
+    live = (total - total.detach()) / n.clamp(min=1)
+    log_probs = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+    log_probs = log_probs.masked_scatter(mask, -(rows.detach() + live))
+    return types.SimpleNamespace(
+        loss=loss,
+        log_probs=log_probs,
+        entropy=torch.full(mask.shape, float("nan"), device=hidden.device).masked_fill(~mask, 0.0),
+        log_sum_sq_probs=None,
+        mean_logits=None,
+        is_top1=torch.zeros(mask.shape, dtype=torch.bool, device=hidden.device).masked_scatter(mask, top1),
+        label_mask=mask,
+        aux_loss=None,
+    )
 
 
 class MidBlockCallback(TrainerCallback):

@@ -41,3 +41,10 @@ def test_every_answer_recomputes():
 def test_templates_are_varied():
     first_words = {r["question"].split(" ", 3)[1] for r in generate_arith("train", 300)}
     assert len(first_words) >= 5
+
+
+def test_dev_split_is_disjoint_from_train_and_test():
+    from midblock.data import generate_arith
+
+    train, test, dev = ({r["question"] for r in generate_arith(s)} for s in ("train", "test", "dev"))
+    assert len(dev) == 300 and not dev & train and not dev & test

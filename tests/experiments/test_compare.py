@@ -49,7 +49,7 @@ def test_compare_two_methods_two_seeds_end_to_end_and_resume(tmp_path, monkeypat
         assert r["alpha_over_r"] == 2.0 and r["median_step_s"] > 0 and r["ppl"] > 1
         assert r["ppl_delta"] is not None
     # the two seeds trained differently (LoRA init and data order differ)
-    lora = [json.loads(next((out / "cells").glob(f"lora__s{s}-*/cell.json")).read_text()) for s in (0, 1)]
+    lora = [json.loads(next((out / "cells").glob(f"lora__s{s}-*/eval-*/cell.json")).read_text()) for s in (0, 1)]
     assert lora[0]["train"]["final_loss"] != lora[1]["train"]["final_loss"]
     assert json.loads((out / "compare.json").read_text())["versions"]["torch"]
     # a rerun trains and evaluates nothing: every cell is finished
@@ -134,7 +134,8 @@ SMALL = {
 
 
 def _cells(out):
-    return {p.parent.name: json.loads(p.read_text()) for p in (out / "cells").glob("*/cell.json")}
+    cells = out / "cells"
+    return {str(p.parent.relative_to(cells)): json.loads(p.read_text()) for p in cells.glob("*/eval-*/cell.json")}
 
 
 def _gsm_dir(path, answer_of_2="3"):
@@ -176,6 +177,10 @@ def test_a_rerun_with_one_changed_setting_recomputes(tmp_path, change):
     assert again["cells"][0]["fingerprint"] == cell["fingerprint"]
     if change != "data" and "train" in change:
         assert cell["train"]["steps"] == 2 and again["rows"][0]["n"] == 2
+    if change == {"max_new_tokens": 3}:  # only the evaluation changed: the same training run, evaluated again
+        assert cell["run_dir"] == next(iter(first.values()))["run_dir"]
+    else:
+        assert cell["run_dir"] != next(iter(first.values()))["run_dir"]
 
 
 def test_arms_whose_names_clean_to_the_same_text_get_their_own_cells(tmp_path):
@@ -207,3 +212,53 @@ def test_grid_files_with_wrong_types_fail_in_one_line_leaving_nothing(tmp_path, 
     rc, out, err = run_cli("compare", "--config", str(grid), "--out", str(tmp_path / "o"))
     assert rc == 2 and match in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o").exists()
+
+
+def test_learning_rate_search_on_dev_and_auto_band_from_the_base(tmp_path):
+    """Each arm's rate is chosen on the dev split (first seed), then used for every seed; band 'auto' is
+    resolved from an analysis of the base alone; the search's run at the chosen rate is the first seed's."""
+    grid = SMALL | {
+        "seeds": [0, 1],
+        "lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_limit": 2},
+        "auto_analysis": {"data": "arith", "samples": 4, "max_length": 64},
+        "methods": [
+            {"name": "lora", "method": "lora", "rank": 2},
+            {"name": "auto", "method": "midblock", "band": "auto", "budget_baseline_rank": 2},
+        ],
+    }
+    res = compare(grid, tmp_path / "c", progress=False)
+    search = res["lr_search"]
+    assert [(r["arm"], r["lr"]) for r in search] == [("lora", 1e-2), ("lora", 1e-3), ("auto", 1e-2), ("auto", 1e-3)]
+    for arm in ("lora", "auto"):
+        rows = [r for r in search if r["arm"] == arm]
+        (chosen,) = [r for r in rows if r["chosen"]]
+        assert chosen["dev_accuracy"] == max(r["dev_accuracy"] for r in rows)
+        cells = [c for c in res["cells"] if c["label"] == arm]
+        assert all(c["lr"] == chosen["lr"] for c in cells)
+        assert next(c for c in cells if c["seed"] == 0)["run_dir"] == chosen["run_dir"]  # trained once
+    assert (tmp_path / "c" / "lr_search.md").read_text().count("| yes |") == 2
+    spec = res["auto_band"]["spec"]
+    from midblock.layers import resolve_layers
+
+    auto_cell = next(c for c in res["cells"] if c["label"] == "auto")
+    assert auto_cell["band"] == resolve_layers(spec, 6) and auto_cell["tuning"]["band"] == spec
+    # the search scored the dev split, which shares no question with the test split
+    dev = {json.loads(line)["prompt"] for line in _items(tmp_path / "c", search[0]["run_dir"])}
+    test = {it["prompt"] for it in res["cells"][0]["items"]}
+    assert dev and not dev & test
+
+
+def _items(out, run_dir):
+    """Prompts of the dev-split evaluations of one training run."""
+    from pathlib import Path
+
+    prompts = []
+    for fp in Path(run_dir).parent.glob("eval-*/fingerprint.json"):
+        if json.loads(fp.read_text())["evaluation"]["split"] == "dev":
+            prompts += (fp.parent / "eval" / "items.jsonl").read_text().splitlines()
+    return prompts
+
+
+def test_lr_search_on_the_test_split_is_refused():
+    with pytest.raises(MidblockError, match="lr_search on the test split"):
+        CompareConfig.from_dict(SMALL | {"lr_search": {"lrs": [1e-3], "split": "test"}})

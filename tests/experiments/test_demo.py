@@ -46,7 +46,7 @@ def test_demo_writes_a_complete_run(demo_run):
 
 
 def summary_cells(out):
-    return [json.loads(p.read_text()) for p in sorted((out / "compare" / "cells").glob("*/cell.json"))]
+    return [json.loads(p.read_text()) for p in sorted((out / "compare" / "cells").glob("*/eval-*/cell.json"))]
 
 
 def test_demo_numbers_are_compares_numbers(demo_run, tmp_path):

@@ -73,6 +73,8 @@ def _hardening_files(d: Path) -> None:
     (d / "run_no_adapter_config" / "adapter" / "adapter_config.json").unlink()
     shutil.copytree(d / "full_run", d / "run_empty_delta")
     (d / "run_empty_delta" / "delta.safetensors").write_bytes(b"")
+    shutil.copytree(d / "lora_run", d / "run_bad_train_config")
+    (d / "run_bad_train_config" / "train_config.json").write_text('{"plan": {}}')
     for name, src, key, value in (
         ("run_adapter_escape", "lora_run", "adapter", "../../../../../../etc"),
         ("run_delta_absolute", "full_run", "delta", "/etc/passwd"),
@@ -531,6 +533,11 @@ CASES += [
     ),
     ("eval-run-empty-delta", _eval(lambda f: str(f / "run_empty_delta"), "h28"), "delta.safetensors"),
     ("merge-run-empty-delta", lambda f: ["merge", str(f / "run_empty_delta"), "--out", _out(f, "h29")], "delta"),
+    (
+        "train-resume-config-without-train-config",
+        lambda f: ["train", "--model", TINY, "--steps", "1", "--resume", "--out", str(f / "run_bad_train_config")],
+        "holds no train_config",
+    ),
     # a run manifest's paths stay inside the run directory
     ("eval-manifest-adapter-escapes", _eval(lambda f: str(f / "run_adapter_escape"), "h30"), "outside the run"),
     (

@@ -10,7 +10,7 @@ import torch
 
 from midblock.models import load_model
 from tests.conftest import run_cli
-from tests.surgery.conftest import write_delta_run
+from tests.surgery.conftest import perturb_blocks, write_delta_run
 
 CORPUS = (
     "Question: what is 2 + 3?\nAnswer: 5\n\nThe quick brown fox jumps over the lazy dog.\n\nAnother line of text.\n"
@@ -79,7 +79,13 @@ def test_swap_segments_reference_rows_and_resume(pair, corpus, tmp_path, monkeyp
     assert len((out / "swap_results.jsonl").read_text().splitlines()) == 5
     # A different grid in the same directory is refused.
     rc, _, err = run_cli(*argv[:5], "--bands", "0-2", "--corpus", corpus, "--out", str(out))
-    assert rc == 2 and "different swap run" in err
+    assert rc == 2 and "swap run made with a different settings." in err
+    # So is the same grid over a variant whose weights changed in place (same path, other file contents).
+    var, _ = load_model(str(tmp / "variant"))
+    perturb_blocks(var, [0])
+    var.save_pretrained(tmp / "variant")
+    rc, _, err = run_cli(*argv)
+    assert rc == 2 and "swap run made with a different models." in err and len(calls) == 1
 
 
 def test_swap_into_variant_with_head_and_task(pair, tmp_path):
