@@ -10,7 +10,7 @@ from typing import Any
 from midblock.errors import MidblockError
 from midblock.layers import resolve_layers
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "load_model": "midblock.models.loading",

@@ -270,12 +270,17 @@ class RunDir:
                 raise MidblockError(f"cannot write to {self.path}: {e.strerror}", hint="choose another --out") from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:  # held by a live process
                 os.close(fd)
                 raise MidblockError(
                     f"{self.path} is in use by {_lock_owner(lock)}",
                     hint="wait for it to finish or choose another --out",
                 ) from None
+            except OSError as e:  # e.g. a network filesystem without locks: say so, never claim "in use"
+                os.close(fd)
+                raise MidblockError(
+                    f"cannot lock {lock}: {e.strerror}", hint="choose an --out on a filesystem with file locks"
+                ) from e
             # The previous owner unlinks the file on release: a lock won on that unlinked inode (opened just
             # before the unlink) guards nothing, since the next process creates and locks a new file. Only
             # the inode the path names now counts; otherwise try again.

@@ -25,7 +25,9 @@ def _csv(s: str | None, kind=str) -> list | None:
 def register(sub) -> None:
     p = sub.add_parser("compare", help="train and evaluate a grid of methods side by side", description=__doc__)
     p.add_argument(
-        "--preset", default=None, help="quick (the demo's two arms, ~10 min CPU), full, smoke or paper-segments"
+        "--preset",
+        default=None,
+        help="quick (the demo's two arms, ~10 min CPU), full, smoke, band-landscape (~3 h CPU) or paper-segments",
     )
     p.add_argument("--config", default=None, help="YAML grid file (see docs/evaluation.md)")
     p.add_argument("--model", default=None, help="base model spec")

@@ -55,8 +55,9 @@ PAPER_SEGMENT_BANDS = {
 PROFILES: dict[str, dict[str, Any]] = {
     # ~10 minutes on 2 CPU cores with SmolLM2-135M.
     "quick": dict(steps=50, batch_size=8, lr=1e-3, rank=8, eval_items=100, seeds=1, max_new_tokens=96),
-    # Longer and more trustworthy: more steps, more items, three seeds.
-    "full": dict(steps=200, batch_size=8, lr=1e-3, rank=8, eval_items=500, seeds=3, max_new_tokens=128),
+    # A smaller band landscape: the same steps, items, seeds and dev-split learning-rate search as the
+    # ``band-landscape`` preset, for its two arms uniform LoRA and the paper's band.
+    "full": dict(steps=100, batch_size=8, lr=1e-3, rank=8, eval_items=400, seeds=3, max_new_tokens=96),
     # For tests on tiny random models: seconds, not minutes.
     "smoke": dict(steps=4, batch_size=4, lr=1e-3, rank=4, eval_items=6, seeds=1, max_new_tokens=24),
 }
@@ -113,6 +114,36 @@ def two_arm_grid(
         ],
         "forgetting": {"data": "general", "limit": PROFILE_PPL_TEXTS[profile], "max_length": 128, "batch_size": 8},
         "include_base": True,
+    } | ({"lr_search": {"lrs": [5e-4, 1e-3, 2e-3], "split": "dev", "eval_limit": 200}} if profile == "full" else {})
+
+
+# The band landscape: which band should LoRA train? Every arm has the rank units of uniform r8 and equal
+# alpha/r; each arm's learning rate is chosen on the dev split (never the test split) from a shared grid;
+# three seeds with the same data order per seed across arms; 400 test items. About 3 hours on 2 CPU cores.
+LANDSCAPE_BANDS = {"paper": PAPER_BAND, "bottom": "seg1-2/5", "top": "seg4-5/5", "auto": "auto"}
+
+
+def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-135m") -> dict[str, Any]:
+    """The ``band-landscape`` preset: uniform LoRA r8 against LoRA on four bands of the same budget."""
+    common = {"alpha_policy": alpha_policy}
+    methods = [{"name": "uniform", "method": "lora", "rank": 8, **common}]
+    for name, band in LANDSCAPE_BANDS.items():
+        methods.append({"name": name, "method": "midblock", "band": band, "budget_baseline_rank": 8, **common})
+    return {
+        "model": model,
+        "task": "arith",
+        "eval_task": "arith",
+        "protocol": "original",
+        "eval_limit": 400,
+        "max_new_tokens": 96,
+        "seeds": [0, 1, 2],
+        "baseline": "uniform",
+        "train": {"steps": 100, "batch_size": 8, "max_length": 384, "precision": "bf16", "warmup_steps": 10},
+        "methods": methods,
+        "lr_search": {"lrs": [5e-4, 1e-3, 2e-3], "split": "dev", "eval_limit": 200},
+        "auto_analysis": {"data": "arith", "samples": 64, "max_length": 256},
+        "forgetting": {"data": "general", "limit": 40, "max_length": 128, "batch_size": 8},
+        "include_base": True,
     }
 
 
@@ -120,6 +151,8 @@ def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
     """The grid of a named preset (a plain dict, as a YAML file would give)."""
     if name in PROFILES:
         return two_arm_grid(name, alpha_policy=alpha_policy)
+    if name == "band-landscape":
+        return band_landscape(alpha_policy)
     if name == "paper-segments":
         # the paper's layouts: uniform r64 LoRA on q,k,v,o vs every segment layout at the same rank units
         common = {"rank": 64, "alpha_policy": alpha_policy, "dropout": 0.05, "target_modules": ["attn"]}
@@ -139,7 +172,10 @@ def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
             "forgetting": None,
             "include_base": True,
         }
-    raise MidblockError(f"unknown preset '{name}'", hint="use " + ", ".join([*PROFILES, "paper-segments"]))
+    raise MidblockError(f"unknown preset '{name}'", hint="use " + ", ".join([*PROFILES, *PRESETS]))
+
+
+PRESETS = ("band-landscape", "paper-segments")
 
 
 @dataclass(frozen=True)

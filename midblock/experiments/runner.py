@@ -1,23 +1,23 @@
 """``compare``: run every cell of a grid (train, evaluate, measure forgetting) and write one table.
 
-A cell is one arm at one seed. Its training run lives in ``cells/<label>__s<seed>-<train key>/train``, where
-the key hashes the training fingerprint: the arm's label, the seed, the base model's files, the training
-rows, the tuning settings and every training setting, and the package version. Each evaluation of that run
-lives beside it in ``eval-<eval key>/`` (per-item results in its ``eval/``), keyed on the evaluation fingerprint: the test (or dev) rows, the
-few-shot rows, every evaluation setting and the forgetting corpus. ``cell.json`` in that directory is written
-last. So:
+A cell is one arm at one seed. Its training run lives in ``cells/<label>__s<seed>-<train key>/train``,
+where the key hashes the training fingerprint: the arm's label, the seed, the base model's files, the
+training rows, the tuning settings, every training setting and the package version. Each evaluation of
+that run lives beside it in ``eval-<eval key>/`` (per-item results in its ``eval/``), keyed on the
+evaluation fingerprint: the test (or dev) rows, the few-shot rows, every evaluation setting and the
+forgetting corpus. ``cell.json`` in that directory is written last. So:
 
 - a rerun with the same settings skips finished cells and resumes interrupted ones (training from its
   checkpoint, evaluation from its per-item file);
 - a rerun with any setting changed gets new directories and recomputes: a result made otherwise is never
   reused, and two arms never share a directory (the label is part of the key);
-- a training run that two phases need (the learning-rate search's run at the chosen rate is the first seed's
-  run of the main grid) is trained once and evaluated twice.
+- a training run that two phases need (the learning-rate search's run at the chosen rate is the first
+  seed's run of the main grid) is trained once and evaluated twice.
 
-Optional phases before the grid: ``auto_analysis`` analyses the base and resolves arms with band ``auto`` to
-the band it recommends; ``lr_search`` trains every arm at each rate of a grid on the first seed, scores it on
-the dev split and keeps the best rate per arm. Outputs: ``compare.csv``, ``compare.md``, ``compare.png`` and
-``compare.json`` (with provenance), from :mod:`midblock.reporting.compare_report`.
+Optional phases before the grid: ``auto_analysis`` analyses the base and resolves arms with band ``auto``
+to the band it recommends; ``lr_search`` trains every arm at each rate of a grid on the first seed, scores
+it on the dev split and keeps the best rate per arm. Outputs: ``compare.csv``, ``compare.md``,
+``compare.png`` and ``compare.json`` (with provenance), from :mod:`midblock.reporting.compare_report`.
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
         f"<p>Model <code>{esc(config.model)}</code>, task <code>{esc(config.task)}</code>, profile "
         f"<code>{esc(config.profile)}</code>. Two arms trained from the same base with the same data order, "
         f"seed(s) {esc(', '.join(map(str, g['seeds'])))}, {t['steps']} optimizer steps of {t['batch_size']} "
-        f"examples, learning rate {t['lr']}, completion-only loss: <b>lora</b> = LoRA r{lora['rank']} on the "
+        f"examples, {_lr_text(g)}, completion-only loss: <b>lora</b> = LoRA r{lora['rank']} on the "
         "attention projections of every block; <b>midblock</b> = LoRA on the band "
         f"<code>{esc(mid['band'])}</code> only ({esc(summary['band']['why'])}), its rank raised so the rank "
         "units match, alpha/r equal. Evaluation: zero-shot <code>Question: ...\\nAnswer:</code>, greedy, up to "
@@ -271,6 +271,14 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
     from midblock.reporting.report import render_report
 
     return render_report(out, title=f"midblock demo: {config.model} on {config.task}")
+
+
+def _lr_text(grid: dict[str, Any]) -> str:
+    ls = grid.get("lr_search")
+    if ls:
+        lrs = ", ".join(f"{x:g}" for x in ls["lrs"])
+        return f"learning rate chosen per arm from {lrs} on {ls.get('eval_limit')} dev problems (not the test set)"
+    return f"learning rate {grid['train']['lr']}"
 
 
 def _cell(v: Any) -> str:

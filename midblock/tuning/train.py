@@ -8,6 +8,7 @@ exactly: the checkpoint holds the trainable tensors, optimizer, scheduler and RN
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -499,7 +500,8 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
     last_ckpt = _latest_checkpoint(run)
     stopped = False
     bar = tqdm(total=n_steps, initial=start, disable=not (main and config.progress), desc="train", unit="step")
-    with _StopFlag() as stop:
+    # the bar is closed on an error too: the one-line error must start on a line of its own
+    with _StopFlag() as stop, contextlib.closing(bar):
         for step in range(start, n_steps):
             t0 = time.perf_counter()
             # Token-weighted, as HF Trainer (num_items_in_batch): the step's loss is the summed cross-entropy
