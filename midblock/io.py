@@ -100,14 +100,22 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike, expect: type | None = None) -> Any:
+    """A JSON file's value; ``expect`` (e.g. ``dict``) is the type the caller indexes into, so a file of
+    another shape (edited by hand, or from elsewhere) is one line instead of an AttributeError later."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise MidblockError(f"{path} does not exist") from e
     except json.JSONDecodeError as e:
         raise MidblockError(f"{path} is not valid JSON (line {e.lineno}): {e.msg}", hint="delete it and rerun") from e
+    except UnicodeDecodeError as e:
+        raise MidblockError(f"{path} is not UTF-8 text", hint="delete it and rerun") from e
+    if expect is not None and not isinstance(obj, expect):
+        want = {dict: "an object", list: "a list"}.get(expect, expect.__name__)
+        raise MidblockError(f"{path} holds {type(obj).__name__}, not {want}", hint="delete it and rerun")
+    return obj
 
 
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:

@@ -117,7 +117,7 @@ def check_cache(out: Path, fp: dict[str, Any]) -> None:
     f = out / FINGERPRINT
     if not f.exists():
         return
-    old = read_json(f)
+    old = read_json(f, dict)
     if old.get("key") == fp["key"]:
         return
     diff = [k for k in ("models", "data", "version") if old.get(k) != fp.get(k)]

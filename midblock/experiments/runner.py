@@ -259,9 +259,16 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
         log.info("cell %d/%d: %s (seed %d)", k + 1, len(cells), cell.label, cell.seed)
         results.append(run_cell(cc, keys, cell, out, ecfg, texts, progress))
     rows = build_rows(results, base, baseline=cc.baseline, metric=cc.metric)
-    extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band}
+    extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band, "num_layers": _num_layers(cc)}
     write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
     return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
+
+
+def _num_layers(cc: CompareConfig) -> int:
+    from midblock.models.introspect import get_layout
+    from midblock.models.skeleton import load_skeleton
+
+    return get_layout(load_skeleton(cc.model)).num_layers
 
 
 def _search_row(rec: dict[str, Any]) -> dict[str, Any]:

@@ -155,8 +155,8 @@ def parse_spec(spec: str) -> ModelSpec:
 def _spec_from_run(run: Path, spec: str) -> ModelSpec:
     from midblock.io import read_json
 
-    m = read_json(run / RUN_MANIFEST)
-    if not isinstance(m, dict) or not isinstance(m.get("base"), str):
+    m = read_json(run / RUN_MANIFEST, dict)
+    if not isinstance(m.get("base"), str):
         raise MidblockError(f"{run / RUN_MANIFEST} does not name its base model", hint="is it a midblock run?")
     parsed = parse_spec(m["base"])
     if m.get("adapter"):

@@ -138,6 +138,40 @@ def plot_png(cc, rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, title: str = "") -> None:
+    """Accuracy (95% interval) and forgetting per arm, each drawn over the blocks it trained (depth axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from midblock.io import atomic_path
+    from midblock.layers import resolve_layers
+
+    arms = [r for r in rows if str(r["seed"]).startswith("mean(") and r.get("band")]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 5.6), sharex=True)
+    for k, r in enumerate(arms):
+        idx = resolve_layers(r["band"], num_layers)
+        x0, x1 = idx[0] / num_layers, (idx[-1] + 1) / num_layers
+        color = f"C{k}"
+        top.fill_between([x0, x1], 100 * r["ci_low"], 100 * r["ci_high"], color=color, alpha=0.15)
+        top.plot([x0, x1], [100 * r["accuracy"]] * 2, color=color, lw=2.5, label=f"{r['arm']} (blocks {r['band']})")
+        if r.get("ppl_change_pct") is not None:
+            bottom.plot([x0, x1], [r["ppl_change_pct"]] * 2, color=color, lw=2.5)
+    top.set_ylabel("accuracy % (95% interval)")
+    top.legend(fontsize=7, loc="best")
+    bottom.axhline(0, color="grey", lw=0.8, ls="--")
+    bottom.set_ylabel("perplexity change %\n(general text)")
+    bottom.set_xlabel("relative depth of the trained blocks (block i spans [i/L, (i+1)/L))")
+    bottom.set_xlim(0, 1)
+    if title:
+        top.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extra: dict | None = None) -> None:
     from dataclasses import asdict
 
@@ -146,6 +180,9 @@ def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extr
     write_csv(out / "compare.csv", rows, fieldnames=COLUMNS)
     write_text(out / "compare.md", markdown(cc, rows))
     plot_png(cc, rows, out / "compare.png")
+    if (extra or {}).get("num_layers"):
+        title = f"{cc.model} on {cc.eval_task}: accuracy and forgetting by trained band"
+        plot_landscape(rows, extra["num_layers"], out / "landscape.png", title)
     write_json(
         out / "compare.json", {"rows": rows, "wall_s": wall_s, **(extra or {}), **provenance(asdict(cc), cc.seeds)}
     )

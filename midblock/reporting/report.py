@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import mimetypes
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from midblock.io import write_json, write_text
+from midblock.errors import MidblockError
+from midblock.io import read_json, write_json, write_text
 
 SECTIONS_DIR = "report_sections"
 
@@ -62,8 +63,20 @@ def add_section(run_dir: str | Path, section: Section, render: bool = True) -> P
     return render_report(run_dir) if render else run_dir / "report.html"
 
 
+def _section(f: Path) -> dict[str, Any]:
+    """A saved section, checked: a run directory may come from elsewhere, or have been edited."""
+    s = read_json(f, dict)
+    if not all(isinstance(s.get(k), str) for k in ("name", "title", "body")):
+        raise MidblockError(f"{f} is not a report section (needs name, title and body)", hint="delete it and rerun")
+    if not isinstance(s.get("images", []), list):
+        raise MidblockError(f"{f}: 'images' must be a list of file names", hint="delete it and rerun")
+    return s
+
+
 def _embed(run_dir: Path, rel: str) -> str:
-    p = run_dir / rel
+    p = run_dir / str(rel)
+    if not p.resolve().is_relative_to(run_dir.resolve()):  # a section names files of its own run only
+        return f'<p class="missing">figure {esc(rel)} is outside the run directory: not embedded</p>'
     if not p.exists():
         return f'<p class="missing">missing figure {esc(rel)}</p>'
     mime = mimetypes.guess_type(p.name)[0] or "image/png"
@@ -90,7 +103,7 @@ def render_report(run_dir: str | Path, title: str | None = None) -> Path:
     run_dir = Path(run_dir)
     sections = []
     for f in sorted((run_dir / SECTIONS_DIR).glob("*.json")):
-        sections.append(json.loads(f.read_text()))
+        sections.append(_section(f))
     title = title or f"midblock report: {run_dir.name}"
     nav = "".join(f'<a href="#{esc(s["name"])}">{esc(s["title"])}</a>' for s in sections)
     parts = [

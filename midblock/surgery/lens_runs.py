@@ -89,7 +89,7 @@ def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
     out = fresh_output_dir(cfg.out)
     fingerprint = {k: v for k, v in asdict(cfg).items() if k != "out"}
     cfg_file = out / "early_exit_config.json"
-    if cfg_file.exists() and read_json(cfg_file).get("fingerprint") != fingerprint:
+    if cfg_file.exists() and read_json(cfg_file, dict).get("fingerprint") != fingerprint:
         raise MidblockError(f"{out} holds a different early-exit run", hint="choose another --out")
     results = out / "early_exit_results.jsonl"
     with RunDir(out):

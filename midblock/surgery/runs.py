@@ -132,7 +132,7 @@ def _check_resume(out: Path, kind: str, fp: dict[str, Any]) -> None:
 
     cfg_file = out / f"{kind}_config.json"
     has_rows = (out / f"{kind}_results.jsonl").exists()
-    old = read_json(cfg_file).get("fingerprint") if cfg_file.exists() else None
+    old = read_json(cfg_file, dict).get("fingerprint") if cfg_file.exists() else None
     if (old is None and has_rows) or (old is not None and old.get("key") != fp["key"]):
         change = "no fingerprint (an older midblock)" if old is None else describe_change(old, fp)
         raise MidblockError(

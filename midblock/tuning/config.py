@@ -148,7 +148,7 @@ class MidBlockConfig:
             raise MidblockError(f"band 'auto': {path} does not exist", hint="run `midblock analyze --out DIR` first")
         from midblock.io import read_json
 
-        rec = read_json(path).get("recommended_band")
+        rec = read_json(path, dict).get("recommended_band")
         spec = rec.get("spec") if isinstance(rec, dict) else None
         if not spec:
             raise MidblockError(f"band 'auto': {path} has no recommended_band.spec", hint="pass an explicit --band")

@@ -356,3 +356,42 @@ def test_an_adapter_stored_as_a_pickle_is_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text("[1, 2]")
     with pytest.raises(MidblockError, match="not a JSON object"):
         check_adapter_dir(tmp_path)
+
+
+def test_run_directory_json_of_the_wrong_shape_is_one_line(tmp_path):
+    from midblock.io import read_json
+
+    (tmp_path / "x.json").write_text("[1, 2]")
+    with pytest.raises(MidblockError, match="holds list, not an object"):
+        read_json(tmp_path / "x.json", dict)
+    assert read_json(tmp_path / "x.json") == [1, 2]  # without `expect`, any JSON value
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "midblock_run.json").write_text('"a string"')
+    rc, _, err = run_cli("eval", "--model", str(run), "--task", "arith", "--limit", "1", "--out", str(tmp_path / "e"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "midblock_run.json holds str" in err, err
+
+
+def test_a_report_section_cannot_embed_files_from_outside_its_run(tmp_path):
+    import base64
+    import json
+
+    from midblock.reporting.report import render_report
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"SECRET-BYTES")
+    run = tmp_path / "run"
+    (run / "figs").mkdir(parents=True)
+    (run / "figs" / "ok.png").write_bytes(b"OWN-FIGURE")
+    from midblock.reporting import report as R
+
+    sdir = run / R.SECTIONS_DIR
+    sdir.mkdir(parents=True)
+    body = {"name": "s", "title": "t", "body": "<p>b</p>", "images": ["figs/ok.png", "../secret.png"]}
+    (sdir / "s.json").write_text(json.dumps(body))
+    html = render_report(run).read_text()
+    assert base64.b64encode(b"OWN-FIGURE").decode() in html
+    assert base64.b64encode(b"SECRET-BYTES").decode() not in html and "outside the run directory" in html
+    (sdir / "s.json").write_text('{"name": "s"}')
+    with pytest.raises(MidblockError, match="not a report section"):
+        render_report(run)
