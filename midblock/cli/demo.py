@@ -1,41 +1,30 @@
-"""``midblock demo``: analyse, train two arms, evaluate, analyse again, and write one report."""
+"""``midblock demo``: analyse the base, compare all-block LoRA with mid-block LoRA on the paper's band
+(the same grid as ``midblock compare --preset PROFILE``), analyse the tuned models, and write one report."""
 
 from __future__ import annotations
 
 import argparse
 
 from midblock.cli import common_args
-from midblock.layers import PAPER_BAND
+from midblock.cli.options import add_command, add_config_args, config_kwargs
+from midblock.experiments.demo import DemoConfig
+
+_CLI_OWN = ("out", "seed")  # common to every command: added by common_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="the main job end to end, with a report", description=__doc__)
-    p.add_argument("--model", default="smollm2-135m", help="model spec (default: the embedded SmolLM2-135M)")
-    p.add_argument("--task", default="arith", help="arith (built in) or gsm8k")
-    p.add_argument("--data", help="GSM8K directory or file for --task gsm8k (default: $MIDBLOCK_GSM8K or the hub)")
-    p.add_argument("--profile", default="quick", help="quick (~10 min on 2 CPU cores) | full (3 seeds, longer) | smoke")
-    p.add_argument("--band", default=PAPER_BAND, help=f"the mid-block band (default {PAPER_BAND}: the paper's band)")
-    p.add_argument("--steps", type=int, help="override the profile's training steps per arm")
-    p.add_argument("--eval-items", type=int, help="override the profile's number of held-out problems")
+    p = add_command(sub, "demo", help="the main job end to end, with a report", doc=__doc__)
+    add_config_args(p, DemoConfig, skip=_CLI_OWN)
     common_args(p)
     p.set_defaults(func=run, out="runs/demo")
 
 
 def run(args: argparse.Namespace) -> int:
-    from midblock.experiments.demo import DemoConfig, run_demo
+    from midblock.experiments.demo import run_demo
     from midblock.reporting.demo_report import format_table
 
-    cfg = DemoConfig(
-        model=args.model,
-        task=args.task,
-        data=args.data,
-        profile=args.profile,
-        band=args.band,
-        out=args.out or "runs/demo",
-        seed=args.seed,
-        steps=args.steps,
-        eval_items=args.eval_items,
-    )
+    cfg = DemoConfig(**config_kwargs(args, DemoConfig, skip=_CLI_OWN), out=args.out or "runs/demo", seed=args.seed)
+    print(f"band of the mid-block arm: {cfg.band} (the paper's band: the middle three of five segments)")
     summary = run_demo(cfg)
     print()
     print(format_table(summary["comparison"]))

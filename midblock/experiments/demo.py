@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from midblock.analysis.analyze import analyze
 from midblock.analysis.rows import DEFAULT_METRICS
@@ -46,9 +46,14 @@ class DemoConfig:
     """The demo's settings: a profile plus optional overrides."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "model spec (default: the embedded SmolLM2-135M)"})
-    task: str = field(default="arith", metadata={"help": "arith (built in) or gsm8k (needs a local copy)"})
+    task: Literal["arith", "gsm8k"] = field(
+        default="arith", metadata={"help": "arith (built in) or gsm8k (needs a local copy)"}
+    )
     data: str | None = field(default=None, metadata={"help": "GSM8K directory/file when --task gsm8k"})
-    profile: str = field(default="quick", metadata={"help": "quick (~10 min CPU) | full (longer, 3 seeds) | smoke"})
+    profile: Literal["quick", "full", "smoke"] = field(
+        default="quick",
+        metadata={"help": "quick (~10 min on 2 CPU cores), full (the two-arm band landscape, 3 seeds), smoke (tests)"},
+    )
     band: str = field(
         default=PAPER_BAND,
         metadata={"help": "the mid-block band; default the paper's middle three of five segments (seg2-4/5)"},

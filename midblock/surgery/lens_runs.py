@@ -97,7 +97,7 @@ def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
         done = {r["config"]: r for r in read_jsonl_tolerant(results)}
         rewrite_if_torn(results, list(done.values()))
         for which in ("base", "variant"):
-            if which not in done or not (out / f"early_exit_top1_{which}.safetensors").exists():
+            if which not in done or not _top1_readable(out / f"early_exit_top1_{which}.safetensors"):
                 done[which] = _measure_model(cfg, which, examples, out)
                 append_jsonl(results, done[which])
         rows = done["base"]["rows"] + done["variant"]["rows"]
@@ -106,6 +106,20 @@ def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
             r["top1_agreement"] = agree[r["layer"]]
         _write(cfg, rows, out, len(examples))
     return rows
+
+
+def _top1_readable(path: Path) -> bool:
+    """A resumed run recomputes a model whose top-1 file is missing or damaged (killed mid-copy, truncated)."""
+    from midblock.models.loading import check_safetensors
+
+    if not path.exists():
+        return False
+    try:
+        check_safetensors(path, "top-1 ids")
+    except MidblockError as e:
+        log.warning("%s; measuring that model again", e.one_line())
+        return False
+    return True
 
 
 def _agreement(out: Path) -> list[float]:

@@ -480,6 +480,7 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
     n_steps = total_steps(config, len(items), world)
     sched = get_scheduler(config.schedule, opt, num_warmup_steps=config.warmup_steps, num_training_steps=n_steps)
     start = 0
+    found = None
     if config.resume:
         found = _resume_state(run)
         if found is None:  # stopped before the first checkpoint: the same run from step 0
@@ -497,7 +498,7 @@ def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir,
     step_times: list[float] = []
     tok_rates: list[float] = []
     last_loss = eval_loss = None
-    last_ckpt = _latest_checkpoint(run)
+    last_ckpt = found[0] if found else _latest_checkpoint(run)  # the one resumed from, not a damaged newer one
     stopped = False
     bar = tqdm(total=n_steps, initial=start, disable=not (main and config.progress), desc="train", unit="step")
     # the bar is closed on an error too: the one-line error must start on a line of its own

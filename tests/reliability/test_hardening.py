@@ -376,16 +376,14 @@ def test_a_report_section_cannot_embed_files_from_outside_its_run(tmp_path):
     import base64
     import json
 
-    from midblock.reporting.report import render_report
+    from midblock.reporting.report import SECTIONS_DIR, render_report
 
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"SECRET-BYTES")
     run = tmp_path / "run"
     (run / "figs").mkdir(parents=True)
     (run / "figs" / "ok.png").write_bytes(b"OWN-FIGURE")
-    from midblock.reporting import report as R
-
-    sdir = run / R.SECTIONS_DIR
+    sdir = run / SECTIONS_DIR
     sdir.mkdir(parents=True)
     body = {"name": "s", "title": "t", "body": "<p>b</p>", "images": ["figs/ok.png", "../secret.png"]}
     (sdir / "s.json").write_text(json.dumps(body))
@@ -395,3 +393,17 @@ def test_a_report_section_cannot_embed_files_from_outside_its_run(tmp_path):
     (sdir / "s.json").write_text('{"name": "s"}')
     with pytest.raises(MidblockError, match="not a report section"):
         render_report(run)
+
+
+def test_early_exit_rerun_measures_a_model_again_when_its_saved_ids_are_damaged(tmp_path):
+    out = tmp_path / "ee"
+    argv = ["early-exit", "--base", BASE, "--variant", BASE, "--task", "arith", "--samples", "3", "--out", str(out)]
+    rc, _, err = run_cli(*argv)
+    assert rc == 0, err
+    before = (out / "early_exit.csv").read_text()
+    top1 = out / "early_exit_top1_base.safetensors"
+    top1.write_bytes(top1.read_bytes()[:-16])
+    rc, _, err = run_cli(*argv)
+    assert rc == 0, err
+    assert (out / "early_exit.csv").read_text() == before  # measured again, the same numbers
+    load_file(str(top1))  # and rewritten whole

@@ -1,0 +1,133 @@
+"""Command-line options generated from the config dataclasses: one field, one flag, written once.
+
+Each field's flag, help, choices and default come from the dataclass itself:
+
+- the flag is ``--field-name`` unless ``metadata["flag"]`` names another spelling (``--warmup`` for
+  ``warmup_steps``); a bool that defaults to True gets a negative flag (``metadata["flag"] = "--full-logits"``
+  with ``metadata["negate"] = True``, or ``--no-field-name``);
+- the help text is ``metadata["help"]``, and the default is appended to it;
+- a ``Literal[...]`` type gives the choices; ``int``/``float``/``str``/``list[int]``/``list[str]`` the parser.
+
+Fields a command fills itself (``out``, nested configs, mappings that only a YAML file can express) are
+skipped by name. :func:`config_kwargs` reads the parsed values back, by field name, for the config's
+constructor, so validation stays in the dataclass's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, Literal
+
+_MISSING = dataclasses.MISSING
+
+
+def plain_text(doc: str | None) -> str:
+    """A docstring as terminal text: reST roles and literals unwrapped (``:func:`x``` -> x, ````x```` -> x)."""
+    if not doc:
+        return ""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
+    return re.sub(r"``([^`]+)``", r"\1", text).strip()
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _parser_for(tp: Any) -> tuple[Any, dict[str, Any]]:
+    """(type callable, extra add_argument kwargs) for a field type."""
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return str, {"choices": list(typing.get_args(tp))}
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        return _comma_list(_unwrap_optional(inner)), {"metavar": "A,B,..."}
+    if tp in (int, float, str):
+        return tp, {}
+    return str, {}
+
+
+def _comma_list(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip() != ""]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of {kind.__name__}") from None
+
+    parse.__name__ = f"list of {kind.__name__}"
+    return parse
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line spelling of a config field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_config_args(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+    only_given: bool = False,
+) -> None:
+    """Add one flag per field of the dataclass ``cls`` (except ``skip``); ``defaults`` overrides defaults.
+
+    ``only_given``: a flag the user did not type leaves no attribute at all (so it can override a preset or a
+    file only when given); the help still shows the dataclass's default."""
+    hints = typing.get_type_hints(cls, include_extras=False)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        default = (defaults or {}).get(f.name, _default(f))
+        help_text = f.metadata.get("help", "")
+        tp = _unwrap_optional(hints[f.name])
+        if tp is bool:
+            negate = f.metadata.get("negate", default is True)
+            flag = f.metadata.get("flag") or ("--no-" if negate else "--") + f.name.replace("_", "-")
+            action = "store_false" if negate else "store_true"
+            value = argparse.SUPPRESS if only_given else default
+            parser.add_argument(flag, dest=f.name, action=action, default=value, help=help_text)
+            continue
+        kind, extra = _parser_for(hints[f.name])
+        shown = f" (default: {_shown(default)})" if "default:" not in help_text else ""
+        value = argparse.SUPPRESS if only_given else default
+        parser.add_argument(
+            flag_of(f), dest=f.name, type=kind, default=value, help=f"{help_text}{shown}".strip(), **extra
+        )
+
+
+def config_kwargs(args: argparse.Namespace, cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The parsed values of ``cls``'s fields, by field name, for its constructor."""
+    return {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip and hasattr(args, f.name)
+    }
+
+
+def add_command(sub, name: str, *, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """A subcommand whose description is its module docstring as plain text, defaults shown."""
+    return sub.add_parser(
+        name, help=help, description=plain_text(doc), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
