@@ -18,6 +18,7 @@ from midblock.evaluation.evaluate import EVAL_TASKS, PROTOCOLS, EvalConfig
 from midblock.evaluation.extract import EXTRACTORS
 from midblock.layers import PAPER_BAND
 from midblock.tuning.config import MidBlockConfig
+from midblock.tuning.trainconfig import TrainConfig
 
 TRAIN_KEYS = (
     "steps",
@@ -260,6 +261,10 @@ class CompareConfig:
             _require(bool(self.forgetting.get("data")), "forgetting needs 'data' (general, gsm8k, arith or a file)")
         self._check_search()
         self._check_methods()
+        for cell in self.cells():  # every training setting checked before anything runs
+            if cell.tuning.get("band") == "auto" and not cell.tuning.get("analysis"):
+                cell = replace(cell, tuning=cell.tuning | {"band": PAPER_BAND})  # resolved when the grid runs
+            self.train_config(cell, "validation")
         labels = list(dict.fromkeys(c.label for c in self.cells()))
         if self.baseline is None:
             self.baseline = labels[0]
@@ -354,10 +359,26 @@ class CompareConfig:
             names.append(str(m.get("name") or m["method"]))
             for c in self.expand(m, 0):
                 tuning = dict(c.tuning)
-                if tuning.get("band") == "auto" and not tuning.get("analysis") and self.auto_analysis:
+                if tuning.get("band") == "auto" and not tuning.get("analysis"):
+                    hint = "add auto_analysis: {data, samples} to the grid, or an analysis directory to the entry"
+                    _require(bool(self.auto_analysis), f"method entry '{label}' has band 'auto' but no analysis", hint)
                     tuning["band"] = PAPER_BAND  # resolved from the grid's own base analysis when run
                 MidBlockConfig.from_dict(tuning)  # raises for an unknown method, band policy, rank...
         _require(len(set(names)) == len(names), "two method entries share a name", "give each entry a distinct 'name'")
+
+    def train_config(self, cell: Cell, out: str | Path, resume: bool = False, progress: bool = True) -> TrainConfig:
+        """The training run of ``cell``: the grid's shared settings, then the arm's own."""
+        return TrainConfig(
+            model=self.model,
+            task=self.task,
+            data=self.data,
+            out=str(out),
+            seed=cell.seed,
+            tuning=MidBlockConfig.from_dict(cell.tuning),
+            resume=resume,
+            progress=progress,
+            **(self.train | cell.train),
+        )
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(

@@ -40,8 +40,7 @@ from midblock.fingerprint import check_or_record, make, rows_digest, spec_identi
 from midblock.io import RunDir, fresh_output_dir, read_json, read_jsonl_tolerant, write_json
 from midblock.models import load_model
 from midblock.reporting.compare_report import write_lr_search, write_outputs
-from midblock.tuning.config import MidBlockConfig
-from midblock.tuning.train import SUMMARY_FILE, TrainConfig, train
+from midblock.tuning.train import SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +66,6 @@ def forgetting_texts(cc: CompareConfig) -> list[str] | None:
     return load_texts(src, limit)
 
 
-def _train_config(cc: CompareConfig, cell: Cell, tdir: Path, resume: bool = False, progress: bool = True):
-    return TrainConfig(
-        model=cc.model,
-        task=cc.task,
-        data=cc.data,
-        out=str(tdir),
-        seed=cell.seed,
-        tuning=MidBlockConfig.from_dict(cell.tuning),
-        resume=resume,
-        progress=progress,
-        **(cc.train | cell.train),
-    )
-
-
 class Keys:
     """The fingerprints of a grid's runs, from inputs read once per ``compare`` call."""
 
@@ -92,7 +77,7 @@ class Keys:
         self._rows: dict[tuple[str, int | None], str] = {}
 
     def training(self, cell: Cell) -> dict[str, Any]:
-        tc = _train_config(self.cc, cell, Path("cell"))
+        tc = self.cc.train_config(cell, "cell")
         settings = {k: v for k, v in tc.fingerprint().items() if k != "model"}
         data = self.train_data
         if "limit" in cell.train:  # an arm with its own training subset
@@ -120,7 +105,7 @@ def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> di
     resume = (tdir / "checkpoints").is_dir() and any((tdir / "checkpoints").iterdir())
     if tdir.exists() and not resume:
         shutil.rmtree(tdir)  # interrupted before its first checkpoint: start the cell's training over
-    return train(_train_config(cc, cell, tdir, resume, progress)).to_dict()
+    return train(cc.train_config(cell, tdir, resume, progress)).to_dict()
 
 
 def run_cell(
@@ -164,7 +149,7 @@ def run_cell(
         "tuning": cell.tuning if cell else None,
         "train_overrides": cell.train if cell else None,
         "run_dir": str(run_dir / "train") if cell else None,
-        "lr": _train_config(cc, cell, run_dir).peak_lr if cell else None,
+        "lr": cc.train_config(cell, run_dir).peak_lr if cell else None,
         "band": _trained_blocks(run_dir / "train") if cell else None,
         "fingerprint": {"training": tfp["key"], "evaluation": efp["key"]},
         "train": tres,

@@ -285,3 +285,13 @@ def test_exported_raw_results_rederive_the_table(tmp_path):
     keys += ("diff_vs_baseline", "diff_low", "diff_high", "ppl", "ppl_change_pct", "rank_units")
     assert [{k: r.get(k) for k in keys} for r in again] == [{k: r.get(k) for k in keys} for r in res["rows"]]
     assert main(["derive", str(dest)]) == 0
+
+
+def test_a_bad_training_setting_in_a_grid_file_fails_before_anything_is_created(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("model: random:llama-tiny\ntrain: {lr: .inf}\nmethods: [{name: a, method: lora}]\n")
+    rc, _, err = run_cli("compare", "--config", str(grid), "--out", str(tmp_path / "o"))
+    assert rc == 2 and "learning rate" in err and "finite" in err and not (tmp_path / "o").exists()
+    grid.write_text("model: random:llama-tiny\nmethods: [{name: a, method: midblock, band: auto}]\n")
+    rc, _, err = run_cli("compare", "--config", str(grid), "--out", str(tmp_path / "o"))
+    assert rc == 2 and "band 'auto' but no analysis" in err and not (tmp_path / "o").exists()
