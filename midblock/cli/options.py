@@ -112,7 +112,10 @@ def add_config_args(
             parser.add_argument(flag, dest=f.name, action=action, default=value, help=help_text)
             continue
         kind, extra = _parser_for(hints[f.name])
-        shown = f" (default: {_shown(default)})" if "default:" not in help_text else ""
+        shown = f" (default: {_shown(default)})" if "default" not in help_text else ""
+        flag = flag_of(f)
+        if "choices" not in extra:
+            extra.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
         value = argparse.SUPPRESS if only_given else default
         parser.add_argument(
             flag_of(f), dest=f.name, type=kind, default=value, help=f"{help_text}{shown}".strip(), **extra

@@ -9,15 +9,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from midblock.errors import MidblockError
 from midblock.layers import PAPER_BAND
 from midblock.validation import check_float_fields, check_number
 
-METHODS = ("lora", "midblock", "midblock-full", "full", "freeze", "segments")
+Method = Literal["lora", "midblock", "midblock-full", "full", "freeze", "segments"]
+AlphaPolicy = Literal["constant-ratio", "fixed", "rslora"]
+BudgetRule = Literal["rank-units", "params"]
+METHODS: tuple[str, ...] = get_args(Method)
 LORA_METHODS = ("lora", "midblock", "segments")
-ALPHA_POLICIES = ("constant-ratio", "fixed", "rslora")
+ALPHA_POLICIES: tuple[str, ...] = get_args(AlphaPolicy)
 TARGET_GROUPS = ("attn", "mlp", "all-linear")
 PAPER_ALPHA = 128.0  # the paper's fixed lora_alpha
 DEFAULT_RATIO = 2.0  # alpha / r when nothing else is given (PEFT's common alpha = 2r)
@@ -48,7 +51,7 @@ def parse_segments(pattern: str) -> list[int]:
 class MidBlockConfig:
     """What to train. ``method`` picks the family; the other fields refine it."""
 
-    method: str = field(
+    method: Method = field(
         default="midblock",
         metadata={
             "help": "lora (all blocks) | midblock (LoRA on the band) | midblock-full (full params of the band) | "
@@ -57,7 +60,7 @@ class MidBlockConfig:
     )
     band: str = field(
         default=PAPER_BAND,
-        metadata={"help": "blocks of midblock / midblock-full: a resolve_layers spec, or 'auto' with `analysis`"},
+        metadata={"help": "blocks of midblock / midblock-full: a band spec, or 'auto' with --analysis"},
     )
     analysis: str | None = field(
         default=None, metadata={"help": "analysis directory whose results.json recommends the band for band='auto'"}
@@ -67,7 +70,7 @@ class MidBlockConfig:
         default=None,
         metadata={"help": "lora_alpha; default: 2r (constant-ratio), 128 (fixed, the paper's), 16 (rslora)"},
     )
-    alpha_policy: str = field(
+    alpha_policy: AlphaPolicy = field(
         default="constant-ratio",
         metadata={
             "help": "constant-ratio: alpha/r equal across ranks and arms; fixed: one alpha for every rank; "
@@ -76,14 +79,18 @@ class MidBlockConfig:
     )
     budget_baseline_rank: int | None = field(
         default=None,
-        metadata={"help": "set the rank so the band matches all-block LoRA of this rank (see budget_by)"},
+        metadata={
+            "help": "set the band's rank so it matches all-block LoRA of this rank (see budget_by)",
+            "flag": "--match-rank-of",
+        },
     )
-    budget_by: str = field(default="rank-units", metadata={"help": "rank-units (the paper's rule) | params"})
+    budget_by: BudgetRule = field(default="rank-units", metadata={"help": "rank-units (the paper's rule) or params"})
     target_modules: tuple[str, ...] = field(
         default=("attn",),
         metadata={
             "help": "module names relative to a block (q_proj, self_attn.o_proj, c_attn...) or groups "
-            "attn | mlp | all-linear; default: the paper's q,k,v,o = the attention projections"
+            "attn | mlp | all-linear; default: the paper's q,k,v,o = the attention projections",
+            "flag": "--targets",
         },
     )
     segments: str | None = field(default=None, metadata={"help": "per-segment ranks, e.g. -1,113,113,113,-1"})
@@ -91,7 +98,11 @@ class MidBlockConfig:
     freeze_last: int = field(default=0, metadata={"help": "freeze method: blocks frozen at the top"})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "non-reentrant checkpointing of the band and the blocks above it"}
+        default=False,
+        metadata={
+            "help": "non-reentrant checkpointing of the band and the blocks above it",
+            "flag": "--grad-checkpointing",
+        },
     )
 
     def __post_init__(self) -> None:

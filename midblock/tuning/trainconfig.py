@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
 from midblock.validation import check_float_fields, check_number
 
-SCHEDULES = ("linear", "cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
+Schedule = Literal["linear", "cosine", "constant"]
+Precision = Literal["auto", "fp32", "bf16"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Fields that may change between a run and its --resume (everything else must match).
 RUN_CONTROL = ("out", "resume", "progress", "save_every", "eval_every", "log_every")
 
@@ -26,24 +28,33 @@ class TrainConfig:
     limit: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
     tuning: MidBlockConfig = field(default_factory=MidBlockConfig, metadata={"help": "what to train"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default 1e-3 LoRA, 2e-5 full)"})
-    schedule: str = field(default="linear", metadata={"help": "linear | cosine | constant (after warmup)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps"})
+    schedule: Schedule = field(default="linear", metadata={"help": "learning-rate schedule after the warmup"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps", "flag": "--warmup"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
     epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 if no steps)"})
     batch_size: int = field(default=8, metadata={"help": "examples per process per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_length: int = field(default=512, metadata={"help": "longer examples are dropped and reported"})
     seed: int = field(default=0, metadata={"help": "data order and LoRA init (random presets keep seed-0 weights)"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16"})
-    head_at_labels: bool = field(default=True, metadata={"help": "apply the LM head only at labelled positions"})
+    precision: Precision = field(
+        default="auto", metadata={"help": "auto: bf16 autocast on GPU, fp32 on CPU; bf16 also autocasts on CPU"}
+    )
+    head_at_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "apply the LM head only at labelled positions (--full-logits: at every position, slower)",
+            "flag": "--full-logits",
+            "negate": True,
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     eval_every: int = field(default=0, metadata={"help": "evaluation loss every N steps (0 = only at the end)"})
     eval_limit: int = field(default=64, metadata={"help": "examples in the evaluation-loss set"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only when stopped)"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
     log_every: int = field(default=1, metadata={"help": "write a log line every N steps"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = field(default=True, metadata={"help": "hide the progress bar", "flag": "--no-progress"})
     fsdp: bool = field(
         default=False,
         metadata={"help": "shard with FSDP (fully_shard per block); also on under an accelerate FSDP config"},
