@@ -3,37 +3,29 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from midblock.cli import common_args
+from midblock.cli.options import add_command, add_config_args, config_kwargs
+from midblock.evaluation.evaluate import EvalConfig
+from midblock.evaluation.prompts import FEWSHOT_SEED
+
+_CLI_OWN = ("seed", "task")  # --seed from common_args (the few-shot seed here); --task also takes ppl
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model (GSM8K protocols, arith, perplexity)", description=__doc__)
+    p = add_command(sub, "eval", help="evaluate a model (GSM8K protocols, arith, perplexity)", doc=__doc__)
     p.add_argument("--model", default="smollm2-135m", help="model spec: base, BASE+ADAPTER, BASE+DELTA, run dir...")
-    p.add_argument("--task", default="gsm8k", help="gsm8k, arith, or ppl (loss on --data)")
-    p.add_argument("--protocol", default="lm-eval", help="lm-eval (5-shot harness), paper or original")
-    p.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
-    p.add_argument("--limit", type=int, default=None, help="evaluate at most N items (default: all)")
-    p.add_argument("--offset", type=int, default=0, help="skip the first N test items")
-    p.add_argument("--batch-size", type=int, default=16, help="items decoded together")
+    p.add_argument("--task", default="gsm8k", help="gsm8k, arith, or ppl (loss on --data) (default: gsm8k)")
+    add_config_args(p, EvalConfig, skip=_CLI_OWN)
     p.add_argument("--auto-batch", action="store_true", help="on out-of-memory, halve the batch and continue")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="override the protocol's limit")
-    p.add_argument("--num-fewshot", type=int, default=None, help="override the protocol's number of shots")
-    p.add_argument(
-        "--fewshot-sampling",
-        default="lm-eval",
-        help="lm-eval: the harness's own exemplar draw for each item (default); fixed: one draw shared by all "
-        "items (a shared prefix: fast); per-item: a draw per item seeded by (seed, item index)",
-    )
-    p.add_argument("--data", default=None, help="GSM8K directory/.jsonl, or the corpus for --task ppl")
     p.add_argument("--max-length", type=int, default=512, help="ppl: tokens per text (longer ones are cut)")
-    p.add_argument("--backend", default="hf", help="hf (transformers) or vllm (GPU, when installed)")
     p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     common_args(p)
     # --seed seeds the few-shot exemplar sampler; the harness's default is 1234
-    p.set_defaults(func=run, seed=1234)
+    p.set_defaults(func=run, seed=FEWSHOT_SEED)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,26 +34,16 @@ def run(args: argparse.Namespace) -> int:
     from midblock.evaluation import evaluate, format_summary
     from midblock.resources import run_with_batch
 
+    cfg = EvalConfig(**config_kwargs(args, EvalConfig, skip=_CLI_OWN), task=args.task, seed=args.seed)
     # Out of memory: advice with a smaller batch, or (--auto-batch) halve and go on; finished items are
     # kept in the per-item file, so a retry does not redo them.
     summary = run_with_batch(
         lambda bs: evaluate(
             args.model,
-            task=args.task,
-            protocol=args.protocol,
-            limit=args.limit,
-            offset=args.offset,
-            chat_template=args.chat_template,
+            replace(cfg, batch_size=bs),
             out_dir=args.out,
-            batch_size=bs,
-            seed=args.seed,
-            max_new_tokens=args.max_new_tokens,
-            num_fewshot=args.num_fewshot,
-            data=args.data,
-            backend=args.backend,
             dtype=args.dtype,
             progress=not args.no_progress,
-            fewshot_sampling=args.fewshot_sampling,
         ),
         args.batch_size,
         auto=args.auto_batch,

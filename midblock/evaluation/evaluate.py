@@ -169,23 +169,14 @@ def summarize(records: list[dict[str, Any]], primary: tuple[str, ...]) -> dict[s
 
 def evaluate(
     model_spec: str,
-    task: str = "gsm8k",
-    protocol: str = "lm-eval",
-    limit: int | None = None,
-    offset: int = 0,
-    chat_template: bool = False,
+    cfg: EvalConfig | None = None,
+    *,
     out_dir: str | Path | None = None,
-    batch_size: int = 16,
-    seed: int = FEWSHOT_SEED,
-    max_new_tokens: int | None = None,
-    num_fewshot: int | None = None,
-    data: str | None = None,
-    backend: str = "hf",
     dtype: str | None = None,
     progress: bool = True,
-    fewshot_sampling: str = DEFAULT_SAMPLING,
 ) -> dict[str, Any]:
-    """Load ``model_spec`` and evaluate it; returns the summary (plus ``items``, the per-item records).
+    """Load ``model_spec`` and evaluate it per ``cfg`` (default: ``EvalConfig()``, GSM8K as lm-eval scores it);
+    returns the summary (plus ``items``, the per-item records).
 
     Every input is validated (task, protocol, limits, data file, model spec, output directory) before
     the model is loaded; with ``out_dir`` the per-item file is written as it goes and a rerun resumes.
@@ -193,77 +184,41 @@ def evaluate(
     from midblock.models.loading import parse_spec
 
     t0 = time.perf_counter()
-    cfg = EvalConfig(
-        task=task,
-        protocol=protocol,
-        limit=limit,
-        offset=offset,
-        chat_template=chat_template,
-        batch_size=batch_size,
-        seed=seed,
-        max_new_tokens=max_new_tokens,
-        num_fewshot=num_fewshot,
-        data=data,
-        fewshot_sampling=fewshot_sampling,
-        backend=backend,
-    )
+    cfg = cfg or EvalConfig()
     ms = parse_spec(model_spec)
     items = load_test_items(cfg)
     if out_dir is not None:
         from midblock.io import fresh_output_dir
 
         fresh_output_dir(out_dir)
-    if chat_template:  # a missing template is a user error: say so before loading weights
+    if cfg.chat_template:  # a missing template is a user error: say so before loading weights
         from midblock.models.loading import load_tokenizer
 
         require_chat_template(load_tokenizer(ms))
-    if backend == "vllm":
+    if cfg.backend == "vllm":
         return _evaluate_vllm(ms, cfg, items, out_dir, progress, t0)
     from midblock.models import load_model
 
     model, tok = load_model(model_spec, dtype=dtype)
     return evaluate_model(
-        model, tok, cfg=cfg, out_dir=out_dir, model_spec=model_spec, progress=progress, items=items, _t0=t0
+        model, tok, cfg, out_dir=out_dir, model_spec=model_spec, progress=progress, items=items, _t0=t0
     )
 
 
 def evaluate_model(
     model,
     tokenizer,
-    task: str = "gsm8k",
-    protocol: str = "lm-eval",
-    limit: int | None = None,
-    offset: int = 0,
-    chat_template: bool = False,
+    cfg: EvalConfig | None = None,
+    *,
     out_dir: str | Path | None = None,
-    batch_size: int = 16,
-    seed: int = FEWSHOT_SEED,
-    max_new_tokens: int | None = None,
-    num_fewshot: int | None = None,
-    data: str | None = None,
     model_spec: str | None = None,
     progress: bool = True,
-    fewshot_sampling: str = DEFAULT_SAMPLING,
-    cfg: EvalConfig | None = None,
     items: list[dict[str, Any]] | None = None,
     _t0: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate an already-loaded model (e.g. one with swapped layers); same outputs as ``evaluate``."""
     t0 = _t0 if _t0 is not None else time.perf_counter()
-    if cfg is None:
-        cfg = EvalConfig(
-            task=task,
-            protocol=protocol,
-            limit=limit,
-            offset=offset,
-            chat_template=chat_template,
-            batch_size=batch_size,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-            num_fewshot=num_fewshot,
-            data=data,
-            fewshot_sampling=fewshot_sampling,
-        )
+    cfg = cfg or EvalConfig()
     if cfg.backend != "hf":
         raise MidblockError("evaluate_model runs loaded models with the hf backend only", hint="use evaluate()")
     items = items if items is not None else load_test_items(cfg)

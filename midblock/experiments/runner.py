@@ -140,7 +140,7 @@ def run_cell(
     model, tok = load_model(spec, merge=True)
     summary = {"items": []}
     if ecfg is not None:
-        summary = evaluate_model(model, tok, cfg=ecfg, out_dir=edir / "eval", model_spec=spec, progress=progress)
+        summary = evaluate_model(model, tok, ecfg, out_dir=edir / "eval", model_spec=spec, progress=progress)
     ppl = _perplexity(cc, model, tok, texts, progress) if texts else None
     items = summary.pop("items")
     rec = {

@@ -36,7 +36,7 @@ class Measurer:
         if self.eval_cfg is not None:
             from midblock.evaluation.evaluate import evaluate_model
 
-            s = evaluate_model(model, self.tokenizer, cfg=self.eval_cfg, items=self.items, progress=False)
+            s = evaluate_model(model, self.tokenizer, self.eval_cfg, items=self.items, progress=False)
             out["n_items"] = s["n"]
             for name in s["primary"]:
                 sc = s["scores"][name]

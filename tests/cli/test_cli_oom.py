@@ -5,9 +5,9 @@ from tests.conftest import run_cli
 
 
 def _fake_evaluate(limit_bs, calls):
-    def fake(model, batch_size=16, **kw):
-        calls.append(batch_size)
-        if batch_size > limit_bs:
+    def fake(model, cfg, **kw):
+        calls.append(cfg.batch_size)
+        if cfg.batch_size > limit_bs:
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return {"n": 1, "primary": ["original"], "scores": {}, "items": []}
 

@@ -6,15 +6,15 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from midblock.errors import MidblockError
-from midblock.evaluation import evaluate
+from midblock.evaluation import EvalConfig, evaluate
 from midblock.io import read_jsonl_tolerant
 from tests.conftest import run_cli
 
-BASE = dict(task="arith", protocol="original", limit=2, max_new_tokens=4, batch_size=2, progress=False)
+BASE = dict(task="arith", protocol="original", limit=2, max_new_tokens=4, batch_size=2)
 
 
 def _eval(out, model="random:llama-tiny", **kw):
-    return evaluate(model, out_dir=out, **(BASE | kw))
+    return evaluate(model, EvalConfig(**(BASE | kw)), out_dir=out, progress=False)
 
 
 def test_another_model_into_the_same_out_is_refused(tmp_path):

@@ -79,7 +79,9 @@ def _questions():
 def test_scores_and_intervals_from_known_completions(monkeypatch, tmp_path):
     # every third item answered right in the '#### N' format, the others with a wrong number
     _fake_generator(monkeypatch, lambda k, g: f" So.\n#### {g}" if k % 3 == 0 else f" It is {int(g) + 1}.")
-    s = evaluate_model(*_model(), task="arith", protocol="paper", limit=12, out_dir=tmp_path / "e", progress=False)
+    s = evaluate_model(
+        *_model(), EvalConfig(task="arith", protocol="paper", limit=12), out_dir=tmp_path / "e", progress=False
+    )
     k = sum(1 for r in s["items"] if r["scores"]["strict-match"]["correct"])
     assert k == 4 and s["n"] == 12
     assert s["scores"]["strict-match"]["accuracy"] == pytest.approx(4 / 12)
@@ -105,41 +107,33 @@ def test_resume_after_a_kill_generates_only_missing_items(monkeypatch, tmp_path)
 
     _fake_generator(monkeypatch, dying)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(*_model(), task="arith", protocol="original", limit=10, out_dir=out, progress=False)
+        evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", limit=10), out_dir=out, progress=False)
     assert not (out / "summary.json").exists()
     with open(out / "items.jsonl", "a") as f:
         f.write('{"index": 7, "protoc')  # a line torn by the kill
     assert len(read_jsonl_tolerant(out / "items.jsonl")) == 5
     asked = _fake_generator(monkeypatch, lambda k, g: f"#### {g}")
-    s = evaluate_model(*_model(), task="arith", protocol="original", limit=10, out_dir=out, progress=False)
+    s = evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", limit=10), out_dir=out, progress=False)
     assert len(asked) == 5 and s["generated_now"] == 5
     assert s["n"] == 10 and s["scores"]["original"]["correct"] == 10
     assert len(read_jsonl_tolerant(out / "items.jsonl")) == 10
     # a third run has nothing left to do
     asked = _fake_generator(monkeypatch, lambda k, g: "#### 0")
     assert (
-        evaluate_model(*_model(), task="arith", protocol="original", limit=10, out_dir=out, progress=False)["scores"][
-            "original"
-        ]["correct"]
+        evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", limit=10), out_dir=out, progress=False)[
+            "scores"
+        ]["original"]["correct"]
         == 10
         and asked == []
     )
     # a different protocol in the same directory is refused, not mixed in
     with pytest.raises(MidblockError, match="different settings.protocol"):
-        evaluate_model(*_model(), task="arith", protocol="lm-eval", limit=10, out_dir=out, progress=False)
+        evaluate_model(*_model(), EvalConfig(task="arith", protocol="lm-eval", limit=10), out_dir=out, progress=False)
 
 
 def test_evaluate_real_tiny_model_end_to_end(tmp_path):
-    s = evaluate(
-        "random:llama-tiny",
-        task="arith",
-        protocol="paper",
-        limit=3,
-        max_new_tokens=8,
-        out_dir=tmp_path / "t",
-        batch_size=2,
-        progress=False,
-    )
+    cfg = EvalConfig(task="arith", protocol="paper", limit=3, max_new_tokens=8, batch_size=2)
+    s = evaluate("random:llama-tiny", cfg, out_dir=tmp_path / "t", progress=False)
     assert s["n"] == 3 and s["model"] == "random:llama-tiny" and s["max_new_tokens"] == 8
     assert s["items_per_s"] > 0 and s["wall_s"] > 0
     assert len(read_jsonl_tolerant(tmp_path / "t" / "items.jsonl")) == 3
@@ -157,7 +151,7 @@ def test_evaluate_real_tiny_model_end_to_end(tmp_path):
 )
 def test_bad_input_fails_before_loading_or_writing(kw, match, tmp_path):
     with pytest.raises(MidblockError, match=match):
-        evaluate("random:llama-tiny", **({"task": "arith"} | kw), out_dir=tmp_path / "x")
+        evaluate("random:llama-tiny", EvalConfig(**({"task": "arith"} | kw)), out_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from midblock.evaluation.evaluate import evaluate
+from midblock.evaluation.evaluate import EvalConfig, evaluate
 from midblock.evaluation.generate import DecodeConfig, encode_prompt, generate_vllm
 from midblock.models.presets import byte_tokenizer
 from tests.conftest import run_cli
@@ -66,15 +66,8 @@ def test_generate_vllm_sends_token_ids_greedy_settings_and_the_adapter(fake_vllm
 
 
 def test_evaluate_with_the_vllm_backend_scores_and_writes_items(fake_vllm, tmp_path):
-    res = evaluate(
-        "random:llama-tiny",
-        task="arith",
-        protocol="original",
-        limit=3,
-        backend="vllm",
-        out_dir=tmp_path / "ev",
-        progress=False,
-    )
+    cfg = EvalConfig(task="arith", protocol="original", limit=3, backend="vllm")
+    res = evaluate("random:llama-tiny", cfg, out_dir=tmp_path / "ev", progress=False)
     assert res["n"] == 3 and fake_vllm["lora"] is None
     lines = [json.loads(x) for x in (tmp_path / "ev" / "items.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all("Question:" not in r["completion"] for r in lines)
