@@ -43,7 +43,7 @@ def make_deltas(folder: Path) -> list[str]:
 
 
 def child(args: argparse.Namespace) -> None:
-    from midblock.analysis.analyze import analyze
+    from midblock.analysis.analyze import AnalyzeConfig, analyze
     from midblock.resources import peak_memory_bytes, reset_peak_memory
 
     def rss() -> int:
@@ -53,17 +53,17 @@ def child(args: argparse.Namespace) -> None:
     before = rss()
     reset_peak_memory()
     t = time.perf_counter()
-    analyze(
-        "smollm2-135m",
-        args.variants,
-        ["gsm8k"],
+    cfg = AnalyzeConfig(
+        base="smollm2-135m",
+        variants=args.variants,
+        datasets=["gsm8k"],
         samples=args.samples,
         max_length=args.max_length,
         batch_size=args.batch_size,
         metrics=args.metrics,
-        out=args.out,
         sequential=args.sequential,
     )
+    analyze(cfg, args.out)
     wall = time.perf_counter() - t
     print(json.dumps({"peak": peak_memory_bytes(), "before": before, "wall": wall}))
 

@@ -30,6 +30,9 @@ _LAZY = {
     "run_demo": "midblock.experiments.demo",
     "DemoConfig": "midblock.experiments.demo",
     "analyze": "midblock.analysis.analyze",
+    "AnalyzeConfig": "midblock.analysis.analyze",
+    "EvalConfig": "midblock.evaluation.evaluate",
+    "TrainConfig": "midblock.tuning.trainconfig",
 }
 
 __all__ = ["MidblockError", "resolve_layers", *_LAZY]

@@ -43,6 +43,9 @@ from midblock.analysis.recommend import RecommendConfig, recommend_band
 from midblock.analysis.rows import DEFAULT_METRICS, FAMILIES, pair_rows, per_model_rows
 from midblock.errors import MidblockError
 from midblock.io import RunDir, atomic_path, fresh_output_dir, provenance, read_torch_state, write_csv, write_json
+from midblock.layers import resolve_layers
+from midblock.models.introspect import get_layout
+from midblock.models.loading import parse_spec
 from midblock.validation import check_float_fields, check_number
 
 log = logging.getLogger(__name__)
@@ -53,27 +56,46 @@ CSV_COLUMNS = ["variant", "dataset", "layer", "depth", "metric", "value"]
 class AnalyzeConfig:
     """Settings of one analysis run (everything that changes the numbers is in the fingerprint)."""
 
-    base: str = field(metadata={"help": "base model spec"})
-    variants: list[str] = field(default_factory=list, metadata={"help": "variant model specs"})
-    datasets: list[str] = field(default_factory=lambda: ["gsm8k"], metadata={"help": "gsm8k, arith or a .jsonl"})
+    base: str = field(metadata={"help": "base model spec (smollm2-135m, random:<preset>, a directory...)"})
+    variants: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "variant model spec (a tuned model, BASE+ADAPTER, a midblock train run dir); repeatable",
+            "flag": "--variant",
+            "repeat": True,
+        },
+    )
+    datasets: list[str] = field(
+        default_factory=lambda: ["gsm8k"],
+        metadata={"help": "gsm8k, arith or FILE.jsonl; repeatable", "flag": "--data", "repeat": True},
+    )
     samples: int = field(default=200, metadata={"help": "samples per dataset"})
     max_length: int = field(default=128, metadata={"help": "tokens per sample (longer texts are truncated)"})
-    layers: str = field(default="all", metadata={"help": "layer indices 0..L (0 = embedding output)"})
-    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS), metadata={"help": "families"})
+    layers: str = field(
+        default="all", metadata={"help": "layer indices 0..L to analyse (0 = embedding output); any band spec"}
+    )
+    metrics: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METRICS),
+        metadata={"help": "comma list of metric families, 'default' or 'all' (see docs/metrics.md; default: default)"},
+    )
     batch_size: int = field(default=8, metadata={"help": "samples per forward"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ..."})
     dtype: str = field(default="fp32", metadata={"help": "fp32, bf16 or fp16 model weights"})
     split: str = field(default="test", metadata={"help": "dataset split analysed"})
     padding_side: str = field(default="right", metadata={"help": "right or left (results do not depend on it)"})
     alpha: float = field(default=1.0, metadata={"help": "Renyi entropy order"})
-    grad_batches: int = field(default=4, metadata={"help": "batches averaged for grad_norm"})
+    grad_batches: int = field(default=4, metadata={"help": "batches of the analysed data averaged for grad_norm"})
     seed: int = field(default=0, metadata={"help": "seed of random presets and data generation"})
     device_map: str | None = field(
         default=None, metadata={"help": "from_pretrained device_map, e.g. 'auto' to spread a big model (accelerate)"}
     )
     sequential: bool = field(
         default=False,
-        metadata={"help": "one model resident at a time: the base first (spilling what pairs need), then each variant"},
+        metadata={
+            "help": "keep one model in memory: the base over all batches first (what the paired metrics need is "
+            "spilled to OUT/cache/spill, deleted on success), then each variant; the same results as lockstep",
+            "aliases": ("--one-model-at-a-time",),
+        },
     )
 
     def __post_init__(self) -> None:
@@ -134,16 +156,36 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass
+class _Run:
+    """What every phase of one analysis shares: settings, the capture plan, the tokenised data, the cache."""
+
+    cfg: AnalyzeConfig
+    spec: CaptureSpec
+    seqs: dict[str, list[list[int]]]
+    cache: Path
+    resume: bool
+    pad_id: int
+    load_kw: dict[str, Any]
+
+    @property
+    def fams(self) -> set[str]:
+        return set(self.cfg.metrics)
+
+
 def _extract(
-    models, seqs, name, cfg, spec, cache: Path, resume: bool, pad_id: int, tag: str | None = None, **pairing
+    run: _Run, models, seqs, name: str, tag: str | None = None, resume=None, **pairing
 ) -> dict[str, ModelStats]:
     """Stream one dataset through ``models``, checkpointing accumulators so a resumed run continues.
 
     Lockstep mode passes every model (base first); one-model-at-a-time passes one model, a ``tag`` naming
-    its checkpoint files and the ``paired``/``on_keep`` arguments of ``collect``.
+    its checkpoint files and the ``paired``/``on_keep`` arguments of ``collect``. ``resume`` overrides the
+    run's own setting (the base's accumulators are reused only while its spilled states exist).
     """
     from tqdm.auto import tqdm
 
+    cfg, cache = run.cfg, run.cache
+    resume = run.resume if resume is None else resume
     rank, world = _dist()
     stem = name if tag is None else f"{name}@{tag}"
     done, part = cache / f"{stem}.r{rank}.pt", cache / f"{stem}.r{rank}.partial.pt"
@@ -156,7 +198,7 @@ def _extract(
         start, stats = ck["next_batch"], {k: ModelStats.from_state(v) for k, v in ck["stats"].items()}
         log.info("resuming %s at batch %d", name, start)
     n_batches = math.ceil(len(seqs) / cfg.batch_size)
-    mine = [b for b in make_batches(seqs, cfg.batch_size, pad_id, cfg.padding_side, start=start)]
+    mine = [b for b in make_batches(seqs, cfg.batch_size, run.pad_id, cfg.padding_side, start=start)]
     mine = [b for i, b in enumerate(mine, start) if i % world == rank]
     bar = tqdm(total=n_batches, initial=start, desc=f"extract {stem}", leave=False, disable=rank != 0)
 
@@ -166,7 +208,7 @@ def _extract(
             with atomic_path(part) as tmp:
                 torch.save({"next_batch": start + (i + 1) * world, "stats": {k: v.state() for k, v in st.items()}}, tmp)
 
-    stats = collect(models, mine, spec, stats, on_batch=checkpoint, **pairing)
+    stats = collect(models, mine, run.spec, stats, on_batch=checkpoint, **pairing)
     bar.close()
     with atomic_path(done) as tmp:
         torch.save({k: v.state() for k, v in stats.items()}, tmp)
@@ -200,45 +242,64 @@ def _grad_batches(seqs: list[list[int]], pad_id: int, cfg: AnalyzeConfig) -> lis
 
 
 def analyze(
-    base: str,
-    variants: list[str] | tuple[str, ...] = (),
-    datasets: list[str] | tuple[str, ...] = ("gsm8k",),
-    samples: int = 200,
-    max_length: int = 128,
-    layers: str = "all",
-    metrics: str | list[str] | None = None,
-    batch_size: int = 8,
-    device: str | None = None,
-    dtype: str = "fp32",
-    out: str | os.PathLike | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    recommend: RecommendConfig | None = None,
-    **options: Any,
+    cfg: AnalyzeConfig, out: str | os.PathLike, *, resume: bool = False, recommend: RecommendConfig | None = None
 ) -> dict[str, Any]:
-    """Analyse where ``variants`` differ from ``base``, layer by layer; returns the results dict.
+    """Analyse where ``cfg.variants`` differ from ``cfg.base``, layer by layer; returns the results dict.
 
-    Writes ``metrics.csv``, ``results.json``, ``plots/*.png`` and a report section into ``out``.
-    ``options`` are further ``AnalyzeConfig`` fields (split, padding_side, alpha, grad_batches).
+    Writes ``metrics.csv``, ``results.json``, ``plots/*.png`` and a report section into ``out``; with
+    ``resume`` a run interrupted in ``out`` continues from its cached accumulators (same fingerprint only).
     """
-    cfg = AnalyzeConfig(
-        base=base,
-        variants=list(variants),
-        datasets=list(datasets),
-        samples=samples,
-        max_length=max_length,
-        layers=layers,
-        metrics=parse_metrics(metrics),
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        **options,
-    )
-    from midblock.layers import resolve_layers
-    from midblock.models.introspect import get_layout
-    from midblock.models.loading import parse_spec
+    out = _check_inputs(cfg, out)
+    # load: data, models, tokens; the fingerprint is checked before anything is written
+    warnings: list[str] = []
+    texts = dict(load_texts(ds, cfg, warnings) for ds in cfg.datasets)
+    if len(texts) != len(cfg.datasets):
+        raise MidblockError("two --data values have the same name", hint="rename one of the files")
+    load_kw = {"device_map": cfg.device_map} if cfg.device_map else {}
+    models, tok, var_info, identities = load_models(cfg, cfg.seed, load_kw)
+    L = get_layout(models["base"]).num_layers
+    names = ["base", *(v["name"] for v in var_info)]
+    seqs, truncated = {}, {}
+    for name, tx in texts.items():
+        seqs[name], truncated[name] = tokenize(tx, tok, cfg.max_length)
+    fp = fingerprint(cfg, identities, seqs)
+    check_cache(out, fp)  # before anything is written: a cache from other settings is never reused
+    spec = _capture_spec(cfg, resolve_layers(cfg.layers, L + 1), multi=len(names) > 1)
+    rank, world = _dist()
+    if rank == 0:
+        from midblock.launch import describe_run
 
+        describe_run("analyze", world, cfg.batch_size)
+    # only the main process owns the run directory; other data-parallel ranks just contribute shards
+    with RunDir(out) if rank == 0 else contextlib.nullcontext() as rundir:
+        if rank == 0:
+            write_json(out / FINGERPRINT, fp)
+        run = _Run(cfg, spec, seqs, out / "cache", resume, tok.pad_token_id, load_kw)
+        run.cache.mkdir(parents=True, exist_ok=True)
+        # measure: every model's accumulators, then rows of metrics per dataset and model
+        if cfg.sequential:
+            parts, grads = _run_sequential(run, models, var_info)
+        else:
+            parts, grads = _run_lockstep(run, models)
+        csv_rows = _all_rows(parts, grads, names, L)
+        band = _recommend(csv_rows, L, names, recommend or RecommendConfig())
+        if rank != 0:
+            return {"rank": rank, "recommended_band": band, "rows": len(csv_rows), "warnings": []}
+        # write: metrics.csv, results.json, plots, the report section
+        warnings += [
+            f"dataset {ds}: {n} samples truncated to {cfg.max_length} tokens" for ds, n in truncated.items() if n
+        ]
+        results = _write_outputs(out, run, csv_rows, band, warnings, names, L, fp)
+        if cfg.sequential:
+            from midblock.analysis.sequential import remove_spill
+
+            remove_spill(run.cache / _SPILL)
+        rundir.mark_completed()
+    return results
+
+
+def _check_inputs(cfg: AnalyzeConfig, out: str | os.PathLike | None) -> Path:
+    """Everything checkable before loading a model: the output directory, the specs, the datasets."""
     if out is None:
         raise MidblockError("analyze needs an output directory", hint="--out DIR")
     out = fresh_output_dir(out)
@@ -246,25 +307,13 @@ def analyze(
         parse_spec(s)
     for ds in cfg.datasets:
         dataset_arg(ds)
-    rec_cfg = recommend or RecommendConfig()
-    warnings: list[str] = []
-    texts = dict(load_texts(ds, cfg, warnings) for ds in cfg.datasets)
-    if len(texts) != len(cfg.datasets):
-        raise MidblockError("two --data values have the same name", hint="rename one of the files")
+    return out
 
-    load_kw = {"device_map": cfg.device_map} if cfg.device_map else {}
-    models, tok, var_info, identities = load_models(cfg, seed, load_kw)
-    L = get_layout(models["base"]).num_layers
-    layer_idx = resolve_layers(cfg.layers, L + 1)  # layer indices 0..L (0 = embedding output)
-    names = ["base", *(v["name"] for v in var_info)]
-    seqs, truncated = {}, {}
-    for name, tx in texts.items():
-        seqs[name], truncated[name] = tokenize(tx, tok, cfg.max_length)
+
+def _capture_spec(cfg: AnalyzeConfig, layer_idx: list[int], multi: bool) -> CaptureSpec:
+    """What to accumulate per layer, from the metric families asked for."""
     fams = set(cfg.metrics)
-    fp = fingerprint(cfg, identities, seqs)
-    check_cache(out, fp)  # before anything is written: a cache from other settings is never reused
-
-    spec = CaptureSpec(
+    return CaptureSpec(
         layers=layer_idx,
         token_stats=tuple(
             s
@@ -274,45 +323,20 @@ def analyze(
             or s in fams
         ),
         pooled=bool(fams & _POOLED_FAMILIES),
-        token_cka="cka_token" in fams and len(names) > 1,
+        token_cka="cka_token" in fams and multi,
         logit_lens="logit_lens" in fams,
         alpha=cfg.alpha,
     )
-    rank, world = _dist()
-    if rank == 0:
-        from midblock.launch import describe_run
 
-        describe_run("analyze", world, cfg.batch_size)
-    pad_id = tok.pad_token_id
-    # only the main process owns the run directory; other data-parallel ranks just contribute shards
-    with RunDir(out) if rank == 0 else contextlib.nullcontext() as run:
-        if rank == 0:
-            write_json(out / FINGERPRINT, fp)
-        cache = out / "cache"
-        cache.mkdir(parents=True, exist_ok=True)
-        if cfg.sequential:
-            parts, grads = _run_sequential(models, var_info, cfg, spec, seqs, cache, resume, pad_id, fams, load_kw)
-        else:
-            parts, grads = _run_lockstep(models, cfg, spec, seqs, cache, resume, pad_id, fams)
-        csv_rows: list[dict[str, Any]] = []
-        for ds in seqs:
-            for nm in names:
-                csv_rows.extend(_csv_rows(nm, ds, parts[ds][nm], L))
-            if ds in grads:
-                csv_rows.extend(_csv_rows("base", ds, sorted(grads[ds].items()), L))
-        band = _recommend(csv_rows, L, names, rec_cfg)
-        if rank != 0:
-            return {"rank": rank, "recommended_band": band, "rows": len(csv_rows), "warnings": []}
-        for ds in seqs:
-            if truncated[ds]:
-                warnings.append(f"dataset {ds}: {truncated[ds]} samples truncated to {cfg.max_length} tokens")
-        results = _write_outputs(out, cfg, csv_rows, band, warnings, names, L, layer_idx, seqs, fp)
-        if cfg.sequential:
-            from midblock.analysis.sequential import remove_spill
 
-            remove_spill(cache / _SPILL)
-        run.mark_completed()
-    return results
+def _all_rows(parts: dict, grads: dict, names: list[str], L: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for ds in parts:
+        for nm in names:
+            rows.extend(_csv_rows(nm, ds, parts[ds][nm], L))
+        if ds in grads:
+            rows.extend(_csv_rows("base", ds, sorted(grads[ds].items()), L))
+    return rows
 
 
 _POOLED_FAMILIES = {
@@ -355,85 +379,91 @@ def _model_rows(stats: dict[str, ModelStats], nm: str, layer_idx, fams, alpha, w
     return rows
 
 
-def _run_lockstep(models, cfg, spec, seqs, cache, resume, pad_id, fams) -> tuple[dict, dict]:
+def _run_lockstep(run: _Run, models: dict[str, Any]) -> tuple[dict, dict]:
     """Every model loaded; each batch goes through the base and then every variant."""
-    layer_idx = spec.layers
+    cfg, fams, layer_idx = run.cfg, run.fams, run.spec.layers
     weight_rows = _weight_rows(models, fams)
     parts: dict[str, dict[str, list]] = {}
     grads: dict[str, dict] = {}
-    for ds, sq in seqs.items():
-        stats = _extract(models, sq, ds, cfg, spec, cache, resume, pad_id)
+    for ds, sq in run.seqs.items():
+        stats = _extract(run, models, sq, ds)
         parts[ds] = {nm: _model_rows(stats, nm, layer_idx, fams, cfg.alpha, weight_rows.get(nm)) for nm in models}
         if "grad_norm" in fams:
-            grads[ds] = _grad_cached(cache, ds, resume, models["base"], _grad_batches(sq, pad_id, cfg))
+            grads[ds] = _grad_cached(run, ds, models["base"])
     return parts, grads
 
 
-def _run_sequential(models, var_info, cfg, spec, seqs, cache, resume, pad_id, fams, load_kw) -> tuple[dict, dict]:
+def _run_sequential(run: _Run, models: dict[str, Any], var_info: list[dict]) -> tuple[dict, dict]:
     """One model resident at a time: the base over every dataset (spilling what the pairs need), then each
     variant in turn on identical batches. ``models`` holds only the base, which is dropped from it here."""
     from midblock.analysis import sequential as S
-    from midblock.analysis.weights import lora_delta, weight_delta
-    from midblock.models import load_model
     from midblock.models.introspect import get_layout
 
-    layer_idx, spill = spec.layers, cache / _SPILL
-    rank, _ = _dist()
+    spec, spill = run.spec, run.cache / _SPILL
     need_states = (spec.token_cka or spec.logit_lens) and bool(var_info)
     wfile = spill / "base_weights.safetensors"
-    need_weights = "weight_delta" in fams and any(not v["lora"] for v in var_info) and rank == 0
-    parts: dict[str, dict[str, list]] = {ds: {} for ds in seqs}
+    need_weights = "weight_delta" in run.fams and any(not v["lora"] for v in var_info) and _dist()[0] == 0
+    parts: dict[str, dict[str, list]] = {ds: {} for ds in run.seqs}
     grads: dict[str, dict] = {}
     base_stats: dict[str, ModelStats] = {}
     base = models.pop("base")
-    if need_weights and not (resume and wfile.exists()):
+    if need_weights and not (run.resume and wfile.exists()):
         S.save_base_weights(base, wfile)
-    for ds, sq in seqs.items():
+    for ds, sq in run.seqs.items():
         # a resumed run reuses the base's accumulators only while its spilled states are still there
-        keep_cache = resume and (not need_states or (spill / ds).exists())
+        keep_cache = run.resume and (not need_states or (spill / ds).exists())
         writer = S.SpillWriter(spill / ds) if need_states else None
-        st = _extract({"base": base}, sq, ds, cfg, spec, cache, keep_cache, pad_id, tag="base", on_keep=writer)
+        st = _extract(run, {"base": base}, sq, ds, tag="base", resume=keep_cache, on_keep=writer)
         base_stats[ds] = st["base"]
-        parts[ds]["base"] = _model_rows(st, "base", layer_idx, fams, cfg.alpha)
+        parts[ds]["base"] = _model_rows(st, "base", spec.layers, run.fams, run.cfg.alpha)
         if writer is not None and writer.bytes:
             log.info("spilled %.1f MB of base states for %s", writer.bytes / 2**20, ds)
-        if "grad_norm" in fams:
-            grads[ds] = _grad_cached(cache, ds, resume, base, _grad_batches(sq, pad_id, cfg))
+        if "grad_norm" in run.fams:
+            grads[ds] = _grad_cached(run, ds, base)
     lay = get_layout(base)
-    lens = (None, None)
-    if spec.logit_lens and var_info:
-        lens = (S.detached_copy(lay.final_norm), S.detached_copy(lay.lm_head))
+    lens = (S.detached_copy(lay.final_norm), S.detached_copy(lay.lm_head)) if spec.logit_lens and var_info else None
     lay = base = None  # the base is freed before any variant is loaded
     S.release_memory()
     for v in var_info:
-        nm = v["name"]
-        vm, _ = load_model(v["spec"], dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, **load_kw)
-        if model_identity(vm) != v["identity"]:
-            raise MidblockError(f"variant {nm} changed on disk during the run", hint="rerun when it is stable")
-        wrows: dict = {}
-        if v["lora"]:
-            if fams & {"lora_delta", "weight_delta"}:
-                wrows = lora_delta(vm)
-        elif need_weights:
-            wrows = weight_delta(S.SavedWeights(wfile), vm)
-        for ds, sq in seqs.items():
-            paired = S.BasePair(spill / ds, *lens) if need_states else (lambda batch: None)
-            st = _extract({nm: vm}, sq, ds, cfg, spec, cache, resume, pad_id, tag=nm, paired=paired)
-            parts[ds][nm] = _model_rows({"base": base_stats[ds], nm: st[nm]}, nm, layer_idx, fams, cfg.alpha, wrows)
-            st = None  # the variant's accumulators (D x D moments) are not needed once its rows exist
-        vm = None
+        for ds, rows in _one_variant(run, v, base_stats, lens, wfile if need_weights else None, need_states).items():
+            parts[ds][v["name"]] = rows
         S.release_memory()
     return parts, grads
 
 
-def _grad_cached(cache: Path, ds: str, resume: bool, model, batches) -> dict:
+def _one_variant(run: _Run, v: dict, base_stats: dict, lens, wfile: Path | None, need_states: bool) -> dict:
+    """Load one variant, check it is the one fingerprinted, and measure it against the base's saved state."""
+    from midblock.analysis import sequential as S
+    from midblock.analysis.weights import lora_delta, weight_delta
+    from midblock.models import load_model
+
+    cfg, spill, nm = run.cfg, run.cache / _SPILL, v["name"]
+    vm, _ = load_model(v["spec"], dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, **run.load_kw)
+    if model_identity(vm) != v["identity"]:
+        raise MidblockError(f"variant {nm} changed on disk during the run", hint="rerun when it is stable")
+    wrows: dict = {}
+    if v["lora"]:
+        if run.fams & {"lora_delta", "weight_delta"}:
+            wrows = lora_delta(vm)
+    elif wfile is not None:
+        wrows = weight_delta(S.SavedWeights(wfile), vm)
+    rows = {}
+    for ds, sq in run.seqs.items():
+        paired = S.BasePair(spill / ds, *(lens or (None, None))) if need_states else (lambda batch: None)
+        st = _extract(run, {nm: vm}, sq, ds, tag=nm, paired=paired)
+        rows[ds] = _model_rows({"base": base_stats[ds], nm: st[nm]}, nm, run.spec.layers, run.fams, cfg.alpha, wrows)
+    return rows
+
+
+def _grad_cached(run: _Run, ds: str, model) -> dict:
     from midblock.analysis.weights import grad_norm
 
-    f = cache / f"{ds}.grad.pt"
-    if resume and f.exists():
+    f = run.cache / f"{ds}.grad.pt"
+    if run.resume and f.exists():
         return _read_cache(f)
     from tqdm.auto import tqdm
 
+    batches = _grad_batches(run.seqs[ds], run.pad_id, run.cfg)
     g = grad_norm(model, tqdm(batches, desc=f"grad_norm {ds}", leave=False, disable=_dist()[0] != 0))
     with atomic_path(f) as tmp:
         torch.save(g, tmp)
@@ -487,7 +517,7 @@ def _recommend(rows: list[dict], L: int, names: list[str], cfg: RecommendConfig)
     return recommend_band(profiles, L, cfg, mode="variant" if variant_mode else "base-only")
 
 
-def _write_outputs(out, cfg, csv_rows, band, warnings, names, L, layer_idx, seqs, fp) -> dict[str, Any]:
+def _write_outputs(out, run: _Run, csv_rows, band, warnings, names, L, fp) -> dict[str, Any]:
     from midblock.analysis.report import analysis_section
     from midblock.reporting.plots import plot_profiles
     from midblock.reporting.report import add_section
@@ -495,13 +525,14 @@ def _write_outputs(out, cfg, csv_rows, band, warnings, names, L, layer_idx, seqs
     for r in csv_rows:
         r["value"] = float(r["value"])
     write_csv(out / "metrics.csv", csv_rows, CSV_COLUMNS)
+    cfg = run.cfg
     plots = plot_profiles(csv_rows, out / "plots", L, band["indices"], title=f"{cfg.base}:")
     results = provenance(asdict(cfg), cfg.seed)
     results.update(
         models=names,
         num_blocks=L,
-        layers=layer_idx,
-        datasets={k: len(v) for k, v in seqs.items()},
+        layers=run.spec.layers,
+        datasets={k: len(v) for k, v in run.seqs.items()},
         fingerprint=fp["key"],
         warnings=warnings,
         recommended_band=band,

@@ -6,7 +6,9 @@ Each field's flag, help, choices and default come from the dataclass itself:
   ``warmup_steps``); a bool that defaults to True gets a negative flag (``metadata["flag"] = "--full-logits"``
   with ``metadata["negate"] = True``, or ``--no-field-name``);
 - the help text is ``metadata["help"]``, and the default is appended to it;
-- a ``Literal[...]`` type gives the choices; ``int``/``float``/``str``/``list[int]``/``list[str]`` the parser.
+- a ``Literal[...]`` type gives the choices; ``int``/``float``/``str``/``list[int]``/``list[str]`` the parser
+  (a comma list, or with ``metadata["repeat"]`` one value per repeated flag); ``metadata["aliases"]`` adds
+  other spellings.
 
 Fields a command fills itself (``out``, nested configs, mappings that only a YAML file can express) are
 skipped by name. :func:`config_kwargs` reads the parsed values back, by field name, for the config's
@@ -109,7 +111,18 @@ def add_config_args(
             flag = f.metadata.get("flag") or ("--no-" if negate else "--") + f.name.replace("_", "-")
             action = "store_false" if negate else "store_true"
             value = argparse.SUPPRESS if only_given else default
-            parser.add_argument(flag, dest=f.name, action=action, default=value, help=help_text)
+            parser.add_argument(
+                flag, *f.metadata.get("aliases", ()), dest=f.name, action=action, default=value, help=help_text
+            )
+            continue
+        if f.metadata.get("repeat"):  # a list given one value per flag: --variant A --variant B
+            (inner,) = typing.get_args(tp) or (str,)
+            flags = [flag_of(f), *f.metadata.get("aliases", ())]
+            shown = f" (default: {_shown(default)})" if "default" not in help_text else ""
+            metavar = flag_of(f).lstrip("-").upper().replace("-", "_")
+            parser.add_argument(
+                *flags, dest=f.name, type=inner, action="append", default=None, metavar=metavar, help=help_text + shown
+            )
             continue
         kind, extra = _parser_for(hints[f.name])
         shown = f" (default: {_shown(default)})" if "default" not in help_text else ""
@@ -123,10 +136,17 @@ def add_config_args(
 
 
 def config_kwargs(args: argparse.Namespace, cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The parsed values of ``cls``'s fields, by field name, for its constructor."""
-    return {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip and hasattr(args, f.name)
-    }
+    """The parsed values of ``cls``'s fields, by field name, for its constructor (a repeatable flag never
+    given leaves the field's own default)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        if value is None and f.metadata.get("repeat"):
+            continue
+        out[f.name] = value
+    return out
 
 
 def add_command(sub, name: str, *, help: str, doc: str | None) -> argparse.ArgumentParser:

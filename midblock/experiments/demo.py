@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from midblock.analysis.analyze import analyze
+from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.analysis.rows import DEFAULT_METRICS
 from midblock.data import load_gsm8k
 from midblock.errors import MidblockError
@@ -141,16 +141,14 @@ def _analyze(config: DemoConfig, out: Path, variants: list[str]) -> dict[str, An
     if RunDir(out).completed:
         return read_json(out / "results.json")
     # grad_norm is a property of the base alone and was measured in the base analysis already
-    metrics = [m for m in DEFAULT_METRICS if m != "grad_norm"] if variants else None
-    kw = {"metrics": metrics} if metrics else {}
-    return analyze(
-        config.model,
-        variants,
+    metrics = [m for m in DEFAULT_METRICS if m != "grad_norm"] if variants else list(DEFAULT_METRICS)
+    cfg = AnalyzeConfig(
+        base=config.model,
+        variants=variants,
         datasets=[config.data if (config.task == "gsm8k" and config.data) else config.task],
         samples=ANALYSIS_SAMPLES[config.profile],
         max_length=256,
-        out=out,
+        metrics=metrics,
         seed=config.seed,
-        resume=True,
-        **kw,
     )
+    return analyze(cfg, out, resume=True)

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from midblock.analysis.analyze import analyze
+from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.data import load_rows
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
@@ -186,8 +186,13 @@ def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dic
     if RunDir(adir).completed:
         res = read_json(adir / "results.json")
     else:
-        kw = {"datasets": [aa.get("data", cc.task)], "samples": aa.get("samples", 64)}
-        res = analyze(cc.model, [], max_length=aa.get("max_length", 256), out=adir, resume=True, **kw)
+        acfg = AnalyzeConfig(
+            base=cc.model,
+            datasets=[aa.get("data", cc.task)],
+            samples=aa.get("samples", 64),
+            max_length=aa.get("max_length", 256),
+        )
+        res = analyze(acfg, adir, resume=True)
     rec = res["recommended_band"]
     methods = [m | {"band": rec["spec"]} if m in auto else m for m in cc.methods]
     return replace(cc, methods=methods), rec

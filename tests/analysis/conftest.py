@@ -39,6 +39,14 @@ def variants(tmp_path_factory):
 
 # the shared end-to-end run: every metric family, two variants (data-parallel and one-model-at-a-time runs
 # with these settings must give the same metrics.csv)
+def run_analyze(base, variants=(), datasets=("gsm8k",), *, out, resume=False, recommend=None, **settings):
+    """``analyze`` with its ``AnalyzeConfig`` built from keywords (the tests' shorthand)."""
+    from midblock.analysis.analyze import AnalyzeConfig, analyze
+
+    cfg = AnalyzeConfig(base=base, variants=list(variants), datasets=list(datasets), **settings)
+    return analyze(cfg, out, resume=resume, recommend=recommend)
+
+
 RUN_KW = dict(datasets=["arith"], samples=12, max_length=40, batch_size=4, metrics="all", grad_batches=2)
 
 
@@ -49,8 +57,7 @@ def read_rows(out: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def run(variants, tmp_path_factory):
-    from midblock.analysis.analyze import analyze
 
     out = tmp_path_factory.mktemp("runs") / "a"
-    res = analyze("random:llama-8l", [variants["tail"], variants["late"]], out=out, **RUN_KW)
+    res = run_analyze("random:llama-8l", [variants["tail"], variants["late"]], out=out, **RUN_KW)
     return out, res, read_rows(out)

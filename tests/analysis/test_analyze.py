@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from midblock.analysis.analyze import CSV_COLUMNS, analyze
+from midblock.analysis.analyze import CSV_COLUMNS
 from midblock.errors import MidblockError
 from midblock.layers import resolve_layers
-from tests.analysis.conftest import K, L, _save_variant
+from tests.analysis.conftest import K, L, _save_variant, run_analyze
 from tests.conftest import run_cli
 
 
@@ -70,7 +70,7 @@ def test_variants_keep_separate_results(run):
 
 
 def test_identical_variant_and_base_only(tmp_path):
-    res = analyze(
+    res = run_analyze(
         "random:llama-8l",
         ["random:llama-8l"],
         ["arith"],
@@ -87,7 +87,7 @@ def test_identical_variant_and_base_only(tmp_path):
         if r["metric"] in ("mean_shift", "weight_delta"):
             assert float(r["value"]) == 0.0
     assert res["recommended_band"]["evidence"]["fallback"]
-    solo = analyze(
+    solo = run_analyze(
         "random:llama-8l",
         [],
         ["arith"],
@@ -104,7 +104,7 @@ def test_identical_variant_and_base_only(tmp_path):
 def test_fewer_samples_warns_and_empty_fails(tmp_path):
     f = tmp_path / "three.jsonl"
     f.write_text("".join(json.dumps({"text": f"sample number {i} text"}) + "\n" for i in range(3)))
-    res = analyze(
+    res = run_analyze(
         "random:llama-tiny", [], [str(f)], samples=5, max_length=32, out=tmp_path / "r", metrics="dataset_entropy"
     )
     assert res["datasets"] == {"three": 3} and any("3 samples available, 5 asked" in w for w in res["warnings"])
@@ -138,20 +138,20 @@ def test_tokenizer_and_hidden_size_mismatch(tmp_path):
     tok.add_tokens(["<extra>"])
     v = _save_variant(tmp_path / "v", L, tokenizer=tok)
     with pytest.raises(MidblockError, match="different tokenizer"):
-        analyze("random:llama-8l", [v], ["arith"], samples=2, out=tmp_path / "o")
+        run_analyze("random:llama-8l", [v], ["arith"], samples=2, out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
 def test_cache_other_settings_refused_and_resume(tmp_path, variants):
     out = tmp_path / "c"
     kw = dict(datasets=["arith"], max_length=24, batch_size=2, metrics="cka,sparsity")
-    analyze("random:llama-8l", [variants["late"]], samples=4, out=out, **kw)
+    run_analyze("random:llama-8l", [variants["late"]], samples=4, out=out, **kw)
     first = (out / "metrics.csv").read_text()
     with pytest.raises(MidblockError, match=r"different data, settings \(samples\)"):
-        analyze("random:llama-8l", [variants["late"]], samples=5, out=out, **kw)
+        run_analyze("random:llama-8l", [variants["late"]], samples=5, out=out, **kw)
     (out / "metrics.csv").unlink()
     (out / "COMPLETED").unlink()
-    analyze("random:llama-8l", [variants["late"]], samples=4, out=out, resume=True, **kw)
+    run_analyze("random:llama-8l", [variants["late"]], samples=4, out=out, resume=True, **kw)
     assert (out / "metrics.csv").read_text() == first
 
 
@@ -186,7 +186,7 @@ def test_resume_continues_after_an_interruption(tmp_path, monkeypatch):
     import midblock.analysis.analyze as A
 
     kw = dict(datasets=["arith"], samples=12, max_length=16, batch_size=1, metrics="cka,curvature,sparsity")
-    analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "ref", **kw)
+    run_analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "ref", **kw)
     reference = (tmp_path / "ref" / "metrics.csv").read_text()
 
     real_collect = A.collect
@@ -203,12 +203,12 @@ def test_resume_continues_after_an_interruption(tmp_path, monkeypatch):
 
     monkeypatch.setattr(A, "collect", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "r", **kw)
+        run_analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "r", **kw)
     assert not (tmp_path / "r" / "metrics.csv").exists()
     monkeypatch.setattr(A, "collect", real_collect)
     resumed = []
     monkeypatch.setattr(A, "make_batches", lambda *a, **k: [resumed.append(k.get("start")), *real_mb(*a, **k)][1:])
-    analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "r", resume=True, **kw)
+    run_analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "r", resume=True, **kw)
     assert resumed == [10]
     assert (tmp_path / "r" / "metrics.csv").read_text() == reference
 

@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from midblock.analysis import sequential as S
-from midblock.analysis.analyze import analyze
 from midblock.analysis.capture import CaptureSpec, collect, make_batches
 from midblock.analysis.weights import weight_delta
-from tests.analysis.conftest import RUN_KW, read_rows
+from tests.analysis.conftest import RUN_KW, read_rows, run_analyze
 from tests.conftest import run_cli
 
 
@@ -45,7 +44,7 @@ def test_sequential_equals_lockstep_with_one_model_alive(run, variants, tmp_path
     out = tmp_path / "seq"
     # the variants are checkpoints: device_map reaches from_pretrained (on this CPU machine: all on the CPU)
     variant_specs = [variants["tail"], variants["late"]]
-    res = analyze("random:llama-8l", variant_specs, out=out, sequential=True, device_map="auto", **RUN_KW)
+    res = run_analyze("random:llama-8l", variant_specs, out=out, sequential=True, device_map="auto", **RUN_KW)
     # variants checked alone, then the base; each variant again for its pass: never two models at once
     assert alive_at_load == [0] * 5
     rows = read_rows(out)
@@ -114,7 +113,7 @@ def test_sequential_resume_after_interrupted_variant_pass(tmp_path, monkeypatch)
     import midblock.analysis.analyze as A
 
     kw = dict(datasets=["arith"], samples=12, max_length=16, batch_size=1, metrics="cka,cka_token,logit_lens")
-    analyze("random:llama-tiny", ["random:llama-tiny"], out=tmp_path / "ref", seed=3, **kw)
+    run_analyze("random:llama-tiny", ["random:llama-tiny"], out=tmp_path / "ref", seed=3, **kw)
     real_collect = A.collect
     base_passes = []
 
@@ -133,10 +132,10 @@ def test_sequential_resume_after_interrupted_variant_pass(tmp_path, monkeypatch)
     monkeypatch.setattr(A, "collect", interrupted)
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
-        analyze("random:llama-tiny", ["random:llama-tiny"], out=out, seed=3, sequential=True, **kw)
+        run_analyze("random:llama-tiny", ["random:llama-tiny"], out=out, seed=3, sequential=True, **kw)
     assert len(list((out / "cache" / "spill" / "arith").glob("b*.safetensors"))) == 12
     assert (out / "cache" / "arith@random:llama-tiny.r0.partial.pt").exists()
-    analyze("random:llama-tiny", ["random:llama-tiny"], out=out, seed=3, sequential=True, resume=True, **kw)
+    run_analyze("random:llama-tiny", ["random:llama-tiny"], out=out, seed=3, sequential=True, resume=True, **kw)
     assert len(base_passes) == 1  # the resumed run reused the base's finished pass
     _assert_same_rows(read_rows(out), read_rows(tmp_path / "ref"))
     assert not (out / "cache" / "spill").exists()
