@@ -228,17 +228,8 @@ def evaluate_model(
         from midblock.fingerprint import model_identity
 
         identity = model_identity(model, tokenizer)
-    return _run(
-        cfg,
-        items,
-        prompts,
-        out_dir,
-        model_spec,
-        progress,
-        t0,
-        lambda todo, cb: generate_completions(model, tokenizer, todo, cfg.decode_config(progress), cb),
-        identity,
-    )
+    job = _Job(cfg, items, prompts, out_dir, model_spec, identity, progress, t0)
+    return _run(job, lambda todo, cb: generate_completions(model, tokenizer, todo, cfg.decode_config(progress), cb))
 
 
 def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: float) -> dict[str, Any]:
@@ -263,7 +254,7 @@ def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: floa
     from midblock.fingerprint import spec_identity, tokenizer_digest
 
     identity = {"files": spec_identity(ms.original), "tokenizer": tokenizer_digest(tok)} if out_dir else None
-    return _run(cfg, items, prompts, out_dir, ms.original, progress, t0, gen, identity)
+    return _run(_Job(cfg, items, prompts, out_dir, ms.original, identity, progress, t0), gen)
 
 
 # Settings that do not change an item's result: which items are run, and how many at once.
@@ -313,72 +304,93 @@ def _load_saved(cfg, items, prompts, out_dir: Path, identity: dict[str, Any]) ->
     return records
 
 
-def _run(
-    cfg, items, prompts, out_dir, model_spec, progress, t0, gen, identity: dict[str, Any] | None
-) -> dict[str, Any]:
-    from midblock.io import RunDir, append_jsonl, provenance, write_json
+@dataclass
+class _Job:
+    """One evaluation: what to score, where to store it, and what the stored results are keyed on."""
 
+    cfg: EvalConfig
+    items: list[dict[str, Any]]
+    prompts: list[str]
+    out_dir: str | Path | None
+    model_spec: str | None
+    identity: dict[str, Any] | None  # the model's fingerprint (None when nothing is stored)
+    progress: bool = True
+    t0: float = field(default_factory=time.perf_counter)
+
+
+def _run(job: _Job, gen) -> dict[str, Any]:
+    """Generate the items not yet stored (``gen(prompts, on_result)``), score them, and summarise."""
+    from midblock.io import RunDir, append_jsonl, write_json
+
+    cfg, out_dir = job.cfg, job.out_dir
     records: dict[int, dict[str, Any]] = {}
     run = None
-    items_path = None
     if out_dir is not None:
         run = RunDir(out_dir).acquire()
-        items_path = Path(out_dir) / ITEMS_FILE
         try:
-            records = _load_saved(cfg, items, prompts, Path(out_dir), identity)
+            records = _load_saved(cfg, job.items, job.prompts, Path(out_dir), job.identity)
         except BaseException:
             run.release()
             raise
     try:
-        todo = [(it, p) for it, p in zip(items, prompts) if it["index"] not in records]
+        todo = [(it, p) for it, p in zip(job.items, job.prompts) if it["index"] not in records]
         if records:
-            log.info("resuming: %d of %d items already done", len(items) - len(todo), len(items))
+            log.info("resuming: %d of %d items already done", len(job.items) - len(todo), len(job.items))
 
         def on_result(j: int, completion: str) -> None:
             it, prompt = todo[j]
-            rec = {
-                "index": it["index"],
-                "item_hash": _item_hash(it),
-                "protocol": cfg.protocol,
-                "prompt": prompt,
-                "completion": completion,
-                "gold": it["answer"].split("####")[-1].strip(),
-                "scores": score_all(completion, it["answer"]),
-            }
-            records[it["index"]] = rec
-            if items_path is not None:
-                append_jsonl(items_path, rec)
+            records[it["index"]] = rec = _record(cfg, it, prompt, completion)
+            if out_dir is not None:
+                append_jsonl(Path(out_dir) / ITEMS_FILE, rec)
 
         g0 = time.perf_counter()
         if todo:
             gen([p for _, p in todo], on_result)
-        gen_s = time.perf_counter() - g0
-        ordered = [records[it["index"]] for it in items]
-        summary = summarize(ordered, cfg.spec.primary)
-        summary.update(
-            task=cfg.task,
-            protocol=cfg.protocol,
-            chat_template=cfg.chat_template,
-            num_fewshot=cfg.shots,
-            fewshot_sampling=cfg.fewshot_sampling if cfg.shots else None,
-            max_new_tokens=cfg.decode_config(False).max_new_tokens,
-            model=model_spec,
-            seed=cfg.seed,
-            first_index=items[0]["index"],
-            generated_now=len(todo),
-            generation_s=round(gen_s, 3),
-            items_per_s=round(len(todo) / gen_s, 4) if todo and gen_s > 0 else None,
-            wall_s=round(time.perf_counter() - t0, 3),
-            fingerprint=eval_fingerprint(cfg, identity)["key"] if identity else None,
-            provenance=provenance(asdict(cfg) | {"model": model_spec}, cfg.seed),
-        )
+        summary = _summary(job, [records[it["index"]] for it in job.items], len(todo), time.perf_counter() - g0)
         if out_dir is not None:
-            write_json(Path(out_dir) / SUMMARY_FILE, summary)
+            write_json(Path(out_dir) / SUMMARY_FILE, {k: v for k, v in summary.items() if k != "items"})
             run.mark_completed()
-        return summary | {"items": ordered}
+        return summary
     finally:
         if run is not None:
             run.release()
+
+
+def _record(cfg: EvalConfig, it: dict[str, Any], prompt: str, completion: str) -> dict[str, Any]:
+    return {
+        "index": it["index"],
+        "item_hash": _item_hash(it),
+        "protocol": cfg.protocol,
+        "prompt": prompt,
+        "completion": completion,
+        "gold": it["answer"].split("####")[-1].strip(),
+        "scores": score_all(completion, it["answer"]),
+    }
+
+
+def _summary(job: _Job, ordered: list[dict[str, Any]], generated: int, gen_s: float) -> dict[str, Any]:
+    from midblock.io import provenance
+
+    cfg = job.cfg
+    summary = summarize(ordered, cfg.spec.primary)
+    summary.update(
+        task=cfg.task,
+        protocol=cfg.protocol,
+        chat_template=cfg.chat_template,
+        num_fewshot=cfg.shots,
+        fewshot_sampling=cfg.fewshot_sampling if cfg.shots else None,
+        max_new_tokens=cfg.decode_config(False).max_new_tokens,
+        model=job.model_spec,
+        seed=cfg.seed,
+        first_index=job.items[0]["index"],
+        generated_now=generated,
+        generation_s=round(gen_s, 3),
+        items_per_s=round(generated / gen_s, 4) if generated and gen_s > 0 else None,
+        wall_s=round(time.perf_counter() - job.t0, 3),
+        fingerprint=eval_fingerprint(cfg, job.identity)["key"] if job.identity else None,
+        provenance=provenance(asdict(cfg) | {"model": job.model_spec}, cfg.seed),
+    )
+    return summary | {"items": ordered}
 
 
 def _rewrite_if_torn(path: Path, saved: list[dict[str, Any]]) -> None:
