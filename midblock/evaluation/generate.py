@@ -332,10 +332,12 @@ def _greedy_loop(
     # with the prefix held once per row at the same positions, attention can read it once for all rows
     shared = start if prefix is not None and isinstance(getattr(cache, "layers", [None])[0], _PreallocatedLayer) else 0
     with shared_prefix_attention(model, shared):
-        return _decode(model, tokenizer, ids, mask, pos, start, kw, cfg, eos)
+        return _decode(model, tokenizer, (ids, mask, pos), start, kw, cfg, eos)
 
 
-def _decode(model, tokenizer, ids, mask, pos, start: int, kw: dict, cfg: DecodeConfig, eos: list[int]):
+def _decode(model, tokenizer, batch: tuple, start: int, kw: dict, cfg: DecodeConfig, eos: list[int]):
+    """Greedy decoding from position ``start`` of ``batch`` = (ids, mask, positions), prefix already cached."""
+    ids, mask, pos = batch
     B = ids.shape[0]
     out = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=pos[:, start:], use_cache=True, **kw)
     out_key = "cache" if "cache" in out else "past_key_values"  # where outputs put it

@@ -76,9 +76,9 @@ def two_arm_grid(
     seed: int = 0,
     steps: int | None = None,
     eval_items: int | None = None,
-    alpha_policy: str = "constant-ratio",
 ) -> dict[str, Any]:
-    """The demo's comparison as a grid: all-block LoRA vs mid-block LoRA on ``band``, matched budgets."""
+    """The demo's comparison as a grid: all-block LoRA vs mid-block LoRA on ``band``, matched budgets and
+    alpha/r (``constant-ratio``; a preset can set another alpha policy on both arms)."""
     if profile not in PROFILES:
         raise MidblockError(f"unknown profile '{profile}'", hint="use " + ", ".join(PROFILES))
     s = PROFILES[profile]
@@ -103,14 +103,14 @@ def two_arm_grid(
             "warmup_steps": max(1, steps // 10),
         },
         "methods": [
-            {"name": "lora", "method": "lora", "rank": s["rank"], "alpha_policy": alpha_policy},
+            {"name": "lora", "method": "lora", "rank": s["rank"], "alpha_policy": "constant-ratio"},
             {
                 "name": "midblock",
                 "method": "midblock",
                 "band": band,
                 "rank": s["rank"],
                 "budget_baseline_rank": s["rank"],
-                "alpha_policy": alpha_policy,
+                "alpha_policy": "constant-ratio",
             },
         ],
         "forgetting": {"data": "general", "limit": PROFILE_PPL_TEXTS[profile], "max_length": 128, "batch_size": 8},
@@ -151,7 +151,9 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
 def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
     """The grid of a named preset (a plain dict, as a YAML file would give)."""
     if name in PROFILES:
-        return two_arm_grid(name, alpha_policy=alpha_policy)
+        grid = two_arm_grid(name)
+        grid["methods"] = [m | {"alpha_policy": alpha_policy} for m in grid["methods"]]
+        return grid
     if name == "band-landscape":
         return band_landscape(alpha_policy)
     if name == "paper-segments":

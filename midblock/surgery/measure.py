@@ -55,26 +55,19 @@ class Measurer:
         return names
 
 
-def build_measurer(
-    *,
-    task: str | None,
-    protocol: str,
-    limit: int | None,
-    data: str | None,
-    corpus: str | None,
-    corpus_limit: int | None,
-    batch_size: int,
-    max_length: int,
-    max_new_tokens: int | None,
-) -> Measurer:
-    """Validate and load everything a measurement needs, before any model is loaded (tokenizer set later)."""
+def build_measurer(cfg) -> Measurer:
+    """Validate and load everything a measurement needs, before any model is loaded (tokenizer set later).
+
+    ``cfg`` carries the surgery settings (``SurgeryConfig``): task, protocol, limit, data, corpus,
+    corpus_limit, batch_size, max_length, max_new_tokens."""
+    task, corpus = cfg.task, cfg.corpus
     if task is None and corpus is None:
         raise MidblockError("nothing to measure", hint="give --task arith|gsm8k and/or --corpus FILE")
     texts: list[str] = []
     if corpus is not None:
         from midblock.evaluation.ppl import load_texts
 
-        texts = load_texts(corpus, limit=corpus_limit)
+        texts = load_texts(corpus, limit=cfg.corpus_limit)
         if not texts:
             raise MidblockError(f"corpus file {corpus} holds no text", hint="pass a non-empty .txt or .jsonl")
     eval_cfg, items = None, []
@@ -82,7 +75,12 @@ def build_measurer(
         from midblock.evaluation.evaluate import EvalConfig, load_test_items
 
         eval_cfg = EvalConfig(
-            task=task, protocol=protocol, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, data=data
+            task=task,
+            protocol=cfg.protocol,
+            limit=cfg.limit,
+            batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            data=cfg.data,
         )
         items = load_test_items(eval_cfg)
-    return Measurer(None, eval_cfg, items, texts, batch_size, max_length)
+    return Measurer(None, eval_cfg, items, texts, cfg.batch_size, cfg.max_length)

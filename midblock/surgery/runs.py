@@ -145,21 +145,22 @@ def _grid(
     kind: str,
     cfg: SurgeryConfig,
     configs: list[Configuration],
-    recipient: str,
-    recipient_seed: int,
-    donor: str,
-    donor_seed: int,
+    models: dict[str, tuple[str, int]],
     measurer,
     after=None,
 ) -> list[dict[str, Any]]:
-    """Load, patch, measure, restore every configuration; returns the rows in grid order."""
+    """Load, patch, measure, restore every configuration; returns the rows in grid order.
+
+    ``models``: ``{"recipient": (spec, seed), "donor": (spec, seed)}``: the model patched and the source of
+    the blocks patched in."""
     from midblock.io import RunDir, append_jsonl, fresh_output_dir, read_jsonl_tolerant, write_json
     from midblock.models import load_model
     from midblock.surgery.sources import open_source, tied_aliases
     from midblock.surgery.swap import check_source, run_configurations
 
     out = fresh_output_dir(cfg.out)
-    fingerprint = surgery_fingerprint(cfg, {"recipient": (recipient, recipient_seed), "donor": (donor, donor_seed)})
+    fingerprint = surgery_fingerprint(cfg, models)
+    (recipient, recipient_seed), (donor, donor_seed) = models["recipient"], models["donor"]
     _check_resume(out, kind, fingerprint)
     results = out / f"{kind}_results.jsonl"
     with RunDir(out):
@@ -243,17 +244,7 @@ def run_swap(cfg: SwapConfig) -> list[dict[str, Any]]:
 
     skeleton = validate_pair(cfg.base, cfg.variant)
     grid = swap_configurations(skeleton, segments=cfg.segments, bands=cfg.bands, with_head=cfg.with_head)
-    measurer = build_measurer(
-        task=cfg.task,
-        protocol=cfg.protocol,
-        limit=cfg.limit,
-        data=cfg.data,
-        corpus=cfg.corpus,
-        corpus_limit=cfg.corpus_limit,
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
-        max_new_tokens=cfg.max_new_tokens,
-    )
+    measurer = build_measurer(cfg)
     into_base = cfg.direction == "into-base"
     recipient, donor = ("base", "variant") if into_base else ("variant", "base")
     refs = reference_configurations(skeleton, recipient, donor)
@@ -262,7 +253,7 @@ def run_swap(cfg: SwapConfig) -> list[dict[str, Any]]:
         if c.info.get("kind") == "swap":
             c.info["direction"] = cfg.direction
     spec = {"base": (cfg.base, cfg.seed), "variant": (cfg.variant, cfg.variant_seed)}
-    return _grid("swap", cfg, configs, *spec[recipient], *spec[donor], measurer)
+    return _grid("swap", cfg, configs, {"recipient": spec[recipient], "donor": spec[donor]}, measurer)
 
 
 def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
@@ -279,17 +270,7 @@ def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
         raise MidblockError("the same --weights list is given twice")
     if cfg.save:
         fresh_output_dir(cfg.save, flag="--save")
-    measurer = build_measurer(
-        task=cfg.task,
-        protocol=cfg.protocol,
-        limit=cfg.limit,
-        data=cfg.data,
-        corpus=cfg.corpus,
-        corpus_limit=cfg.corpus_limit,
-        batch_size=cfg.batch_size,
-        max_length=cfg.max_length,
-        max_new_tokens=cfg.max_new_tokens,
-    )
+    measurer = build_measurer(cfg)
     configs = reference_configurations(skeleton, "base", "variant") + grid
 
     def save(model, tok, source) -> None:
@@ -300,10 +281,7 @@ def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
         "interpolate",
         cfg,
         configs,
-        cfg.base,
-        cfg.seed,
-        cfg.variant,
-        cfg.variant_seed,
+        {"recipient": (cfg.base, cfg.seed), "donor": (cfg.variant, cfg.variant_seed)},
         measurer,
         after=save if cfg.save else None,
     )
