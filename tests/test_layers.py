@@ -75,3 +75,19 @@ def test_format_indices_roundtrip():
     for idx in ([0, 1, 2, 5, 7, 8], [3], list(range(6, 24)), [1, 3, 5]):
         assert resolve_layers(format_indices(idx), 30) == idx
     assert format_indices(list(range(6, 24))) == "6-23"
+
+
+def test_the_papers_band_is_spelled_once():
+    """MidBlockConfig's default, the analysis' fallback, the presets and the demo all mean PAPER_BAND."""
+    from midblock.analysis.recommend import FALLBACK
+    from midblock.experiments.demo import DemoConfig
+    from midblock.experiments.grid import band_landscape, preset
+    from midblock.layers import PAPER_BAND
+    from midblock.tuning.config import MidBlockConfig
+
+    assert PAPER_BAND == "seg2-4/5"
+    assert MidBlockConfig().band == FALLBACK == DemoConfig().band == PAPER_BAND
+    for grid in (preset("quick"), preset("full")):
+        assert [m.get("band") for m in grid["methods"] if m["method"] == "midblock"] == [PAPER_BAND]
+    assert next(m for m in band_landscape()["methods"] if m["name"] == "paper")["band"] == PAPER_BAND
+    assert resolve_layers(PAPER_BAND, 24) != resolve_layers("0.2:0.8", 24)  # why one spelling matters
