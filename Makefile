@@ -9,7 +9,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 GSM8K_ENV := $(if $(wildcard $(GSM8K_DIR)/test.jsonl),MIDBLOCK_GSM8K=$(GSM8K_DIR),)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint venv clean bench
+.PHONY: demo test lint venv clean bench bench-e2e gpu-check
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,14 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# TRL + PEFT vs midblock inside SFTTrainer and `midblock train` (about 30 min on the 2-core CPU machine)
+bench-e2e: venv
+	$(OFFLINE) OMP_NUM_THREADS=1 $(BIN)/python bench/train_e2e.py --data $(GSM8K_DIR) --steps 3 --rounds 2 --out bench/results/train_e2e.md
+
+# the first-GPU check (nothing downloaded; says so and exits 0 without CUDA)
+gpu-check: venv
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

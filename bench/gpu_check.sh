@@ -44,7 +44,7 @@ MODE = sys.argv[1]
 GPU = MODE == "gpu"
 SPEC, DTYPE, DEV = ("random:olmo2-1b", torch.bfloat16, "cuda") if GPU else ("random:llama-tiny", torch.float32, "cpu")
 BATCH, SEQ, STEPS, ROUNDS = (8, 512, 5, 3) if GPU else (2, 64, 1, 1)
-BAND = "0.2:0.8"
+BAND = "seg2-4/5"  # the paper's band (midblock.layers.PAPER_BAND)
 torch.manual_seed(0)
 
 

@@ -35,6 +35,6 @@ def describe_run(what: str, world: int, batch_size: int, grad_accum: int = 1, en
         log.warning(
             "accelerate was asked for several processes but started one (its single-process launcher: no "
             "--multi_gpu and fewer than 2 GPUs). For several CPU processes use `torchrun --nproc-per-node N "
-            "$(which midblock) ...` or `accelerate launch --multi_gpu --num_processes N ...`"
+            "--no-python midblock ...` or `accelerate launch --multi_gpu --num_processes N ...`"
         )
     return line

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from midblock.data.tasks import IGNORE_INDEX
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
 
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from peft import LoraConfig
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 def band_lora_config(
@@ -52,6 +51,9 @@ def band_lora_config(
 
     if config is not None and fields:
         raise MidblockError("pass either a MidBlockConfig or its fields, not both")
+    unknown = sorted(set(fields) - set(MidBlockConfig.__dataclass_fields__))
+    if unknown:
+        raise MidblockError(f"band_lora_config got unknown field '{unknown[0]}'", hint="see MidBlockConfig's fields")
     cfg = config if config is not None else MidBlockConfig(**fields)
     if not cfg.is_lora:
         raise MidblockError(f"method '{cfg.method}' trains full parameters: there is no LoraConfig for it")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -110,3 +111,15 @@ def test_runs_say_what_they_are(caplog):
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         describe_run("train", 1, 4, env=simple)
     assert any("started one" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+@pytest.mark.slow
+def test_embedded_default_records_the_converted_directory():
+    """smollm2-135m: the adapter's base is the converted Hugging Face directory under $MIDBLOCK_CACHE."""
+    from midblock.errors import MidblockError
+
+    try:
+        base = loadable_base("smollm2-135m")  # converts the GGUF once (cached afterwards)
+    except MidblockError as e:
+        pytest.skip(f"embedded model not installed: {e}")
+    assert base is not None and (Path(base) / "config.json").exists() and (Path(base) / "tokenizer.json").exists()

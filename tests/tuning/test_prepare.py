@@ -116,8 +116,12 @@ def test_checkpointing_backward_never_visits_blocks_below_band(tiny):
     rep = check_truncated_backward(pm)
     assert rep["backward_depth"] == 4 and rep["checkpointed_blocks"] == [2, 3, 4, 5]
     assert _visited_blocks(pm, tok) == {2, 3, 4, 5}
-    # the peer set-up (input grads, as TRL/Trainer do with checkpointing) visits every block: the test can fail
+    # the prepared model's own enable_input_require_grads (what TRL/Trainer call) does nothing
     pm.enable_input_require_grads()
+    assert _visited_blocks(pm, tok) == {2, 3, 4, 5}
+    # the peer set-up (transformers' own method: input grads) visits every block: the test can fail
+    inner = pm.base_model.model
+    type(inner).enable_input_require_grads(inner)
     assert _visited_blocks(pm, tok) == set(range(6))
     with pytest.raises(MidblockError, match="requires grad"):
         check_truncated_backward(pm, fix=False)
@@ -153,9 +157,11 @@ def test_head_at_labels_loss_equals_full_loss(tiny, preset):
 def test_trainer_style_reentrant_checkpointing_is_repaired(tiny):
     model, tok = tiny("llama-tiny")
     pm = prepare_model(model, MidBlockConfig(band="3-4"))
-    # what Trainer(gradient_checkpointing=True) does: reentrant checkpointing on every block + input grads
-    pm.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    pm.enable_input_require_grads()
+    # what Trainer(gradient_checkpointing=True) does to a model that is not prepared (e.g. rebuilt by a trainer):
+    # reentrant checkpointing on every block + input grads, through transformers' own methods
+    inner = pm.base_model.model
+    type(inner).gradient_checkpointing_enable(inner, gradient_checkpointing_kwargs={"use_reentrant": True})
+    type(inner).enable_input_require_grads(inner)
     with pytest.raises(MidblockError):
         check_truncated_backward(pm)
     rep = check_truncated_backward(pm, fix=True)
@@ -163,6 +169,27 @@ def test_trainer_style_reentrant_checkpointing_is_repaired(tiny):
     blocks = get_layout(pm).blocks
     assert not any(blocks[i].gradient_checkpointing for i in range(3))
     assert _visited_blocks(pm, tok) == {3, 4, 5}
+
+
+def test_prepared_model_keeps_truncation_when_a_trainer_enables_checkpointing(tiny):
+    """The entry points Trainer / SFTTrainer call, on the prepared model: band-only, non-reentrant, no input grads."""
+    model, tok = tiny("llama-tiny")
+    pm = prepare_model(model, MidBlockConfig(band="3-4"))
+    pm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    pm.gradient_checkpointing_enable()  # the deprecated name, as older trainers call it
+    pm.enable_input_require_grads()
+    rep = check_truncated_backward(pm)  # fix=False: nothing to repair
+    assert rep["checkpointed_blocks"] == [3, 4, 5] and not rep["fixed"]
+    assert _visited_blocks(pm, tok) == {3, 4, 5}
+    import copy
+
+    twin = copy.deepcopy(pm)  # the methods are bound to the model, so a copy checkpoints its own blocks
+    for m in (pm, twin):
+        for blk in get_layout(m).blocks:
+            blk.gradient_checkpointing = False
+    twin.base_model.model.activation_checkpointing_enable()
+    assert check_truncated_backward(twin)["checkpointed_blocks"] == [3, 4, 5]
+    assert check_truncated_backward(pm)["checkpointed_blocks"] == []
 
 
 def test_refuses_trainable_params_below_the_band(tiny):

@@ -339,3 +339,40 @@ def test_gpu_check_script_parses_and_skips_without_cuda():
     env = {**os.environ, "PYTHON": sys.executable}
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0 and "no CUDA device" in r.stdout
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])
+def test_chunked_head_stats_are_per_row_ce_and_top1(grad):
+    """The per-token fields the TRL answer is built from: each row's cross-entropy and whether it is top-1."""
+    import torch.nn.functional as F
+
+    from midblock.tuning.loss import chunked_head_ce
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 16, generator=g, dtype=torch.float64, requires_grad=grad)
+    w = torch.randn(50, 16, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 50, (37,), generator=g)
+    y[:5] = (h[:5].detach() @ w.T).argmax(-1)  # some rows whose target is the arg-max
+    stats: dict = {}
+    total = chunked_head_ce(h, w, None, y, chunk=8, reduction="sum", stats=stats)
+    logits = h.detach() @ w.T
+    # float32 log-softmax on the no-grad path: float32 rounding against the float64 reference
+    ref = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(stats["row_loss"].double(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(stats["is_top1"], logits.argmax(-1) == y) and stats["is_top1"][:5].all()
+    assert float(total) == pytest.approx(float(ref.sum()), rel=1e-6)
+
+
+def test_band_lora_config_bad_input_is_one_line(tiny):
+    from midblock import MidblockError, band_lora_config
+
+    model, _ = tiny("llama-tiny")
+    with pytest.raises(MidblockError, match="unknown field 'bnad'"):
+        band_lora_config(model, bnad="2-3")
+    with pytest.raises(MidblockError, match="trains full parameters"):
+        band_lora_config(model, method="midblock-full", band="2-3")
+    with pytest.raises(MidblockError, match="selects|block"):
+        band_lora_config(model, band="7-9")  # past the last of 6 blocks
+    pm = prepare_model(model, MidBlockConfig(band=BAND, rank=4))
+    with pytest.raises(MidblockError, match="already a PEFT model"):
+        band_lora_config(pm, band=BAND)
