@@ -19,23 +19,49 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
+from midblock.data import IGNORE_INDEX, collate, load_examples, load_rows, resolve_task, tokenize_sft
 from midblock.errors import MidblockError
+from midblock.fingerprint import describe_change, rows_digest, spec_identity
 from midblock.io import (
     RunDir,
     append_jsonl,
     atomic_path,
+    fresh_output_dir,
     provenance,
     read_json,
     read_jsonl_tolerant,
+    save_safetensors,
     write_json,
     write_text,
 )
+from midblock.launch import describe_run
+from midblock.models import load_model
+from midblock.models.introspect import get_layout
+from midblock.models.loading import RUN_MANIFEST, parse_spec, save_adapter
+from midblock.models.skeleton import load_skeleton
+from midblock.resources import peak_memory_bytes, reset_peak_memory
+from midblock.tuning.budget import format_table, model_shape, parameter_row, predicted_ratios
 from midblock.tuning.config import MidBlockConfig
+from midblock.tuning.fsdp import (
+    check_fsdp_settings,
+    disable_rank0_only_loading,
+    fsdp_requested,
+    full_optimizer_state,
+    full_trainable_state,
+    grad_sync,
+    load_full_state,
+    shard_model,
+)
+from midblock.tuning.loss import causal_lm_loss
+from midblock.tuning.prepare import check_truncated_backward, plan, prepare_model
 from midblock.tuning.trainconfig import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -53,17 +79,9 @@ CKPT_DIR = "checkpoints"
 
 def _validate(config: TrainConfig) -> dict[str, Any]:
     """Everything that can be checked before loading the model or touching the run directory."""
-    from midblock.data import resolve_task
-    from midblock.io import fresh_output_dir
-    from midblock.models.introspect import get_layout
-    from midblock.models.loading import parse_spec
-    from midblock.models.skeleton import load_skeleton
-    from midblock.tuning.prepare import plan
 
     parse_spec(config.model)
     if config.fsdp:
-        from midblock.tuning.fsdp import check_fsdp_settings
-
         check_fsdp_settings()
     task = resolve_task(config.task, config.data)
     skeleton = load_skeleton(config.model)
@@ -100,8 +118,6 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
 
 def _inputs(config: TrainConfig, task: str) -> dict[str, Any]:
     """The contents a run was trained from: the base model's files and the training rows."""
-    from midblock.data import load_rows
-    from midblock.fingerprint import rows_digest, spec_identity
 
     rows = load_rows(task, "train", config.data, limit=config.limit)
     return {"model": spec_identity(config.model), "data": rows_digest(rows)}
@@ -109,7 +125,6 @@ def _inputs(config: TrainConfig, task: str) -> dict[str, Any]:
 
 def _check_inputs(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
     """--resume continues only from the same base weights and the same training data, not just the same names."""
-    from midblock.fingerprint import describe_change
 
     for key, what in (("model", "base model files"), ("data", "training data")):
         if old is None or old.get(key) != new[key]:
@@ -121,7 +136,6 @@ def _check_inputs(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) ->
 
 
 def _load_data(config: TrainConfig, task: str, tokenizer) -> tuple[list, list, dict]:
-    from midblock.data import load_examples, tokenize_sft
 
     train_ex = load_examples(task, "train", config.data, limit=config.limit)
     try:
@@ -257,8 +271,6 @@ def _load_checkpoint(path: Path, model, opt, sched, fsdp: bool = False, world: i
             hint=f"relaunch with {st['world_size']} process(es) (accelerate launch --num_processes / torchrun)",
         )
     if fsdp:  # every rank read the file; each keeps its shard
-        from midblock.tuning.fsdp import load_full_state
-
         load_full_state(model, opt, st["trainable"], st["optimizer"])
     else:
         params = dict(model.named_parameters())
@@ -283,14 +295,10 @@ def _save_outputs(run: Path, model, config: TrainConfig, p, state: dict | None =
     ``state``: the trainable tensors already gathered to full size (FSDP); else read from ``model``.
     """
     if config.tuning.is_lora:
-        from midblock.models.loading import save_adapter
-
         kw = {"state_dict": state} if state is not None else {}  # PEFT keeps the LoRA keys of it
         with atomic_path(run / "adapter") as tmp:
             save_adapter(model, tmp, config.model, **kw)
         return {"adapter": "adapter", "delta": None}
-    from midblock.io import save_safetensors
-
     state = state if state is not None else _trainable_state(model)
     tensors = {n: t.contiguous() for n, t in state.items()}
     # deterministic bytes: two runs with the same seed give the same file (see save_safetensors)
@@ -301,7 +309,6 @@ def _save_outputs(run: Path, model, config: TrainConfig, p, state: dict | None =
 
 
 def _peak_mem(device: torch.device) -> tuple[int, str]:
-    from midblock.resources import peak_memory_bytes
 
     return peak_memory_bytes(str(device)), "cuda_max_allocated" if device.type == "cuda" else "rss"
 
@@ -343,6 +350,45 @@ def _accelerator(cuda: bool, mixed_precision: str):
     return Accelerator(cpu=not cuda, mixed_precision=mixed_precision)
 
 
+@dataclass
+class _Run:
+    """Everything one training run's phases share (one object instead of a dozen arguments)."""
+
+    config: TrainConfig
+    acc: Any  # the accelerate.Accelerator
+    model: Any  # what forward/backward run on (DDP- or FSDP-wrapped)
+    inner: Any  # the unwrapped model: parameters, checkpoints, outputs
+    plan: Any  # the tuning plan (midblock.tuning.prepare.Plan)
+    items: list[dict[str, list[int]]]
+    eval_items: list[dict[str, list[int]]]
+    pad: int
+    out: Path
+    rundir: RunDir | None
+    row: dict[str, Any]  # the parameter table row
+    pred: dict[str, float]  # predicted compute ratios
+    report: dict[str, Any]  # the truncated-backward check
+    t_start: float
+    opt: Any = None
+    sched: Any = None
+    params: list = field(default_factory=list)
+    n_steps: int = 0
+    start: int = 0  # the step a resumed run continues from
+    last_ckpt: Path | None = None
+    step_times: list[float] = field(default_factory=list)
+    tok_rates: list[float] = field(default_factory=list)
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    stopped: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes
+
+
 def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None = None) -> TrainResult:
     """Train per ``config`` and write a run directory that ``load_model(run_dir)`` loads.
 
@@ -350,16 +396,46 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     called after every optimizer step; returning True stops the run there with a checkpoint (as SIGINT
     does), and ``config.resume=True`` later continues it exactly. Returns a :class:`TrainResult`.
     """
-    from midblock.models import load_model
-    from midblock.tuning.budget import format_table, model_shape, parameter_row, predicted_ratios
-    from midblock.tuning.prepare import prepare_model
-
     t_start = time.perf_counter()
-    from midblock.tuning.fsdp import fsdp_requested
-
     config.fsdp = fsdp_requested(config.fsdp)  # recorded in the run's config: --resume must match it
-    v = _validate(config)
-    p = v["plan"]
+    checked = _validate(config)
+    acc = _start_accelerator(config)
+    reset_peak_memory(str(acc.device))  # this run's peak, not an earlier run's in the same process
+    # model and data: the base, its tokenizer, the tokenised examples; then the prepared (band) model
+    base, tok = load_model(config.model)
+    items, eval_items, data_report = _load_data(config, checked["task"], tok)
+    torch.manual_seed(config.seed)  # LoRA init
+    random.seed(config.seed)
+    model = prepare_model(base, config.tuning, base_name=config.model)
+    model.train()
+    row, pred, table = _parameter_report(config, checked, model, items, acc.is_main_process)
+    run = Path(config.out)
+    acc.wait_for_everyone()  # every process has validated `out` before the main one writes into it
+    rundir = RunDir(run) if acc.is_main_process else None
+    fresh = bool(rundir) and not config.resume and not (run.exists() and any(run.iterdir()))
+    if rundir:
+        rundir.acquire()
+    try:
+        if acc.is_main_process and not config.resume:
+            _write_run_config(config, checked, data_report, row, pred, table)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        st = _Run(
+            config, acc, model, model, checked["plan"], items, eval_items, pad, run, rundir, row, pred, {}, t_start
+        )
+        return _loop(st, on_step)
+    except MidblockError:
+        # A new run that fails before its first checkpoint (the loss turned non-finite at step 2) has nothing
+        # to resume, and its train_config.json would make the same --out refuse every later attempt: the
+        # directory held only this run's files (it was empty and is locked), so it goes.
+        if fresh and _latest_checkpoint(run) is None:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    finally:
+        if rundir:
+            rundir.release()
+
+
+def _start_accelerator(config: TrainConfig):
     cuda = torch.cuda.is_available()
     mp = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[config.precision]
     acc = _accelerator(cuda, mp)
@@ -369,32 +445,23 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
                 "FSDP needs several processes; this is one",
                 hint="run under accelerate launch --num_processes N or torchrun --nproc-per-node N",
             )
-        from midblock.tuning.fsdp import disable_rank0_only_loading
-
         disable_rank0_only_loading()
-    from midblock.resources import reset_peak_memory
+    return acc
 
-    reset_peak_memory(str(acc.device))  # this run's peak, not an earlier run's in the same process
-    main = acc.is_main_process
-    base, tok = load_model(config.model)
-    items, eval_items, data_report = _load_data(config, v["task"], tok)
-    torch.manual_seed(config.seed)  # LoRA init
-    random.seed(config.seed)
-    model = prepare_model(base, config.tuning, base_name=config.model)
-    model.train()
 
-    shape = model_shape(v["skeleton"])  # the unwrapped structure: PEFT wraps the target Linear modules
+def _parameter_report(config: TrainConfig, checked: dict, model, items: list, main: bool) -> tuple[dict, dict, str]:
+    """The parameter table row (from shapes, checked against the model), the predicted compute ratios, the table."""
+    p = checked["plan"]
+    shape = model_shape(checked["skeleton"])  # the unwrapped structure: PEFT wraps the target Linear modules
     layout = p.layout(config.tuning.gradient_checkpointing)
     mean_len = sum(len(it["input_ids"]) for it in items) / len(items)
     mean_lab = sum(sum(1 for x in it["labels"][1:] if x != -100) for it in items) / len(items)
-    tokens = config.batch_size * mean_len
-    baseline_r = config.tuning.budget_baseline_rank or config.tuning.rank
     pred = predicted_ratios(
         shape,
         layout,
-        baseline_rank=baseline_r,
+        baseline_rank=config.tuning.budget_baseline_rank or config.tuning.rank,
         seq_len=int(mean_len),
-        tokens=int(tokens),
+        tokens=int(config.batch_size * mean_len),
         head_tokens=int(config.batch_size * mean_lab) if config.head_at_labels else None,
     )
     row = parameter_row(config.tuning.method, shape, layout, p.alphas, p.scalings)
@@ -414,232 +481,231 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
             pred["vs_lora"],
             pred["vs_full"],
         )
+    return row, pred, table
 
+
+def _write_run_config(config: TrainConfig, checked: dict, data_report: dict, row: dict, pred: dict, table: str):
     run = Path(config.out)
-    acc.wait_for_everyone()  # every process has validated `out` before the main one writes into it
-    rundir = RunDir(run) if main else None
-    fresh = bool(rundir) and not config.resume and not (run.exists() and any(run.iterdir()))
-    if rundir:
-        rundir.acquire()
-    try:
-        if main and not config.resume:
-            write_json(
-                run / CONFIG_FILE,
-                {
-                    "train_config": config.to_dict(),
-                    "inputs": _inputs(config, v["task"]),
-                    "plan": p.to_dict(),
-                    "data": data_report,
-                    **provenance(config.to_dict(), config.seed),
-                },
-            )
-            write_json(
-                run / "param_table.json",
-                {"rows": [row], "predicted": pred, **provenance(config.to_dict(), config.seed)},
-            )
-            write_text(run / "param_table.md", table + "\n")
-        return _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir, t_start, on_step)
-    except MidblockError:
-        # A new run that fails before its first checkpoint (the loss turned non-finite at step 2) has nothing
-        # to resume, and its train_config.json would make the same --out refuse every later attempt: the
-        # directory held only this run's files (it was empty and is locked), so it goes.
-        if fresh and _latest_checkpoint(run) is None:
-            shutil.rmtree(run, ignore_errors=True)
-        raise
-    finally:
-        if rundir:
-            rundir.release()
+    prov = provenance(config.to_dict(), config.seed)
+    write_json(
+        run / CONFIG_FILE,
+        {
+            "train_config": config.to_dict(),
+            "inputs": _inputs(config, checked["task"]),
+            "plan": checked["plan"].to_dict(),
+            "data": data_report,
+            **prov,
+        },
+    )
+    write_json(run / "param_table.json", {"rows": [row], "predicted": pred, **prov})
+    write_text(run / "param_table.md", table + "\n")
 
 
-def _loop(config, acc, model, items, eval_items, tok, p, row, pred, run, rundir, t_start, on_step) -> TrainResult:
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    from midblock.data import IGNORE_INDEX, collate
-    from midblock.tuning.loss import causal_lm_loss
-    from midblock.tuning.prepare import check_truncated_backward
-
-    main = acc.is_main_process
-    world, rank = acc.num_processes, acc.process_index
-    if main:
-        from midblock.launch import describe_run
-
-        describe_run("train", world, config.batch_size, config.grad_accum)
-    fsdp = config.fsdp
-    if fsdp:  # not acc.prepare: accelerate ignores its FSDP plugin on CPU (see midblock.tuning.fsdp)
-        from midblock.tuning.fsdp import full_optimizer_state, full_trainable_state, grad_sync, shard_model
-
-        report = check_truncated_backward(model, fix=False)  # before sharding: it runs the embedding
-        model = inner = shard_model(model, acc.device)  # checks names and requires_grad are unchanged
-    else:
-        model = acc.prepare(model)
-        inner = acc.unwrap_model(model)
-        report = check_truncated_backward(inner, fix=False)  # re-check after the wrapper is built
-    params = [x for x in inner.parameters() if x.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
-    n_steps = total_steps(config, len(items), world)
-    sched = get_scheduler(config.schedule, opt, num_warmup_steps=config.warmup_steps, num_training_steps=n_steps)
-    start = 0
-    found = None
-    if config.resume:
-        found = _resume_state(run)
-        if found is None:  # stopped before the first checkpoint: the same run from step 0
-            log.warning("--resume: %s has no checkpoint yet; starting from step 0", run)
-            if main:
-                write_text(run / LOG_FILE, "")
-        else:
-            start = _load_checkpoint(found[0], inner, opt, sched, fsdp, world, st=found[1])
-    if config.resume and start:
-        if main:  # drop log lines written after the checkpoint: they will be written again
-            rows = [r for r in read_jsonl_tolerant(run / LOG_FILE) if r.get("step", 0) <= start]
-            write_text(run / LOG_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-        log.info("resumed at step %d", start)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    step_times: list[float] = []
-    tok_rates: list[float] = []
-    last_loss = eval_loss = None
-    last_ckpt = found[0] if found else _latest_checkpoint(run)  # the one resumed from, not a damaged newer one
-    stopped = False
-    bar = tqdm(total=n_steps, initial=start, disable=not (main and config.progress), desc="train", unit="step")
+def _loop(st: _Run, on_step) -> TrainResult:
+    """The training loop: set up, resume, then one optimizer step at a time until done or stopped."""
+    config = st.config
+    if st.main:
+        describe_run("train", st.world, config.batch_size, config.grad_accum)
+    # wrap (DDP or FSDP), re-check the truncated backward, build the optimizer and the schedule
+    _wrap_and_optimise(st)
+    # resume: trainable tensors, optimizer, schedule and RNG from the newest readable checkpoint
+    _resume(st)
+    bar = tqdm(total=st.n_steps, initial=st.start, disable=not (st.main and config.progress), desc="train", unit="step")
     # the bar is closed on an error too: the one-line error must start on a line of its own
     with _StopFlag() as stop, contextlib.closing(bar):
-        for step in range(start, n_steps):
-            t0 = time.perf_counter()
-            # Token-weighted, as HF Trainer (num_items_in_batch): the step's loss is the summed cross-entropy
-            # of every labelled token of the step (all micro-batches, all processes) over their number, so
-            # batch 4 == batch 2 x accum 2 == 2 processes x batch 2. DDP and FSDP average the gradients over
-            # processes, hence the factor `world` (Trainer's too).
-            idx_all = []
-            batches = []
-            for micro in range(config.grad_accum):
-                idx = _micro_batch(config, len(items), step, micro, rank, world)
-                idx_all += idx
-                batches.append(collate([items[i] for i in idx], pad))
-            n_lab = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-            n_lab = int(acc.reduce(torch.tensor(n_lab, device=acc.device), "sum"))
-            scale = world / max(n_lab, 1)  # no labelled token in the step: zero loss and zero gradient
-            step_loss = torch.zeros((), device=acc.device)
-            n_tok = 0
-            for micro, cpu_batch in enumerate(batches):
-                batch = {k: t.to(acc.device) for k, t in cpu_batch.items()}
-                sync = micro == config.grad_accum - 1
-                if fsdp:
-                    ctx = grad_sync(model, sync)
-                else:
-                    ctx = acc.no_sync(model) if (world > 1 and not sync) else _null()
-                with ctx, acc.autocast():
-                    loss, _ = causal_lm_loss(model, batch, config.head_at_labels, reduction="sum")
-                acc.backward(loss * scale)
-                step_loss += loss.detach().float()
-                n_tok += int(batch["attention_mask"].sum())
-            mean_loss = float(acc.reduce(step_loss, "sum")) / max(n_lab, 1)  # per-token mean of the step
-            if not math.isfinite(mean_loss):
-                raise MidblockError(
-                    f"loss is {mean_loss} at step {step + 1} (examples {idx_all[:8]}...)",
-                    hint=f"last good checkpoint: {last_ckpt or 'none'}; lower --lr or check the data",
-                )
-            if config.max_grad_norm and fsdp:  # DTensor gradients: the norm is reduced across ranks
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            elif config.max_grad_norm:
-                acc.clip_grad_norm_(params, config.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            step_times.append(dt)
-            tok_rates.append(n_tok * world / dt)
-            last_loss = mean_loss
-            done = step + 1
-            if config.eval_every and done % config.eval_every == 0 and eval_items:
-                eval_loss = _eval_loss(model, eval_items, pad, config, acc)
-            if main and done % config.log_every == 0:
-                append_jsonl(
-                    run / LOG_FILE,
-                    {
-                        "step": done,
-                        "loss": mean_loss,
-                        "lr": sched.get_last_lr()[0],
-                        "step_s": dt,
-                        "tokens_per_s": tok_rates[-1],
-                        "eval_loss": eval_loss,
-                    },
-                )
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tok_rates[-1]:.0f}")
-            want_stop = bool(on_step and on_step(done, mean_loss))
-            want_stop = want_stop or stop.set  # read after the callback: a signal may have arrived meanwhile
-            flag = acc.reduce(torch.tensor(float(want_stop), device=acc.device), "sum")
-            if float(flag) > 0 and done < n_steps:
-                stopped = True
-            if (config.save_every and done % config.save_every == 0) or stopped:
-                acc.wait_for_everyone()
-                gathered = (full_trainable_state(inner), full_optimizer_state(inner, opt)) if fsdp else None
-                if main:
-                    last_ckpt = _save_checkpoint(run, done, inner, opt, sched, gathered, world)
-            if stopped:
-                log.warning("stopped at step %d; continue with --resume (checkpoint %s)", done, last_ckpt)
+        for step in range(st.start, st.n_steps):
+            # one optimizer step over grad_accum micro-batches, the loss weighted by label tokens
+            loss, n_tok, dt = _step(st, step)
+            # bookkeeping: timings, evaluation loss, the log line, the progress bar
+            _after_step(st, step + 1, loss, n_tok, dt, bar)
+            # stop (a signal or the callback says so) with a checkpoint; periodic checkpoints
+            if _checkpoint_or_stop(st, step + 1, on_step and on_step(step + 1, loss), stop):
                 break
-    bar.close()
-    if eval_items and not stopped:
-        eval_loss = _eval_loss(model, eval_items, pad, config, acc)
-    acc.wait_for_everyone()
-    out: dict[str, str | None] = {"adapter": None, "delta": None}
-    mem, mem_kind = _peak_mem(acc.device)
-    result = TrainResult(
-        run_dir=str(run),
-        method=config.tuning.method,
-        steps=len(step_times) + start,
-        stopped=stopped,
-        final_loss=last_loss,
-        eval_loss=eval_loss,
-        median_step_s=statistics.median(step_times) if step_times else None,
-        tokens_per_s=statistics.median(tok_rates) if tok_rates else None,
-        peak_mem_bytes=mem,
-        peak_mem_kind=mem_kind,
-        trainable_params=row["trainable_params"],
-        rank_units=row["rank_units"],
-        scaling=next(iter(p.scalings.values()), None) if p.scalings else None,
-        backward_depth=report["backward_depth"],
-        predicted_vs_lora=pred["vs_lora"],
-        predicted_vs_full=pred["vs_full"],
-        wall_s=time.perf_counter() - t_start,
-        world_size=world,
-        fsdp=fsdp,
-    )
-    state = full_trainable_state(inner) if (fsdp and not stopped) else None  # collective: every rank
-    if main and not stopped:
-        out = _save_outputs(run, inner, config, p, state)
-        result.adapter, result.delta = out["adapter"], out["delta"]
-        from midblock.models.loading import RUN_MANIFEST
+    # finish: the evaluation loss, the adapter or delta, the manifest and the summary
+    return _finish(st)
 
-        write_json(
-            run / RUN_MANIFEST,
-            {
-                "base": config.model,
-                "adapter": out["adapter"],
-                "delta": out["delta"],
-                "method": config.tuning.method,
-                "band": p.trainable_blocks,
-                "band_spec": p.band_spec,
-                "targets": p.targets,
-                "lora_ranks": {str(k): r for k, r in p.lora_ranks.items()},
-            },
+
+def _wrap_and_optimise(st: _Run) -> None:
+    config, acc = st.config, st.acc
+    if config.fsdp:  # not acc.prepare: accelerate ignores its FSDP plugin on CPU (see midblock.tuning.fsdp)
+        st.report = check_truncated_backward(st.model, fix=False)  # before sharding: it runs the embedding
+        st.model = st.inner = shard_model(st.model, acc.device)  # checks names and requires_grad are unchanged
+    else:
+        st.model = acc.prepare(st.model)
+        st.inner = acc.unwrap_model(st.model)
+        st.report = check_truncated_backward(st.inner, fix=False)  # re-check after the wrapper is built
+    st.params = [x for x in st.inner.parameters() if x.requires_grad]
+    st.opt = torch.optim.AdamW(st.params, lr=config.peak_lr, weight_decay=config.weight_decay)
+    st.n_steps = total_steps(config, len(st.items), st.world)
+    st.sched = get_scheduler(
+        config.schedule, st.opt, num_warmup_steps=config.warmup_steps, num_training_steps=st.n_steps
+    )
+
+
+def _resume(st: _Run) -> None:
+    found = None
+    if st.config.resume:
+        found = _resume_state(st.out)
+        if found is None:  # stopped before the first checkpoint: the same run from step 0
+            log.warning("--resume: %s has no checkpoint yet; starting from step 0", st.out)
+            if st.main:
+                write_text(st.out / LOG_FILE, "")
+        else:
+            st.start = _load_checkpoint(found[0], st.inner, st.opt, st.sched, st.config.fsdp, st.world, st=found[1])
+    if st.start:
+        if st.main:  # drop log lines written after the checkpoint: they will be written again
+            rows = [r for r in read_jsonl_tolerant(st.out / LOG_FILE) if r.get("step", 0) <= st.start]
+            write_text(st.out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+        log.info("resumed at step %d", st.start)
+    st.last_ckpt = found[0] if found else _latest_checkpoint(st.out)  # the one resumed from, not a damaged newer
+
+
+def _step(st: _Run, step: int) -> tuple[float, int, float]:
+    """One optimizer step; returns the step's per-token mean loss, its real tokens and its seconds.
+
+    Token-weighted, as HF Trainer (num_items_in_batch): the step's loss is the summed cross-entropy of every
+    labelled token of the step (all micro-batches, all processes) over their number, so batch 4 == batch 2 x
+    accum 2 == 2 processes x batch 2. DDP and FSDP average the gradients over processes, hence the factor
+    ``world`` (Trainer's too)."""
+    config, acc, world = st.config, st.acc, st.world
+    t0 = time.perf_counter()
+    idx_all, batches = [], []
+    for micro in range(config.grad_accum):
+        idx = _micro_batch(config, len(st.items), step, micro, acc.process_index, world)
+        idx_all += idx
+        batches.append(collate([st.items[i] for i in idx], st.pad))
+    n_lab = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    n_lab = int(acc.reduce(torch.tensor(n_lab, device=acc.device), "sum"))
+    scale = world / max(n_lab, 1)  # no labelled token in the step: zero loss and zero gradient
+    step_loss = torch.zeros((), device=acc.device)
+    n_tok = 0
+    for micro, cpu_batch in enumerate(batches):
+        batch = {k: t.to(acc.device) for k, t in cpu_batch.items()}
+        sync = micro == config.grad_accum - 1
+        if config.fsdp:
+            ctx = grad_sync(st.model, sync)
+        else:
+            ctx = acc.no_sync(st.model) if (world > 1 and not sync) else contextlib.nullcontext()
+        with ctx, acc.autocast():
+            loss, _ = causal_lm_loss(st.model, batch, config.head_at_labels, reduction="sum")
+        acc.backward(loss * scale)
+        step_loss += loss.detach().float()
+        n_tok += int(batch["attention_mask"].sum())
+    mean_loss = float(acc.reduce(step_loss, "sum")) / max(n_lab, 1)  # per-token mean of the step
+    if not math.isfinite(mean_loss):
+        raise MidblockError(
+            f"loss is {mean_loss} at step {step + 1} (examples {idx_all[:8]}...)",
+            hint=f"last good checkpoint: {st.last_ckpt or 'none'}; lower --lr or check the data",
         )
-    if main:
+    if config.max_grad_norm and config.fsdp:  # DTensor gradients: the norm is reduced across ranks
+        torch.nn.utils.clip_grad_norm_(st.params, config.max_grad_norm)
+    elif config.max_grad_norm:
+        acc.clip_grad_norm_(st.params, config.max_grad_norm)
+    st.opt.step()
+    st.sched.step()
+    st.opt.zero_grad(set_to_none=True)
+    return mean_loss, n_tok, time.perf_counter() - t0
+
+
+def _after_step(st: _Run, done: int, loss: float, n_tok: int, dt: float, bar) -> None:
+    config = st.config
+    st.step_times.append(dt)
+    st.tok_rates.append(n_tok * st.world / dt)
+    st.last_loss = loss
+    if config.eval_every and done % config.eval_every == 0 and st.eval_items:
+        st.eval_loss = _eval_loss(st.model, st.eval_items, st.pad, config, st.acc)
+    if st.main and done % config.log_every == 0:
+        line = {"step": done, "loss": loss, "lr": st.sched.get_last_lr()[0], "step_s": dt}
+        append_jsonl(st.out / LOG_FILE, line | {"tokens_per_s": st.tok_rates[-1], "eval_loss": st.eval_loss})
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{st.tok_rates[-1]:.0f}")
+
+
+def _checkpoint_or_stop(st: _Run, done: int, callback_says_stop: bool, stop: _StopFlag) -> bool:
+    """Every process agrees whether to stop (a signal arriving during the callback included); a checkpoint is
+    written when stopping early and every ``save_every`` steps. Returns True to leave the loop."""
+    acc = st.acc
+    want_stop = bool(callback_says_stop) or stop.set  # read after the callback: a signal may have arrived meanwhile
+    flag = acc.reduce(torch.tensor(float(want_stop), device=acc.device), "sum")
+    st.stopped = float(flag) > 0 and done < st.n_steps
+    if (st.config.save_every and done % st.config.save_every == 0) or st.stopped:
+        acc.wait_for_everyone()
+        fsdp = st.config.fsdp
+        gathered = (full_trainable_state(st.inner), full_optimizer_state(st.inner, st.opt)) if fsdp else None
+        if st.main:
+            st.last_ckpt = _save_checkpoint(st.out, done, st.inner, st.opt, st.sched, gathered, st.world)
+    if st.stopped:
+        log.warning("stopped at step %d; continue with --resume (checkpoint %s)", done, st.last_ckpt)
+    return st.stopped
+
+
+def _finish(st: _Run) -> TrainResult:
+    config, acc = st.config, st.acc
+    if st.eval_items and not st.stopped:
+        st.eval_loss = _eval_loss(st.model, st.eval_items, st.pad, config, acc)
+    acc.wait_for_everyone()
+    result = _result(st)
+    state = full_trainable_state(st.inner) if (config.fsdp and not st.stopped) else None  # collective: every rank
+    if st.main and not st.stopped:
+        out = _save_outputs(st.out, st.inner, config, st.plan, state)
+        result.adapter, result.delta = out["adapter"], out["delta"]
+        _write_manifest(st, out)
+    if st.main:
         write_json(
-            run / SUMMARY_FILE,
-            {**result.to_dict(), "truncated_backward": report, **provenance(config.to_dict(), config.seed)},
+            st.out / SUMMARY_FILE,
+            {**result.to_dict(), "truncated_backward": st.report, **provenance(config.to_dict(), config.seed)},
         )
-        if not stopped:
-            rundir.mark_completed()
+        if not st.stopped:
+            st.rundir.mark_completed()
     acc.wait_for_everyone()
     return result
 
 
+def _result(st: _Run) -> TrainResult:
+    mem, mem_kind = _peak_mem(st.acc.device)
+    p = st.plan
+    return TrainResult(
+        run_dir=str(st.out),
+        method=st.config.tuning.method,
+        steps=len(st.step_times) + st.start,
+        stopped=st.stopped,
+        final_loss=st.last_loss,
+        eval_loss=st.eval_loss,
+        median_step_s=statistics.median(st.step_times) if st.step_times else None,
+        tokens_per_s=statistics.median(st.tok_rates) if st.tok_rates else None,
+        peak_mem_bytes=mem,
+        peak_mem_kind=mem_kind,
+        trainable_params=st.row["trainable_params"],
+        rank_units=st.row["rank_units"],
+        scaling=next(iter(p.scalings.values()), None) if p.scalings else None,
+        backward_depth=st.report["backward_depth"],
+        predicted_vs_lora=st.pred["vs_lora"],
+        predicted_vs_full=st.pred["vs_full"],
+        wall_s=time.perf_counter() - st.t_start,
+        world_size=st.world,
+        fsdp=st.config.fsdp,
+    )
+
+
+def _write_manifest(st: _Run, out: dict[str, str | None]) -> None:
+    p = st.plan
+    write_json(
+        st.out / RUN_MANIFEST,
+        {
+            "base": st.config.model,
+            "adapter": out["adapter"],
+            "delta": out["delta"],
+            "method": st.config.tuning.method,
+            "band": p.trainable_blocks,
+            "band_spec": p.band_spec,
+            "targets": p.targets,
+            "lora_ranks": {str(k): r for k, r in p.lora_ranks.items()},
+        },
+    )
+
+
 def _eval_loss(model, items, pad, config, acc) -> float:
     """Mean loss over the evaluation set (each process takes its share; token-weighted mean)."""
-    from midblock.data import IGNORE_INDEX, collate
-    from midblock.tuning.loss import causal_lm_loss
 
     model.eval()
     tot = torch.zeros(2, device=acc.device)
@@ -658,11 +724,3 @@ def _eval_loss(model, items, pad, config, acc) -> float:
     model.train()
     tot = acc.reduce(tot, "sum")
     return float(tot[0] / tot[1]) if float(tot[1]) else float("nan")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

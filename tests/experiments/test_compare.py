@@ -53,9 +53,9 @@ def test_compare_two_methods_two_seeds_end_to_end_and_resume(tmp_path, monkeypat
     assert lora[0]["train"]["final_loss"] != lora[1]["train"]["final_loss"]
     assert json.loads((out / "compare.json").read_text())["versions"]["torch"]
     # a rerun trains and evaluates nothing: every cell is finished
-    import midblock.tuning.train as tt
+    import midblock.experiments.runner as runner
 
-    monkeypatch.setattr(tt, "train", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a finished cell was retrained"))
     again = compare(GRID, out, progress=False)
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in rows]
 

@@ -142,9 +142,9 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path):
 
 
 def test_nan_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
-    import midblock.tuning.loss as L
+    import midblock.tuning.train as T
 
-    real = L.causal_lm_loss
+    real = T.causal_lm_loss
     calls = {"n": 0}
 
     def poisoned(model, batch, head, **kw):
@@ -152,7 +152,7 @@ def test_nan_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 3 else loss), n
 
-    monkeypatch.setattr(L, "causal_lm_loss", poisoned)
+    monkeypatch.setattr(T, "causal_lm_loss", poisoned)  # the loss the training loop calls
     with pytest.raises(MidblockError, match=r"loss is nan at step 3 .*last good checkpoint: .*step-0000002"):
         train(_cfg(tmp_path / "nan", save_every=2))
 
