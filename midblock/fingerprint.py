@@ -159,14 +159,14 @@ def model_identity(model, tokenizer) -> dict[str, str]:
 
 def spec_identity(spec: str, seed: int = 0) -> dict[str, Any]:
     """The identity of a model spec without loading it: the files behind it (or preset and seed)."""
-    from midblock.models.loading import EMBEDDED, _embedded_gguf, parse_spec
+    from midblock.models.loading import EMBEDDED, embedded_gguf, parse_spec
 
     ms = parse_spec(spec)
     ident: dict[str, Any] = {"kind": ms.kind}
     if ms.kind == "random":
         ident |= {"preset": ms.target, "seed": seed}
     elif ms.kind == "embedded":
-        ident |= {"name": ms.target, "gguf": file_digest(_embedded_gguf(ms.target)), "package": EMBEDDED[ms.target]}
+        ident |= {"name": ms.target, "gguf": file_digest(embedded_gguf(ms.target)), "package": EMBEDDED[ms.target]}
     elif ms.kind == "gguf":
         ident |= {"gguf": file_digest(ms.target)}
     elif Path(ms.target).is_dir():

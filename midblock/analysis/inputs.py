@@ -68,12 +68,12 @@ def model_name(spec: str, taken: set[str]) -> str:
 
 def signature(model, tok) -> dict[str, Any]:
     """What base and variant must share (kept, so one-model-at-a-time runs check without both loaded)."""
-    from midblock.models.introspect import _strip_peft, get_layout
+    from midblock.models.introspect import get_layout, strip_peft
 
     lay = get_layout(model)
     vocab = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
     return {
-        "cls": type(_strip_peft(model)).__name__,
+        "cls": type(strip_peft(model)).__name__,
         "blocks": lay.num_layers,
         "hidden": lay.embedding.weight.shape[-1],
         "vocab": vocab,

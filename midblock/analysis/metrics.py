@@ -372,8 +372,3 @@ def lora_delta_sq(A: torch.Tensor, B: torch.Tensor, scale: float) -> float:
     """
     A, B = _f64(A), _f64(B)
     return float(scale**2 * ((B.T @ B) * (A @ A.T)).sum())
-
-
-def lora_scale(alpha: float, r: int, rslora: bool = False) -> float:
-    """The LoRA scaling s: alpha / r, or alpha / sqrt(r) for rsLoRA."""
-    return alpha / math.sqrt(r) if rslora else alpha / r

@@ -6,46 +6,7 @@ import torch
 
 from midblock.analysis import metrics as M
 from midblock.analysis.capture import ModelStats
-
-# metric family (what --metrics accepts) -> the metric names it writes
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "prompt_entropy": ("prompt_entropy",),
-    "prompt_entropy_centered": ("prompt_entropy_centered",),
-    "dataset_entropy": ("dataset_entropy",),
-    "effective_rank": ("effective_rank", "rankme"),
-    "curvature": ("curvature",),
-    "sparsity": ("sparsity",),
-    "l2_norm": ("l2_norm", "token_norm"),
-    "spectral": ("s_max", "condition_number", "rank_deficiency"),
-    "cka": ("cka", "cka_unbiased", "cka_consecutive"),
-    "cka_token": ("cka_token", "cka_token_unbiased"),
-    "cosine": ("cosine",),
-    "mean_shift": ("mean_shift", "mean_shift_rel"),
-    "change_intensity": ("change_intensity",),
-    "logit_lens": ("logit_ce", "logit_top1_agreement", "logit_kl"),
-    "weight_delta": (
-        "weight_delta",
-        "weight_delta_rel",
-        "weight_delta_attn",
-        "weight_delta_attn_rel",
-        "weight_delta_mlp",
-        "weight_delta_mlp_rel",
-    ),
-    "lora_delta": (
-        "lora_delta",
-        "lora_delta_rel",
-        "lora_delta_attn",
-        "lora_delta_attn_rel",
-        "lora_delta_mlp",
-        "lora_delta_mlp_rel",
-    ),
-    "grad_norm": ("grad_norm", "grad_norm_rel"),
-}
-# Costly families that run only when asked for (or with --metrics all): token CKA keeps 3 D x D
-# matrices per layer; the logit lens runs the V-wide LM head at every layer (31 x for SmolLM2); the
-# centred prompt entropy doubles the eigensolves of the hooks.
-OPT_IN = ("cka_token", "logit_lens", "prompt_entropy_centered")
-DEFAULT_METRICS = tuple(f for f in FAMILIES if f not in OPT_IN)
+from midblock.analysis.config import DEFAULT_METRICS, FAMILIES, OPT_IN  # noqa: F401 (re-exported)
 
 
 def per_model_rows(st: ModelStats, layers: list[int], families: set[str], alpha: float = 1.0) -> list[tuple]:

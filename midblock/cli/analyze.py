@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from midblock.analysis.analyze import AnalyzeConfig
+from midblock.analysis.config import AnalyzeConfig
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
 from midblock.errors import MidblockError

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from midblock.cli import common_args
+from midblock.cli.options import add_command
 
 
 def register(sub) -> None:
-    p = sub.add_parser("correlate", help="metric-metric correlation of analysis runs", description=__doc__)
+    p = add_command(sub, "correlate", help="metric-metric correlation of analysis runs", doc=__doc__)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="`midblock analyze` run directories (or metrics.csv)")
     p.add_argument("--min-rows", type=int, default=3, help="fewest common rows for a correlation (else NaN)")
     common_args(p, seed=False, models=False)

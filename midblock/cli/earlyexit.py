@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from midblock.cli import common_args
+from midblock.cli.options import add_command
 
 
 def register(sub) -> None:
-    p = sub.add_parser("early-exit", help="early exit / logit lens per layer, base vs variant", description=__doc__)
+    p = add_command(sub, "early-exit", help="early exit / logit lens per layer, base vs variant", doc=__doc__)
     p.add_argument("--base", required=True, help="base model spec")
     p.add_argument("--variant", required=True, help="tuned model spec (HF dir, run dir, BASE+ADAPTER, random:...)")
     p.add_argument("--task", choices=["gsm8k", "arith", "jsonl"], help="task of the texts (default: from --data)")

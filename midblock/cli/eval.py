@@ -8,7 +8,7 @@ from pathlib import Path
 
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
-from midblock.evaluation.evaluate import EvalConfig
+from midblock.evaluation.config import EvalConfig
 from midblock.evaluation.prompts import FEWSHOT_SEED
 
 _CLI_OWN = ("seed", "task")  # --seed from common_args (the few-shot seed here); --task also takes ppl

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from midblock.cli import common_args
+from midblock.cli.options import add_command
 from midblock.cli.swap import add_surgery_args, surgery_kwargs
 
 
 def register(sub) -> None:
-    p = sub.add_parser("interpolate", help="per-segment weight interpolation, measured", description=__doc__)
+    p = add_command(sub, "interpolate", help="per-segment weight interpolation, measured", doc=__doc__)
     add_surgery_args(p)
     p.add_argument(
         "--weights",

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from midblock.cli import common_args
+from midblock.cli.options import add_command
 from midblock.errors import MidblockError
 
 
@@ -34,9 +35,7 @@ def merge_run(run_dir: str, out: str) -> Path:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "merge", help="merge a training run into a standard Hugging Face model directory", description=__doc__
-    )
+    p = add_command(sub, "merge", help="merge a training run into a standard Hugging Face model directory", doc=__doc__)
     p.add_argument("run_dir", help="a `midblock train` run directory (or an adapter dir / BASE+EXTRA spec)")
     common_args(p, seed=False)
     p.set_defaults(func=run)

@@ -149,8 +149,16 @@ def config_kwargs(args: argparse.Namespace, cls: type, *, skip: tuple[str, ...] 
     return out
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written; every option's default shown, unless its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {_shown(action.default)})".strip()
+
+
 def add_command(sub, name: str, *, help: str, doc: str | None) -> argparse.ArgumentParser:
     """A subcommand whose description is its module docstring as plain text, defaults shown."""
-    return sub.add_parser(
-        name, help=help, description=plain_text(doc), formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    return sub.add_parser(name, help=help, description=plain_text(doc), formatter_class=HelpFormatter)

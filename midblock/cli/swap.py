@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from midblock.cli import common_args
+from midblock.cli.options import add_command
 
 
 def add_surgery_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,7 @@ def surgery_kwargs(args: argparse.Namespace) -> dict:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("swap", help="swap layer blocks between base and variant, measure each", description=__doc__)
+    p = add_command(sub, "swap", help="swap layer blocks between base and variant, measure each", doc=__doc__)
     add_surgery_args(p)
     grid = p.add_mutually_exclusive_group(required=True)
     grid.add_argument("--segments", type=int, help="one configuration per segment of K (the paper's floor rule)")

@@ -1,6 +1,29 @@
-"""Evaluation: GSM8K-style scoring under named protocols, perplexity, and side-by-side comparison."""
+"""Evaluation: GSM8K-style scoring under named protocols, perplexity, statistics.
 
-from midblock.evaluation.evaluate import PROTOCOLS, EvalConfig, evaluate, evaluate_model, format_summary
-from midblock.evaluation.ppl import load_texts, token_loss
+The public names load lazily, so ``midblock.evaluation.config`` (what the command line needs) does not pull
+in torch through the package.
+"""
 
-__all__ = ["PROTOCOLS", "EvalConfig", "evaluate", "evaluate_model", "format_summary", "load_texts", "token_loss"]
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "PROTOCOLS": "midblock.evaluation.config",
+    "EvalConfig": "midblock.evaluation.config",
+    "evaluate": "midblock.evaluation.evaluate",
+    "evaluate_model": "midblock.evaluation.evaluate",
+    "format_summary": "midblock.evaluation.evaluate",
+    "load_texts": "midblock.evaluation.ppl",
+    "token_loss": "midblock.evaluation.ppl",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'midblock.evaluation' has no attribute {name!r}")

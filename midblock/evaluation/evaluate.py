@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
+from midblock.evaluation.config import EvalConfig
 from midblock.evaluation.extract import EXTRACTORS, score_all
-from midblock.evaluation.generate import DecodeConfig, generate_completions, generate_vllm
+from midblock.evaluation.generate import generate_completions, generate_vllm
 from midblock.evaluation.prompts import (
-    DEFAULT_SAMPLING,
-    FEWSHOT_SEED,
-    SAMPLING,
     chat_prompt,
     fewshot_prompt,
     require_chat_template,
@@ -36,93 +34,8 @@ from midblock.evaluation.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
-EVAL_TASKS = ("gsm8k", "arith")
-HARNESS_STOPS = ("Question:", "</s>", "<|im_end|>")
 ITEMS_FILE = "items.jsonl"
 SUMMARY_FILE = "summary.json"
-
-
-@dataclass(frozen=True)
-class Protocol:
-    num_fewshot: int
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    primary: tuple[str, ...]
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "lm-eval": Protocol(5, 256, HARNESS_STOPS, ("strict-match", "flexible-extract")),
-    "paper": Protocol(0, 64, (), ("paper",)),
-    "original": Protocol(0, 256, HARNESS_STOPS, ("original",)),
-}
-
-
-@dataclass(kw_only=True)
-class EvalConfig:
-    """What to evaluate and how; validated on construction, before any model is loaded."""
-
-    task: str = field(default="gsm8k", metadata={"help": "gsm8k or arith"})
-    split: str = field(
-        default="test", metadata={"help": "test, or dev (arith: held out from train and test, for tuning settings)"}
-    )
-    protocol: str = field(default="lm-eval", metadata={"help": "lm-eval, paper or original"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate at most this many items"})
-    offset: int = field(default=0, metadata={"help": "skip this many test items first"})
-    chat_template: bool = field(default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"})
-    batch_size: int = field(default=16, metadata={"help": "prompts decoded together"})
-    seed: int = field(default=FEWSHOT_SEED, metadata={"help": "seed of the few-shot exemplar sampler"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "override the protocol's token limit"})
-    num_fewshot: int | None = field(default=None, metadata={"help": "override the protocol's number of shots"})
-    data: str | None = field(default=None, metadata={"help": "GSM8K directory/file (default: $MIDBLOCK_GSM8K)"})
-    fewshot_sampling: str = field(
-        default=DEFAULT_SAMPLING,
-        metadata={
-            "help": "lm-eval: the harness's own draw per item; fixed: one draw shared by all items (fast); "
-            "per-item: a draw per item seeded by (seed, index)"
-        },
-    )
-    backend: str = field(default="hf", metadata={"help": "hf (transformers generate) or vllm"})
-
-    def __post_init__(self) -> None:
-        if self.task not in EVAL_TASKS:
-            raise MidblockError(f"unknown task '{self.task}'", hint="choose one of " + ", ".join(EVAL_TASKS + ("ppl",)))
-        if self.split not in ("test", "dev"):
-            raise MidblockError(f"unknown evaluation split '{self.split}'", hint="use test or dev")
-        if self.protocol not in PROTOCOLS:
-            raise MidblockError(f"unknown protocol '{self.protocol}'", hint="choose one of " + ", ".join(PROTOCOLS))
-        if self.limit is not None and self.limit < 1:
-            raise MidblockError(f"--limit must be >= 1, got {self.limit}", hint="omit it to evaluate every item")
-        if self.offset < 0:
-            raise MidblockError(f"--offset must be >= 0, got {self.offset}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise MidblockError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise MidblockError(f"num_fewshot must be >= 0, got {self.num_fewshot}")
-        if self.fewshot_sampling not in SAMPLING:
-            raise MidblockError(
-                f"unknown few-shot sampling '{self.fewshot_sampling}'", hint="use one of " + ", ".join(SAMPLING)
-            )
-        if self.backend not in ("hf", "vllm"):
-            raise MidblockError(f"unknown backend '{self.backend}'", hint="use hf or vllm")
-
-    @property
-    def spec(self) -> Protocol:
-        return PROTOCOLS[self.protocol]
-
-    def decode_config(self, progress: bool = True) -> DecodeConfig:
-        p = self.spec
-        return DecodeConfig(
-            max_new_tokens=self.max_new_tokens or p.max_new_tokens,
-            stop=p.stop,
-            batch_size=self.batch_size,
-            progress=progress,
-        )
-
-    @property
-    def shots(self) -> int:
-        return self.spec.num_fewshot if self.num_fewshot is None else self.num_fewshot
 
 
 def load_test_items(cfg: EvalConfig) -> list[dict[str, Any]]:

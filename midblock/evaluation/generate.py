@@ -13,47 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from midblock.errors import MidblockError
+from midblock.evaluation.config import DecodeConfig
 from midblock.evaluation.prefix_attention import shared_prefix_attention
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DecodeConfig:
-    """How to decode: greedy always; these are the knobs a protocol sets."""
-
-    max_new_tokens: int = field(default=256, metadata={"help": "most tokens generated per item"})
-    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop strings; the completion is cut at the first"})
-    batch_size: int = field(default=16, metadata={"help": "prompts decoded together"})
-    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar with items/s"})
-    prefix_cache: bool = field(
-        default=True,
-        metadata={"help": "compute the KV cache of the token prefix every prompt shares (few-shot exemplars) once"},
-    )
-    min_prefix: int = field(default=16, metadata={"help": "shortest shared prefix worth caching, in tokens"})
-    engine: str = field(
-        default="loop",
-        metadata={
-            "help": "loop: our greedy loop that drops finished rows from the batch and its KV cache; "
-            "generate: transformers' generate with the StopOnStrings criterion (finished rows ride along)"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise MidblockError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
-        self.stop = tuple(s for s in self.stop if s)
-        if self.engine not in ("loop", "generate"):
-            raise MidblockError(f"unknown decoding engine '{self.engine}'", hint="use loop or generate")
 
 
 class StopOnStrings(StoppingCriteria):

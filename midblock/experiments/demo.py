@@ -23,17 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from midblock.analysis.analyze import AnalyzeConfig, analyze
-from midblock.analysis.rows import DEFAULT_METRICS
-from midblock.data import load_gsm8k
+from midblock.analysis.config import DEFAULT_METRICS, AnalyzeConfig
 from midblock.errors import MidblockError
 from midblock.experiments.grid import PROFILES, two_arm_grid
-from midblock.experiments.runner import compare
 from midblock.experiments.table import pooled_rows
 from midblock.fingerprint import check_or_record, make, spec_identity
 from midblock.io import RunDir, fresh_output_dir, provenance, read_json, write_json
 from midblock.layers import PAPER_BAND
-from midblock.models.loading import parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +90,11 @@ def _fingerprint(config: DemoConfig) -> dict[str, Any]:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the whole demo into ``config.out``; returns the summary (also in ``demo_summary.json``)."""
+    # imported here, not at the top: `midblock demo --help` builds its options from DemoConfig without torch
+    from midblock.data import load_gsm8k
+    from midblock.experiments.runner import compare
+    from midblock.models.loading import parse_spec
+
     parse_spec(config.model)
     if config.task == "gsm8k":
         load_gsm8k("test", config.data)  # fail now, not after an hour, when GSM8K is not available
@@ -138,6 +139,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
 def _analyze(config: DemoConfig, out: Path, variants: list[str]) -> dict[str, Any]:
     """The base alone (``variants`` empty: gradient norms, consecutive-layer similarity) or base vs tuned."""
+    from midblock.analysis.analyze import analyze  # torch: only when the demo runs (see run_demo)
+
     if RunDir(out).completed:
         return read_json(out / "results.json")
     # grad_norm is a property of the base alone and was measured in the base analysis already

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
-from midblock.evaluation.evaluate import EVAL_TASKS, PROTOCOLS, EvalConfig
+from midblock.evaluation.config import EVAL_TASKS, PROTOCOLS, EvalConfig
 from midblock.evaluation.extract import EXTRACTORS
 from midblock.layers import PAPER_BAND
 from midblock.tuning.config import MidBlockConfig

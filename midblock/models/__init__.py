@@ -1,6 +1,29 @@
-"""Model loading, random presets and architecture introspection."""
+"""Model loading, random presets and architecture introspection.
 
-from midblock.models.introspect import ModelLayout, get_layout
-from midblock.models.loading import DEFAULT_MODEL, apply_delta, load_model, load_tokenizer, parse_spec
+The public names load lazily: the light parts of this package (spec parsing, the adapter metadata) must not
+pull in torch through ``import midblock.models``.
+"""
 
-__all__ = ["DEFAULT_MODEL", "ModelLayout", "apply_delta", "get_layout", "load_model", "load_tokenizer", "parse_spec"]
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "DEFAULT_MODEL": "midblock.models.loading",
+    "ModelLayout": "midblock.models.introspect",
+    "apply_delta": "midblock.models.loading",
+    "get_layout": "midblock.models.introspect",
+    "load_model": "midblock.models.loading",
+    "load_tokenizer": "midblock.models.loading",
+    "parse_spec": "midblock.models.loading",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'midblock.models' has no attribute {name!r}")

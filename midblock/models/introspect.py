@@ -61,7 +61,7 @@ class ModelLayout:
         return "other"
 
 
-def _strip_peft(model: nn.Module) -> nn.Module:
+def strip_peft(model: nn.Module) -> nn.Module:
     # PeftModel -> LoraModel -> the transformers model; introspection works on the latter.
     inner = model
     for _ in range(3):
@@ -130,7 +130,7 @@ def find_layout(model: nn.Module) -> ModelLayout:
 
 def get_layout(model: nn.Module) -> ModelLayout:
     """``find_layout`` that sees through a PEFT wrapper."""
-    return find_layout(_strip_peft(model))
+    return find_layout(strip_peft(model))
 
 
 def block_of_param(name: str, layout: ModelLayout) -> int | None:

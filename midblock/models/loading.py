@@ -216,12 +216,12 @@ def save_adapter(model, out: str | os.PathLike, spec: str, **save_kwargs: Any) -
     record for ``random:`` presets, whose card says so).
     """
     from midblock.io import write_json, write_text
-    from midblock.models.introspect import _strip_peft
+    from midblock.models.introspect import strip_peft
 
     out = Path(out)
     base = loadable_base(spec)
     model.peft_config["default"].base_model_name_or_path = base
-    cfg = getattr(_strip_peft(model), "config", None)
+    cfg = getattr(strip_peft(model), "config", None)
     old = getattr(cfg, "_name_or_path", None)
     if cfg is not None:
         cfg._name_or_path = base or ""  # PEFT's model card reads the base from the model config
@@ -315,7 +315,7 @@ def _find_package_file(package: str, module: str, suffix: str) -> Path | None:
     return None
 
 
-def _embedded_gguf(name: str) -> Path:
+def embedded_gguf(name: str) -> Path:
     info = EMBEDDED[name]
     if name == "gemma3-270m":
         try:
@@ -369,7 +369,7 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
 def resolve_base_dir(ms: ModelSpec) -> str:
     """A path or hub id that ``from_pretrained`` accepts, converting GGUFs on first use."""
     if ms.kind == "embedded":
-        gguf = _embedded_gguf(ms.target)
+        gguf = embedded_gguf(ms.target)
         return str(_convert_gguf(gguf, cache_dir() / "models" / ms.target))
     if ms.kind == "gguf":
         import hashlib

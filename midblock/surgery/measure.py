@@ -49,7 +49,7 @@ class Measurer:
     def metric_names(self) -> list[str]:
         names = ["loss"] if self.texts else []
         if self.eval_cfg is not None:
-            from midblock.evaluation.evaluate import PROTOCOLS
+            from midblock.evaluation.config import PROTOCOLS
 
             names += [f"acc_{n}" for n in PROTOCOLS[self.eval_cfg.protocol].primary]
         return names

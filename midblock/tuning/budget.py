@@ -110,7 +110,7 @@ class ModelShape:
         return self.num_layers * self.block_params + self.other_params
 
 
-def _in_out(mod) -> tuple[int, int]:
+def in_out(mod) -> tuple[int, int]:
     if hasattr(mod, "in_features"):
         return int(mod.in_features), int(mod.out_features)
     w = mod.weight  # GPT-2's Conv1D stores (in, out)
@@ -123,7 +123,7 @@ def model_shape(model) -> ModelShape:
 
     lay = get_layout(model)
     block = lay.blocks[0]
-    modules = {n: _in_out(block.get_submodule(n)) for n in lay.linear_names}
+    modules = {n: in_out(block.get_submodule(n)) for n in lay.linear_names}
     lin = sum(i * o for i, o in modules.values())
     bparams = sum(p.numel() for p in block.parameters())
     cfg = getattr(model, "config", None)

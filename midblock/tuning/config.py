@@ -6,13 +6,13 @@ needs the model (band indices, module names) is resolved later by :func:`midbloc
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from midblock.errors import MidblockError
 from midblock.layers import PAPER_BAND
+from midblock.lora import lora_scaling
 from midblock.validation import check_float_fields, check_number
 
 Method = Literal["lora", "midblock", "midblock-full", "full", "freeze", "segments"]
@@ -176,8 +176,7 @@ class MidBlockConfig:
 
     def scaling_for(self, rank: int) -> float:
         """LoRA's multiplier of BA: alpha/r, or alpha/sqrt(r) for rslora."""
-        a = self.alpha_for(rank)
-        return a / math.sqrt(rank) if self.alpha_policy == "rslora" else a / rank
+        return lora_scaling(self.alpha_for(rank), rank, rslora=self.alpha_policy == "rslora")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -30,9 +30,9 @@ def _inner(model: nn.Module) -> nn.Module:
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    from midblock.models.introspect import _strip_peft
+    from midblock.models.introspect import strip_peft
 
-    fwd = _strip_peft(_inner(model)).forward
+    fwd = strip_peft(_inner(model)).forward
     return "logits_to_keep" in inspect.signature(fwd).parameters
 
 
@@ -74,7 +74,7 @@ def causal_lm_loss(
     keep = shift != IGNORE_INDEX
     cap = getattr(getattr(_inner(model), "config", None), "final_logit_softcapping", None)
     head = lay.lm_head
-    if not cap and _plain_linear(head):
+    if not cap and plain_linear(head):
         return chunked_head_ce(h[keep], head.weight, head.bias, shift[keep], reduction=reduction), n_tok
     logits = head(h[keep])
     if cap:  # Gemma's soft-capping happens after the head
@@ -82,7 +82,7 @@ def causal_lm_loss(
     return F.cross_entropy(logits.float(), shift[keep], reduction=reduction), n_tok
 
 
-def _plain_linear(head: nn.Module) -> bool:
+def plain_linear(head: nn.Module) -> bool:
     """A bare ``nn.Linear`` with ordinary tensors (not a PEFT-wrapped head, not sharded DTensors under FSDP),
     so its weight can be used directly without the module's own forward and hooks."""
     return (

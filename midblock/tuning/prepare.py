@@ -169,9 +169,9 @@ def plan(config: MidBlockConfig, layout) -> Plan:
 
 
 def _per_rank(layout, targets: list[str]) -> int:
-    from midblock.tuning.budget import _in_out
+    from midblock.tuning.budget import in_out
 
-    return sum(sum(_in_out(layout.blocks[0].get_submodule(t))) for t in targets)
+    return sum(sum(in_out(layout.blocks[0].get_submodule(t))) for t in targets)
 
 
 # --------------------------------------------------------------------------- building the model
@@ -311,9 +311,9 @@ def keep_truncation(model: nn.Module) -> nn.Module:
     """
     import types
 
-    from midblock.models.introspect import _strip_peft
+    from midblock.models.introspect import strip_peft
 
-    inner = _strip_peft(model)
+    inner = strip_peft(model)
     plan_ = getattr(model, "midblock_plan", None)
     if plan_ is not None and inner is not model:
         object.__setattr__(inner, "midblock_plan", plan_)  # the bound methods read it from the inner model

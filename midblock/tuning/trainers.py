@@ -46,7 +46,7 @@ def band_lora_config(
     checkpointing (:func:`~midblock.tuning.prepare.keep_truncation`) and remembers the plan; add
     :class:`MidBlockCallback` to the trainer for the rest.
     """
-    from midblock.models.introspect import _strip_peft, get_layout
+    from midblock.models.introspect import get_layout, strip_peft
     from midblock.tuning.prepare import keep_truncation, lora_config, plan
 
     if config is not None and fields:
@@ -57,7 +57,7 @@ def band_lora_config(
     cfg = config if config is not None else MidBlockConfig(**fields)
     if not cfg.is_lora:
         raise MidblockError(f"method '{cfg.method}' trains full parameters: there is no LoraConfig for it")
-    if _strip_peft(model) is not model:
+    if strip_peft(model) is not model:
         raise MidblockError("the model is already a PEFT model", hint="pass the plain transformers model")
     layout = get_layout(model)
     p = plan(cfg, layout)
@@ -80,10 +80,10 @@ def use_labelled_head(model: nn.Module) -> bool:
     computed (NaN: TRL's logged entropy reads NaN). Every other call goes to the original forward.
     Not installed (False, logged) for heads that are not a plain ``nn.Linear`` or that scale or soft-cap logits.
     """
-    from midblock.models.introspect import _strip_peft, get_layout
-    from midblock.tuning.loss import _plain_linear
+    from midblock.models.introspect import get_layout, strip_peft
+    from midblock.tuning.loss import plain_linear
 
-    inner = _strip_peft(model)
+    inner = strip_peft(model)
     if getattr(inner.forward, "__func__", None) is _labelled_forward:
         return True
     lay = get_layout(model)
@@ -95,7 +95,7 @@ def use_labelled_head(model: nn.Module) -> bool:
     )
     backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
     head = lay.lm_head
-    if scaled or head is None or not _plain_linear(head) or backbone is None or backbone is inner:
+    if scaled or head is None or not plain_linear(head) or backbone is None or backbone is inner:
         log.info("labelled-positions head not installed (scaled logits or an unusual head): the model's own is used")
         return False
     # the forward in place now (TRL's fused-head forward, or the model's own) answers every other call; bound

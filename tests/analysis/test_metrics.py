@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from midblock.analysis import metrics as M
+from midblock.lora import lora_scaling
 
 
 def _rot(d: int, seed: int = 0) -> torch.Tensor:
@@ -195,7 +196,7 @@ def test_pairwise_identity_and_shift():
 def test_lora_delta_matches_materialised_update():
     A, B = _x(4, 12, 10), _x(9, 4, 11)
     for rs in (False, True):
-        s = M.lora_scale(16, 4, rslora=rs)
+        s = lora_scaling(16, 4, rslora=rs)
         assert s == (16 / 2 if rs else 16 / 4)
         assert M.lora_delta_sq(A, B, s) == pytest.approx(float((s * B @ A).pow(2).sum()), rel=1e-12)
 
