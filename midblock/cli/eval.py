@@ -31,7 +31,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.task == "ppl":
         return _run_ppl(args)
-    from midblock.evaluation import evaluate, format_summary
+    from midblock.evaluation.evaluate import evaluate, format_summary
     from midblock.resources import run_with_batch
 
     cfg = EvalConfig(**config_kwargs(args, EvalConfig, skip=_CLI_OWN), task=args.task, seed=args.seed)

@@ -1,38 +1,28 @@
-"""``midblock interpolate``: per-segment theta = (1 - a) base + a variant (``0,1,1,1,0`` = mid-block merge)."""
+"""``midblock interpolate``: per-segment theta = (1 - a) base + a variant (``0,1,1,1,0`` = mid-block merge).
+
+Every flag is an InterpolateConfig field (generated from the dataclass)."""
 
 from __future__ import annotations
 
 import argparse
 
 from midblock.cli import common_args
-from midblock.cli.options import add_command
-from midblock.cli.swap import add_surgery_args, surgery_kwargs
+from midblock.cli.options import add_command, add_config_args
+from midblock.cli.swap import CLI_OWN, surgery_config
+from midblock.surgery.config import InterpolateConfig
 
 
 def register(sub) -> None:
     p = add_command(sub, "interpolate", help="per-segment weight interpolation, measured", doc=__doc__)
-    add_surgery_args(p)
-    p.add_argument(
-        "--weights",
-        action="append",
-        metavar="A1,..,AK",
-        help="a per segment (K = number of values); repeat for several (default 0,1,1,1,0)",
-    )
-    p.add_argument("--extrapolate", action="store_true", help="allow weights outside [0, 1]")
-    p.add_argument("--save", metavar="DIR", help="write the first --weights model as a Hugging Face directory")
+    add_config_args(p, InterpolateConfig, skip=CLI_OWN)
     common_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from midblock.surgery.runs import InterpolateConfig, run_interpolate
+    from midblock.surgery.runs import run_interpolate
 
-    cfg = InterpolateConfig(
-        **surgery_kwargs(args),
-        weights=args.weights or ["0,1,1,1,0"],
-        extrapolate=args.extrapolate,
-        save=args.save,
-    )
+    cfg = surgery_config(InterpolateConfig, args)
     rows = run_interpolate(cfg)
     print(f"{len(rows)} configurations measured; see {cfg.out}/interpolate.csv and {cfg.out}/report.html")
     if cfg.save:

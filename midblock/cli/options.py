@@ -104,7 +104,7 @@ def add_config_args(
         if f.name in skip or not f.init:
             continue
         default = (defaults or {}).get(f.name, _default(f))
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         tp = _unwrap_optional(hints[f.name])
         if tp is bool:
             negate = f.metadata.get("negate", default is True)
@@ -122,6 +122,12 @@ def add_config_args(
             metavar = flag_of(f).lstrip("-").upper().replace("-", "_")
             parser.add_argument(
                 *flags, dest=f.name, type=inner, action="append", default=None, metavar=metavar, help=help_text + shown
+            )
+            continue
+        if f.metadata.get("nargs"):  # a list as several words: --bands 0-2 3-5
+            (inner,) = typing.get_args(_unwrap_optional(hints[f.name])) or (str,)
+            parser.add_argument(
+                flag_of(f), dest=f.name, type=inner, nargs=f.metadata["nargs"], default=default, help=help_text
             )
             continue
         kind, extra = _parser_for(hints[f.name])

@@ -1,7 +1,8 @@
 """Evaluation: GSM8K-style scoring under named protocols, perplexity, statistics.
 
 The public names load lazily, so ``midblock.evaluation.config`` (what the command line needs) does not pull
-in torch through the package.
+in torch through the package. The ``evaluate`` function is ``midblock.evaluate`` (or
+``midblock.evaluation.evaluate.evaluate``): here ``evaluate`` is the submodule of that name.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 _LAZY = {
     "PROTOCOLS": "midblock.evaluation.config",
     "EvalConfig": "midblock.evaluation.config",
-    "evaluate": "midblock.evaluation.evaluate",
     "evaluate_model": "midblock.evaluation.evaluate",
     "format_summary": "midblock.evaluation.evaluate",
     "load_texts": "midblock.evaluation.ppl",

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
-from midblock.evaluation.config import EvalConfig
+from midblock.evaluation.config import (  # noqa: F401 (the evaluation API re-exports its config)
+    EVAL_TASKS,
+    HARNESS_STOPS,
+    PROTOCOLS,
+    EvalConfig,
+    Protocol,
+)
 from midblock.evaluation.extract import EXTRACTORS, score_all
 from midblock.evaluation.generate import generate_completions, generate_vllm
 from midblock.evaluation.prompts import (

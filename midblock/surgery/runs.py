@@ -10,79 +10,15 @@ base and pure variant are measured as reference rows of the same grid.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
-from midblock.surgery.swap import DIRECTIONS, Configuration
+from midblock.surgery.config import InterpolateConfig, SurgeryConfig, SwapConfig  # noqa: F401 (re-exported)
+from midblock.surgery.swap import Configuration
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SurgeryConfig:
-    """What both grids share: the two models, how to measure, where to write."""
-
-    base: str = field(metadata={"help": "the base model spec"})
-    variant: str = field(metadata={"help": "the tuned model: HF dir, run dir, BASE+ADAPTER, random:<preset>..."})
-    out: str = field(metadata={"help": "output (run) directory; report.html gets a section"})
-    task: str | None = field(default=None, metadata={"help": "arith or gsm8k: accuracy with Wilson intervals"})
-    protocol: str = field(default="original", metadata={"help": "evaluation protocol (lm-eval, paper, original)"})
-    limit: int | None = field(default=20, metadata={"help": "test items per configuration"})
-    data: str | None = field(default=None, metadata={"help": "GSM8K directory/file for --task gsm8k"})
-    corpus: str | None = field(default=None, metadata={"help": "text/JSONL corpus for token loss and perplexity"})
-    corpus_limit: int | None = field(default=None, metadata={"help": "use at most this many corpus texts"})
-    batch_size: int = field(default=8, metadata={"help": "batch size of generation and scoring"})
-    max_length: int = field(default=512, metadata={"help": "tokens per corpus text (longer ones are cut)"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "override the protocol's token limit"})
-    seed: int = field(default=0, metadata={"help": "seed of a random: base"})
-    variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise MidblockError(f"--limit must be >= 1, got {self.limit}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.task is not None and self.task not in ("arith", "gsm8k"):
-            raise MidblockError(f"unknown task '{self.task}'", hint="use arith or gsm8k")
-        if self.variant_seed is None:
-            self.variant_seed = self.seed + 1
-
-
-@dataclass
-class SwapConfig(SurgeryConfig):
-    segments: int | None = field(default=None, metadata={"help": "one configuration per segment of K"})
-    bands: list[str] | None = field(default=None, metadata={"help": "one configuration per layer spec"})
-    with_head: bool = field(default=False, metadata={"help": "swap the final norm and LM head too"})
-    direction: str = field(default="into-base", metadata={"help": "into-base or into-variant"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.direction not in DIRECTIONS:
-            raise MidblockError(f"unknown direction '{self.direction}'", hint="use into-base or into-variant")
-        if (self.segments is None) == (not self.bands):
-            raise MidblockError("give exactly one of --segments K or --bands SPEC [SPEC ...]")
-        if self.segments is not None and self.segments < 1:
-            raise MidblockError(f"--segments must be >= 1, got {self.segments}")
-
-
-@dataclass
-class InterpolateConfig(SurgeryConfig):
-    weights: list[str] = field(
-        default_factory=lambda: ["0,1,1,1,0"], metadata={"help": "a per segment, e.g. 0,1,1,1,0"}
-    )
-    extrapolate: bool = field(default=False, metadata={"help": "allow weights outside [0, 1]"})
-    save: str | None = field(default=None, metadata={"help": "write the first --weights model to this directory"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        from midblock.surgery.interpolate import parse_weights
-
-        if not self.weights:
-            raise MidblockError("give at least one --weights list")
-        for w in self.weights:
-            parse_weights(w, self.extrapolate)
 
 
 # --------------------------------------------------------------------------- shared machinery

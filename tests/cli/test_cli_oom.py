@@ -1,6 +1,6 @@
 """Out of memory in a command: advice with a smaller batch (exit 2, one line), or --auto-batch halving."""
 
-import midblock.evaluation as ev
+import midblock.evaluation.evaluate as ev  # what `midblock eval` calls
 from tests.conftest import run_cli
 
 

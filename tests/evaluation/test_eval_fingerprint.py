@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from midblock.errors import MidblockError
-from midblock.evaluation import EvalConfig, evaluate
+from midblock.evaluation.evaluate import EvalConfig, evaluate
 from midblock.io import read_jsonl_tolerant
 from tests.conftest import run_cli
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from midblock.errors import MidblockError
-from midblock.evaluation import EvalConfig, evaluate, evaluate_model
+from midblock.evaluation.evaluate import EvalConfig, evaluate, evaluate_model
 from midblock.evaluation.prompts import fewshot_prompt, sample_exemplars
 from midblock.evaluation.stats import wilson_interval
 from midblock.io import read_jsonl_tolerant

@@ -1,0 +1,88 @@
+"""The settings of the surgery grids (light: the command line builds its options from them without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from midblock.errors import MidblockError
+
+DIRECTIONS = ("into-base", "into-variant")
+
+
+@dataclass
+class SurgeryConfig:
+    """What both grids share: the two models, how to measure, where to write."""
+
+    base: str = field(metadata={"help": "base model spec (smollm2-135m, random:<preset>, a directory...)"})
+    variant: str = field(metadata={"help": "the tuned model: HF dir, midblock train run, BASE+ADAPTER, random:..."})
+    out: str = field(metadata={"help": "output (run) directory; report.html gets a section"})
+    task: Literal["arith", "gsm8k"] | None = field(
+        default=None, metadata={"help": "measure task accuracy (Wilson 95% intervals)"}
+    )
+    protocol: str = field(default="original", metadata={"help": "evaluation protocol (lm-eval, paper, original)"})
+    limit: int | None = field(default=20, metadata={"help": "test items per configuration"})
+    data: str | None = field(default=None, metadata={"help": "GSM8K directory/file for --task gsm8k"})
+    corpus: str | None = field(
+        default=None, metadata={"help": "text (.txt, blank-line separated) or .jsonl corpus for token loss/perplexity"}
+    )
+    corpus_limit: int | None = field(default=None, metadata={"help": "use at most this many corpus texts"})
+    batch_size: int = field(default=8, metadata={"help": "batch size of generation and scoring"})
+    max_length: int = field(default=512, metadata={"help": "tokens per corpus text (longer ones are cut)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "override the protocol's token limit"})
+    seed: int = field(default=0, metadata={"help": "seed of a random: base"})
+    variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise MidblockError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.task is not None and self.task not in ("arith", "gsm8k"):
+            raise MidblockError(f"unknown task '{self.task}'", hint="use arith or gsm8k")
+        if self.variant_seed is None:
+            self.variant_seed = self.seed + 1
+
+
+@dataclass
+class SwapConfig(SurgeryConfig):
+    segments: int | None = field(default=None, metadata={"help": "one configuration per segment of K"})
+    bands: list[str] | None = field(
+        default=None, metadata={"help": "one configuration per layer spec (6-23, seg2-4/5...)", "nargs": "+"}
+    )
+    with_head: bool = field(default=False, metadata={"help": "swap the final norm and LM head too"})
+    direction: Literal["into-base", "into-variant"] = field(
+        default="into-base", metadata={"help": "which way the blocks move"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.direction not in DIRECTIONS:
+            raise MidblockError(f"unknown direction '{self.direction}'", hint="use into-base or into-variant")
+        if (self.segments is None) == (not self.bands):
+            raise MidblockError("give exactly one of --segments K or --bands SPEC [SPEC ...]")
+        if self.segments is not None and self.segments < 1:
+            raise MidblockError(f"--segments must be >= 1, got {self.segments}")
+
+
+@dataclass
+class InterpolateConfig(SurgeryConfig):
+    weights: list[str] = field(
+        default_factory=lambda: ["0,1,1,1,0"],
+        metadata={
+            "help": "a per segment (K = number of values), e.g. 0,1,1,1,0; repeat for several",
+            "flag": "--weights",
+            "repeat": True,
+        },
+    )
+    extrapolate: bool = field(default=False, metadata={"help": "allow weights outside [0, 1]"})
+    save: str | None = field(default=None, metadata={"help": "write the first --weights model to this directory"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from midblock.surgery.interpolate import parse_weights
+
+        if not self.weights:
+            raise MidblockError("give at least one --weights list")
+        for w in self.weights:
+            parse_weights(w, self.extrapolate)
