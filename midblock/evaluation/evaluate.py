@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midblock.data import load_rows
 from midblock.errors import MidblockError
 from midblock.evaluation.config import (  # noqa: F401 (the evaluation API re-exports its config)
     EVAL_TASKS,
@@ -37,6 +38,10 @@ from midblock.evaluation.prompts import (
     zero_shot,
 )
 from midblock.evaluation.stats import wilson_interval
+from midblock.fingerprint import check_or_record, digest, make, model_identity, spec_identity, tokenizer_digest
+from midblock.io import RunDir, append_jsonl, fresh_output_dir, provenance, read_jsonl_tolerant, write_json, write_text
+from midblock.models import load_model
+from midblock.models.loading import load_tokenizer, parse_spec, resolve_base_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,6 @@ SUMMARY_FILE = "summary.json"
 
 def load_test_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     """The test rows to score, each with its absolute ``index`` in the split."""
-    from midblock.data import load_rows
 
     rows = load_rows(cfg.task, cfg.split, cfg.data, limit=cfg.limit, offset=cfg.offset)
     if not rows:
@@ -62,8 +66,6 @@ def build_prompts(cfg: EvalConfig, items: list[dict[str, Any]], tokenizer) -> li
         require_chat_template(tokenizer)
     train: list[dict[str, Any]] = []
     if cfg.shots:
-        from midblock.data import load_rows
-
         train = load_rows(cfg.task, "train", cfg.data)
     prompts = []
     for it in items:  # item k's exemplars depend on k only (lm-eval: the harness's draw for document k)
@@ -100,23 +102,17 @@ def evaluate(
     Every input is validated (task, protocol, limits, data file, model spec, output directory) before
     the model is loaded; with ``out_dir`` the per-item file is written as it goes and a rerun resumes.
     """
-    from midblock.models.loading import parse_spec
 
     t0 = time.perf_counter()
     cfg = cfg or EvalConfig()
     ms = parse_spec(model_spec)
     items = load_test_items(cfg)
     if out_dir is not None:
-        from midblock.io import fresh_output_dir
-
         fresh_output_dir(out_dir)
     if cfg.chat_template:  # a missing template is a user error: say so before loading weights
-        from midblock.models.loading import load_tokenizer
-
         require_chat_template(load_tokenizer(ms))
     if cfg.backend == "vllm":
         return _evaluate_vllm(ms, cfg, items, out_dir, progress, t0)
-    from midblock.models import load_model
 
     model, tok = load_model(model_spec, dtype=dtype)
     return evaluate_model(
@@ -144,15 +140,12 @@ def evaluate_model(
     prompts = build_prompts(cfg, items, tokenizer)
     identity = None
     if out_dir is not None:  # hashing every tensor costs about a second per GB: only to key stored results
-        from midblock.fingerprint import model_identity
-
         identity = model_identity(model, tokenizer)
     job = _Job(cfg, items, prompts, out_dir, model_spec, identity, progress, t0)
     return _run(job, lambda todo, cb: generate_completions(model, tokenizer, todo, cfg.decode_config(progress), cb))
 
 
 def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: float) -> dict[str, Any]:
-    from midblock.models.loading import load_tokenizer, resolve_base_dir
 
     try:
         import vllm  # noqa: F401
@@ -170,8 +163,6 @@ def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: floa
             cb(i, o)
         return outs
 
-    from midblock.fingerprint import spec_identity, tokenizer_digest
-
     identity = {"files": spec_identity(ms.original), "tokenizer": tokenizer_digest(tok)} if out_dir else None
     return _run(_Job(cfg, items, prompts, out_dir, ms.original, identity, progress, t0), gen)
 
@@ -183,7 +174,6 @@ _NOT_IN_FINGERPRINT = ("limit", "offset", "batch_size", "data")
 def eval_fingerprint(cfg: EvalConfig, identity: dict[str, Any]) -> dict[str, Any]:
     """What shapes every per-item result: the model (its tensors and tokenizer), the protocol and decoding
     settings, the package version. The data enter per item (prompt and item hash), so ``--limit`` can grow."""
-    from midblock.fingerprint import make
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     settings["max_new_tokens"] = cfg.decode_config(False).max_new_tokens
@@ -193,15 +183,12 @@ def eval_fingerprint(cfg: EvalConfig, identity: dict[str, Any]) -> dict[str, Any
 
 
 def _item_hash(it: dict[str, Any]) -> str:
-    from midblock.fingerprint import digest
 
     return digest([it["question"], it["answer"]])
 
 
 def _load_saved(cfg, items, prompts, out_dir: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """The finished items of an earlier run into ``out_dir``: only if everything that shaped them is equal."""
-    from midblock.fingerprint import check_or_record
-    from midblock.io import read_jsonl_tolerant
 
     items_path = out_dir / ITEMS_FILE
     saved = read_jsonl_tolerant(items_path)
@@ -239,7 +226,6 @@ class _Job:
 
 def _run(job: _Job, gen) -> dict[str, Any]:
     """Generate the items not yet stored (``gen(prompts, on_result)``), score them, and summarise."""
-    from midblock.io import RunDir, append_jsonl, write_json
 
     cfg, out_dir = job.cfg, job.out_dir
     records: dict[int, dict[str, Any]] = {}
@@ -288,7 +274,6 @@ def _record(cfg: EvalConfig, it: dict[str, Any], prompt: str, completion: str) -
 
 
 def _summary(job: _Job, ordered: list[dict[str, Any]], generated: int, gen_s: float) -> dict[str, Any]:
-    from midblock.io import provenance
 
     cfg = job.cfg
     summary = summarize(ordered, cfg.spec.primary)
@@ -319,8 +304,6 @@ def _rewrite_if_torn(path: Path, saved: list[dict[str, Any]]) -> None:
     text = path.read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
         import json
-
-        from midblock.io import write_text
 
         write_text(path, "".join(json.dumps(r) + "\n" for r in saved))
 

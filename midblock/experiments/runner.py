@@ -39,6 +39,9 @@ from midblock.experiments.table import build_rows, correctness
 from midblock.fingerprint import check_or_record, make, rows_digest, spec_identity
 from midblock.io import RunDir, fresh_output_dir, read_json, read_jsonl_tolerant, write_json
 from midblock.models import load_model
+from midblock.models.introspect import get_layout
+from midblock.models.loading import RUN_MANIFEST
+from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import write_lr_search, write_outputs
 from midblock.tuning.train import SUMMARY_FILE, train
 
@@ -168,7 +171,6 @@ def _perplexity(cc: CompareConfig, model, tok, texts: list[str], progress: bool)
 
 
 def _trained_blocks(run_dir: Path) -> list[int] | None:
-    from midblock.models.loading import RUN_MANIFEST
 
     p = run_dir / RUN_MANIFEST
     band = read_json(p).get("band") if p.exists() else None
@@ -255,8 +257,6 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
 
 
 def _num_layers(cc: CompareConfig) -> int:
-    from midblock.models.introspect import get_layout
-    from midblock.models.skeleton import load_skeleton
 
     return get_layout(load_skeleton(cc.model)).num_layers
 

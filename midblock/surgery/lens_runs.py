@@ -12,7 +12,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midblock.data import load_examples, resolve_task
 from midblock.errors import MidblockError
+from midblock.io import (
+    RunDir,
+    append_jsonl,
+    atomic_path,
+    fresh_output_dir,
+    provenance,
+    read_json,
+    read_jsonl_tolerant,
+    write_csv,
+    write_json,
+)
+from midblock.models import load_model
+from midblock.models.loading import check_safetensors, load_tokenizer
+from midblock.reporting.report import Section, add_section, esc, table_html
+from midblock.surgery.correlate import cluster_order, correlation_matrix, matrix_rows, pivot, read_metrics
+from midblock.surgery.earlyexit import EarlyExitResult, early_exit, gold_probe, top1_agreement
+from midblock.surgery.plots import plot_depth, plot_heatmap
+from midblock.surgery.runs import rewrite_if_torn, validate_pair
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +66,10 @@ class EarlyExitConfig:
 def _measure_model(cfg: EarlyExitConfig, which: str, examples, out: Path) -> dict[str, Any]:
     import torch
 
-    from midblock.io import atomic_path
-    from midblock.models import load_model
-    from midblock.surgery.earlyexit import early_exit, gold_probe
-
     spec, seed = (cfg.base, cfg.seed) if which == "base" else (cfg.variant, cfg.variant_seed)
     model, tok = load_model(spec, seed=seed, merge=True)
     if which == "variant":
         # Both models must read identical token ids: the base's tokenizer is used for both.
-        from midblock.models.loading import load_tokenizer
 
         tok = load_tokenizer(cfg.base)
     res = early_exit(model, tok, [e.text for e in examples], cfg.batch_size, cfg.max_length)
@@ -77,9 +91,6 @@ def _measure_model(cfg: EarlyExitConfig, which: str, examples, out: Path) -> dic
 
 def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
     """Per layer, for base and variant: next-token loss, top-1 accuracy, gold-token probability; agreement."""
-    from midblock.data import load_examples, resolve_task
-    from midblock.io import RunDir, append_jsonl, fresh_output_dir, read_json, read_jsonl_tolerant, write_json
-    from midblock.surgery.runs import rewrite_if_torn, validate_pair
 
     validate_pair(cfg.base, cfg.variant)
     task = resolve_task(cfg.task, cfg.data)
@@ -110,7 +121,6 @@ def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
 
 def _top1_readable(path: Path) -> bool:
     """A resumed run recomputes a model whose top-1 file is missing or damaged (killed mid-copy, truncated)."""
-    from midblock.models.loading import check_safetensors
 
     if not path.exists():
         return False
@@ -125,8 +135,6 @@ def _top1_readable(path: Path) -> bool:
 def _agreement(out: Path) -> list[float]:
     from safetensors.torch import load_file
 
-    from midblock.surgery.earlyexit import EarlyExitResult, top1_agreement
-
     def load(which: str) -> EarlyExitResult:
         d = load_file(str(out / f"early_exit_top1_{which}.safetensors"))
         return EarlyExitResult([], 0, [], [d[f"layer{l}"] for l in range(len(d))])
@@ -135,9 +143,6 @@ def _agreement(out: Path) -> list[float]:
 
 
 def _write(cfg: EarlyExitConfig, rows: list[dict[str, Any]], out: Path, n_examples: int) -> None:
-    from midblock.io import provenance, write_csv, write_json
-    from midblock.reporting.report import Section, add_section, esc, table_html
-    from midblock.surgery.plots import plot_depth
 
     cols = ["model", "layer", "depth", "loss", "top1", "gold_prob", "top1_agreement", "n_tokens", "n_probe"]
     write_csv(out / "early_exit.csv", rows, cols)
@@ -166,10 +171,6 @@ def _write(cfg: EarlyExitConfig, rows: list[dict[str, Any]], out: Path, n_exampl
 
 def run_correlate(run_dirs: list[str], out: str, min_rows: int = 3) -> dict[str, Any]:
     """Pearson and Spearman matrices of the runs' metrics, clustered heat maps, CSV, JSON, report section."""
-    from midblock.io import fresh_output_dir, provenance, write_csv, write_json
-    from midblock.reporting.report import Section, add_section, esc
-    from midblock.surgery.correlate import cluster_order, correlation_matrix, matrix_rows, pivot, read_metrics
-    from midblock.surgery.plots import plot_heatmap
 
     rows = read_metrics(run_dirs)
     keys, names, X = pivot(rows)

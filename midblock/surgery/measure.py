@@ -13,6 +13,9 @@ from typing import Any
 from torch import nn
 
 from midblock.errors import MidblockError
+from midblock.evaluation.config import PROTOCOLS
+from midblock.evaluation.evaluate import EvalConfig, evaluate_model, load_test_items
+from midblock.evaluation.ppl import load_texts, token_loss
 
 
 @dataclass
@@ -29,13 +32,9 @@ class Measurer:
     def __call__(self, model: nn.Module) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.texts:
-            from midblock.evaluation.ppl import token_loss
-
             r = token_loss(model, self.tokenizer, self.texts, batch_size=self.batch_size, max_length=self.max_length)
             out.update(loss=r["loss"], ppl=r["ppl"], n_tokens=r["n_tokens"])
         if self.eval_cfg is not None:
-            from midblock.evaluation.evaluate import evaluate_model
-
             s = evaluate_model(model, self.tokenizer, self.eval_cfg, items=self.items, progress=False)
             out["n_items"] = s["n"]
             for name in s["primary"]:
@@ -49,8 +48,6 @@ class Measurer:
     def metric_names(self) -> list[str]:
         names = ["loss"] if self.texts else []
         if self.eval_cfg is not None:
-            from midblock.evaluation.config import PROTOCOLS
-
             names += [f"acc_{n}" for n in PROTOCOLS[self.eval_cfg.protocol].primary]
         return names
 
@@ -65,15 +62,11 @@ def build_measurer(cfg) -> Measurer:
         raise MidblockError("nothing to measure", hint="give --task arith|gsm8k and/or --corpus FILE")
     texts: list[str] = []
     if corpus is not None:
-        from midblock.evaluation.ppl import load_texts
-
         texts = load_texts(corpus, limit=cfg.corpus_limit)
         if not texts:
             raise MidblockError(f"corpus file {corpus} holds no text", hint="pass a non-empty .txt or .jsonl")
     eval_cfg, items = None, []
     if task is not None:
-        from midblock.evaluation.evaluate import EvalConfig, load_test_items
-
         eval_cfg = EvalConfig(
             task=task,
             protocol=cfg.protocol,

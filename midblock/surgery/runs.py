@@ -14,9 +14,37 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from midblock.data import load_rows
 from midblock.errors import MidblockError
+from midblock.fingerprint import describe_change, file_digest, make, rows_digest, spec_identity
+from midblock.io import (
+    RunDir,
+    append_jsonl,
+    fresh_output_dir,
+    provenance,
+    read_json,
+    read_jsonl_tolerant,
+    write_csv,
+    write_json,
+    write_text,
+)
+from midblock.models import load_model
+from midblock.models.loading import parse_spec
+from midblock.models.skeleton import load_config, load_skeleton
+from midblock.reporting.report import Section, add_section, esc, table_html
 from midblock.surgery.config import InterpolateConfig, SurgeryConfig, SwapConfig  # noqa: F401 (re-exported)
-from midblock.surgery.swap import Configuration
+from midblock.surgery.interpolate import interpolation_configuration, parse_weights, save_interpolation
+from midblock.surgery.measure import build_measurer
+from midblock.surgery.plots import plot_configurations
+from midblock.surgery.sources import open_source, tied_aliases
+from midblock.surgery.swap import (
+    Configuration,
+    check_compatible_configs,
+    check_source,
+    reference_configurations,
+    run_configurations,
+    swap_configurations,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +54,6 @@ log = logging.getLogger(__name__)
 
 def validate_pair(base: str, variant: str):
     """Parse and compare both specs from their configurations; returns the base's meta skeleton."""
-    from midblock.models.loading import parse_spec
-    from midblock.models.skeleton import load_config, load_skeleton
-    from midblock.surgery.swap import check_compatible_configs
 
     parse_spec(base)
     parse_spec(variant)
@@ -40,16 +65,12 @@ def rewrite_if_torn(path: Path, rows: list[dict[str, Any]]) -> None:
     """A killed run can leave a torn last line: rewrite the file from the good rows so appends start clean."""
     import json
 
-    from midblock.io import write_text
-
     if path.exists() and not path.read_text(encoding="utf-8").endswith("\n") and path.stat().st_size:
         write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def surgery_fingerprint(cfg: SurgeryConfig, models: dict[str, tuple[str, int]]) -> dict[str, Any]:
     """Settings, both models' files (or preset and seed) and the data files' contents, plus the version."""
-    from midblock.data import load_rows
-    from midblock.fingerprint import file_digest, make, rows_digest, spec_identity
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "save")}
     data: dict[str, Any] = {}
@@ -63,8 +84,6 @@ def surgery_fingerprint(cfg: SurgeryConfig, models: dict[str, tuple[str, int]]) 
 
 def _check_resume(out: Path, kind: str, fp: dict[str, Any]) -> None:
     """A directory holding another run's rows is refused, naming the first setting that changed."""
-    from midblock.fingerprint import describe_change
-    from midblock.io import read_json
 
     cfg_file = out / f"{kind}_config.json"
     has_rows = (out / f"{kind}_results.jsonl").exists()
@@ -89,10 +108,6 @@ def _grid(
 
     ``models``: ``{"recipient": (spec, seed), "donor": (spec, seed)}``: the model patched and the source of
     the blocks patched in."""
-    from midblock.io import RunDir, append_jsonl, fresh_output_dir, read_jsonl_tolerant, write_json
-    from midblock.models import load_model
-    from midblock.surgery.sources import open_source, tied_aliases
-    from midblock.surgery.swap import check_source, run_configurations
 
     out = fresh_output_dir(cfg.out)
     fingerprint = surgery_fingerprint(cfg, models)
@@ -128,9 +143,6 @@ def _grid(
 
 
 def _write_outputs(kind: str, cfg: SurgeryConfig, rows: list[dict[str, Any]], metrics: list[str], out: Path) -> None:
-    from midblock.io import provenance, write_csv, write_json
-    from midblock.reporting.report import Section, add_section, esc, table_html
-    from midblock.surgery.plots import plot_configurations
 
     lead = [
         "config",
@@ -175,8 +187,6 @@ def _write_outputs(kind: str, cfg: SurgeryConfig, rows: list[dict[str, Any]], me
 
 def run_swap(cfg: SwapConfig) -> list[dict[str, Any]]:
     """Swap each configuration's blocks between base and variant and measure it (see module docstring)."""
-    from midblock.surgery.measure import build_measurer
-    from midblock.surgery.swap import reference_configurations, swap_configurations
 
     skeleton = validate_pair(cfg.base, cfg.variant)
     grid = swap_configurations(skeleton, segments=cfg.segments, bands=cfg.bands, with_head=cfg.with_head)
@@ -194,10 +204,6 @@ def run_swap(cfg: SwapConfig) -> list[dict[str, Any]]:
 
 def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
     """Measure each per-segment interpolation; optionally save the first one as a model directory."""
-    from midblock.io import fresh_output_dir
-    from midblock.surgery.interpolate import interpolation_configuration, parse_weights, save_interpolation
-    from midblock.surgery.measure import build_measurer
-    from midblock.surgery.swap import reference_configurations
 
     skeleton = validate_pair(cfg.base, cfg.variant)
     weights = [parse_weights(w, cfg.extrapolate) for w in cfg.weights]

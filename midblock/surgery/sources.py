@@ -23,6 +23,9 @@ import torch
 from torch import nn
 
 from midblock.errors import MidblockError
+from midblock.io import read_json
+from midblock.models import load_model
+from midblock.models.loading import parse_spec, resolve_base_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +85,6 @@ class SafetensorsSource(TensorSource):
         else:
             index = path / "model.safetensors.index.json"
             if index.exists():
-                from midblock.io import read_json
-
                 weight_map = read_json(index)
                 weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
                 if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
@@ -161,7 +162,6 @@ class OverlaySource(TensorSource):
 
 def _model_dir_source(spec_obj, aliases: dict[str, list[str]]) -> TensorSource | None:
     """A lazy source for a spec whose weights sit in a local safetensors directory, else None."""
-    from midblock.models.loading import resolve_base_dir
 
     if spec_obj.kind == "random":
         return None
@@ -185,7 +185,6 @@ def open_source(
     reduced to ``needed`` for ``random:`` presets and adapters (PEFT merges the adapter: no LoRA maths
     is re-implemented here).
     """
-    from midblock.models.loading import parse_spec
 
     ms = parse_spec(spec)
     needed = list(dict.fromkeys(needed))
@@ -196,7 +195,6 @@ def open_source(
                 return OverlaySource(SafetensorsSource(ms.delta, aliases), base_part)
             return base_part
     # Materialise once, keep only what the grid needs, free the rest.
-    from midblock.models import load_model
 
     log.info("materialising %s to extract %d tensors", spec, len(needed))
     model, _ = load_model(spec, seed=seed, dtype=dtype, merge=True)
