@@ -7,6 +7,10 @@
 - ``items.csv``: one line per (cell, test item): whether each extractor scored it correct;
 - copies of ``compare.md``, ``compare.json``, ``lr_search.md`` and the figure.
 
+``save_state(out, dest)`` copies what a partly finished comparison needs to resume elsewhere without
+redoing its finished cells (their fingerprints, records and per-item results, and the base analysis of
+band ``auto``), small enough to commit; copy it back into an output directory and rerun the same grid.
+
 ``derive(dest)`` rebuilds the comparison rows from those two files alone with the engine's own statistics
 (:func:`midblock.experiments.table.build_rows`), so anyone can check the published table::
 
@@ -86,6 +90,26 @@ def export(out: str | Path, dest: str | Path) -> Path:
     return dest
 
 
+_STATE_FILES = ("fingerprint.json", "cell.json", "items.jsonl", "summary.json", "results.json", "COMPLETED")
+
+
+def save_state(out: str | Path, dest: str | Path) -> int:
+    """Copy the finished cells' small files (and the base analysis) of ``out`` into ``dest``; returns the
+    number of finished cells. Training runs (adapters, checkpoints) are not copied: a finished cell never
+    needs its training run again."""
+    out, dest = Path(out), Path(dest)
+    finished = [f.parent for f in (out / "cells").glob("*/eval-*/cell.json")]
+    keep = [d / n for d in finished for n in ("cell.json", "fingerprint.json", "eval/items.jsonl", "eval/summary.json")]
+    keep += [d.parent / "fingerprint.json" for d in finished]
+    keep += [out / "analysis-base" / n for n in ("results.json", "COMPLETED", "fingerprint.json")]
+    for f in keep:
+        if f.exists() and f.name in _STATE_FILES:
+            target = dest / f.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+    return len(finished)
+
+
 def derive(dest: str | Path) -> list[dict[str, Any]]:
     """The comparison rows rebuilt from ``cells.jsonl`` and ``items.csv`` (main phase and base)."""
     dest = Path(dest)
@@ -119,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 3 and argv[0] == "export":
         print(export(argv[1], argv[2]))
         return 0
+    if len(argv) == 3 and argv[0] == "state":
+        print(f"{save_state(argv[1], argv[2])} finished cells saved to {argv[2]}")
+        return 0
     if len(argv) == 2 and argv[0] == "derive":
         from midblock.experiments.table import pooled_rows
 
@@ -131,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         return 0
-    print("usage: python -m midblock.experiments.export export COMPARE_DIR DEST | derive DEST", file=sys.stderr)
+    print(
+        "usage: python -m midblock.experiments.export export COMPARE_DIR DEST | derive DEST | state COMPARE_DIR DEST",
+        file=sys.stderr,
+    )
     return 2
 
 

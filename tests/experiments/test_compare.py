@@ -295,3 +295,20 @@ def test_a_bad_training_setting_in_a_grid_file_fails_before_anything_is_created(
     grid.write_text("model: random:llama-tiny\nmethods: [{name: a, method: midblock, band: auto}]\n")
     rc, _, err = run_cli("compare", "--config", str(grid), "--out", str(tmp_path / "o"))
     assert rc == 2 and "band 'auto' but no analysis" in err and not (tmp_path / "o").exists()
+
+
+def test_saved_state_resumes_elsewhere_without_recomputing(tmp_path, monkeypatch):
+    from midblock.experiments.export import save_state
+
+    first = compare(SMALL, tmp_path / "c", progress=False)
+    assert save_state(tmp_path / "c", tmp_path / "state") == 1
+    assert not list((tmp_path / "state").rglob("*.safetensors"))  # small: no adapters, no checkpoints
+    import shutil
+
+    import midblock.experiments.runner as runner
+
+    shutil.copytree(tmp_path / "state", tmp_path / "elsewhere")
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    monkeypatch.setattr(runner, "evaluate_model", lambda *a, **k: pytest.fail("a finished cell was re-evaluated"))
+    again = compare(SMALL, tmp_path / "elsewhere", progress=False)
+    assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
