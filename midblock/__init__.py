@@ -5,8 +5,7 @@ The public API is importable from here; heavy modules load lazily so ``import mi
 
 from __future__ import annotations
 
-from typing import Any
-
+from midblock._lazy import lazy_getattr
 from midblock.errors import MidblockError
 from midblock.layers import resolve_layers
 
@@ -30,17 +29,12 @@ _LAZY = {
     "run_demo": "midblock.experiments.demo",
     "DemoConfig": "midblock.experiments.demo",
     "analyze": "midblock.analysis.analyze",
-    "AnalyzeConfig": "midblock.analysis.analyze",
-    "EvalConfig": "midblock.evaluation.evaluate",
+    "AnalyzeConfig": "midblock.analysis.config",
+    "EvalConfig": "midblock.evaluation.config",
     "TrainConfig": "midblock.tuning.trainconfig",
 }
 
 __all__ = ["MidblockError", "resolve_layers", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'midblock' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,7 +6,7 @@ pull in torch through ``import midblock.models``.
 
 from __future__ import annotations
 
-from typing import Any
+from midblock._lazy import lazy_getattr
 
 _LAZY = {
     "DEFAULT_MODEL": "midblock.models.loading",
@@ -21,9 +21,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'midblock.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from midblock.io import read_jsonl_tolerant, write_csv, write_text
+from midblock.reporting.compare_report import COLUMNS
 from midblock.reporting.report import Section, add_section, esc, table_html
 
 # --------------------------------------------------------------------------- figures
@@ -171,27 +172,8 @@ def verdict(rows: list[dict]) -> str:
     return " ".join(out)
 
 
-REPORT_COLUMNS = [
-    "arm",
-    "band",
-    "seed",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "seed_sd",
-    "diff_vs_baseline",
-    "diff_low",
-    "diff_high",
-    "trainable_params",
-    "rank_units",
-    "alpha_over_r",
-    "backward_depth",
-    "median_step_s",
-    "peak_mem_gib",
-    "final_loss",
-    "ppl",
-    "ppl_change_pct",
-]
+# the compare table's columns, less what the demo's one-row-per-arm table does not need
+REPORT_COLUMNS = [c for c in COLUMNS if c not in ("lr", "metric", "n", "train_wall_s", "eval_wall_s", "ppl_delta")]
 
 
 def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[dict[str, Any]]) -> Path:
