@@ -1,4 +1,5 @@
-"""The settings of the surgery grids (light: the command line builds its options from them without torch)."""
+"""The settings of the surgery grids and of the early-exit run (light: the command line builds its options
+from them without torch)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,32 @@ class InterpolateConfig(SurgeryConfig):
             raise MidblockError("give at least one --weights list")
         for w in self.weights:
             parse_weights(w, self.extrapolate)
+
+
+@dataclass
+class EarlyExitConfig:
+    """Early exit / logit lens of base and variant on one task's texts."""
+
+    base: str = field(metadata={"help": "base model spec"})
+    variant: str = field(metadata={"help": "tuned model spec (HF dir, run dir, BASE+ADAPTER, random:...)"})
+    out: str = field(metadata={"help": "output (run) directory"})
+    task: Literal["gsm8k", "arith", "jsonl"] | None = field(
+        default=None, metadata={"help": "task of the texts (default: from --data)"}
+    )
+    data: str | None = field(default=None, metadata={"help": "data file or directory"})
+    split: str = field(default="test", metadata={"help": "which split's examples"})
+    samples: int = field(default=50, metadata={"help": "number of examples"})
+    batch_size: int = field(default=8, metadata={"help": "examples per forward pass"})
+    max_length: int = field(default=256, metadata={"help": "tokens per text (longer texts are cut)"})
+    seed: int = field(default=0, metadata={"help": "seed of a random: base"})
+    variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise MidblockError(f"--samples must be >= 1, got {self.samples}")
+        if self.batch_size < 1:
+            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise MidblockError(f"--max-length must be >= 2, got {self.max_length}")
+        if self.variant_seed is None:
+            self.variant_seed = self.seed + 1

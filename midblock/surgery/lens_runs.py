@@ -8,7 +8,7 @@ skips it and the base-vs-variant top-1 agreement can still be computed.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,39 +28,13 @@ from midblock.io import (
 from midblock.models import load_model
 from midblock.models.loading import check_safetensors, load_tokenizer
 from midblock.reporting.report import Section, add_section, esc, table_html
+from midblock.surgery.config import EarlyExitConfig  # noqa: F401 (re-exported)
 from midblock.surgery.correlate import cluster_order, correlation_matrix, matrix_rows, pivot, read_metrics
 from midblock.surgery.earlyexit import EarlyExitResult, early_exit, gold_probe, top1_agreement
 from midblock.surgery.plots import plot_depth, plot_heatmap
 from midblock.surgery.runs import rewrite_if_torn, validate_pair
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EarlyExitConfig:
-    """Early exit / logit lens of base and variant on one task's texts."""
-
-    base: str = field(metadata={"help": "the base model spec"})
-    variant: str = field(metadata={"help": "the tuned model spec"})
-    out: str = field(metadata={"help": "output (run) directory"})
-    task: str | None = field(default=None, metadata={"help": "gsm8k, arith or jsonl (default: from --data)"})
-    data: str | None = field(default=None, metadata={"help": "data file or directory"})
-    split: str = field(default="test", metadata={"help": "which split's examples"})
-    samples: int = field(default=50, metadata={"help": "number of examples"})
-    batch_size: int = field(default=8, metadata={"help": "examples per forward pass"})
-    max_length: int = field(default=256, metadata={"help": "tokens per text (longer texts are cut)"})
-    seed: int = field(default=0, metadata={"help": "seed of a random: base"})
-    variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
-
-    def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise MidblockError(f"--samples must be >= 1, got {self.samples}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_length < 2:
-            raise MidblockError(f"--max-length must be >= 2, got {self.max_length}")
-        if self.variant_seed is None:
-            self.variant_seed = self.seed + 1
 
 
 def _measure_model(cfg: EarlyExitConfig, which: str, examples, out: Path) -> dict[str, Any]:
