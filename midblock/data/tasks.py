@@ -123,14 +123,21 @@ def _chat_prompt(ex: Example, tokenizer) -> str:
     return tokenizer.apply_chat_template(ex.messages[:-1], tokenize=False, add_generation_prompt=True)
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """The one prompt encoder (training, decoding, perplexity, early exit): token ids without special tokens,
+    plus BOS where the tokenizer asks for one."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [bos] + ids
+    return ids
+
+
 def tokenize_example(
     ex: Example, tokenizer, completion_only: bool = True, add_eos: bool = True
 ) -> dict[str, list[int]]:
     prompt = _chat_prompt(ex, tokenizer) if ex.messages else ex.prompt
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    bos = tokenizer.bos_token_id
-    if bos is not None and getattr(tokenizer, "add_bos_token", False):
-        p_ids = [bos] + p_ids
+    p_ids = encode_prompt(tokenizer, prompt)
     c_ids = tokenizer(ex.completion, add_special_tokens=False)["input_ids"]
     if add_eos and tokenizer.eos_token_id is not None:
         c_ids = c_ids + [tokenizer.eos_token_id]

@@ -19,6 +19,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from midblock.data.tasks import encode_prompt
 from midblock.errors import MidblockError
 from midblock.evaluation.config import DecodeConfig
 from midblock.evaluation.prefix_attention import shared_prefix_attention
@@ -64,15 +65,6 @@ def eos_token_ids(model, tokenizer) -> list[int]:
         elif isinstance(src, (list, tuple)):
             ids.update(int(x) for x in src)
     return sorted(ids)
-
-
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Prompt token ids without special tokens, plus BOS where the tokenizer asks for one (as training does)."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None and getattr(tokenizer, "add_bos_token", False):
-        ids = [bos] + ids
-    return ids
 
 
 def truncate_at_stops(text: str, stops: Sequence[str]) -> str:

@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
+from midblock.data.tasks import encode_prompt
 from midblock.errors import MidblockError
 
 
 def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None and getattr(tokenizer, "add_bos_token", False):
-        ids = [bos] + ids
+    """A text's ids (as prompts are encoded), cut at ``max_length``, and whether it was cut."""
+    ids = encode_prompt(tokenizer, text)
     return ids[:max_length], len(ids) > max_length
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from midblock.data.tasks import encode_prompt
 from midblock.models.introspect import get_layout
 
 
@@ -121,15 +122,6 @@ def _batches(seqs: list[list[int]], batch_size: int, pad_id: int):
         yield ids, mask
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids the way SFT tokenisation builds a prompt: no specials, BOS only if the tokenizer adds one."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token_id
-    if bos is not None and getattr(tokenizer, "add_bos_token", False):
-        ids = [bos] + ids
-    return ids
-
-
 @torch.no_grad()
 def early_exit(
     model: nn.Module, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 256, progress: bool = True
@@ -138,7 +130,7 @@ def early_exit(
     from tqdm.auto import tqdm
 
     L = get_layout(model).num_layers
-    seqs = [encode(tokenizer, t)[:max_length] for t in texts]
+    seqs = [encode_prompt(tokenizer, t)[:max_length] for t in texts]
     seqs = [s for s in seqs if len(s) >= 2]
     res = EarlyExitResult([0.0] * (L + 1), 0, [0] * (L + 1), [[] for _ in range(L + 1)])  # type: ignore[list-item]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -181,9 +173,9 @@ def probe_inputs(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
     answer = str(answer).strip()
     if not answer:
         raise ValueError("the gold answer is empty")
-    p_ids = encode(tokenizer, prompt)
+    p_ids = encode_prompt(tokenizer, prompt)
     joined = prompt + ("" if prompt[-1:].isspace() else " ") + answer
-    f_ids = encode(tokenizer, joined)
+    f_ids = encode_prompt(tokenizer, joined)
     if not (len(f_ids) > len(p_ids) and f_ids[: len(p_ids)] == p_ids):
         # The prompt's last token merged with the answer: fall back to the answer tokenised on its own.
         f_ids = p_ids + tokenizer(" " + answer, add_special_tokens=False)["input_ids"]

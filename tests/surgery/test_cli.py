@@ -180,7 +180,7 @@ def test_early_exit_cli(tmp_path):
     assert all(0.0 < float(r["gold_prob"]) < 1.0 and r["n_probe"] == "3" for r in rows)
     # The base's last layer is the base model's own loss on the same ids.
     from midblock.data import load_examples
-    from midblock.surgery.earlyexit import encode
+    from midblock.data.tasks import encode_prompt as encode
 
     m, tok = load_model("random:llama-tiny", seed=0)
     total = n = 0
