@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from midblock.analysis import sequential as S
 from midblock.analysis.capture import (
     TOKEN_STATS,
     CaptureSpec,
@@ -41,12 +42,18 @@ from midblock.analysis.inputs import (
     tokenize,
 )
 from midblock.analysis.recommend import RecommendConfig, recommend_band
+from midblock.analysis.report import analysis_section
 from midblock.analysis.rows import pair_rows, per_model_rows
+from midblock.analysis.sequential import remove_spill
+from midblock.analysis.weights import grad_norm, is_lora_model, lora_delta, weight_delta
 from midblock.errors import MidblockError
 from midblock.io import RunDir, atomic_path, fresh_output_dir, provenance, read_torch_state, write_csv, write_json
+from midblock.launch import describe_run
 from midblock.layers import resolve_layers
 from midblock.models.introspect import get_layout
 from midblock.models.loading import parse_spec
+from midblock.reporting.plots import plot_profiles
+from midblock.reporting.report import add_section
 
 log = logging.getLogger(__name__)
 CSV_COLUMNS = ["variant", "dataset", "layer", "depth", "metric", "value"]
@@ -175,8 +182,6 @@ def analyze(
     spec = _capture_spec(cfg, resolve_layers(cfg.layers, L + 1), multi=len(names) > 1)
     rank, world = _dist()
     if rank == 0:
-        from midblock.launch import describe_run
-
         describe_run("analyze", world, cfg.batch_size)
     # only the main process owns the run directory; other data-parallel ranks just contribute shards
     with RunDir(out) if rank == 0 else contextlib.nullcontext() as rundir:
@@ -199,8 +204,6 @@ def analyze(
         ]
         results = _write_outputs(out, run, csv_rows, band, warnings, names, L, fp)
         if cfg.sequential:
-            from midblock.analysis.sequential import remove_spill
-
             remove_spill(run.cache / _SPILL)
         rundir.mark_completed()
     return results
@@ -304,8 +307,6 @@ def _run_lockstep(run: _Run, models: dict[str, Any]) -> tuple[dict, dict]:
 def _run_sequential(run: _Run, models: dict[str, Any], var_info: list[dict]) -> tuple[dict, dict]:
     """One model resident at a time: the base over every dataset (spilling what the pairs need), then each
     variant in turn on identical batches. ``models`` holds only the base, which is dropped from it here."""
-    from midblock.analysis import sequential as S
-    from midblock.models.introspect import get_layout
 
     spec, spill = run.spec, run.cache / _SPILL
     need_states = (spec.token_cka or spec.logit_lens) and bool(var_info)
@@ -341,9 +342,7 @@ def _run_sequential(run: _Run, models: dict[str, Any], var_info: list[dict]) -> 
 
 def _one_variant(run: _Run, v: dict, base_stats: dict, lens, wfile: Path | None, need_states: bool) -> dict:
     """Load one variant, check it is the one fingerprinted, and measure it against the base's saved state."""
-    from midblock.analysis import sequential as S
-    from midblock.analysis.weights import lora_delta, weight_delta
-    from midblock.models import load_model
+    from midblock.models import load_model  # looked up when called: tests count the loads
 
     cfg, spill, nm = run.cfg, run.cache / _SPILL, v["name"]
     vm, _ = load_model(v["spec"], dtype=cfg.dtype, device=cfg.device, seed=cfg.seed, **run.load_kw)
@@ -364,7 +363,6 @@ def _one_variant(run: _Run, v: dict, base_stats: dict, lens, wfile: Path | None,
 
 
 def _grad_cached(run: _Run, ds: str, model) -> dict:
-    from midblock.analysis.weights import grad_norm
 
     f = run.cache / f"{ds}.grad.pt"
     if run.resume and f.exists():
@@ -379,7 +377,6 @@ def _grad_cached(run: _Run, ds: str, model) -> dict:
 
 
 def _weight_rows(models: dict[str, Any], fams: set[str]) -> dict[str, dict]:
-    from midblock.analysis.weights import is_lora_model, lora_delta, weight_delta
 
     out = {}
     for nm, m in models.items():
@@ -426,9 +423,6 @@ def _recommend(rows: list[dict], L: int, names: list[str], cfg: RecommendConfig)
 
 
 def _write_outputs(out, run: _Run, csv_rows, band, warnings, names, L, fp) -> dict[str, Any]:
-    from midblock.analysis.report import analysis_section
-    from midblock.reporting.plots import plot_profiles
-    from midblock.reporting.report import add_section
 
     for r in csv_rows:
         r["value"] = float(r["value"])

@@ -9,8 +9,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from midblock.analysis.sequential import release_memory
+from midblock.analysis.weights import is_lora_model
+from midblock.data import load_examples, resolve_task
 from midblock.errors import MidblockError
+from midblock.fingerprint import package_version, tensors_digest
 from midblock.io import read_json
+from midblock.models.introspect import get_layout, strip_peft
 
 FINGERPRINT = "fingerprint.json"
 
@@ -22,14 +27,12 @@ def dataset_arg(ds: str) -> tuple[str, str | None, str]:
     p = Path(ds)
     if not p.exists():
         raise MidblockError(f"dataset '{ds}' is neither gsm8k, arith nor an existing .jsonl file")
-    from midblock.data import resolve_task
 
     return resolve_task(None, ds), ds, p.stem
 
 
 def load_texts(ds: str, cfg, warnings: list[str]) -> tuple[str, list[str]]:
     """(display name, analysis texts) of one --data value; fewer samples than asked add a warning."""
-    from midblock.data import load_examples
 
     task, data, name = dataset_arg(ds)
     split = cfg.split if task != "jsonl" else "test"
@@ -68,7 +71,6 @@ def model_name(spec: str, taken: set[str]) -> str:
 
 def signature(model, tok) -> dict[str, Any]:
     """What base and variant must share (kept, so one-model-at-a-time runs check without both loaded)."""
-    from midblock.models.introspect import get_layout, strip_peft
 
     lay = get_layout(model)
     vocab = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()
@@ -97,13 +99,11 @@ def check_compatible(base: dict[str, Any], var: dict[str, Any], name: str) -> No
 def model_identity(model) -> str:
     """A content hash of a model's tensors (see :func:`midblock.fingerprint.tensors_digest`), so a changed
     checkpoint is noticed. Weights that a ``device_map`` offloaded (left on the meta device) enter by shape."""
-    from midblock.fingerprint import tensors_digest
 
     return tensors_digest(model)
 
 
 def fingerprint(cfg, identities: dict[str, str], seqs: dict[str, list[list[int]]]) -> dict[str, Any]:
-    from midblock.fingerprint import package_version
 
     data_hash = {k: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16] for k, v in seqs.items()}
     # where and how the models run does not change the numbers (sequential = lockstep is tested)
@@ -137,9 +137,7 @@ def load_models(cfg, seed: int, load_kw: dict) -> tuple[dict[str, Any], Any, lis
     against the base and fingerprint it (so a bad variant fails before anything is written), then freed;
     only the base is returned loaded, and each variant is loaded again for its own pass.
     """
-    from midblock.analysis.sequential import release_memory
-    from midblock.analysis.weights import is_lora_model
-    from midblock.models import load_model
+    from midblock.models import load_model  # looked up when called: tests count the loads
 
     def load(spec: str):
         return load_model(spec, dtype=cfg.dtype, device=cfg.device, seed=seed, **load_kw)

@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from midblock.io import atomic_path, provenance, write_csv, write_json, write_text
+from midblock.layers import resolve_layers
+
 COLUMNS = [
     "arm",
     "seed",
@@ -111,8 +114,6 @@ def plot_png(cc, rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from midblock.io import atomic_path
-
     means = [r for r in rows if str(r["seed"]).startswith("mean") or r["seed"] == "-"]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(means) + 2), 4.0))
     for x, m in enumerate(means):
@@ -145,9 +146,6 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from midblock.io import atomic_path
-    from midblock.layers import resolve_layers
-
     arms = [r for r in rows if str(r["seed"]).startswith("mean(") and r.get("band")]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 5.6), sharex=True)
     for k, r in enumerate(arms):
@@ -175,8 +173,6 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
 def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extra: dict | None = None) -> None:
     from dataclasses import asdict
 
-    from midblock.io import provenance, write_csv, write_json, write_text
-
     write_csv(out / "compare.csv", rows, fieldnames=COLUMNS)
     write_text(out / "compare.md", markdown(cc, rows))
     plot_png(cc, rows, out / "compare.png")
@@ -190,7 +186,6 @@ def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extr
 
 def write_lr_search(rows: list[dict[str, Any]], out: Path, metric: str) -> None:
     """The learning-rate search: each arm's dev accuracy at each rate, the chosen rate marked."""
-    from midblock.io import write_text
 
     lines = [
         f"Learning-rate search on the dev split (metric `{metric}`, one seed); the chosen rate is marked.\n",

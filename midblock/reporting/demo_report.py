@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from midblock.io import read_jsonl_tolerant, write_csv, write_text
+from midblock.models.introspect import get_layout
+from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import COLUMNS
-from midblock.reporting.report import Section, add_section, esc, table_html
+from midblock.reporting.report import Section, add_section, esc, render_report, table_html
 
 # --------------------------------------------------------------------------- figures
 
@@ -250,7 +252,6 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
             order=40,
         ),
     )
-    from midblock.reporting.report import render_report
 
     return render_report(out, title=f"midblock demo: {config.model} on {config.task}")
 
@@ -270,7 +271,5 @@ def _cell(v: Any) -> str:
 
 
 def _num_layers(spec: str) -> int:
-    from midblock.models.introspect import get_layout
-    from midblock.models.skeleton import load_skeleton
 
     return get_layout(load_skeleton(spec)).num_layers

@@ -21,8 +21,9 @@ from typing import Any
 from torch import nn
 
 from midblock.errors import MidblockError
-from midblock.layers import resolve_layers, segment_bounds
-from midblock.tuning.budget import Layout, match_budget
+from midblock.layers import format_indices, resolve_layers, segment_bounds
+from midblock.models.introspect import block_of_param, get_layout, strip_peft
+from midblock.tuning.budget import Layout, in_out, match_budget
 from midblock.tuning.config import MidBlockConfig, parse_segments
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ class Plan:
         return [f"{self.blocks_path}.{b}.{t}" for b in sorted(self.lora_ranks) for t in self.targets]
 
     def to_dict(self) -> dict[str, Any]:
-        from midblock.layers import format_indices
 
         return {
             "method": self.method,
@@ -169,7 +169,6 @@ def plan(config: MidBlockConfig, layout) -> Plan:
 
 
 def _per_rank(layout, targets: list[str]) -> int:
-    from midblock.tuning.budget import in_out
 
     return sum(sum(in_out(layout.blocks[0].get_submodule(t))) for t in targets)
 
@@ -216,7 +215,6 @@ def prepare_model(model: nn.Module, config: MidBlockConfig, *, base_name: str | 
     truncated (:func:`keep_truncation`); ``config.gradient_checkpointing`` does the same for your own loop.
     ``base_name`` is recorded in a saved adapter (see :func:`midblock.models.loading.loadable_base`).
     """
-    from midblock.models.introspect import get_layout
 
     layout = get_layout(model)
     p = plan(config, layout)
@@ -245,7 +243,6 @@ def prepare_model(model: nn.Module, config: MidBlockConfig, *, base_name: str | 
 
 def _first_trainable(model: nn.Module) -> int:
     """The first block the backward must reach, read from the plan or else from ``requires_grad``."""
-    from midblock.models.introspect import block_of_param, get_layout
 
     plan_ = getattr(model, "midblock_plan", None)
     if plan_ is not None:
@@ -277,7 +274,6 @@ def _band_checkpointing(
         log.warning("reentrant checkpointing needs input gradients (full-depth backward): using non-reentrant")
     if every_n_layers != 1 or offload:
         log.warning("midblock checkpointing ignores every_n_layers=%s / offload=%s", every_n_layers, offload)
-    from midblock.models.introspect import get_layout
 
     lay = get_layout(self)
     first = _first_trainable(self)
@@ -311,8 +307,6 @@ def keep_truncation(model: nn.Module) -> nn.Module:
     """
     import types
 
-    from midblock.models.introspect import strip_peft
-
     inner = strip_peft(model)
     plan_ = getattr(model, "midblock_plan", None)
     if plan_ is not None and inner is not model:
@@ -329,8 +323,6 @@ def keep_truncation(model: nn.Module) -> nn.Module:
 def verify_lora_ranks(model: nn.Module, p: Plan) -> None:
     """Inspect the built LoRA modules: exactly the planned modules, each at its planned rank."""
     from peft.tuners.lora import LoraLayer
-
-    from midblock.models.introspect import block_of_param, get_layout
 
     lay = get_layout(model)
     built: dict[str, int] = {}
@@ -358,8 +350,6 @@ def enable_band_checkpointing(model: nn.Module, blocks: list[int], **checkpoint_
     """
     from torch.utils.checkpoint import checkpoint
 
-    from midblock.models.introspect import get_layout
-
     fn = functools.partial(checkpoint, **{**checkpoint_kwargs, "use_reentrant": False})
     lay = get_layout(model)
     for b in blocks:
@@ -384,8 +374,6 @@ def check_truncated_backward(model: nn.Module, *, fix: bool = False) -> dict[str
     """
     import torch
     from torch.utils.checkpoint import checkpoint
-
-    from midblock.models.introspect import block_of_param, get_layout
 
     lay = get_layout(model)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -27,7 +27,10 @@ from transformers import TrainerCallback
 
 from midblock.data.tasks import IGNORE_INDEX
 from midblock.errors import MidblockError
+from midblock.models.introspect import get_layout, strip_peft
 from midblock.tuning.config import MidBlockConfig
+from midblock.tuning.loss import chunked_head_ce, plain_linear
+from midblock.tuning.prepare import check_truncated_backward, keep_truncation, lora_config, plan
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -46,8 +49,6 @@ def band_lora_config(
     checkpointing (:func:`~midblock.tuning.prepare.keep_truncation`) and remembers the plan; add
     :class:`MidBlockCallback` to the trainer for the rest.
     """
-    from midblock.models.introspect import get_layout, strip_peft
-    from midblock.tuning.prepare import keep_truncation, lora_config, plan
 
     if config is not None and fields:
         raise MidblockError("pass either a MidBlockConfig or its fields, not both")
@@ -80,8 +81,6 @@ def use_labelled_head(model: nn.Module) -> bool:
     computed (NaN: TRL's logged entropy reads NaN). Every other call goes to the original forward.
     Not installed (False, logged) for heads that are not a plain ``nn.Linear`` or that scale or soft-cap logits.
     """
-    from midblock.models.introspect import get_layout, strip_peft
-    from midblock.tuning.loss import plain_linear
 
     inner = strip_peft(model)
     if getattr(inner.forward, "__func__", None) is _labelled_forward:
@@ -123,7 +122,6 @@ def _labelled_forward(self: nn.Module, *args: Any, labels: torch.Tensor | None =
         if nib is not None:
             kw["num_items_in_batch"] = nib
         return self._midblock_original_forward(*args, labels=labels, **kw)
-    from midblock.tuning.loss import chunked_head_ce
 
     kw["use_cache"] = False
     kw.pop("logits_to_keep", None)
@@ -175,7 +173,6 @@ class MidBlockCallback(TrainerCallback):
         self.report: dict[str, Any] | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
-        from midblock.tuning.prepare import check_truncated_backward, keep_truncation
 
         if model is None:
             raise MidblockError("MidBlockCallback got no model from the trainer")
