@@ -26,7 +26,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from midblock import __version__
 from midblock.errors import MidblockError
+from midblock.io import read_json, write_json
+from midblock.models.loading import EMBEDDED, cache_dir, embedded_gguf, parse_spec
 
 FINGERPRINT_FILE = "fingerprint.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -34,7 +37,6 @@ _CHUNK = 1 << 22
 
 
 def package_version() -> str:
-    from midblock import __version__
 
     return __version__
 
@@ -58,7 +60,6 @@ def rows_digest(rows: Iterable[Any]) -> str:
 
 
 def _digest_cache_path() -> Path:
-    from midblock.models.loading import cache_dir
 
     return cache_dir() / "digests.json"
 
@@ -95,7 +96,6 @@ def _read_disk_cache() -> dict[str, str]:
 
 
 def _write_disk_cache(d: dict[str, str]) -> None:
-    from midblock.io import write_json
 
     try:
         write_json(_digest_cache_path(), dict(list(d.items())[-500:]))
@@ -159,7 +159,6 @@ def model_identity(model, tokenizer) -> dict[str, str]:
 
 def spec_identity(spec: str, seed: int = 0) -> dict[str, Any]:
     """The identity of a model spec without loading it: the files behind it (or preset and seed)."""
-    from midblock.models.loading import EMBEDDED, embedded_gguf, parse_spec
 
     ms = parse_spec(spec)
     ident: dict[str, Any] = {"kind": ms.kind}
@@ -229,7 +228,6 @@ def check_or_record(directory: str | os.PathLike, fp: dict[str, Any], what: str,
     ``has_results`` tells whether the directory already holds results: results with no fingerprint at all
     (written by an older midblock) are refused too, since nothing says what made them.
     """
-    from midblock.io import read_json, write_json
 
     d = Path(directory)
     f = d / FINGERPRINT_FILE

@@ -7,7 +7,7 @@ __all__ = ["RecommendConfig", "analyze", "recommend_band"]
 
 def __getattr__(name: str):
     if name == "analyze":
-        from midblock.analysis.analyze import analyze
+        from midblock.analysis.analyze import analyze  # lazy export: the package stays light
 
         return analyze
     raise AttributeError(name)

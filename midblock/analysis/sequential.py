@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from midblock.analysis.weights import base_weights
 from midblock.errors import MidblockError
 from midblock.io import atomic_path
 
@@ -110,8 +111,6 @@ class BasePair:
 def save_base_weights(model, path: str | Path) -> None:
     """Save what ``weights.weight_delta`` reads from the base (``weights.base_weights``) as safetensors."""
     from safetensors.torch import save_file
-
-    from midblock.analysis.weights import base_weights
 
     tensors = {k: w.detach().contiguous().cpu() for k, w in base_weights(model).items()}
     with atomic_path(path) as tmp:

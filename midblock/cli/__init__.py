@@ -1,6 +1,10 @@
 """The ``midblock`` command line: each subcommand is a thin wrapper over a library function.
 
 User mistakes (``MidblockError``) print one line and exit 2; ``--debug`` shows the traceback.
+
+Each command's options are generated from its config dataclass (``options.py``); the config modules import no
+torch. The library itself is imported inside each command's ``run()``: that is why command modules import
+there, so that building the parser (``midblock --help``) loads no model library (tests/cli/test_cli_startup.py).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from midblock.data.tasks import encode_prompt
 from midblock.errors import MidblockError
 from midblock.evaluation.config import DecodeConfig
 from midblock.evaluation.prefix_attention import shared_prefix_attention
+from midblock.models.loading import check_remote_code, trust_remote_code
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,6 @@ def generate_vllm(
         import vllm
     except ImportError as e:
         raise MidblockError("--backend vllm needs vLLM", hint="pip install vllm, or use --backend hf") from e
-    from midblock.models.loading import check_remote_code, trust_remote_code
 
     check_remote_code(model_path)
     llm = vllm.LLM(model=model_path, enable_lora=adapter is not None, seed=0, trust_remote_code=trust_remote_code())

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from midblock.data import read_jsonl
 from midblock.data.tasks import encode_prompt
 from midblock.errors import MidblockError
 
@@ -91,8 +92,6 @@ def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
     if p.is_dir():
         raise MidblockError(f"{p} is a directory", hint="pass a .txt or .jsonl file to --data")
     if p.suffix == ".jsonl":
-        from midblock.data import read_jsonl
-
         rows = read_jsonl(p, any_of=(("text",), ("prompt", "completion"), ("question", "answer")))
         texts = [_row_text(r) for r in rows]
     else:

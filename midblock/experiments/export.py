@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
-from midblock.experiments.table import build_rows
+from midblock.experiments.table import build_rows, pooled_rows
 from midblock.io import read_json, read_jsonl_tolerant, write_text
 
 _KEEP_TRAIN = (
@@ -147,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{save_state(argv[1], argv[2])} finished cells saved to {argv[2]}")
         return 0
     if len(argv) == 2 and argv[0] == "derive":
-        from midblock.experiments.table import pooled_rows
-
         cols = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "diff_vs_baseline", "diff_low", "diff_high")
         print("\t".join(cols))
         for r in pooled_rows(derive(argv[1])):

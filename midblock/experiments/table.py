@@ -20,6 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 from midblock.evaluation.stats import paired_bootstrap, wilson_interval
+from midblock.layers import format_indices
 
 _TRAIN_MEANS = ("median_step_s", "peak_mem_gib", "train_wall_s", "final_loss", "eval_wall_s", "ppl", "ppl_delta")
 
@@ -56,7 +57,6 @@ def paired_difference(mine: dict[int, float], theirs: dict[int, float]) -> dict[
 def _band_text(band: list[int] | None) -> str | None:
     if not band:
         return None
-    from midblock.layers import format_indices
 
     return format_indices(band)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
-from midblock.io import atomic_path
+from midblock.io import atomic_path, read_json, write_json, write_text
 
 EMBEDDED = {
     "smollm2-135m": {
@@ -108,7 +108,7 @@ def parse_spec(spec: str) -> ModelSpec:
         parsed.original = spec
         return parsed
     if spec.startswith("random:"):
-        from midblock.models.presets import PRESETS
+        from midblock.models.presets import PRESETS  # torch: parse_spec and the metadata stay light
 
         name = spec.split(":", 1)[1]
         if name not in PRESETS:
@@ -128,8 +128,6 @@ def parse_spec(spec: str) -> ModelSpec:
         if manifest.exists():
             return _spec_from_run(p, spec)
         if (p / "adapter_config.json").exists():
-            from midblock.io import read_json
-
             acfg = read_json(p / "adapter_config.json")
             base = acfg.get("base_model_name_or_path") if isinstance(acfg, dict) else None
             own = p / ADAPTER_META  # midblock's own record: the spec, also where transformers has no base
@@ -153,7 +151,6 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 def _spec_from_run(run: Path, spec: str) -> ModelSpec:
-    from midblock.io import read_json
 
     m = read_json(run / RUN_MANIFEST, dict)
     if not isinstance(m.get("base"), str):
@@ -215,8 +212,7 @@ def save_adapter(model, out: str | os.PathLike, spec: str, **save_kwargs: Any) -
     ``midblock_adapter.json`` keeps the midblock spec, which ``load_model(out)`` prefers (and which is the only
     record for ``random:`` presets, whose card says so).
     """
-    from midblock.io import write_json, write_text
-    from midblock.models.introspect import strip_peft
+    from midblock.models.introspect import strip_peft  # torch: parse_spec and the metadata stay light
 
     out = Path(out)
     base = loadable_base(spec)
@@ -243,7 +239,6 @@ def save_adapter(model, out: str | os.PathLike, spec: str, **save_kwargs: Any) -
 
 def check_adapter_dir(path: str | os.PathLike) -> None:
     """A PEFT adapter directory that PEFT can load: valid ``adapter_config.json`` and readable weights."""
-    from midblock.io import read_json
 
     p = Path(path)
     if not p.is_dir():
@@ -384,7 +379,7 @@ def resolve_base_dir(ms: ModelSpec) -> str:
 def load_tokenizer(spec: str | ModelSpec):
     ms = parse_spec(spec) if isinstance(spec, str) else spec
     if ms.kind == "random":
-        from midblock.models.presets import byte_tokenizer
+        from midblock.models.presets import byte_tokenizer  # torch: parse_spec and the metadata stay light
 
         return byte_tokenizer()
     from transformers import AutoTokenizer
@@ -434,7 +429,7 @@ def load_model(
         dtype = _dtype(dtype)
     dtype = dtype or torch.float32
     if ms.kind == "random":
-        from midblock.models.presets import build_random_model
+        from midblock.models.presets import build_random_model  # torch: parse_spec and the metadata stay light
 
         model = build_random_model(ms.target, seed=seed, dtype=dtype)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from midblock.errors import MidblockError
 from midblock.models.loading import parse_spec, resolve_base_dir, trust_remote_code
+from midblock.models.presets import preset_config
 
 
 def load_config(spec: str):
@@ -11,8 +12,6 @@ def load_config(spec: str):
 
     ms = parse_spec(spec)
     if ms.kind == "random":
-        from midblock.models.presets import preset_config
-
         return preset_config(ms.target)
     try:
         return AutoConfig.from_pretrained(resolve_base_dir(ms), trust_remote_code=trust_remote_code())

@@ -81,7 +81,7 @@ class InterpolateConfig(SurgeryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from midblock.surgery.interpolate import parse_weights
+        from midblock.surgery.interpolate import parse_weights  # torch: this module stays light for the CLI
 
         if not self.weights:
             raise MidblockError("give at least one --weights list")

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from midblock.errors import MidblockError
+from midblock.io import atomic_path, write_json
 from midblock.layers import format_indices, segment_bounds
 from midblock.models.introspect import get_layout
 from midblock.surgery.sources import TensorSource
@@ -76,7 +77,6 @@ def save_interpolation(
     extrapolate: bool = False,
 ) -> Path:
     """Write the interpolated model as a standard HF directory (atomic); the in-memory model is restored."""
-    from midblock.io import atomic_path, write_json
 
     config = interpolation_configuration(model, weights)
     out_dir = Path(out_dir)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from midblock.errors import MidblockError
+from midblock.layers import format_indices
+from midblock.models.introspect import get_layout
 
 
 def rank_units(ranks: Iterable[int]) -> int:
@@ -119,7 +121,6 @@ def in_out(mod) -> tuple[int, int]:
 
 def model_shape(model) -> ModelShape:
     """Read the shapes off a model (a meta-device skeleton works)."""
-    from midblock.models.introspect import get_layout
 
     lay = get_layout(model)
     block = lay.blocks[0]
@@ -260,7 +261,6 @@ def parameter_row(
     name: str, shape: ModelShape, layout: Layout, alphas: dict[int, float], scalings: dict[int, float]
 ) -> dict[str, Any]:
     """One row of the table printed and saved before training."""
-    from midblock.layers import format_indices
 
     n = trainable_params(shape, layout)
     ranks = sorted(set(layout.lora.values()))

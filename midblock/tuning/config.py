@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from midblock.errors import MidblockError
+from midblock.io import read_json
 from midblock.layers import PAPER_BAND
 from midblock.lora import lora_scaling
 from midblock.validation import check_float_fields, check_number
@@ -157,7 +158,6 @@ class MidBlockConfig:
         path = Path(str(self.analysis)) / "results.json"
         if not path.exists():
             raise MidblockError(f"band 'auto': {path} does not exist", hint="run `midblock analyze --out DIR` first")
-        from midblock.io import read_json
 
         rec = read_json(path, dict).get("recommended_band")
         spec = rec.get("spec") if isinstance(rec, dict) else None

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from midblock.errors import MidblockError
+from midblock.models.introspect import get_layout
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-
-    from midblock.models.introspect import get_layout
 
     if not (dist.is_available() and dist.is_initialized()):
         raise MidblockError("FSDP needs a process group", hint="run under accelerate launch or torchrun")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from midblock.data.tasks import IGNORE_INDEX
+from midblock.models.introspect import get_layout, strip_peft
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -30,7 +31,6 @@ def _inner(model: nn.Module) -> nn.Module:
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    from midblock.models.introspect import strip_peft
 
     fwd = strip_peft(_inner(model)).forward
     return "logits_to_keep" in inspect.signature(fwd).parameters
@@ -54,7 +54,6 @@ def causal_lm_loss(
     if not head_at_labels or not _accepts_logits_to_keep(model):
         logits = model(**kw).logits
         return _ce(logits[:, :-1], shift, reduction), n_tok
-    from midblock.models.introspect import get_layout
 
     lay = get_layout(_inner(model))
     if lay.final_norm is None:
