@@ -126,6 +126,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             "band": {"spec": config.band, "why": "the paper's band: the middle three of five segments of depth"},
             "recommended_band": base_analysis.get("recommended_band"),
             "variant_recommended_band": variant_analysis.get("recommended_band"),
+            # the analysis names variants by their directory (every cell's run is ".../train"): say which arm
+            "variant_arms": dict(zip(variant_analysis.get("models", [])[1:], ARMS)),
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "wall_s": round(time.perf_counter() - t_start, 1),
             "settings": config.grid(),

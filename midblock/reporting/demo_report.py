@@ -64,15 +64,19 @@ def plot_losses(arms: dict[str, list[str]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_change_profile(metrics_csv: Path, bands: dict[str, list[int]], num_layers: int, path: Path) -> bool:
-    """1 - CKA (base vs tuned) per layer, with each arm's trained blocks shaded."""
+def plot_change_profile(
+    metrics_csv: Path, bands: dict[str, list[int]], num_layers: int, path: Path, names: dict[str, str] | None = None
+) -> bool:
+    """1 - CKA (base vs tuned) per layer, with each arm's trained blocks shaded; ``names`` maps the analysis'
+    variant names to the arms' labels."""
     if not metrics_csv.exists():
         return False
     series: dict[str, list[tuple[float, float]]] = {}
     with open(metrics_csv) as f:
         for r in csv.DictReader(f):
             if r["metric"] == "cka" and r["variant"] != "base":
-                series.setdefault(r["variant"], []).append((float(r["depth"]), 1 - float(r["value"])))
+                name = (names or {}).get(r["variant"], r["variant"])
+                series.setdefault(name, []).append((float(r["depth"]), 1 - float(r["value"])))
     if not series:
         return False
     plt = _plt()
@@ -192,7 +196,9 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
     plot_losses(runs, figs / "training_loss.png")
     prov = summary["provenance"]
     L = _num_layers(config.model)
-    has_profile = plot_change_profile(out / "analysis" / "metrics.csv", bands, L, figs / "change_profile.png")
+    has_profile = plot_change_profile(
+        out / "analysis" / "metrics.csv", bands, L, figs / "change_profile.png", summary.get("variant_arms")
+    )
     md = ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
     md += ["| " + " | ".join(_cell(r.get(c)) for c in REPORT_COLUMNS) + " |" for r in rows]
     write_text(out / "comparison.md", "\n".join(md) + "\n")

@@ -38,6 +38,7 @@ def test_demo_writes_a_complete_run(demo_run):
     assert saved["provenance"]["config"]["model"] == "random:llama-tiny"
     assert {"torch", "transformers", "peft"} <= set(saved["provenance"]["versions"])
     assert saved["recommended_band"]["spec"]
+    assert sorted(saved["variant_arms"].values()) == ["lora", "midblock"]  # the figure names arms, not dirs
     # the demo trains the paper's band, spelled once: seg2-4/5 of 6 blocks is blocks 1..3
     assert cfg.band == PAPER_BAND == "seg2-4/5" and by["midblock"]["band"] == "1-3"
     mid = next(c for c in summary_cells(out) if c["label"] == "midblock")
