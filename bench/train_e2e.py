@@ -1,7 +1,7 @@
 """Side by side with what people run today: TRL SFTTrainer + PEFT LoRA against `midblock train` and against
 SFTTrainer with midblock's prepared model; same model, same GSM8K rows, batch 8, max length 256, fp32.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_e2e.py --data ../shared/data/gsm8k --out bench/results/train_e2e.md
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_e2e.py --data $GSM8K_DIR --out bench/results/train_e2e.md
 
 Each configuration runs in its own process (a worker: this script with ``--worker NAME``), so its peak RSS
 (``ru_maxrss``: model, optimizer, activations, the libraries) is its own, as a user would see it. Rounds
