@@ -1,4 +1,5 @@
-"""Layer-wise metrics as pure functions on tensors (definitions and every deliberate difference from the paper: ``docs/metrics.md``).
+"""Layer-wise metrics as pure functions on tensors (definitions, and every deliberate difference from the paper:
+``docs/metrics.md``).
 
 Conventions: ``h`` is one sample's T x D hidden states restricted to its real tokens; ``Z`` is the N x D
 matrix of pooled (mean over real tokens) vectors. Everything is computed in float64 whatever the input
