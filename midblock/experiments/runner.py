@@ -138,6 +138,9 @@ def run_cell(
         rec["items"] = read_jsonl_tolerant(edir / "eval" / "items.jsonl")
         return rec | {"label": cell.label if cell else "base"}
     tres = _train_cell(cc, cell, run_dir / "train", progress) if cell is not None else None
+    if tres and tres.get("stopped"):  # SIGINT/SIGTERM: the run checkpointed; the same command resumes it
+        log.warning("stopped in cell %s; rerun the same command to resume", run_dir.name)
+        raise KeyboardInterrupt
     spec = str(run_dir / "train") if cell is not None else cc.model
     # One load serves both measurements; a LoRA adapter is merged, which also makes decoding faster.
     model, tok = load_model(spec, merge=True)

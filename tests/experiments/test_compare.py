@@ -312,3 +312,24 @@ def test_saved_state_resumes_elsewhere_without_recomputing(tmp_path, monkeypatch
     monkeypatch.setattr(runner, "evaluate_model", lambda *a, **k: pytest.fail("a finished cell was re-evaluated"))
     again = compare(SMALL, tmp_path / "elsewhere", progress=False)
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
+
+
+def test_a_training_stopped_by_a_signal_stops_the_grid_without_evaluating(tmp_path, monkeypatch):
+    """SIGINT/SIGTERM stop a cell's training with a checkpoint: compare stops too (the same command resumes),
+    instead of trying to evaluate a run that has no adapter yet."""
+    import midblock.experiments.runner as runner
+
+    real = runner.train
+
+    def stopped_after_one_step(cfg):
+        return real(cfg, on_step=lambda step, loss: True)
+
+    monkeypatch.setattr(runner, "train", stopped_after_one_step)
+    grid = SMALL | {"train": SMALL["train"] | {"steps": 2}}
+    with pytest.raises(KeyboardInterrupt):
+        compare(grid, tmp_path / "c", progress=False)
+    assert not list((tmp_path / "c" / "cells").glob("*/eval-*/cell.json"))
+    assert list((tmp_path / "c" / "cells").glob("*/train/checkpoints/*"))
+    monkeypatch.setattr(runner, "train", real)
+    res = compare(grid, tmp_path / "c", progress=False)  # resumes from the checkpoint and finishes
+    assert res["cells"][0]["train"]["steps"] == 2
