@@ -101,7 +101,7 @@ def save_state(out: str | Path, dest: str | Path) -> int:
     finished = [f.parent for f in (out / "cells").glob("*/eval-*/cell.json")]
     keep = [d / n for d in finished for n in ("cell.json", "fingerprint.json", "eval/items.jsonl", "eval/summary.json")]
     keep += [d.parent / "fingerprint.json" for d in finished]
-    keep += [out / "analysis-base" / n for n in ("results.json", "COMPLETED", "fingerprint.json")]
+    keep += [a / n for a in out.glob("analysis-base-*") for n in ("results.json", "COMPLETED", "fingerprint.json")]
     for f in keep:
         if f.exists() and f.name in _STATE_FILES:
             target = dest / f.relative_to(out)

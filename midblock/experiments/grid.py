@@ -243,7 +243,7 @@ class CompareConfig:
         default=None,
         metadata={
             "help": "for arms with band 'auto' and no analysis: analyse the base first ({data, samples, "
-            "max_length}) and train the band it recommends"
+            "max_length, split: train|dev}, never the test split) and train the band it recommends"
         },
     )
 
@@ -331,9 +331,10 @@ class CompareConfig:
         if self.auto_analysis is not None:
             aa = self.auto_analysis
             _require(isinstance(aa, dict), f"'auto_analysis' must be a mapping, got {aa!r}")
-            bad = sorted(set(aa) - {"data", "samples", "max_length"})
-            hint = "use data, samples, max_length"
+            bad = sorted(set(aa) - {"data", "samples", "max_length", "split"})
+            hint = "use data, samples, max_length, split"
             _require(not bad, f"unknown auto_analysis setting '{bad[0] if bad else ''}'", hint)
+            _require(aa.get("split", "train") in ("train", "dev"), "'auto_analysis.split' must be train or dev")
 
     def search_config(self) -> EvalConfig:
         """The evaluation of the learning-rate search: the dev split, as many items as asked."""

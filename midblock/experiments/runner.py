@@ -37,7 +37,7 @@ from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments.grid import Cell, CompareConfig
 from midblock.experiments.table import build_rows, correctness
 from midblock.fingerprint import check_or_record, make, rows_digest, spec_identity
-from midblock.io import RunDir, fresh_output_dir, read_json, read_jsonl_tolerant, write_json
+from midblock.io import fresh_output_dir, read_json, read_jsonl_tolerant, write_json
 from midblock.models import load_model
 from midblock.models.introspect import get_layout
 from midblock.models.loading import RUN_MANIFEST
@@ -180,24 +180,28 @@ def _trained_blocks(run_dir: Path) -> list[int] | None:
     return band if isinstance(band, list) else None
 
 
+def auto_analysis_config(cc: CompareConfig) -> AnalyzeConfig:
+    """The base-model analysis behind band ``auto``: on the tuning data's train split (or dev), never test."""
+    aa = cc.auto_analysis or {}
+    return AnalyzeConfig(
+        base=cc.model,
+        datasets=[aa.get("data", cc.task)],
+        split=aa.get("split", "train"),
+        samples=aa.get("samples", 64),
+        max_length=aa.get("max_length", 256),
+    )
+
+
 def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dict[str, Any] | None]:
     """Arms with band ``auto`` and no analysis of their own: analyse the base (once, resumable) and train
-    the band it recommends. The recommendation is read from the base alone, never from any test split."""
+    the band it recommends. The analysis directory is keyed on its settings and the model's files, so a
+    changed setting analyses anew; the analysis checks the data itself (its own fingerprint)."""
     auto = [m for m in cc.methods if m.get("band") == "auto" and not m.get("analysis")]
     if not auto or not cc.auto_analysis:
         return cc, None
-    aa = cc.auto_analysis
-    adir = out / "analysis-base"
-    if RunDir(adir).completed:
-        res = read_json(adir / "results.json")
-    else:
-        acfg = AnalyzeConfig(
-            base=cc.model,
-            datasets=[aa.get("data", cc.task)],
-            samples=aa.get("samples", 64),
-            max_length=aa.get("max_length", 256),
-        )
-        res = analyze(acfg, adir, resume=True)
+    acfg = auto_analysis_config(cc)
+    key = make(model=spec_identity(cc.model), analysis=asdict(acfg))["key"]
+    res = analyze(acfg, out / f"analysis-base-{key[:10]}", resume=True)
     rec = res["recommended_band"]
     methods = [m | {"band": rec["spec"]} if m in auto else m for m in cc.methods]
     return replace(cc, methods=methods), rec

@@ -264,6 +264,28 @@ def test_lr_search_on_the_test_split_is_refused():
         CompareConfig.from_dict(SMALL | {"lr_search": {"lrs": [1e-3], "split": "test"}})
 
 
+def test_band_auto_is_chosen_on_the_train_split_and_its_analysis_is_keyed_on_its_settings(tmp_path, monkeypatch):
+    """The base analysis behind band 'auto' reads the tuning data's train split (never test); a rerun with
+    the same settings reuses it without measuring again, and a changed setting analyses anew elsewhere."""
+    import midblock.analysis.analyze as A
+
+    grid = SMALL | {
+        "auto_analysis": {"data": "arith", "samples": 4, "max_length": 64},
+        "methods": [{"name": "auto", "method": "midblock", "band": "auto", "budget_baseline_rank": 2}],
+    }
+    first = compare(grid, tmp_path / "c", progress=False)
+    (adir,) = (tmp_path / "c").glob("analysis-base-*")
+    assert json.loads((adir / "results.json").read_text())["config"]["split"] == "train"
+    monkeypatch.setattr(A, "_run_lockstep", lambda *a, **k: pytest.fail("a finished analysis was measured again"))
+    assert compare(grid, tmp_path / "c", progress=False)["auto_band"] == first["auto_band"]
+    monkeypatch.undo()
+    grid["auto_analysis"] = grid["auto_analysis"] | {"samples": 6}
+    compare(grid, tmp_path / "c", progress=False)
+    assert len(list((tmp_path / "c").glob("analysis-base-*"))) == 2
+    with pytest.raises(MidblockError, match="'auto_analysis.split' must be train or dev"):
+        CompareConfig.from_dict(grid | {"auto_analysis": {"data": "arith", "split": "test"}})
+
+
 def test_exported_raw_results_rederive_the_table(tmp_path):
     from midblock.experiments.export import derive, export, main
 
