@@ -47,16 +47,7 @@ from midblock.analysis.rows import pair_rows, per_model_rows
 from midblock.analysis.sequential import remove_spill
 from midblock.analysis.weights import grad_norm, is_lora_model, lora_delta, weight_delta
 from midblock.errors import MidblockError
-from midblock.io import (
-    RunDir,
-    atomic_path,
-    fresh_output_dir,
-    provenance,
-    read_json,
-    read_torch_state,
-    write_csv,
-    write_json,
-)
+from midblock.io import RunDir, atomic_path, fresh_output_dir, provenance, read_torch_state, write_csv, write_json
 from midblock.launch import describe_run
 from midblock.layers import resolve_layers
 from midblock.models.introspect import get_layout
@@ -188,9 +179,6 @@ def analyze(
         seqs[name], truncated[name] = tokenize(tx, tok, cfg.max_length)
     fp = fingerprint(cfg, identities, seqs)
     check_cache(out, fp)  # before anything is written: a cache from other settings is never reused
-    done = _finished(out, resume, recommend)
-    if done is not None:
-        return done
     spec = _capture_spec(cfg, resolve_layers(cfg.layers, L + 1), multi=len(names) > 1)
     rank, world = _dist()
     if rank == 0:
@@ -219,17 +207,6 @@ def analyze(
             remove_spill(run.cache / _SPILL)
         rundir.mark_completed()
     return results
-
-
-def _finished(out: Path, resume: bool, recommend: RecommendConfig | None) -> dict[str, Any] | None:
-    """A resumed analysis that already finished with this fingerprint (``check_cache`` passed) and this band
-    rule: its stored results, recomputing nothing."""
-    f = out / "results.json"
-    if not (resume and RunDir(out).completed and f.exists()):
-        return None
-    res = read_json(f, dict)
-    params = ((res.get("recommended_band") or {}).get("evidence") or {}).get("params")
-    return res if params == asdict(recommend or RecommendConfig()) else None
 
 
 def _check_inputs(cfg: AnalyzeConfig, out: str | os.PathLike | None) -> Path:

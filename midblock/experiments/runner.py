@@ -36,8 +36,8 @@ from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments.grid import Cell, CompareConfig
 from midblock.experiments.table import build_rows, correctness
-from midblock.fingerprint import check_or_record, make, rows_digest, spec_identity
-from midblock.io import fresh_output_dir, read_json, read_jsonl_tolerant, write_json
+from midblock.fingerprint import check_or_record, file_digest, make, rows_digest, spec_identity
+from midblock.io import RunDir, fresh_output_dir, read_json, read_jsonl_tolerant, write_json
 from midblock.models import load_model
 from midblock.models.introspect import get_layout
 from midblock.models.loading import RUN_MANIFEST
@@ -194,14 +194,16 @@ def auto_analysis_config(cc: CompareConfig) -> AnalyzeConfig:
 
 def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dict[str, Any] | None]:
     """Arms with band ``auto`` and no analysis of their own: analyse the base (once, resumable) and train
-    the band it recommends. The analysis directory is keyed on its settings and the model's files, so a
-    changed setting analyses anew; the analysis checks the data itself (its own fingerprint)."""
+    the band it recommends. The analysis directory is keyed on its settings, the model's files and the
+    data, so a changed input analyses anew and a finished analysis is read back, not measured again."""
     auto = [m for m in cc.methods if m.get("band") == "auto" and not m.get("analysis")]
     if not auto or not cc.auto_analysis:
         return cc, None
     acfg = auto_analysis_config(cc)
-    key = make(model=spec_identity(cc.model), analysis=asdict(acfg))["key"]
-    res = analyze(acfg, out / f"analysis-base-{key[:10]}", resume=True)
+    data = [file_digest(d) if Path(d).is_file() else d for d in acfg.datasets]
+    adir = out / f"analysis-base-{make(model=spec_identity(cc.model), data=data, analysis=asdict(acfg))['key'][:10]}"
+    done = RunDir(adir).completed and (adir / "results.json").exists()
+    res = read_json(adir / "results.json") if done else analyze(acfg, adir, resume=True)
     rec = res["recommended_band"]
     methods = [m | {"band": rec["spec"]} if m in auto else m for m in cc.methods]
     return replace(cc, methods=methods), rec

@@ -155,29 +155,6 @@ def test_cache_other_settings_refused_and_resume(tmp_path, variants):
     assert (out / "metrics.csv").read_text() == first
 
 
-def test_resuming_a_finished_analysis_returns_its_results_without_measuring(tmp_path, monkeypatch):
-    import midblock.analysis.analyze as A
-    from midblock.analysis.recommend import RecommendConfig
-
-    kw = dict(datasets=["arith"], samples=4, max_length=16, batch_size=2, metrics="cka,sparsity")
-    first = run_analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "r", **kw)
-    measured = []
-    real = A._run_lockstep
-    monkeypatch.setattr(A, "_run_lockstep", lambda *a, **k: [measured.append(1), real(*a, **k)][1])
-    again = run_analyze("random:llama-8l", ["random:llama-8l"], out=tmp_path / "r", resume=True, **kw)
-    assert again["recommended_band"] == first["recommended_band"] and measured == []
-    # another band rule is not what the stored results hold: measured (from the cache) and recommended again
-    other = run_analyze(
-        "random:llama-8l",
-        ["random:llama-8l"],
-        out=tmp_path / "r",
-        resume=True,
-        recommend=RecommendConfig(tau=0.9),
-        **kw,
-    )
-    assert measured == [1] and other["recommended_band"]["evidence"]["params"]["tau"] == 0.9
-
-
 def test_cli_end_to_end(tmp_path, variants):
     out = tmp_path / "cli"
     rc, stdout, err = run_cli(
