@@ -12,9 +12,11 @@ redoing its finished cells (their fingerprints, records and per-item results, an
 band ``auto``), small enough to commit; copy it back into an output directory and rerun the same grid.
 
 ``derive(dest)`` rebuilds the comparison rows from those two files alone with the engine's own statistics
-(:func:`midblock.experiments.table.build_rows`), so anyone can check the published table::
+(:func:`midblock.experiments.table.build_rows`), so anyone can check the published table, or take the
+paired differences against another arm::
 
     python -m midblock.experiments.export derive docs/results/band-landscape
+    python -m midblock.experiments.export derive docs/results/band-landscape paper
 """
 
 from __future__ import annotations
@@ -110,11 +112,12 @@ def save_state(out: str | Path, dest: str | Path) -> int:
     return len(finished)
 
 
-def derive(dest: str | Path) -> list[dict[str, Any]]:
-    """The comparison rows rebuilt from ``cells.jsonl`` and ``items.csv`` (main phase and base)."""
+def derive(dest: str | Path, baseline: str | None = None) -> list[dict[str, Any]]:
+    """The comparison rows rebuilt from ``cells.jsonl`` and ``items.csv`` (main phase and base); the paired
+    differences are taken against ``baseline`` (default: the comparison's own baseline arm)."""
     dest = Path(dest)
     meta = read_json(dest / "compare.json")
-    metric, baseline = meta["config"]["metric"], meta["config"]["baseline"]
+    metric, baseline = meta["config"]["metric"], baseline or meta["config"]["baseline"]
     cells = [json.loads(line) for line in (dest / "cells.jsonl").read_text().splitlines() if line.strip()]
     items: dict[tuple, list[dict[str, Any]]] = {}
     with open(dest / "items.csv", newline="") as f:
@@ -146,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 3 and argv[0] == "state":
         print(f"{save_state(argv[1], argv[2])} finished cells saved to {argv[2]}")
         return 0
-    if len(argv) == 2 and argv[0] == "derive":
+    if len(argv) in (2, 3) and argv[0] == "derive":
         cols = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "diff_vs_baseline", "diff_low", "diff_high")
         print("\t".join(cols))
-        for r in pooled_rows(derive(argv[1])):
+        for r in pooled_rows(derive(argv[1], *argv[2:])):
             print(
                 "\t".join(
                     "" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     print(
-        "usage: python -m midblock.experiments.export export COMPARE_DIR DEST | derive DEST | state COMPARE_DIR DEST",
+        "usage: python -m midblock.experiments.export export COMPARE_DIR DEST | derive DEST [BASELINE_ARM] | "
+        "state COMPARE_DIR DEST",
         file=sys.stderr,
     )
     return 2

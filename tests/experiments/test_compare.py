@@ -307,6 +307,19 @@ def test_exported_raw_results_rederive_the_table(tmp_path):
     keys += ("diff_vs_baseline", "diff_low", "diff_high", "ppl", "ppl_change_pct", "rank_units")
     assert [{k: r.get(k) for k in keys} for r in again] == [{k: r.get(k) for k in keys} for r in res["rows"]]
     assert main(["derive", str(dest)]) == 0
+    # against another baseline: the paired differences are taken against that arm, the accuracies unchanged
+    # make the arms differ (every uniform answer right), then take the differences against paper instead
+    items = (dest / "items.csv").read_text().splitlines()
+    items = [line[:-1] + "1" if line.startswith("main,uniform,") else line for line in items]
+    (dest / "items.csv").write_text("\n".join(items) + "\n")
+    other = {(r["arm"], r["seed"]): r for r in derive(dest, baseline="paper")}
+    mine = {(r["arm"], r["seed"]): r for r in derive(dest)}
+    for seed in (0, 1, "mean(2)"):
+        assert mine[("uniform", seed)]["accuracy"] == 1 and mine[("uniform", seed)]["diff_vs_baseline"] == 0
+        assert other[("paper", seed)]["diff_vs_baseline"] == 0
+        flipped = -mine[("paper", seed)]["diff_vs_baseline"]
+        assert other[("uniform", seed)]["diff_vs_baseline"] == pytest.approx(flipped, abs=1e-12) and flipped > 0
+    assert main(["derive", str(dest), "paper"]) == 0
 
 
 def test_a_bad_training_setting_in_a_grid_file_fails_before_anything_is_created(tmp_path):
