@@ -98,18 +98,14 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         if not self.variants and not self.base:
             raise MidblockError("analyze needs a base model")
-        if self.samples < 1:
-            raise MidblockError(f"--samples must be >= 1, got {self.samples}")
-        if self.max_length < 2:
-            raise MidblockError(f"--max-length must be >= 2, got {self.max_length}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_number("--samples", self.samples, low=1)
+        check_number("--max-length", self.max_length, low=2)
+        check_number("--batch-size", self.batch_size, low=1)
         if self.padding_side not in ("left", "right"):
             raise MidblockError(f"padding side must be left or right, got {self.padding_side!r}")
         if self.dtype not in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"):
             raise MidblockError(f"unknown dtype '{self.dtype}'", hint="use fp32, bf16 or fp16")
-        if self.grad_batches < 1:
-            raise MidblockError(f"--grad-batches must be >= 1, got {self.grad_batches}")
+        check_number("--grad-batches", self.grad_batches, low=1)
         check_number("Renyi alpha", self.alpha, low=0, low_open=True)
         if not self.datasets:
             raise MidblockError("analyze needs at least one dataset", hint="--data gsm8k")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from midblock.errors import MidblockError
 from midblock.evaluation.prompts import DEFAULT_SAMPLING, FEWSHOT_SEED, SAMPLING
+from midblock.validation import check_number
 
 
 @dataclass
@@ -31,10 +32,8 @@ class DecodeConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise MidblockError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_number("max_new_tokens", self.max_new_tokens, low=1)
+        check_number("--batch-size", self.batch_size, low=1)
         self.stop = tuple(s for s in self.stop if s)
         if self.engine not in ("loop", "generate"):
             raise MidblockError(f"unknown decoding engine '{self.engine}'", hint="use loop or generate")
@@ -92,16 +91,14 @@ class EvalConfig:
             raise MidblockError(f"unknown evaluation split '{self.split}'", hint="use test or dev")
         if self.protocol not in PROTOCOLS:
             raise MidblockError(f"unknown protocol '{self.protocol}'", hint="choose one of " + ", ".join(PROTOCOLS))
-        if self.limit is not None and self.limit < 1:
-            raise MidblockError(f"--limit must be >= 1, got {self.limit}", hint="omit it to evaluate every item")
-        if self.offset < 0:
-            raise MidblockError(f"--offset must be >= 0, got {self.offset}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise MidblockError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise MidblockError(f"num_fewshot must be >= 0, got {self.num_fewshot}")
+        if self.limit is not None:
+            check_number("--limit", self.limit, low=1, hint="omit it to evaluate every item")
+        check_number("--offset", self.offset, low=0)
+        check_number("--batch-size", self.batch_size, low=1)
+        if self.max_new_tokens is not None:
+            check_number("max_new_tokens", self.max_new_tokens, low=1)
+        if self.num_fewshot is not None:
+            check_number("num_fewshot", self.num_fewshot, low=0)
         if self.fewshot_sampling not in SAMPLING:
             raise MidblockError(
                 f"unknown few-shot sampling '{self.fewshot_sampling}'", hint="use one of " + ", ".join(SAMPLING)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from midblock.errors import MidblockError
+from midblock.validation import check_number
 
 DIRECTIONS = ("into-base", "into-variant")
 
@@ -35,10 +36,9 @@ class SurgeryConfig:
     variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise MidblockError(f"--limit must be >= 1, got {self.limit}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.limit is not None:
+            check_number("--limit", self.limit, low=1)
+        check_number("--batch-size", self.batch_size, low=1)
         if self.task is not None and self.task not in ("arith", "gsm8k"):
             raise MidblockError(f"unknown task '{self.task}'", hint="use arith or gsm8k")
         if self.variant_seed is None:
@@ -62,8 +62,8 @@ class SwapConfig(SurgeryConfig):
             raise MidblockError(f"unknown direction '{self.direction}'", hint="use into-base or into-variant")
         if (self.segments is None) == (not self.bands):
             raise MidblockError("give exactly one of --segments K or --bands SPEC [SPEC ...]")
-        if self.segments is not None and self.segments < 1:
-            raise MidblockError(f"--segments must be >= 1, got {self.segments}")
+        if self.segments is not None:
+            check_number("--segments", self.segments, low=1)
 
 
 @dataclass
@@ -108,11 +108,8 @@ class EarlyExitConfig:
     variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise MidblockError(f"--samples must be >= 1, got {self.samples}")
-        if self.batch_size < 1:
-            raise MidblockError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_length < 2:
-            raise MidblockError(f"--max-length must be >= 2, got {self.max_length}")
+        check_number("--samples", self.samples, low=1)
+        check_number("--batch-size", self.batch_size, low=1)
+        check_number("--max-length", self.max_length, low=2)
         if self.variant_seed is None:
             self.variant_seed = self.seed + 1
