@@ -69,7 +69,7 @@ def _parse(spec: str, L: int) -> list[int]:
             if lo > hi:
                 raise MidblockError(f"band '{spec}': range {part} is reversed", hint=f"write {hi}-{lo}")
             out.extend(range(lo, hi + 1))
-        elif part.isdigit():
+        elif part.isdecimal():  # not isdigit(): "¹" is a digit that int() refuses
             out.append(int(part))
         else:
             raise MidblockError(f"cannot parse band '{spec}'", hint=SPEC_HELP)
