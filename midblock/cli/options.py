@@ -160,6 +160,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
+        if action.nargs == 0:  # an on/off flag: its presence is the value, so a "default: True" only misleads
+            return text
         if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
             return text
         return f"{text} (default: {_shown(action.default)})".strip()

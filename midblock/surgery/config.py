@@ -3,6 +3,7 @@ from them without torch)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,8 +82,6 @@ class InterpolateConfig(SurgeryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from midblock.surgery.interpolate import parse_weights  # torch: this module stays light for the CLI
-
         if not self.weights:
             raise MidblockError("give at least one --weights list")
         for w in self.weights:
@@ -113,3 +112,18 @@ class EarlyExitConfig:
         check_number("--max-length", self.max_length, low=2)
         if self.variant_seed is None:
             self.variant_seed = self.seed + 1
+
+
+def parse_weights(text: str, extrapolate: bool = False) -> list[float]:
+    """``'0,1,1,1,0'`` -> [0.0, 1.0, 1.0, 1.0, 0.0]; outside [0, 1] only with ``extrapolate``."""
+    try:
+        out = [float(x) for x in str(text).split(",")]
+    except ValueError:
+        raise MidblockError(
+            f"cannot parse weights '{text}'", hint="use comma-separated numbers, e.g. 0,1,1,1,0"
+        ) from None
+    if not out or any(not math.isfinite(a) for a in out):
+        raise MidblockError(f"weights '{text}' must be finite numbers", hint="e.g. 0,1,1,1,0")
+    if not extrapolate and any(not 0.0 <= a <= 1.0 for a in out):
+        raise MidblockError(f"weights '{text}' leave [0, 1]", hint="pass --extrapolate to allow that")
+    return out

@@ -9,7 +9,6 @@ Hugging Face model directory, atomically.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from torch import nn
@@ -20,21 +19,6 @@ from midblock.layers import format_indices, segment_bounds
 from midblock.models.introspect import get_layout
 from midblock.surgery.sources import TensorSource
 from midblock.surgery.swap import Configuration, Patch, block_param_names
-
-
-def parse_weights(text: str, extrapolate: bool = False) -> list[float]:
-    """``'0,1,1,1,0'`` -> [0.0, 1.0, 1.0, 1.0, 0.0]; outside [0, 1] only with ``extrapolate``."""
-    try:
-        out = [float(x) for x in str(text).split(",")]
-    except ValueError:
-        raise MidblockError(
-            f"cannot parse weights '{text}'", hint="use comma-separated numbers, e.g. 0,1,1,1,0"
-        ) from None
-    if not out or any(not math.isfinite(a) for a in out):
-        raise MidblockError(f"weights '{text}' must be finite numbers", hint="e.g. 0,1,1,1,0")
-    if not extrapolate and any(not 0.0 <= a <= 1.0 for a in out):
-        raise MidblockError(f"weights '{text}' leave [0, 1]", hint="pass --extrapolate to allow that")
-    return out
 
 
 def weights_name(weights: list[float]) -> str:

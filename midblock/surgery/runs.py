@@ -32,8 +32,8 @@ from midblock.models import load_model
 from midblock.models.loading import parse_spec
 from midblock.models.skeleton import load_config, load_skeleton
 from midblock.reporting.report import Section, add_section, esc, table_html
-from midblock.surgery.config import InterpolateConfig, SurgeryConfig, SwapConfig  # noqa: F401 (re-exported)
-from midblock.surgery.interpolate import interpolation_configuration, parse_weights, save_interpolation
+from midblock.surgery.config import InterpolateConfig, SurgeryConfig, SwapConfig, parse_weights  # noqa: F401 (re-exported)
+from midblock.surgery.interpolate import interpolation_configuration, save_interpolation
 from midblock.surgery.measure import build_measurer
 from midblock.surgery.plots import plot_configurations
 from midblock.surgery.sources import open_source, tied_aliases

@@ -24,3 +24,17 @@ def test_every_help_shows_defaults_and_no_rest_markup():
         assert "``" not in text and ":func:" not in text and ":mod:" not in text, name
         if name in ("train", "eval", "analyze", "demo", "compare"):
             assert "(default:" in text, name
+
+
+def test_no_on_off_flag_shows_a_default():
+    """``--no-progress ... (default: True)`` reads as "progress is hidden by default": an on/off flag's help
+    names no default, since the flag's presence is its value."""
+    from midblock.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.nargs == 0 and action.option_strings:
+                shown = p.formatter_class(prog=name)._get_help_string(action) or ""
+                assert "(default:" not in shown, (name, action.option_strings)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from midblock.errors import MidblockError
 from midblock.models import load_model
 from midblock.models.presets import TINY_PRESETS
+from midblock.surgery.config import parse_weights
 from midblock.surgery.earlyexit import (
     decode,
     early_exit,
@@ -18,12 +19,7 @@ from midblock.surgery.earlyexit import (
     probe_inputs,
     top1_agreement,
 )
-from midblock.surgery.interpolate import (
-    block_weights,
-    interpolation_configuration,
-    parse_weights,
-    save_interpolation,
-)
+from midblock.surgery.interpolate import block_weights, interpolation_configuration, save_interpolation
 from midblock.surgery.sources import SafetensorsSource
 from midblock.surgery.swap import Patch, block_param_names
 from tests.surgery.conftest import logits, perturb_blocks
