@@ -7,6 +7,7 @@ Pure functions on numbers and arrays; no I/O. The method and what each interval 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -159,24 +160,41 @@ def _matrix(y: Any, name: str = "y") -> np.ndarray:
     return arr
 
 
+_CACHE_CELLS = 20_000_000  # count tables up to this many cells are kept (int32), so the arms of a table share them
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_counts(n: int, n_boot: int, seed: int, stream: int) -> np.ndarray:
+    counts = np.random.default_rng([seed, stream]).multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.int32)
+    counts.flags.writeable = False
+    return counts
+
+
+def _count_chunks(n: int, n_boot: int, seed: int, stream: int, step: int):
+    """Resample counts of ``n`` units (multinomial(n, [1/n] * n) per resample), ``step`` resamples at a time."""
+    if n * n_boot <= _CACHE_CELLS:
+        full = _cached_counts(n, n_boot, seed, stream)
+        for start in range(0, n_boot, step):
+            yield full[start : start + step].astype(float)
+        return
+    rng = np.random.default_rng([seed, stream])
+    for start in range(0, n_boot, step):
+        yield rng.multinomial(n, np.full(n, 1 / n), size=min(step, n_boot - start)).astype(float)
+
+
 def two_level_draws(
     stat: Callable[[np.ndarray, np.ndarray], np.ndarray], n_seeds: int, n_items: int, n_boot: int, seed: int
 ) -> np.ndarray:
     """``stat(W, V)`` over ``n_boot`` two-level resamples (seed counts ``W``: chunk x seeds, item counts
     ``V``: chunk x items), concatenated along the first axis. Drawn in chunks to bound memory; the draws
-    are those of one call drawing all resamples at once."""
+    are those of one call drawing all resamples at once (and small count tables are cached, so the arms of
+    one table reuse them)."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rs, ri = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
-    ps, pi = np.full(n_seeds, 1 / n_seeds), np.full(n_items, 1 / n_items)
     step = max(1, 2_000_000 // max(n_items, n_seeds))
-    out = []
-    for start in range(0, n_boot, step):
-        c = min(step, n_boot - start)
-        w = rs.multinomial(n_seeds, ps, size=c).astype(float)
-        v = ri.multinomial(n_items, pi, size=c).astype(float)
-        out.append(np.asarray(stat(w, v), dtype=float))
-    return np.concatenate(out)
+    seeds = _count_chunks(n_seeds, n_boot, seed, 0, step)
+    items = _count_chunks(n_items, n_boot, seed, 1, step)
+    return np.concatenate([np.asarray(stat(w, v), dtype=float) for w, v in zip(seeds, items)])
 
 
 def _order_stat_interval(draws: np.ndarray, level: float) -> tuple[float, float]:

@@ -100,9 +100,13 @@ def test_t_quantile_against_scipy_and_bad_input():
 # --------------------------------------------------------------------------- seeds x items
 
 
-def test_two_level_draws_are_the_documented_streams_whatever_the_chunking():
+@pytest.mark.parametrize("cache", [True, False])
+def test_two_level_draws_are_the_documented_streams_whatever_the_chunking(cache, monkeypatch):
     """Seed counts from default_rng([seed, 0]), item counts from default_rng([seed, 1]), one multinomial
-    row per resample: drawn in chunks (forced here by many items) they equal one draw of them all."""
+    row per resample: drawn in chunks (forced here by many items), from the cache or not, they equal one
+    draw of them all."""
+    if not cache:
+        monkeypatch.setattr("midblock.evaluation.stats._CACHE_CELLS", 0)
     n_items, n_boot = 250_001, 15  # 2M // n_items = 7 resamples per chunk: 3 chunks
     got = two_level_draws(lambda w, v: np.hstack([w, v[:, :3]]), 3, n_items, n_boot, seed=7)
     w = np.random.default_rng([7, 0]).multinomial(3, [1 / 3] * 3, size=n_boot)
