@@ -237,7 +237,8 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
     top.set_ylabel("accuracy % (95% interval,\n" + (arms[0].get("ci_covers") if arms else "items") + ")")
     top.legend(fontsize=7, loc="best")
     bottom.axhline(0, color="grey", lw=0.8, ls="--")
-    bottom.set_ylabel("perplexity change %\n(general text)")
+    shown = "95% interval" if any(r.get("ppl_change_low") is not None for r in arms) else "no interval"
+    bottom.set_ylabel(f"perplexity change %\n(general text, {shown})")
     bottom.set_xlabel("relative depth of the trained blocks (block i spans [i/L, (i+1)/L))")
     bottom.set_xlim(0, 1)
     if title:
