@@ -89,8 +89,8 @@ def _points(r: dict[str, Any], key: str, low: str, high: str, scale: float = 100
 def _covers(r: dict[str, Any]) -> str:
     """What the row's intervals cover: test items (one seed), or seeds x items (approximate under 5 seeds)."""
     cov = r.get("ci_covers") or "items"
-    if r.get("approximate"):
-        cov += f" (approx., {r['n_seeds']} seeds)"
+    if r.get("n_seeds", 1) > 1:
+        cov += f" ({'approx., ' if r.get('approximate') else ''}{r['n_seeds']} seeds)"
     return cov
 
 

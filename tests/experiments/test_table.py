@@ -121,3 +121,22 @@ def test_forgetting_gets_intervals_over_seeds_and_texts_from_per_text_log_likeli
     assert pooled["a"].get("ppl_diff") is None and pooled["a"]["ppl_covers"] == "seeds x texts"
     seed_row = next(r for r in rows if r["arm"] == "b" and r["seed"] == 0)
     assert seed_row["ppl_covers"] == "texts" and seed_row["ppl_change_low"] < seed_row["ppl_change_pct"]
+
+
+def test_the_markdown_table_says_what_each_interval_covers():
+    from types import SimpleNamespace
+
+    from midblock.reporting.compare_report import markdown
+
+    rng = np.random.default_rng(2)
+    res = {arm: {s: rng.integers(0, 2, 20).tolist() for s in range(5)} for arm in ("a", "b", "c")}
+    results = [_rec(arm, s, res[arm][s]) for arm in res for s in range(5)]
+    rows = build_rows(results, None, baseline="a", metric="m")
+    cc = SimpleNamespace(model="m", task="t", eval_task="t", protocol="p", metric="m", baseline="a", seeds=[0, 1])
+    text = markdown(cc, rows)
+    assert "The 2 arm(s) compared with the baseline" in text and "1 - 0.05/2" in text
+    lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in text.splitlines() if line.startswith("|")}
+    assert "| seeds x items (5 seeds) |" in lines[("b", "mean(5)")] and "| items |" in lines[("b", "0")]
+    assert lines[("a", "mean(5)")].count("|  |") >= 3  # the baseline's difference, Holm p and simultaneous CI
+    three = build_rows([r for r in results if r["seed"] < 3], None, baseline="a", metric="m")
+    assert "seeds x items (approx., 3 seeds)" in markdown(cc, three)
