@@ -102,24 +102,74 @@ def recommend_band(
     score = [max(sc[b] for sc in scores) for b in range(L)]
     if len(per_profile) > 1:
         evidence["profile_scores"] = per_profile
-    sensitive = [s >= cfg.tau for s in score]
+    idx, head_end, tail_start, fallback = band_at(score, cfg.tau, cfg.head_frac, cfg.min_blocks)
+    evidence.update(
+        score=[round(s, 6) for s in score],
+        tail=list(range(tail_start, L)),
+        head=list(range(0, min(head_end, L))),
+        peak_block=max(range(L), key=lambda b: score[b]),
+        stable_tau=stable_range(score, cfg.tau, cfg.head_frac, cfg.min_blocks),
+        sensitivity=sensitivity(score, cfg.head_frac, cfg.min_blocks),
+    )
+    if fallback:
+        evidence["fallback"] = fallback
+    return {"spec": format_indices(idx), "indices": idx, "rule": rule, "evidence": evidence}
+
+
+SENSITIVITY_TAUS = tuple(round(0.3 + 0.05 * k, 2) for k in range(9))  # 0.3, 0.35, ..., 0.7
+
+
+def band_at(score: list[float], tau: float, head_frac: float, min_blocks: int) -> tuple[list[int], int, int, str]:
+    """The rule on a per-block score at threshold ``tau``: (band, head end, tail start, fallback reason or '')."""
+    L = len(score)
+    sensitive = [s >= tau for s in score]
     tail_start = L
     while tail_start > 0 and sensitive[tail_start - 1]:
         tail_start -= 1
-    head_end = math.ceil(cfg.head_frac * L - 1e-9)
+    head_end = math.ceil(head_frac * L - 1e-9)
     lead = 0
     while lead < L and sensitive[lead]:
         lead += 1
     if lead < tail_start:  # a leading sensitive run that is not the tail itself
         head_end = max(head_end, lead)
     idx = list(range(head_end, tail_start))
-    evidence.update(
-        score=[round(s, 6) for s in score],
-        tail=list(range(tail_start, L)),
-        head=list(range(0, min(head_end, L))),
-        peak_block=max(range(L), key=lambda b: score[b]),
-    )
-    if len(idx) < cfg.min_blocks:
-        evidence["fallback"] = f"band between head and tail had {len(idx)} blocks"
-        idx = resolve_layers(FALLBACK, L)
-    return {"spec": format_indices(idx), "indices": idx, "rule": rule, "evidence": evidence}
+    if len(idx) < min_blocks:
+        return resolve_layers(FALLBACK, L), head_end, tail_start, f"band between head and tail had {len(idx)} blocks"
+    return idx, head_end, tail_start, ""
+
+
+def sensitivity(score: list[float], head_frac: float, min_blocks: int) -> list[dict]:
+    """The band the rule returns at each threshold of :data:`SENSITIVITY_TAUS`, so a choice that hangs on
+    the threshold is visible: ``[{"tau", "spec", "blocks", "fallback"}]``."""
+    out = []
+    for tau in SENSITIVITY_TAUS:
+        idx, _, _, fallback = band_at(score, tau, head_frac, min_blocks)
+        out.append({"tau": tau, "spec": format_indices(idx), "blocks": len(idx), "fallback": bool(fallback)})
+    return out
+
+
+def stable_range(score: list[float], tau: float, head_frac: float, min_blocks: int) -> list[float]:
+    """``[lo, hi]``: the band is the same for every threshold in (lo, hi] (a block is sensitive when its
+    score >= tau, so the band can change only where tau crosses a block's score). A narrow range around
+    ``tau`` means a knife-edge choice."""
+    cuts = sorted(set(score))
+
+    def band(t: float) -> list[int]:
+        return band_at(score, t, head_frac, min_blocks)[0]
+
+    here = band(tau)
+    above = [u for u in cuts if u >= tau]  # the cell (lo, hi] holding tau ends at the first score >= tau
+    below = [u for u in cuts if u < tau]
+    hi = above[0] if above else 1.0
+    for nxt in above[1:]:  # the next cell (hi, nxt] has the band of tau = nxt
+        if band(nxt) != here:
+            break
+        hi = nxt
+    else:
+        if above and band(1.0) == here and above[-1] < 1.0:
+            hi = 1.0
+    lo = below[-1] if below else 0.0
+    while below and band(lo) == here:  # the cell below (prev, lo] has the band of tau = lo
+        below.pop()
+        lo = below[-1] if below else 0.0
+    return [round(lo, 6), round(hi, 6)]

@@ -31,6 +31,31 @@ def _reading(results: dict[str, Any], rows: list[dict]) -> list[str]:
     return out
 
 
+def _sensitivity_html(band: dict[str, Any]) -> list[str]:
+    """How the band depends on the threshold: the range of tau that gives the same band, and the band at
+    each tau from 0.3 to 0.7."""
+    ev = band.get("evidence", {})
+    if "sensitivity" not in ev:
+        return []
+    tau = ev.get("params", {}).get("tau")
+    lo, hi = ev["stable_tau"]
+    out = [
+        f"<p>Threshold sensitivity: the rule returns <code>{esc(band['spec'])}</code> for every tau in "
+        f"({lo:.4g}, {hi:.4g}] (tau = {tau:g} here)"
+        + (
+            "; <strong>a knife-edge choice</strong>: a threshold within 0.05 gives another band.</p>"
+            if tau is not None and (tau - lo < 0.05 or hi - tau < 0.05)
+            else ".</p>"
+        )
+    ]
+    tab = [
+        {"tau": f"{r['tau']:.2f}", "band": r["spec"], "blocks": r["blocks"], "fallback": "yes" if r["fallback"] else ""}
+        for r in ev["sensitivity"]
+    ]
+    out.append("<details><summary>band at each threshold</summary>" + table_html(tab) + "</details>")
+    return out
+
+
 def analysis_section(results: dict[str, Any], rows: list[dict]) -> Section:
     band = results["recommended_band"]
     ev = band.get("evidence", {})
@@ -45,6 +70,7 @@ def analysis_section(results: dict[str, Any], rows: list[dict]) -> Section:
     ]
     if ev.get("fallback"):
         parts.append(f"<p class='note'>Fallback to the paper's default band: {esc(ev['fallback'])}.</p>")
+    parts += _sensitivity_html(band)
     reading = _reading(results, rows)
     if reading:
         parts.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in reading) + "</ul>")

@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     band = res["recommended_band"]
     print(f"wrote {args.out}/metrics.csv ({res['rows']} rows), results.json, report.html")
     print(f"recommended band: {band['spec']} ({band['evidence'].get('mode')})")
+    if band["evidence"].get("stable_tau"):
+        lo, hi = band["evidence"]["stable_tau"]
+        by_tau = ", ".join(f"{r['tau']:.2f}: {r['spec']}" for r in band["evidence"]["sensitivity"])
+        print(f"  the same band for tau in ({lo:.4g}, {hi:.4g}]; by tau: {by_tau}")
     for w in res["warnings"]:
         print(f"warning: {w}")
     return 0

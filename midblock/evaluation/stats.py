@@ -1,12 +1,18 @@
-"""Interval maths: Wilson score interval, paired bootstrap of a difference, mean and t-interval over seeds.
+"""Interval maths: Wilson score interval, paired bootstrap of a difference, mean and t-interval over seeds,
+and the two-level (seeds x items) bootstrap that the comparison table uses for pooled rows, with Holm and
+Bonferroni corrections for several arms against one baseline and perplexity changes over seeds x texts.
 
-Pure functions on numbers and sequences; no I/O.
+Pure functions on numbers and arrays; no I/O. The method and what each interval covers: docs/evaluation.md.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
 
 Z95 = 1.959963984540054  # the standard normal 0.975 quantile
 
@@ -41,8 +47,6 @@ def paired_bootstrap(
         raise ValueError("paired bootstrap needs at least one item")
     d = [float(x) - float(y) for x, y in zip(a, b)]
     diff = sum(d) / n
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     darr = np.asarray(d)
     chunks = []
@@ -129,3 +133,232 @@ def mean_ci(values: Sequence[float]) -> dict[str, float]:
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
     return {"mean": m, "lo": m - half, "hi": m + half, "std": sd, "n": n}
+
+
+# --------------------------------------------------------------------------- seeds x items
+#
+# A study tests every training seed on the same test items, so its per-item results form a (seeds x items)
+# matrix. The two-level bootstrap resamples both: the seeds with replacement, then the items with
+# replacement, the same items for every seed (the design is crossed: items are shared, not nested in seeds).
+# Each resample is a pair of count vectors, W over the seeds and V over the items, and a statistic is a
+# weighted mean (sum_s sum_i W_s V_i y_si / (S I)). The draws are fixed by ``seed``: seed counts come from
+# the stream ``default_rng([seed, 0])``, item counts from ``default_rng([seed, 1])``, each
+# ``multinomial(n, [1/n] * n)`` per resample in order, so another implementation can reproduce them.
+
+APPROXIMATE_BELOW_SEEDS = 5  # with fewer seeds the seed part of an interval rests on too few values
+
+
+def _matrix(y: Any, name: str = "y") -> np.ndarray:
+    """A (seeds x items) float matrix, refusing empty, ragged or non-finite input."""
+    arr = np.asarray(y, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} must be a non-empty (seeds x items) matrix, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds non-finite values")
+    return arr
+
+
+_CACHE_CELLS = 20_000_000  # count tables up to this many cells are kept (int32), so the arms of a table share them
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_counts(n: int, n_boot: int, seed: int, stream: int) -> np.ndarray:
+    counts = np.random.default_rng([seed, stream]).multinomial(n, np.full(n, 1 / n), size=n_boot).astype(np.int32)
+    counts.flags.writeable = False
+    return counts
+
+
+def _count_chunks(n: int, n_boot: int, seed: int, stream: int, step: int):
+    """Resample counts of ``n`` units (multinomial(n, [1/n] * n) per resample), ``step`` resamples at a time."""
+    if n * n_boot <= _CACHE_CELLS:
+        full = _cached_counts(n, n_boot, seed, stream)
+        for start in range(0, n_boot, step):
+            yield full[start : start + step].astype(float)
+        return
+    rng = np.random.default_rng([seed, stream])
+    for start in range(0, n_boot, step):
+        yield rng.multinomial(n, np.full(n, 1 / n), size=min(step, n_boot - start)).astype(float)
+
+
+def two_level_draws(
+    stat: Callable[[np.ndarray, np.ndarray], np.ndarray], n_seeds: int, n_items: int, n_boot: int, seed: int
+) -> np.ndarray:
+    """``stat(W, V)`` over ``n_boot`` two-level resamples (seed counts ``W``: chunk x seeds, item counts
+    ``V``: chunk x items), concatenated along the first axis. Drawn in chunks to bound memory; the draws
+    are those of one call drawing all resamples at once (and small count tables are cached, so the arms of
+    one table reuse them)."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    step = max(1, 2_000_000 // max(n_items, n_seeds))
+    seeds = _count_chunks(n_seeds, n_boot, seed, 0, step)
+    items = _count_chunks(n_items, n_boot, seed, 1, step)
+    return np.concatenate([np.asarray(stat(w, v), dtype=float) for w, v in zip(seeds, items)])
+
+
+def _order_stat_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval: the floor((1 - level)/2 B)-th and ceil((1 + level)/2 B)-th order statistics."""
+    b = len(draws)
+    s = np.sort(draws)
+    lo_i = int(math.floor((1 - level) / 2 * b))
+    hi_i = min(b - 1, int(math.ceil((1 + level) / 2 * b)) - 1)
+    return float(s[lo_i]), float(s[hi_i])
+
+
+def bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of 'no difference': twice the smaller share of resamples on either side
+    of 0 (counting 0 on both sides, plus one), capped at 1. Below ``1 - level`` exactly when 0 lies outside
+    the percentile interval at that level (up to the order-statistic rounding)."""
+    b = len(draws)
+    below, above = int((draws <= 0).sum()), int((draws >= 0).sum())
+    return min(1.0, 2 * (1 + min(below, above)) / (b + 1))
+
+
+def _covers(n_seeds: int, what: str = "items") -> str:
+    return f"seeds x {what}" if n_seeds > 1 else what
+
+
+def _summary(est: float, draws: np.ndarray, per_seed: list[float], n_items: int, level: float, what: str) -> dict:
+    lo, hi = _order_stat_interval(draws, level)
+    s = len(per_seed)
+    return {
+        "estimate": float(est),
+        "lo": lo,
+        "hi": hi,
+        "se": float(draws.std(ddof=1)) if len(draws) > 1 else float("nan"),
+        "level": level,
+        "n_seeds": s,
+        "n_items": n_items,
+        "covers": _covers(s, what),
+        "approximate": 1 < s < APPROXIMATE_BELOW_SEEDS,
+        "per_seed": [float(x) for x in per_seed],
+        "n_boot": len(draws),
+    }
+
+
+def _mean_stat(y: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    s, i = y.shape
+    return lambda w, v: ((w @ y) * v).sum(axis=1) / (s * i)
+
+
+def two_level_interval(y: Any, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Mean of a (seeds x items) matrix (accuracy from 0/1 entries) with a two-level percentile bootstrap
+    interval over seeds and items. ``covers`` names the variation the interval includes (``items`` alone
+    with one seed); ``approximate`` is true with 2-4 seeds. ``per_seed`` holds each seed's mean."""
+    y = _matrix(y)
+    draws = two_level_draws(_mean_stat(y), y.shape[0], y.shape[1], n_boot, seed)
+    return _summary(y.mean(), draws, list(y.mean(axis=1)), y.shape[1], level, "items")
+
+
+def paired_two_level(
+    a: Any, b: Any, n_boot: int = 10_000, seed: int = 0, level: float = 0.95, n_comparisons: int = 1
+) -> dict[str, Any]:
+    """``mean(a) - mean(b)`` for two aligned (seeds x items) matrices (same seeds, same items, same order),
+    with the two-level bootstrap of the per-(seed, item) differences: ``per_seed`` holds each seed's
+    difference, ``p`` the two-sided bootstrap p-value, and ``sim_lo``/``sim_hi`` the Bonferroni interval
+    at level ``1 - (1 - level) / n_comparisons`` (from the same draws)."""
+    a, b = _matrix(a, "a"), _matrix(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired matrices need the same seeds and items, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    draws = two_level_draws(_mean_stat(d), d.shape[0], d.shape[1], n_boot, seed)
+    out = _summary(d.mean(), draws, list(d.mean(axis=1)), d.shape[1], level, "items")
+    return out | _multiplicity(draws, level, n_comparisons)
+
+
+def _multiplicity(draws: np.ndarray, level: float, m: int) -> dict[str, Any]:
+    if m < 1:
+        raise ValueError(f"n_comparisons must be >= 1, got {m}")
+    sim_level = 1 - (1 - level) / m
+    sim_lo, sim_hi = _order_stat_interval(draws, sim_level)
+    return {"p": bootstrap_p(draws), "sim_lo": sim_lo, "sim_hi": sim_hi, "sim_level": sim_level, "n_comparisons": m}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control over the given tests), in input order."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda k: p_values[k])
+    out = [0.0] * m
+    running = 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[k]))
+        out[k] = running
+    return out
+
+
+def compare_to_baseline(
+    pairs: dict[str, tuple[Any, Any]], n_boot: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """Several arms against one baseline: ``pairs`` maps an arm to its (arm, baseline) aligned matrices.
+    Each result is :func:`paired_two_level` with ``n_comparisons`` = the number of arms (Bonferroni
+    simultaneous intervals) plus ``p_holm``, the Holm-adjusted p-value over the arms."""
+    m = len(pairs)
+    out = {k: paired_two_level(a, b, n_boot, seed, level, n_comparisons=max(m, 1)) for k, (a, b) in pairs.items()}
+    for k, p in zip(out, holm([r["p"] for r in out.values()])):
+        out[k]["p_holm"] = p
+    return out
+
+
+# --------------------------------------------------------------------------- forgetting: seeds x texts
+
+
+def _texts(nll: Any, tokens: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    n, t = _matrix(nll, f"{name} nll"), _matrix(tokens, f"{name} tokens")
+    if t.shape[0] == 1 and n.shape[0] > 1:
+        t = np.repeat(t, n.shape[0], axis=0)
+    if n.shape != t.shape:
+        raise ValueError(f"{name}: nll and token counts differ in shape ({n.shape} vs {t.shape})")
+    return n, t
+
+
+def _ppl_change(nll: np.ndarray, tok: np.ndarray, bnll: np.ndarray, btok: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Per resample and seed, 100 (ppl / base ppl - 1) on the texts weighted by ``v`` (chunk x texts)."""
+    ppl = np.exp((v @ nll.T) / (v @ tok.T))  # chunk x seeds
+    base = np.exp((v @ bnll.T) / (v @ btok.T))  # chunk x 1
+    return 100 * (ppl / base - 1)
+
+
+def ppl_change_interval(
+    arm: tuple[Any, Any],
+    base: tuple[Any, Any],
+    baseline: tuple[Any, Any] | None = None,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+    n_comparisons: int = 1,
+) -> dict[str, Any]:
+    """Perplexity change (%) of an arm against the base model, from per-text summed NLL and token counts
+    (``arm``: (seeds x texts, seeds x texts or texts); ``base``: (texts, texts)); perplexity is
+    exp(sum nll / sum tokens) over the texts, the change is averaged over the seeds. The two-level bootstrap
+    resamples seeds and texts (each text with its token count; the same texts for the base, so the change is
+    paired over texts). With ``baseline`` (another arm, same seeds and texts): the difference of the two
+    arms' changes, in percentage points, paired over seeds and texts, with ``p`` and Bonferroni
+    ``sim_lo``/``sim_hi`` as :func:`paired_two_level`."""
+    nll, tok = _texts(*arm, "arm")
+    bnll, btok = _texts(*base, "base")
+    if bnll.shape[0] != 1 or bnll.shape[1] != nll.shape[1]:
+        raise ValueError(f"the base needs one row over the arm's {nll.shape[1]} texts, got {bnll.shape}")
+    if (tok <= 0).any() or (btok <= 0).any():
+        raise ValueError("every text needs at least one scored token")
+    s, t = nll.shape
+    ones = np.ones((1, t))
+    per_seed = _ppl_change(nll, tok, bnll, btok, ones)[0]
+    if baseline is None:
+
+        def stat(w, v):
+            return (_ppl_change(nll, tok, bnll, btok, v) * w).sum(axis=1) / s
+
+        draws = two_level_draws(stat, s, t, n_boot, seed)
+        return _summary(per_seed.mean(), draws, list(per_seed), t, level, "texts")
+    onll, otok = _texts(*baseline, "baseline")
+    if onll.shape != nll.shape:
+        raise ValueError(f"paired arms need the same seeds and texts, got {nll.shape} and {onll.shape}")
+    diff = per_seed - _ppl_change(onll, otok, bnll, btok, ones)[0]
+
+    def stat_diff(w, v):
+        d = _ppl_change(nll, tok, bnll, btok, v) - _ppl_change(onll, otok, bnll, btok, v)
+        return (d * w).sum(axis=1) / s
+
+    draws = two_level_draws(stat_diff, s, t, n_boot, seed)
+    return _summary(diff.mean(), draws, list(diff), t, level, "texts") | _multiplicity(draws, level, n_comparisons)

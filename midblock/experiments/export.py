@@ -12,8 +12,9 @@ redoing its finished cells (their fingerprints, records and per-item results, an
 band ``auto``), small enough to commit; copy it back into an output directory and rerun the same grid.
 
 ``derive(dest)`` rebuilds the comparison rows from those two files alone with the engine's own statistics
-(:func:`midblock.experiments.table.build_rows`), so anyone can check the published table, or take the
-paired differences against another arm::
+(:func:`midblock.experiments.table.build_rows`: seed-aware intervals, multiplicity-adjusted differences,
+forgetting intervals where the cells carry per-text log-likelihoods), so anyone can check the published
+table, or take the paired differences against another arm::
 
     python -m midblock.experiments.export derive docs/results/band-landscape
     python -m midblock.experiments.export derive docs/results/band-landscape paper
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{save_state(argv[1], argv[2])} finished cells saved to {argv[2]}")
         return 0
     if len(argv) in (2, 3) and argv[0] == "derive":
-        cols = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "diff_vs_baseline", "diff_low", "diff_high")
+        cols = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "ci_covers", "diff_vs_baseline", "diff_low")
+        cols += ("diff_high", "diff_covers", "diff_p_holm", "diff_sim_low", "diff_sim_high")
         print("\t".join(cols))
         for r in pooled_rows(derive(argv[1], *argv[2:])):
             print(

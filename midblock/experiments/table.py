@@ -1,17 +1,24 @@
 """The comparison table: one statistic per question, used by ``compare`` and the demo alike.
 
-The pooling rule (one, everywhere):
+The pooling rule (one, everywhere; the method and its justification: ``docs/evaluation.md``):
 
-- **One seed**: accuracy ``k/n`` with its Wilson 95% interval; the difference against the baseline arm of
-  the same seed is paired over the same test items (percentile bootstrap of the items).
-- **Several seeds** (the ``mean(S)`` row): each test item's correctness is averaged over the seeds, giving
-  one score per item in [0, 1]. The arm's accuracy is the mean of those scores, its interval the Wilson
-  interval of that mean over the ``n`` items (the test items are the sample; seeds average out training
-  noise), and the difference against the baseline is the paired bootstrap over items of the
-  seed-averaged scores of the seeds both arms ran. ``seed_sd`` reports the spread of the per-seed
-  accuracies beside it. With one seed the pooled row equals the seed's row.
+- **One seed** (each seed's row): accuracy ``k/n`` with its Wilson 95% interval; the difference against
+  the baseline arm of the same seed is paired over the same test items (bootstrap of the items). These
+  intervals cover the test items only (``covers``: ``items``).
+- **Several seeds** (the ``mean(S)`` row): the arm's per-item results form a (seeds x items) matrix; its
+  accuracy is the mean over seeds and items, with a two-level bootstrap interval that resamples the seeds
+  and the items (the same items for every seed), so it covers both (``seeds x items``); with fewer than 5
+  seeds it is marked approximate. The difference against the baseline is paired over the seeds both arms
+  ran and the items both evaluated, by the same two-level bootstrap, with the per-seed differences beside
+  it. Several arms compared with one baseline get Holm-adjusted p-values and Bonferroni simultaneous
+  intervals over the arms. With one seed the pooled row equals the seed's row (its intervals cover items).
+- **Forgetting**: the perplexity change against the base model (%), and its difference from the baseline
+  arm's (points), with two-level intervals over seeds x texts when the cells carry per-text
+  log-likelihoods (``ppl.per_text``: one ``[nll_sum, n_tokens]`` per text, same texts in every cell);
+  older cells give the point value only.
 
-Reporting (``reporting/``) renders these rows and computes nothing.
+The baseline's own difference cells stay empty. Reporting (``reporting/``) renders these rows and computes
+nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +26,21 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from midblock.evaluation.stats import paired_bootstrap, wilson_interval
+import numpy as np
+
+from midblock.errors import MidblockError
+from midblock.evaluation.stats import (
+    compare_to_baseline,
+    holm,
+    paired_two_level,
+    ppl_change_interval,
+    two_level_interval,
+    wilson_interval,
+)
 from midblock.layers import format_indices
 
 _TRAIN_MEANS = ("median_step_s", "peak_mem_gib", "train_wall_s", "final_loss", "eval_wall_s", "ppl", "ppl_delta")
+N_BOOT, BOOT_SEED = 10_000, 0  # every bootstrap of the table: fixed, so a table re-derives exactly
 
 
 def correctness(rec: dict[str, Any], metric: str) -> dict[int, float]:
@@ -37,6 +55,13 @@ def pooled_scores(recs: list[dict[str, Any]], metric: str) -> dict[int, float]:
     return {i: sum(c[i] for c in per_seed) / len(per_seed) for i in items}
 
 
+def seed_matrix(per_seed: list[dict[int, float]], items: list[int] | None = None) -> np.ndarray:
+    """(seeds x items) results over ``items`` (default: the items every seed has), in item order."""
+    if items is None:
+        items = sorted(set.intersection(*(set(c) for c in per_seed)))
+    return np.array([[c[i] for i in items] for c in per_seed], dtype=float)
+
+
 def accuracy_row(scores: dict[int, float]) -> dict[str, Any]:
     """Accuracy and Wilson 95% interval of per-item scores (0/1, or seed averages in [0, 1])."""
     n = len(scores)
@@ -45,13 +70,13 @@ def accuracy_row(scores: dict[int, float]) -> dict[str, Any]:
     return {"n": n, "accuracy": k / n if n else 0.0, "ci_low": lo, "ci_high": hi}
 
 
-def paired_difference(mine: dict[int, float], theirs: dict[int, float]) -> dict[str, float] | None:
-    """``mine - theirs`` over the items both have, with the paired bootstrap interval."""
+def paired_difference(mine: dict[int, float], theirs: dict[int, float]) -> dict[str, Any] | None:
+    """``mine - theirs`` of one seed over the items both have, with the paired bootstrap interval of the items."""
     common = sorted(set(mine) & set(theirs))
     if not common:
         return None
-    d = paired_bootstrap([mine[i] for i in common], [theirs[i] for i in common])
-    return {"diff_vs_baseline": d["diff"], "diff_low": d["lo"], "diff_high": d["hi"]}
+    d = paired_two_level([[mine[i] for i in common]], [[theirs[i] for i in common]], N_BOOT, BOOT_SEED)
+    return {"diff_vs_baseline": d["estimate"], "diff_low": d["lo"], "diff_high": d["hi"], "diff_covers": d["covers"]}
 
 
 def _band_text(band: list[int] | None) -> str | None:
@@ -96,6 +121,75 @@ def _mean(vals: list[Any]) -> Any:
     return sum(vals) / len(vals) if vals else None
 
 
+# ----------------------------------------------------------------------------- forgetting over texts
+
+
+def per_text(rec: dict[str, Any] | None) -> np.ndarray | None:
+    """A cell's (texts x 2) array of [summed NLL, scored tokens], or None where the cell has none."""
+    pt = ((rec or {}).get("ppl") or {}).get("per_text")
+    if not pt:
+        return None
+    arr = np.asarray(pt, dtype=float)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise MidblockError(
+            f"ppl.per_text of {rec.get('label')} seed {rec.get('seed')} is not a list of [nll_sum, n_tokens]",
+            hint="re-measure the cell's perplexity",
+        )
+    return arr
+
+
+def _texts(arrays: list[np.ndarray], what: str) -> np.ndarray:
+    """The texts every array scored at least one token of (a one-token text predicts nothing)."""
+    if len({a.shape[0] for a in arrays}) > 1:
+        raise MidblockError(
+            f"{what}: the cells scored different numbers of general texts ({sorted({a.shape[0] for a in arrays})})",
+            hint="compare cells measured on the same forgetting corpus",
+        )
+    return np.all([a[:, 1] > 0 for a in arrays], axis=0)
+
+
+def _forgetting(recs, base, bl_recs, m: int) -> dict[str, Any]:
+    """Two-level intervals (seeds x texts) of the perplexity change and of its difference from the baseline's."""
+    base_pt = per_text(base)
+    arms = [per_text(r) for r in recs]
+    if base_pt is None or any(a is None for a in arms):
+        return {}
+    keep = _texts([base_pt, *arms], "forgetting")
+    arm = (np.array([a[keep, 0] for a in arms]), np.array([a[keep, 1] for a in arms]))
+    b = (base_pt[keep, 0], base_pt[keep, 1])
+    r = ppl_change_interval(arm, b, n_boot=N_BOOT, seed=BOOT_SEED)
+    out = {
+        "ppl_change_low": r["lo"],
+        "ppl_change_high": r["hi"],
+        "ppl_covers": r["covers"],
+        "ppl_seed_changes": r["per_seed"],
+    }
+    if bl_recs is None:
+        return out
+    mine = {x["seed"]: per_text(x) for x in recs}
+    theirs = {x["seed"]: per_text(x) for x in bl_recs}
+    seeds = [s for s in sorted(mine) if theirs.get(s) is not None]
+    if not seeds:
+        return out
+    keep = _texts([base_pt, *(mine[s] for s in seeds), *(theirs[s] for s in seeds)], "forgetting")
+
+    def pair(d):
+        return np.array([d[s][keep, 0] for s in seeds]), np.array([d[s][keep, 1] for s in seeds])
+
+    b = (base_pt[keep, 0], base_pt[keep, 1])
+    d = ppl_change_interval(pair(mine), b, pair(theirs), n_boot=N_BOOT, seed=BOOT_SEED, n_comparisons=m)
+    return out | {
+        "ppl_diff": d["estimate"],
+        "ppl_diff_low": d["lo"],
+        "ppl_diff_high": d["hi"],
+        "ppl_diff_p": d["p"],
+        "ppl_seed_diffs": d["per_seed"],
+    }
+
+
+# ----------------------------------------------------------------------------- the rows
+
+
 def build_rows(
     results: list[dict[str, Any]], base: dict[str, Any] | None, *, baseline: str, metric: str
 ) -> list[dict[str, Any]]:
@@ -104,29 +198,80 @@ def build_rows(
     by_arm: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_arm[r["label"]].append(r)
+    by_arm = {a: sorted(recs, key=lambda r: r["seed"]) for a, recs in by_arm.items()}
     bl = {r["seed"]: correctness(r, metric) for r in by_arm.get(baseline, [])}
     rows: list[dict[str, Any]] = []
     if base is not None and base.get("eval"):
         rows.append(
             {"arm": "base", "seed": "-", "metric": metric, **accuracy_row(correctness(base, metric))}
+            | {"ci_covers": "items"}
             | _ppl_cols(base, base_ppl)
             | {"eval_wall_s": base["eval"].get("wall_s")}
         )
+    diffs = _pooled_differences(by_arm, bl, baseline, metric)
+    m = len(diffs)
     for arm, recs in by_arm.items():
-        recs = sorted(recs, key=lambda r: r["seed"])
         per_seed = []
         for r in recs:
             row = {"arm": arm, "seed": r["seed"], "metric": metric, **accuracy_row(correctness(r, metric))}
-            row |= _train_cols(r) | _ppl_cols(r, base_ppl) | {"eval_wall_s": r["eval"].get("wall_s")}
-            if r["seed"] in bl:
+            row |= {"ci_covers": "items"} | _train_cols(r) | _ppl_cols(r, base_ppl)
+            row |= {"eval_wall_s": r["eval"].get("wall_s")}
+            if arm != baseline and r["seed"] in bl:
                 row |= paired_difference(correctness(r, metric), bl[r["seed"]]) or {}
+            row |= _seed_forgetting(r, base)
             per_seed.append(row)
         rows += per_seed
-        rows.append(_pooled_row(arm, recs, per_seed, bl, metric, base_ppl))
+        pooled = _pooled_row(arm, recs, per_seed, metric, base_ppl) | diffs.get(arm, {})
+        bl_recs = by_arm.get(baseline) if arm != baseline else None
+        rows.append(pooled | _forgetting(recs, base, bl_recs, max(m, 1)))
+    _holm_forgetting(rows)
     return rows
 
 
-def _pooled_row(arm, recs, per_seed, bl, metric, base_ppl) -> dict[str, Any]:
+def _seed_forgetting(rec: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+    f = _forgetting([rec], base, None, 1)
+    return {k: f[k] for k in ("ppl_change_low", "ppl_change_high", "ppl_covers") if k in f}
+
+
+def _holm_forgetting(rows: list[dict[str, Any]]) -> None:
+    pooled = [r for r in rows if str(r["seed"]).startswith("mean(") and r.get("ppl_diff_p") is not None]
+    for r, p in zip(pooled, holm([r["ppl_diff_p"] for r in pooled])):
+        r["ppl_diff_p_holm"] = p
+
+
+def _pooled_differences(by_arm, bl, baseline: str, metric: str) -> dict[str, dict[str, Any]]:
+    """Each arm's pooled difference against the baseline (seeds both ran, items both have), corrected for
+    the number of arms compared (Holm p-values, Bonferroni simultaneous intervals)."""
+    pairs = {}
+    for arm, recs in by_arm.items():
+        both = [r for r in recs if r["seed"] in bl]
+        if arm == baseline or not both:
+            continue
+        mine = [correctness(r, metric) for r in both]
+        theirs = [bl[r["seed"]] for r in both]
+        items = sorted(set.intersection(*(set(x) for x in mine + theirs)))
+        if items:
+            pairs[arm] = (seed_matrix(mine, items), seed_matrix(theirs, items))
+    out = {}
+    for arm, d in compare_to_baseline(pairs, N_BOOT, BOOT_SEED).items():
+        out[arm] = {
+            "diff_vs_baseline": d["estimate"],
+            "diff_low": d["lo"],
+            "diff_high": d["hi"],
+            "diff_covers": d["covers"],
+            "diff_approximate": d["approximate"],
+            "diff_seeds": d["n_seeds"],
+            "seed_diffs": d["per_seed"],
+            "diff_p": d["p"],
+            "diff_p_holm": d["p_holm"],
+            "diff_sim_low": d["sim_lo"],
+            "diff_sim_high": d["sim_hi"],
+            "n_comparisons": d["n_comparisons"],
+        }
+    return out
+
+
+def _pooled_row(arm, recs, per_seed, metric, base_ppl) -> dict[str, Any]:
     accs = [r["accuracy"] for r in per_seed]
     row: dict[str, Any] = {
         "arm": arm,
@@ -136,7 +281,14 @@ def _pooled_row(arm, recs, per_seed, bl, metric, base_ppl) -> dict[str, Any]:
         "seed_sd": (sum((a - sum(accs) / len(accs)) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5
         if len(accs) > 1
         else None,
+        "n_seeds": len(recs),
+        "ci_covers": "items",
+        "approximate": False,
     }
+    if len(recs) > 1:  # one seed: the Wilson interval of the seed's row
+        r = two_level_interval(seed_matrix([correctness(x, metric) for x in recs]), N_BOOT, BOOT_SEED)
+        row |= {"ci_low": r["lo"], "ci_high": r["hi"], "ci_covers": r["covers"], "approximate": r["approximate"]}
+        row["seed_accuracies"] = r["per_seed"]
     first = per_seed[0]
     for k in ("band", "lr", "trainable_params", "rank_units", "alpha_over_r", "backward_depth"):
         row[k] = first.get(k)
@@ -144,12 +296,6 @@ def _pooled_row(arm, recs, per_seed, bl, metric, base_ppl) -> dict[str, Any]:
         row[k] = _mean([r.get(k) for r in per_seed])
     if row.get("ppl") is not None and base_ppl:
         row["ppl_change_pct"] = 100 * (row["ppl"] / base_ppl - 1)
-    both = [r for r in recs if r["seed"] in bl]
-    if both:
-        theirs = [bl[r["seed"]] for r in both]
-        items = sorted(set.intersection(*(set(x) for x in theirs)))
-        pooled_bl = {i: sum(x[i] for x in theirs) / len(theirs) for i in items}
-        row |= paired_difference(pooled_scores(both, metric), pooled_bl) or {}
     return row
 
 

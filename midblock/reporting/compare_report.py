@@ -21,10 +21,21 @@ COLUMNS = [
     "accuracy",
     "ci_low",
     "ci_high",
+    "ci_covers",
+    "approximate",
+    "n_seeds",
+    "seed_accuracies",
     "seed_sd",
     "diff_vs_baseline",
     "diff_low",
     "diff_high",
+    "diff_covers",
+    "seed_diffs",
+    "diff_p",
+    "diff_p_holm",
+    "diff_sim_low",
+    "diff_sim_high",
+    "n_comparisons",
     "trainable_params",
     "rank_units",
     "alpha_over_r",
@@ -37,6 +48,16 @@ COLUMNS = [
     "ppl",
     "ppl_delta",
     "ppl_change_pct",
+    "ppl_change_low",
+    "ppl_change_high",
+    "ppl_covers",
+    "ppl_seed_changes",
+    "ppl_diff",
+    "ppl_diff_low",
+    "ppl_diff_high",
+    "ppl_diff_p",
+    "ppl_diff_p_holm",
+    "ppl_seed_diffs",
 ]
 
 
@@ -52,12 +73,49 @@ def _num(x: Any, fmt: str = "{:.3g}") -> str:
     return f"{x:,}" if isinstance(x, int) else fmt.format(x)
 
 
+def _p(x: Any) -> str:
+    return "" if x is None else "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def _points(r: dict[str, Any], key: str, low: str, high: str, scale: float = 100) -> str:
+    """``+1.2 [-0.3, +2.7]`` from a row's estimate and interval (empty where the row has none)."""
+    if r.get(key) is None:
+        return ""
+    if r.get(low) is None:
+        return f"{scale * r[key]:+.1f}"
+    return f"{scale * r[key]:+.1f} [{scale * r[low]:+.1f}, {scale * r[high]:+.1f}]"
+
+
+def _covers(r: dict[str, Any]) -> str:
+    """What the row's intervals cover: test items (one seed), or seeds x items (approximate under 5 seeds)."""
+    cov = r.get("ci_covers") or "items"
+    if r.get("n_seeds", 1) > 1:
+        cov += f" ({'approx., ' if r.get('approximate') else ''}{r['n_seeds']} seeds)"
+    return cov
+
+
+def _seed_list(vals: list[float] | None, scale: float = 100) -> str:
+    return "" if not vals else ", ".join(f"{scale * v:+.1f}" for v in vals)
+
+
 def markdown(cc, rows: list[dict[str, Any]]) -> str:
+    m = max((r.get("n_comparisons") or 0 for r in rows), default=0)
     head = (
         f"Model `{cc.model}`, trained on `{cc.task}`, evaluated on `{cc.eval_task}` with protocol "
         f"`{cc.protocol}` (metric `{cc.metric}`); baseline `{cc.baseline}`; seeds {cc.seeds}. "
-        "Accuracy in %. 95% intervals: Wilson over the test items, per seed and for the `mean(S)` rows (each "
-        "item's correctness averaged over the seeds); differences paired over the same items (bootstrap). "
+        "Accuracy and differences in % (points). 95% intervals, and what each covers (column 'intervals "
+        "cover'): per seed, Wilson over the test items and a paired bootstrap of the items for the difference "
+        "(test items only); `mean(S)` rows, a two-level bootstrap resampling the seeds and the test items (seeds "
+        "x items), approximate with fewer than 5 seeds; differences paired over the same seeds and items, with "
+        "the per-seed differences beside. "
+        + (
+            f"The {m} arm(s) compared with the baseline are corrected for multiplicity: Holm-adjusted bootstrap "
+            f"p-values and Bonferroni simultaneous intervals (each at level 1 - 0.05/{m}). "
+            if m
+            else ""
+        )
+        + "Forgetting: perplexity on general text and its change against the base model, with an interval over "
+        "seeds x texts where the cells stored per-text log-likelihoods. "
         "Peak memory: the training run's own peak (RSS on a CPU, allocated memory on a GPU).\n\n"
     )
     cols = [
@@ -66,7 +124,11 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
         "blocks",
         "n",
         "accuracy % [95% CI]",
-        "diff vs baseline [95% CI]",
+        "diff vs baseline, points [95% CI]",
+        "Holm p",
+        "simultaneous CI",
+        "per-seed diffs",
+        "intervals cover",
         "trainable params",
         "rank units",
         "alpha/r",
@@ -75,13 +137,15 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
         "train wall s",
         "eval wall s",
         "ppl (delta)",
+        "ppl change % [95% CI]",
+        "ppl change vs baseline, points [95% CI]",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        diff = (
+        sim = (
             ""
-            if r.get("diff_vs_baseline") is None
-            else (f"{100 * r['diff_vs_baseline']:+.1f} [{100 * r['diff_low']:+.1f}, {100 * r['diff_high']:+.1f}]")
+            if r.get("diff_sim_low") is None
+            else f"[{100 * r['diff_sim_low']:+.1f}, {100 * r['diff_sim_high']:+.1f}]"
         )
         ppl = (
             ""
@@ -94,7 +158,11 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
             r.get("band") or "",
             str(r["n"]),
             f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
-            diff,
+            _points(r, "diff_vs_baseline", "diff_low", "diff_high"),
+            _p(r.get("diff_p_holm")),
+            sim,
+            _seed_list(r.get("seed_diffs")),
+            _covers(r),
             _num(r.get("trainable_params"), "{:,.0f}"),
             _num(r.get("rank_units"), "{:.0f}"),
             _num(r.get("alpha_over_r")),
@@ -103,9 +171,16 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
             _num(r.get("train_wall_s"), "{:.1f}"),
             _num(r.get("eval_wall_s"), "{:.1f}"),
             ppl,
+            _points(r, "ppl_change_pct", "ppl_change_low", "ppl_change_high", scale=1),
+            _points(r, "ppl_diff", "ppl_diff_low", "ppl_diff_high", scale=1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with per-seed lists written as space-separated numbers (one CSV cell each)."""
+    return [{k: " ".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
 
 
 def plot_png(cc, rows: list[dict[str, Any]], path: Path) -> None:
@@ -132,7 +207,8 @@ def plot_png(cc, rows: list[dict[str, Any]], path: Path) -> None:
             ax.axhline(100 * m["accuracy"], color="grey", ls="--", lw=0.8)
     ax.set_xticks(range(len(means)), [m["arm"] for m in means], rotation=30, ha="right")
     ax.set_ylabel(f"{cc.metric} accuracy (%)")
-    ax.set_title(f"{cc.model} on {cc.eval_task} ({cc.protocol}); mean and 95% CI, dots: seeds", fontsize=9)
+    cover = means[-1].get("ci_covers") or "items"
+    ax.set_title(f"{cc.model} on {cc.eval_task} ({cc.protocol}); mean, 95% CI over {cover}; dots: seeds", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -156,10 +232,13 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
         top.plot([x0, x1], [100 * r["accuracy"]] * 2, color=color, lw=2.5, label=f"{r['arm']} (blocks {r['band']})")
         if r.get("ppl_change_pct") is not None:
             bottom.plot([x0, x1], [r["ppl_change_pct"]] * 2, color=color, lw=2.5)
-    top.set_ylabel("accuracy % (95% interval)")
+            if r.get("ppl_change_low") is not None:
+                bottom.fill_between([x0, x1], r["ppl_change_low"], r["ppl_change_high"], color=color, alpha=0.15)
+    top.set_ylabel("accuracy % (95% interval,\n" + (arms[0].get("ci_covers") if arms else "items") + ")")
     top.legend(fontsize=7, loc="best")
     bottom.axhline(0, color="grey", lw=0.8, ls="--")
-    bottom.set_ylabel("perplexity change %\n(general text)")
+    shown = "95% interval" if any(r.get("ppl_change_low") is not None for r in arms) else "no interval"
+    bottom.set_ylabel(f"perplexity change %\n(general text, {shown})")
     bottom.set_xlabel("relative depth of the trained blocks (block i spans [i/L, (i+1)/L))")
     bottom.set_xlim(0, 1)
     if title:
@@ -173,7 +252,7 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
 def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extra: dict | None = None) -> None:
     from dataclasses import asdict
 
-    write_csv(out / "compare.csv", rows, fieldnames=COLUMNS)
+    write_csv(out / "compare.csv", csv_rows(rows), fieldnames=COLUMNS)
     write_text(out / "compare.md", markdown(cc, rows))
     plot_png(cc, rows, out / "compare.png")
     if (extra or {}).get("num_layers"):

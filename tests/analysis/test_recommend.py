@@ -50,3 +50,42 @@ def test_nan_entries_and_bad_config():
         RecommendConfig(tau=0)
     with pytest.raises(ValueError):
         recommend_band({"s": [1.0]}, 3)
+
+
+# the per-block score of the band-landscape pilot (base against the uniform arm's seed-0 run), rounded
+PILOT = [0.3789, 0.3274, 0.6221, 0.5118, 0.4565, 0.5015, 0.5213, 0.4604, 0.3848, 0.3304, 0.3246, 0.259]
+PILOT += [0.3343, 0.3094, 0.2952, 0.3018, 0.333, 0.3492, 0.363, 0.3391, 0.3559, 0.4491, 0.4226, 0.4073]
+PILOT += [0.5451, 0.5613, 0.5076, 0.6525, 0.7518, 1.0]
+
+
+def test_the_rule_reports_the_band_at_every_threshold_and_how_stable_it_is():
+    r = recommend_band({"s": PILOT}, 30)
+    ev = r["evidence"]
+    assert r["spec"] == "6-23"
+    by_tau = {x["tau"]: x["spec"] for x in ev["sensitivity"]}
+    assert list(by_tau) == [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
+    assert by_tau == {
+        0.3: "11-14",  # blocks 0-10 all score >= 0.3: the leading sensitive run swallows the head
+        0.35: "6-19",
+        0.4: "6-20",
+        0.45: "6-23",
+        0.5: "6-23",
+        0.55: "6-26",
+        0.6: "6-26",
+        0.65: "6-26",
+        0.7: "6-27",
+    }
+    for x in ev["sensitivity"]:  # each entry is the rule itself run at that threshold
+        assert recommend_band({"s": PILOT}, 30, RecommendConfig(tau=x["tau"]))["spec"] == x["spec"]
+    # knife-edge: block 26 scores 0.5076, block 23 0.4073; between them the band is 6-23
+    assert ev["stable_tau"] == [0.4073, 0.5076]
+    for tau, same in ((0.4074, True), (0.5076, True), (0.4073, False), (0.5077, False)):
+        assert (recommend_band({"s": PILOT}, 30, RecommendConfig(tau=tau))["spec"] == "6-23") is same, tau
+
+
+def test_a_flat_tail_is_stable_up_to_tau_one():
+    prof = [0.0] * 6 + [0.3, 0.6, 1.0, 1.0]
+    assert recommend_band({"s": prof}, 10, RecommendConfig(tau=0.5))["evidence"]["stable_tau"] == [0.3, 0.6]
+    peak = [0.1, 0.2, 1.0, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]  # a middle peak never reaches head or tail
+    r = recommend_band({"s": peak}, 10)
+    assert r["spec"] == "2-9" and r["evidence"]["stable_tau"] == [0.1, 1.0]  # at 0.1 every block is sensitive

@@ -42,7 +42,10 @@ def test_compare_two_methods_two_seeds_end_to_end_and_resume(tmp_path, monkeypat
         assert (out / f).stat().st_size > 0
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     table = list(csv.DictReader(open(out / "compare.csv")))
-    assert len(table) == 6 and table[0]["diff_vs_baseline"] == "0.0"
+    assert len(table) == 6 and table[0]["diff_vs_baseline"] == ""  # the baseline's own difference: empty
+    assert (
+        table[5]["ci_covers"] == table[5]["diff_covers"] == "seeds x items" and len(table[5]["seed_diffs"].split()) == 2
+    )
     for r in rows:
         assert r["n"] == 3 and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
         assert r["trainable_params"] > 0 and r["rank_units"] == 24  # 6 blocks x r4 = 3 blocks x r8
@@ -315,8 +318,8 @@ def test_exported_raw_results_rederive_the_table(tmp_path):
     other = {(r["arm"], r["seed"]): r for r in derive(dest, baseline="paper")}
     mine = {(r["arm"], r["seed"]): r for r in derive(dest)}
     for seed in (0, 1, "mean(2)"):
-        assert mine[("uniform", seed)]["accuracy"] == 1 and mine[("uniform", seed)]["diff_vs_baseline"] == 0
-        assert other[("paper", seed)]["diff_vs_baseline"] == 0
+        assert mine[("uniform", seed)]["accuracy"] == 1 and mine[("uniform", seed)].get("diff_vs_baseline") is None
+        assert other[("paper", seed)].get("diff_vs_baseline") is None  # the baseline's own cells stay empty
         flipped = -mine[("paper", seed)]["diff_vs_baseline"]
         assert other[("uniform", seed)]["diff_vs_baseline"] == pytest.approx(flipped, abs=1e-12) and flipped > 0
     assert main(["derive", str(dest), "paper"]) == 0

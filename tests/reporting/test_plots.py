@@ -77,3 +77,15 @@ def test_report_section_embeds_plots_and_reads_profile(tmp_path):
     assert "Recommended band: <code>2-4</code>" in html
     assert "largest representation change (1 - CKA = 1) at layer 10" in html
     assert "8 samples available, 9 asked" in html
+    assert "Threshold sensitivity" not in html  # an old result without the sensitivity: nothing to show
+
+
+def test_report_section_shows_the_threshold_sensitivity(tmp_path):
+    from midblock.analysis.recommend import recommend_band
+
+    band = recommend_band({"s": [0.0] * 6 + [0.3, 0.52, 1.0, 1.0]}, 10)
+    results = {"config": {"base": "b"}, "models": ["base", "t"], "datasets": {"arith": 8}, "num_blocks": 10}
+    results |= {"layers": list(range(11)), "warnings": [], "plots": [], "recommended_band": band}
+    html = add_section(tmp_path, analysis_section(results, [])).read_text()
+    assert "returns <code>2-6</code> for every tau in (0.3, 0.52]" in html
+    assert "knife-edge" in html and "band at each threshold" in html and "<td>0.70</td>" in html
