@@ -61,7 +61,13 @@ from midblock.tuning.fsdp import (
     shard_model,
 )
 from midblock.tuning.loss import causal_lm_loss
-from midblock.tuning.prepare import check_truncated_backward, plan, prepare_model
+from midblock.tuning.prepare import (
+    check_truncated_backward,
+    plan,
+    prepare_model,
+    selection_summary,
+    step_trainable_params,
+)
 from midblock.tuning.trainconfig import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -406,7 +412,11 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     items, eval_items, data_report = _load_data(config, checked["task"], tok)
     torch.manual_seed(config.seed)  # LoRA init
     random.seed(config.seed)
-    model = prepare_model(base, config.tuning, base_name=config.model)
+    sel_data = [it["input_ids"] for it in items[:128]]  # for selections that rank blocks on data (cka-select)
+    model = prepare_model(base, config.tuning, base_name=config.model, data=sel_data, seed=config.seed)
+    checked["plan"] = model.midblock_plan  # the selection as made on the real weights and data
+    if checked["plan"].schedule is not None and (acc.num_processes > 1 or config.fsdp):
+        raise MidblockError("lisa switches blocks per step on one process only", hint="run it without DDP/FSDP")
     model.train()
     row, pred, table = _parameter_report(config, checked, model, items, acc.is_main_process)
     run = Path(config.out)
@@ -465,7 +475,7 @@ def _parameter_report(config: TrainConfig, checked: dict, model, items: list, ma
         head_tokens=int(config.batch_size * mean_lab) if config.head_at_labels else None,
     )
     row = parameter_row(config.tuning.method, shape, layout, p.alphas, p.scalings)
-    n_train = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    n_train = step_trainable_params(model, p)
     if n_train != row["trainable_params"]:  # the table is computed from shapes: say so if the model disagrees
         log.warning(
             "parameter table predicts %d trainable parameters, the model has %d", row["trainable_params"], n_train
@@ -569,6 +579,8 @@ def _step(st: _Run, step: int) -> tuple[float, int, float]:
     ``world`` (Trainer's too)."""
     config, acc, world = st.config, st.acc, st.world
     t0 = time.perf_counter()
+    if st.plan.schedule is not None:  # LISA: only this step's active blocks require grad
+        st.plan.schedule.begin_step(st.inner, step)
     idx_all, batches = [], []
     for micro in range(config.grad_accum):
         idx = _micro_batch(config, len(st.items), step, micro, acc.process_index, world)
@@ -604,6 +616,8 @@ def _step(st: _Run, step: int) -> tuple[float, int, float]:
     st.opt.step()
     st.sched.step()
     st.opt.zero_grad(set_to_none=True)
+    if st.plan.schedule is not None:  # every candidate trainable again: checkpoints and outputs hold them all
+        st.plan.schedule.end_step(st.inner)
     return mean_loss, n_tok, time.perf_counter() - t0
 
 
@@ -616,6 +630,9 @@ def _after_step(st: _Run, done: int, loss: float, n_tok: int, dt: float, bar) ->
         st.eval_loss = _eval_loss(st.model, st.eval_items, st.pad, config, st.acc)
     if st.main and done % config.log_every == 0:
         line = {"step": done, "loss": loss, "lr": st.sched.get_last_lr()[0], "step_s": dt}
+        if st.plan.schedule is not None:  # LISA: the step's active blocks and backward depth
+            sch = st.plan.schedule
+            line |= {"active_blocks": sch.active(done - 1), "backward_depth": sch.backward_depth(done - 1)}
         append_jsonl(st.out / LOG_FILE, line | {"tokens_per_s": st.tok_rates[-1], "eval_loss": st.eval_loss})
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{st.tok_rates[-1]:.0f}")
@@ -679,6 +696,7 @@ def _result(st: _Run) -> TrainResult:
         rank_units=st.row["rank_units"],
         scaling=next(iter(p.scalings.values()), None) if p.scalings else None,
         backward_depth=st.report["backward_depth"],
+        selection=selection_summary(p),
         predicted_vs_lora=st.pred["vs_lora"],
         predicted_vs_full=st.pred["vs_full"],
         wall_s=time.perf_counter() - st.t_start,
