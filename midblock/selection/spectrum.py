@@ -13,12 +13,16 @@ Within each module type (``self_attn.q_proj``, ..., ``mlp.down_proj``) the top P
 frozen. The reference tool also always trains the input embeddings and the LM head: ``spectrum:P`` does the
 same; ``spectrum:P:blocks`` leaves them frozen, so the backward stops at the lowest selected matrix's block.
 
-What the noise estimate does and does not do (checked in ``tests/selection/test_spectrum.py``): the IQR of
-the singular values measures the width of the noise bulk, not its position, so for pure Gaussian noise the
-edge lies inside the bulk (a square noise matrix has about a quarter of its singular values above it) and for
-a rectangular one below the whole bulk (every value above it, SNR infinite). The SNR still grows with the
-strength of a planted low-rank signal, and dividing by ``max(S)`` keeps noise-like square matrices near 0.
-Only the full-parameter form exists (Spectrum trains whole matrices).
+What this estimate does and does not do, measured on synthetic matrices (``tests/selection/test_spectrum.py``):
+the IQR of the singular values measures the *width* of the noise bulk, not its position, so the edge is not
+the edge of a pure-noise spectrum. A 256 x 256 Gaussian matrix has about a quarter of its singular values
+above it (SNR about 0.025: near 0 only through the division by ``max(S)``); a 256 x 64 one has every value
+above it (nothing below: SNR infinite). With a planted rank-k signal the k signal values do rise above the
+edge, and the undivided ratio (``ratio``) grows with the signal's strength, but the count above the edge is
+the noise's count plus k, not k, and the SNR divided by ``max(S)`` *falls* as the signal grows (the largest
+value grows as fast as the signal sum). midblock reproduces the reference's ranking, these properties
+included, rather than a corrected estimator. Only the full-parameter form exists (Spectrum trains whole
+matrices).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def snr(W: torch.Tensor) -> dict[str, float]:
     noise = float(below.sum())
     ratio = float(above.sum()) / noise if noise > 0 else math.inf
     top = float(S.max())
-    return {"snr": ratio / top if top > 0 else 0.0, "edge": edge, "above": int(above.numel())}
+    return {"snr": ratio / top if top > 0 else 0.0, "ratio": ratio, "edge": edge, "above": int(above.numel())}
 
 
 def matrix_snrs(layout, progress: bool = False) -> dict[str, list[float]]:
