@@ -146,6 +146,5 @@ def bad_spec(spec: str, why: str, example: str) -> MidblockError:
 
 
 def _load() -> None:
-    if REGISTRY:
-        return
-    from midblock.selection import bands, cka, lisa, spectrum  # noqa: F401  (each registers itself)
+    # each module registers its strategies on import (importing one alone registers only its own)
+    from midblock.selection import bands, cka, lisa, spectrum  # noqa: F401
