@@ -89,6 +89,14 @@ class MidBlockConfig:
         },
     )
     budget_by: BudgetRule = field(default="rank-units", metadata={"help": "rank-units (the paper's rule) or params"})
+    param_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "spectrum / lisa: trainable block parameters per step to match; P (matrices per type) or G "
+            "(blocks) becomes the largest that fits (--match-rank-of R instead matches all-block LoRA at rank R); "
+            "embeddings and head are outside the budget"
+        },
+    )
     target_modules: tuple[str, ...] = field(
         default=("attn",),
         metadata={
@@ -122,6 +130,11 @@ class MidBlockConfig:
             raise MidblockError(f"rank must be a positive integer, got {self.rank!r}", hint="e.g. --rank 8")
         if self.budget_baseline_rank is not None and self.budget_baseline_rank <= 0:
             raise MidblockError(f"budget baseline rank must be positive, got {self.budget_baseline_rank}")
+        if self.param_budget is not None:
+            if isinstance(self.param_budget, bool) or not isinstance(self.param_budget, int) or self.param_budget < 1:
+                raise MidblockError(f"param budget must be a positive integer, got {self.param_budget!r}")
+            if self.method not in ("midblock", "midblock-full") or not full_only(self.band):
+                raise MidblockError("--param-budget applies to spectrum and lisa bands", hint="e.g. --band lisa:2/20")
         if self.alpha is not None:
             check_number("alpha", self.alpha, low=0, low_open=True)
         check_number("dropout", self.dropout, low=0, high=1, high_open=True)

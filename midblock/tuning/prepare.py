@@ -23,7 +23,7 @@ from torch import nn
 from midblock.errors import MidblockError
 from midblock.layers import format_indices, segment_bounds
 from midblock.models.introspect import block_of_param, get_layout, strip_peft
-from midblock.selection import select
+from midblock.selection import full_only, select, split_spec
 from midblock.tuning.budget import Layout, in_out, match_budget
 from midblock.tuning.config import MidBlockConfig, parse_segments
 
@@ -143,7 +143,10 @@ def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data
         band = list(range(L))
         p.band_spec = "all"
     elif m in ("midblock", "midblock-full"):
-        sel = select(config.band, layout, model=model, data=data, analysis=config.analysis, seed=seed)
+        spec = config.band
+        if full_only(spec) and (config.param_budget or config.budget_baseline_rank):
+            spec, p.budget = budget_matched_spec(config, layout)
+        sel = select(spec, layout, model=model, data=data, analysis=config.analysis, seed=seed)
         if config.is_lora and (sel.modules or sel.schedule is not None or sel.train_ends):
             raise MidblockError(f"'{config.band}' trains full parameters", hint="use --method midblock-full")
         p.selection, p.band_spec, band = sel, sel.spec, list(sel.blocks)
@@ -196,6 +199,46 @@ def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data
         p.full_blocks = [] if p.full_modules else band  # per-matrix selections train modules, not blocks
         p.train_rest = m == "full"
     return p
+
+
+def budget_matched_spec(config: MidBlockConfig, layout) -> tuple[str, dict[str, Any]]:
+    """A spectrum / lisa spec whose P or G is the largest that fits a parameter budget, and the budget record.
+
+    The budget is ``config.param_budget`` parameters, or else those of all-block LoRA at
+    ``budget_baseline_rank`` on ``target_modules``. Spectrum's unit is one matrix of every module type (every
+    type has one matrix per block, so k per type costs k times a block's linear parameters; P = 100k/L);
+    LISA's unit is one whole block. Embeddings and head, which both train by default, are outside the budget.
+    """
+    strategy, arg = split_spec(config.band)
+    L = layout.num_layers
+    if config.param_budget:
+        budget, baseline = int(config.param_budget), f"{config.param_budget} parameters"
+    else:
+        r = int(config.budget_baseline_rank or 0)
+        budget = L * r * _per_rank(layout, resolve_targets(config.target_modules, layout))
+        baseline = f"lora all {L} blocks r{r} ({', '.join(config.target_modules)})"
+    suffix = ":blocks" if arg.endswith(":blocks") else ""
+    block = layout.blocks[0]
+    if strategy.name == "spectrum":
+        unit = sum(x.numel() for n in layout.linear_names for x in block.get_submodule(n).parameters())
+        what = "matrix of every module type"
+    else:
+        unit = sum(x.numel() for x in block.parameters())
+        what = "block"
+    k = min(L, budget // unit)
+    if k < 1:
+        raise MidblockError(
+            f"a budget of {budget:,} parameters ({baseline}) is smaller than one {what} ({unit:,})",
+            hint="raise the budget, or compare against a LoRA arm",
+        )
+    if strategy.name == "spectrum":
+        spec = f"spectrum:{min(100.0, (100 * k + 0.5) / L):.6g}{suffix}"  # floor(L * P / 100) = k
+    else:
+        spec = f"lisa:{k}/{arg.split(':')[0].split('/')[1]}{suffix}"
+    record = {"baseline": baseline, "baseline_params": budget, "params": k * unit, "by": "params", "spec": spec}
+    if not suffix:
+        record["outside_budget"] = "embeddings and head"
+    return spec, record
 
 
 def _per_rank(layout, targets: list[str]) -> int:

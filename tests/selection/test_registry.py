@@ -102,3 +102,24 @@ def test_cli_band_flag_takes_a_strategy(tmp_path):
     args = build_parser().parse_args(["train", "--band", "lisa:2/20:blocks", "--out", str(tmp_path / "r")])
     cfg = config_from_args(args)
     assert cfg.tuning.band == "lisa:2/20:blocks" and cfg.tuning.method == "midblock-full"
+
+
+def test_spectrum_and_lisa_match_a_parameter_budget(tiny):
+    model, _ = tiny("llama-8l")
+    lay = get_layout(model)
+    block = sum(x.numel() for x in lay.blocks[0].parameters())
+    linears = sum(x.numel() for n in lay.linear_names for x in lay.blocks[0].get_submodule(n).parameters())
+    p = plan(MidBlockConfig(band="lisa:2/5:blocks", param_budget=3 * block + 1), lay, model=model)
+    assert p.band_spec == "lisa:3/5:blocks" and p.budget["params"] == 3 * block
+    p = plan(MidBlockConfig(band="spectrum:50", param_budget=2 * linears + 7), lay, model=model)
+    per_type = {n: sum(n in m for m in p.full_modules.values()) for n in lay.linear_names}
+    assert set(per_type.values()) == {2} and p.budget["outside_budget"] == "embeddings and head"
+    # matched to all-block LoRA: the budget is that arm's parameter count
+    lora = prepare_model(tiny("llama-8l")[0], MidBlockConfig(method="lora", rank=64))
+    n_lora = sum(x.numel() for x in lora.parameters() if x.requires_grad)
+    p = plan(MidBlockConfig(band="lisa:1/5", budget_baseline_rank=64), lay, model=model)
+    assert p.budget["baseline_params"] == n_lora and p.budget["params"] <= n_lora < p.budget["params"] + block
+    with pytest.raises(MidblockError, match="smaller than one block"):
+        plan(MidBlockConfig(band="lisa:1/5", param_budget=block - 1), lay, model=model)
+    with pytest.raises(MidblockError, match="applies to spectrum and lisa"):
+        MidBlockConfig(band="seg2-4/5", param_budget=10)
