@@ -7,8 +7,10 @@ centred). The ``round(F * L)`` blocks (at least one) with the lowest CKA, the bl
 changes most between neighbours, are trained; ties go to the lower block. The paper trains LoRA on them
 (``--method midblock``); ``--method midblock-full`` trains the same blocks' full parameters.
 
-Data: ``midblock train`` passes the first 128 training examples (prompt and answer, as tokenised for
-training); ``prepare_model(..., data=...)`` takes token id lists.
+Data: ``midblock train`` passes the first 128 training examples (prompt and answer as tokenised for
+training, without the end-of-sequence token every example ends with: with it, every sample's last token
+would be the same and block 0's input states would not vary); ``prepare_model(..., data=...)`` takes token
+id lists. A block whose input states do not vary at all has no CKA (recorded as None) and ranks last.
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def block_cka(states: list[torch.Tensor]) -> list[float]:
     return [cka(states[i], states[i + 1]) for i in range(len(states) - 1)]
 
 
-def lowest(scores: list[float], fraction: float) -> list[int]:
-    """The ``max(1, round(fraction * L))`` blocks of lowest score (NaN counts as highest; ties: lower block)."""
+def lowest(scores: list[float | None], fraction: float) -> list[int]:
+    """The ``max(1, round(fraction * L))`` blocks of lowest score (NaN or None counts as highest; ties: lower
+    block)."""
     k = max(1, min(len(scores), round(fraction * len(scores))))
-    key = [math.inf if math.isnan(s) else s for s in scores]
+    key = [math.inf if s is None or math.isnan(s) else s for s in scores]
     return sorted(sorted(range(len(scores)), key=lambda b: (key[b], b))[:k])
 
 
@@ -92,7 +95,8 @@ class CkaSelect:
         data = [list(x) for x in ctx.data[:SAMPLES] if len(x) > 0]
         scores = block_cka(last_token_states(ctx.model, ctx.layout, data))
         blocks = lowest(scores, f)
-        details = {"fraction": f, "samples": len(data), "cka": [round(s, 6) for s in scores]}
+        cka = [None if math.isnan(s) else round(s, 6) for s in scores]  # None: undefined (JSON has no NaN)
+        details = {"fraction": f, "samples": len(data), "cka": cka}
         return Selection(spec, self.name, blocks, details=details)
 
 

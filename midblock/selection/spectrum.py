@@ -61,7 +61,7 @@ def matrix_snrs(layout, progress: bool = False) -> dict[str, list[float]]:
     """SNR of every block's linear modules: ``{block-relative module name: [SNR of block 0, 1, ...]}``."""
     out: dict[str, list[float]] = {name: [] for name in layout.linear_names}
     jobs = [(b, name) for b in range(layout.num_layers) for name in layout.linear_names]
-    for b, name in tqdm(jobs, desc="spectrum SNR", unit="matrix", disable=not progress):
+    for b, name in tqdm(jobs, desc="spectrum SNR", unit="matrix", disable=None if progress else True):
         out[name].append(snr(layout.blocks[b].get_submodule(name).weight)["snr"])
     return out
 

@@ -412,7 +412,10 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     items, eval_items, data_report = _load_data(config, checked["task"], tok)
     torch.manual_seed(config.seed)  # LoRA init
     random.seed(config.seed)
-    sel_data = [it["input_ids"] for it in items[:128]]  # for selections that rank blocks on data (cka-select)
+    # for selections that rank blocks on data (cka-select): the examples without their final end-of-sequence
+    sel_data = [
+        it["input_ids"][:-1] if it["input_ids"][-1:] == [tok.eos_token_id] else it["input_ids"] for it in items[:128]
+    ]
     model = prepare_model(base, config.tuning, base_name=config.model, data=sel_data, seed=config.seed)
     checked["plan"] = model.midblock_plan  # the selection as made on the real weights and data
     if checked["plan"].schedule is not None and (acc.num_processes > 1 or config.fsdp):
