@@ -1,6 +1,6 @@
 """``midblock compare``: train and evaluate a grid (method x band x seed) and write one comparison table.
 
-The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments), a YAML file
+The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments, selection-family), a YAML file
 (``--config``), or flags; flags override the file, which overrides the preset. Finished cells are skipped
 on a rerun with the same --out; a cell whose settings changed is computed again in a directory of its own.
 """
