@@ -23,7 +23,6 @@ from torch import nn
 from midblock.errors import MidblockError
 from midblock.layers import format_indices, resolve_layers, segment_bounds
 from midblock.models.introspect import ModelLayout, get_layout
-from midblock.surgery.config import DIRECTIONS  # noqa: F401 (where the directions are named)
 from midblock.surgery.sources import TensorSource
 
 log = logging.getLogger(__name__)
