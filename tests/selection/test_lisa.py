@@ -130,3 +130,35 @@ def test_bad_specs_and_too_many_blocks_are_one_line_errors(tiny):
     model, _ = tiny("llama-tiny")
     with pytest.raises(MidblockError, match="the model has 6"):
         prepare_model(model, MidBlockConfig(method="midblock-full", band="lisa:7/2"))
+
+
+def test_a_resumed_lisa_run_draws_the_same_sets_and_ends_with_the_same_weights(tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from midblock.tuning.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model="random:llama-tiny",
+        task="arith",
+        out=str(tmp_path / "straight"),
+        steps=4,
+        batch_size=2,
+        limit=8,
+        eval_limit=0,
+        lr=1e-2,
+        seed=2,
+        progress=False,
+        tuning=MidBlockConfig(band="lisa:2/3:blocks"),
+    )
+    train(cfg)
+    cut = replace(cfg, out=str(tmp_path / "cut"))
+    assert train(cut, on_step=lambda step, loss: step == 2).stopped  # stopped inside the first period
+    res = train(replace(cut, resume=True))
+    assert not res.stopped and res.steps == 4
+    a = load_file(str(tmp_path / "straight" / "delta.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "delta.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["active_blocks"] for r in log] == [LisaSchedule(2, 3, 6, seed=2).active(s) for s in range(4)]
