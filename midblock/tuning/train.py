@@ -698,7 +698,7 @@ def _result(st: _Run) -> TrainResult:
         trainable_params=st.row["trainable_params"],
         rank_units=st.row["rank_units"],
         scaling=next(iter(p.scalings.values()), None) if p.scalings else None,
-        backward_depth=st.report["backward_depth"],
+        backward_depth=_backward_depth(st),
         selection=selection_summary(p),
         predicted_vs_lora=st.pred["vs_lora"],
         predicted_vs_full=st.pred["vs_full"],
@@ -706,6 +706,14 @@ def _result(st: _Run) -> TrainResult:
         world_size=st.world,
         fsdp=st.config.fsdp,
     )
+
+
+def _backward_depth(st: _Run) -> int:
+    """Blocks the backward visited: the plan's depth, or with LISA the deepest of the switches this run saw."""
+    sch = st.plan.schedule
+    if sch is not None and sch.switches:
+        return max(s["backward_depth"] for s in sch.switches)
+    return st.report["backward_depth"]
 
 
 def _write_manifest(st: _Run, out: dict[str, str | None]) -> None:
