@@ -1,7 +1,7 @@
 """``midblock compare``: train and evaluate a grid (method x band x seed) and write one comparison table.
 
-The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments), a YAML file
-(``--config``), or flags; flags override the file, which overrides the preset. Finished cells are skipped
+The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments, selection-family), a
+YAML file (``--config``), or flags; flags override the file, which overrides the preset. Finished cells are skipped
 on a rerun with the same --out; a cell whose settings changed is computed again in a directory of its own.
 """
 
@@ -14,10 +14,15 @@ from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
 from midblock.errors import MidblockError
 from midblock.experiments.grid import PRESETS, PROFILES, CompareConfig, load_grid, preset
+from midblock.selection import full_only
+from midblock.tuning.config import MidBlockConfig
+from midblock.tuning.trainconfig import TrainConfig
 
 # Grid settings that only a preset or a YAML file can express (mappings and lists of mappings); the
 # flags below give the common cases (one method per name, bands, a rank, shared training settings).
 _FILE_ONLY = ("methods", "train", "forgetting", "lr_search", "auto_analysis")
+_METHOD_FLAGS = ("rank", "alpha_policy")  # MidBlockConfig fields given to every arm built from --methods
+_TRAIN_FLAGS = ("steps", "lr", "batch_size")  # TrainConfig fields shared by every cell
 
 
 def _csv(s: str | None, kind=str) -> list | None:
@@ -35,14 +40,21 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, help="YAML grid file (see docs/evaluation.md)")
     add_config_args(p.add_argument_group("grid settings"), CompareConfig, skip=_FILE_ONLY, only_given=True)
     m = p.add_argument_group("methods from flags (a YAML file can say more)")
-    m.add_argument("--methods", default=None, help="comma list of methods (lora, midblock, midblock-full, full...)")
-    m.add_argument("--band", action="append", default=None, help="band for band methods (repeat for several)")
-    m.add_argument("--rank", type=int, default=None, help="LoRA rank; band LoRA is matched to it by rank units")
-    m.add_argument("--alpha-policy", default=None, help="constant-ratio (default), fixed (the paper's) or rslora")
+    # shorthands that build method entries (CompareConfig.methods itself is a list of mappings: file only)
+    m.add_argument(
+        "--methods",
+        dest="method_names",
+        default=None,
+        help="comma list of methods (lora, midblock, midblock-full, full...), one arm each",
+    )
+    # the method entries' `bands` list (one arm per band), not MidBlockConfig.band (one band per arm)
+    m.add_argument(
+        "--band", dest="bands", action="append", default=None, help="band for band methods (repeat for several)"
+    )
+    # the arms' settings are MidBlockConfig's and TrainConfig's own flags (band LoRA is matched to --rank)
+    add_config_args(m, MidBlockConfig, only=_METHOD_FLAGS, only_given=True)
     t = p.add_argument_group("training settings shared by every cell")
-    t.add_argument("--steps", type=int, default=None, help="training steps per cell")
-    t.add_argument("--lr", type=float, default=None, help="learning rate")
-    t.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    add_config_args(t, TrainConfig, only=_TRAIN_FLAGS, only_given=True)
     p.add_argument("--forgetting-data", default=None, help="corpus for the loss check: general, gsm8k, arith or a file")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common_args(p, seed=False)
@@ -53,24 +65,22 @@ def grid_from_args(args: argparse.Namespace) -> dict:
     """Merge preset, YAML file and flags into one grid dict (validated by CompareConfig)."""
     grid: dict = {}
     if args.preset:
-        grid = preset(args.preset, args.alpha_policy or "constant-ratio")
+        grid = preset(args.preset, getattr(args, "alpha_policy", "constant-ratio"))
     if args.config:
         grid |= load_grid(args.config)
     grid |= config_kwargs(args, CompareConfig, skip=_FILE_ONLY)
     train = grid.get("train") or {}
     if isinstance(train, dict):  # anything else is left for CompareConfig to refuse in one line
         train = dict(train)
-        for key, val in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)):
-            if val is not None:
-                train[key] = val
+        train |= {k: getattr(args, k) for k in _TRAIN_FLAGS if hasattr(args, k)}
     grid["train"] = train
     if args.forgetting_data:
         fm = grid.get("forgetting") if isinstance(grid.get("forgetting"), dict) else {"limit": 32, "max_length": 256}
         grid["forgetting"] = fm | {"data": args.forgetting_data}
-    methods = _csv(args.methods)
+    methods = _csv(args.method_names)
     if methods:
         grid["methods"] = [_method_entry(m, args) for m in methods]
-    elif args.rank is not None or args.band:
+    elif hasattr(args, "rank") or args.bands:
         if not grid.get("methods"):
             raise MidblockError("--rank/--band need --methods (or a preset or --config)")
     if not grid.get("methods"):
@@ -79,13 +89,13 @@ def grid_from_args(args: argparse.Namespace) -> dict:
 
 
 def _method_entry(method: str, args: argparse.Namespace) -> dict:
-    rank = args.rank or 8
+    rank = getattr(args, "rank", 8)
     e = {"name": method, "method": method, "rank": rank}
-    if method in ("midblock", "midblock-full") and args.band:
-        e["bands"] = args.band
-    if method == "midblock":
-        e["budget_baseline_rank"] = rank  # same rank units as all-block LoRA of this rank
-    if args.alpha_policy:
+    if method in ("midblock", "midblock-full") and args.bands:
+        e["bands"] = args.bands
+    if method == "midblock" and not any(full_only(b) for b in args.bands or []):
+        e["budget_baseline_rank"] = rank  # same rank units as all-block LoRA of this rank (spectrum/lisa: none)
+    if hasattr(args, "alpha_policy"):
         e["alpha_policy"] = args.alpha_policy
     return e
 

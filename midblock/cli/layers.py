@@ -17,9 +17,17 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from midblock.errors import MidblockError
     from midblock.layers import format_indices, resolve_layers
     from midblock.models.skeleton import load_skeleton
+    from midblock.selection import split_spec
 
+    strategy, _ = split_spec(args.band)
+    if strategy.name != "band":  # auto, spectrum, cka-select, lisa: decided by weights, data or the seed
+        raise MidblockError(
+            f"'{args.band}' is a selection strategy: its blocks depend on the weights, data or seed",
+            hint="midblock train prints what it selected (the 'selection' of its summary)",
+        )
     model = load_skeleton(args.model)
     from midblock.models.introspect import get_layout
 

@@ -94,14 +94,16 @@ def add_config_args(
     skip: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
     only_given: bool = False,
+    only: tuple[str, ...] | None = None,
 ) -> None:
-    """Add one flag per field of the dataclass ``cls`` (except ``skip``); ``defaults`` overrides defaults.
+    """Add one flag per field of the dataclass ``cls`` (except ``skip``; with ``only``, just those fields);
+    ``defaults`` overrides defaults.
 
     ``only_given``: a flag the user did not type leaves no attribute at all (so it can override a preset or a
     file only when given); the help still shows the dataclass's default."""
     hints = typing.get_type_hints(cls, include_extras=False)
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+        if f.name in skip or not f.init or (only is not None and f.name not in only):
             continue
         default = (defaults or {}).get(f.name, _default(f))
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %

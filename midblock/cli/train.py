@@ -47,6 +47,7 @@ _SUMMARY = (
     "predicted_vs_lora",
     "adapter",
     "delta",
+    "selection",
 )
 
 

@@ -151,6 +151,36 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
     }
 
 
+# The selection family: the paper's band and `auto` beside the layer-selection methods in wide use. LoRA arms
+# have the rank units of uniform r8 and equal alpha/r; Spectrum and LISA exist only with full parameters, so
+# they train at a full-parameter rate (fixed, not searched: one shared rate grid cannot serve both forms) and
+# train the embeddings and head as their reference tools do (the ':blocks' spellings leave them frozen).
+SELECTION_ARMS = {
+    "paper": PAPER_BAND,
+    "auto": "auto",
+    "cka-select:0.5": "cka-select:0.5",
+    "spectrum:50": "spectrum:50",
+    "lisa:2/20": "lisa:2/20",
+}
+SELECTION_LRS = {"lora": 2e-3, "full": 5e-5}
+
+
+def selection_family(alpha_policy: str = "constant-ratio", model: str = "smollm2-135m") -> dict[str, Any]:
+    """The ``selection-family`` preset: uniform LoRA r8, the paper's band, ``auto``, CKA-select, Spectrum, LISA."""
+    from midblock.selection import full_only
+
+    lora = {"alpha_policy": alpha_policy, "train": {"lr": SELECTION_LRS["lora"]}}
+    methods = [{"name": "uniform", "method": "lora", "rank": 8, **lora}]
+    for name, band in SELECTION_ARMS.items():
+        if full_only(band):
+            methods.append(
+                {"name": name, "method": "midblock-full", "band": band, "train": {"lr": SELECTION_LRS["full"]}}
+            )
+        else:
+            methods.append({"name": name, "method": "midblock", "band": band, "budget_baseline_rank": 8, **lora})
+    return band_landscape(alpha_policy, model) | {"methods": methods, "lr_search": None}
+
+
 def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
     """The grid of a named preset (a plain dict, as a YAML file would give)."""
     if name in PROFILES:
@@ -159,6 +189,8 @@ def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
         return grid
     if name == "band-landscape":
         return band_landscape(alpha_policy)
+    if name == "selection-family":
+        return selection_family(alpha_policy)
     if name == "paper-segments":
         # the paper's layouts: uniform r64 LoRA on q,k,v,o vs every segment layout at the same rank units
         common = {"rank": 64, "alpha_policy": alpha_policy, "dropout": 0.05, "target_modules": ["attn"]}
@@ -181,7 +213,7 @@ def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
     raise MidblockError(f"unknown preset '{name}'", hint="use " + ", ".join([*PROFILES, *PRESETS]))
 
 
-PRESETS = ("band-landscape", "paper-segments")
+PRESETS = ("band-landscape", "paper-segments", "selection-family")
 
 
 @dataclass(frozen=True)

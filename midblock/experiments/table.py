@@ -86,6 +86,20 @@ def _band_text(band: list[int] | None) -> str | None:
     return format_indices(band)
 
 
+def selection_text(sel: dict[str, Any] | None) -> str | None:
+    """What a selection strategy trained, for the table: the spec, and for Spectrum / LISA whether the
+    embeddings and head trained and LISA's mean backward depth (the band language needs no text)."""
+    if not sel or sel.get("strategy") == "band":
+        return None
+    text = "auto" if sel.get("strategy") == "auto" else str(sel.get("spec"))
+    if "embeddings_and_head" in sel:
+        text += " +emb/head" if sel["embeddings_and_head"] else " blocks only"
+    switches = (sel.get("lisa") or {}).get("switches")
+    if switches:
+        text += f" (depth {sum(s['backward_depth'] for s in switches) / len(switches):.3g}/switch)"
+    return text
+
+
 def _train_cols(rec: dict[str, Any]) -> dict[str, Any]:
     tr = rec.get("train")
     if not tr:
@@ -93,6 +107,7 @@ def _train_cols(rec: dict[str, Any]) -> dict[str, Any]:
     mem = tr.get("peak_mem_bytes")
     return {
         "band": _band_text(rec.get("band")),
+        "selection": selection_text(tr.get("selection")),
         "lr": rec.get("lr"),
         "trainable_params": tr.get("trainable_params"),
         "rank_units": tr.get("rank_units"),
@@ -290,7 +305,7 @@ def _pooled_row(arm, recs, per_seed, metric, base_ppl) -> dict[str, Any]:
         row |= {"ci_low": r["lo"], "ci_high": r["hi"], "ci_covers": r["covers"], "approximate": r["approximate"]}
         row["seed_accuracies"] = r["per_seed"]
     first = per_seed[0]
-    for k in ("band", "lr", "trainable_params", "rank_units", "alpha_over_r", "backward_depth"):
+    for k in ("band", "selection", "lr", "trainable_params", "rank_units", "alpha_over_r", "backward_depth"):
         row[k] = first.get(k)
     for k in _TRAIN_MEANS:
         row[k] = _mean([r.get(k) for r in per_seed])

@@ -15,6 +15,7 @@ COLUMNS = [
     "arm",
     "seed",
     "band",
+    "selection",
     "lr",
     "metric",
     "n",
@@ -155,7 +156,7 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
         cells = [
             str(r["arm"]),
             str(r["seed"]),
-            r.get("band") or "",
+            " ".join(x for x in (r.get("selection"), r.get("band")) if x),
             str(r["n"]),
             f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
             _points(r, "diff_vs_baseline", "diff_low", "diff_high"),

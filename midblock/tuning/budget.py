@@ -106,6 +106,8 @@ class ModelShape:
     other_params: int  # embedding, final norm, (untied) head
     head_params: int
     modules: dict[str, tuple[int, int]] = field(default_factory=dict)  # block-relative name -> (in, out)
+    module_params: dict[str, int] = field(default_factory=dict)  # block-relative name -> weight (+ bias) size
+    ends_params: int = 0  # input embedding and LM head (a tied pair counted once)
 
     @property
     def total_params(self) -> int:
@@ -145,6 +147,8 @@ def model_shape(model) -> ModelShape:
         other_params=total - lay.num_layers * bparams,
         head_params=int(lay.lm_head.weight.numel()),
         modules=modules,
+        module_params={n: sum(p.numel() for p in block.get_submodule(n).parameters()) for n in modules},
+        ends_params=sum({id(p): p.numel() for m in (lay.embedding, lay.lm_head) for p in m.parameters()}.values()),
     )
 
 
@@ -163,14 +167,18 @@ class Layout:
     # The peer set-up (input grads on, checkpointing on every block): backward from block 0, all recomputed.
     act_from: int | None = None
     checkpoint_all: bool = False
+    full_modules: dict[int, list[str]] = field(default_factory=dict)  # per-matrix full training (Spectrum)
+    train_ends: bool = False  # embeddings and head train (Spectrum, LISA): the backward reaches block 0
 
     @property
     def trainable_blocks(self) -> list[int]:
-        return sorted(set(self.lora) | set(self.full))
+        return sorted(set(self.lora) | set(self.full) | set(self.full_modules))
 
     @property
     def first_trainable(self) -> int | None:
         b = self.trainable_blocks
+        if self.train_ends:
+            return 0
         return b[0] if b else None
 
 
@@ -194,7 +202,7 @@ def step_flops(
     attn = 4.0 * seq_len * shape.attn_width
     head_tokens = tokens if head_tokens is None else head_tokens
     first = layout.first_trainable
-    if first is None and not layout.train_head:
+    if first is None and not (layout.train_head or layout.train_ends):
         raise MidblockError("nothing is trainable in this layout")
     first = shape.num_layers if first is None else first
     if layout.act_from is not None:
@@ -208,6 +216,7 @@ def step_flops(
             act += lf + 2 * attn + lora_per_rank * layout.lora.get(b, 0)
         if b in layout.full:
             wg += lf
+        wg += sum(2.0 * i * o for n, (i, o) in shape.modules.items() if n in layout.full_modules.get(b, ()))
         wg += lora_per_rank * layout.lora.get(b, 0)
         if layout.checkpoint_all or (layout.checkpointing and b >= first):
             rec += f
@@ -215,7 +224,7 @@ def step_flops(
     fwd_t, act_t, wg_t, rec_t = fwd * tokens, act * tokens, wg * tokens, rec * tokens
     fwd_t += head * head_tokens
     act_t += head * head_tokens
-    if layout.train_head:
+    if layout.train_head or layout.train_ends:
         wg_t += head * head_tokens
     return StepFlops(fwd_t, act_t, wg_t, rec_t)
 
@@ -254,7 +263,9 @@ def trainable_params(shape: ModelShape, layout: Layout) -> int:
         r * sum(i + o for n, (i, o) in shape.modules.items() if n in layout.targets) for r in layout.lora.values()
     )
     full = len(layout.full) * shape.block_params + (shape.other_params if layout.train_head else 0)
-    return int(lora + full)
+    modules = sum(shape.module_params.get(n, 0) for names in layout.full_modules.values() for n in names)
+    ends = shape.ends_params if layout.train_ends and not layout.train_head else 0
+    return int(lora + full + modules + ends)
 
 
 def parameter_row(

@@ -7,13 +7,12 @@ needs the model (band indices, module names) is resolved later by :func:`midbloc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from midblock.errors import MidblockError
-from midblock.io import read_json
 from midblock.layers import PAPER_BAND
 from midblock.lora import lora_scaling
+from midblock.selection import check_spec, full_only
 from midblock.validation import check_float_fields, check_number
 
 Method = Literal["lora", "midblock", "midblock-full", "full", "freeze", "segments"]
@@ -61,7 +60,11 @@ class MidBlockConfig:
     )
     band: str = field(
         default=PAPER_BAND,
-        metadata={"help": "blocks of midblock / midblock-full: a band spec, or 'auto' with --analysis"},
+        metadata={
+            "help": "what midblock / midblock-full train: a band spec (seg2-4/5, 0.2:0.8, 6-23...), 'auto' with "
+            "--analysis, or a selection strategy: spectrum:P, cka-select:F, lisa:G/K (':blocks' after spectrum "
+            "or lisa keeps embeddings and head frozen); spectrum and lisa train full parameters"
+        },
     )
     analysis: str | None = field(
         default=None, metadata={"help": "analysis directory whose results.json recommends the band for band='auto'"}
@@ -86,6 +89,14 @@ class MidBlockConfig:
         },
     )
     budget_by: BudgetRule = field(default="rank-units", metadata={"help": "rank-units (the paper's rule) or params"})
+    param_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "spectrum / lisa: trainable block parameters per step to match; P (matrices per type) or G "
+            "(blocks) becomes the largest that fits (--match-rank-of R instead matches all-block LoRA at rank R); "
+            "embeddings and head are outside the budget"
+        },
+    )
     target_modules: tuple[str, ...] = field(
         default=("attn",),
         metadata={
@@ -119,6 +130,11 @@ class MidBlockConfig:
             raise MidblockError(f"rank must be a positive integer, got {self.rank!r}", hint="e.g. --rank 8")
         if self.budget_baseline_rank is not None and self.budget_baseline_rank <= 0:
             raise MidblockError(f"budget baseline rank must be positive, got {self.budget_baseline_rank}")
+        if self.param_budget is not None:
+            if isinstance(self.param_budget, bool) or not isinstance(self.param_budget, int) or self.param_budget < 1:
+                raise MidblockError(f"param budget must be a positive integer, got {self.param_budget!r}")
+            if self.method not in ("midblock", "midblock-full") or not full_only(self.band):
+                raise MidblockError("--param-budget applies to spectrum and lisa bands", hint="e.g. --band lisa:2/20")
         if self.alpha is not None:
             check_number("alpha", self.alpha, low=0, low_open=True)
         check_number("dropout", self.dropout, low=0, high=1, high_open=True)
@@ -133,6 +149,11 @@ class MidBlockConfig:
             raise MidblockError(
                 "band 'auto' needs an analysis", hint="pass --analysis DIR (a `midblock analyze` output)"
             )
+        if self.method in ("midblock", "midblock-full"):
+            check_spec(self.band)  # a strategy's argument; band indices are checked against the model later
+            if self.method == "midblock" and full_only(self.band):
+                # Spectrum and LISA exist only as full-parameter methods: the band method's full form
+                self.method = "midblock-full"
         if self.method == "segments":
             if not self.segments:
                 raise MidblockError("method segments needs a pattern", hint="e.g. --segments -1,113,113,113,-1")
@@ -155,15 +176,9 @@ class MidBlockConfig:
         """The band spec after ``auto`` is looked up in the analysis (``results.json: recommended_band.spec``)."""
         if self.band != "auto":
             return self.band
-        path = Path(str(self.analysis)) / "results.json"
-        if not path.exists():
-            raise MidblockError(f"band 'auto': {path} does not exist", hint="run `midblock analyze --out DIR` first")
+        from midblock.selection.bands import recommended_spec
 
-        rec = read_json(path, dict).get("recommended_band")
-        spec = rec.get("spec") if isinstance(rec, dict) else None
-        if not spec:
-            raise MidblockError(f"band 'auto': {path} has no recommended_band.spec", hint="pass an explicit --band")
-        return str(spec)
+        return recommended_spec(self.analysis)
 
     def alpha_for(self, rank: int) -> float:
         """lora_alpha used at ``rank`` under the alpha policy."""

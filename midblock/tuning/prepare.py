@@ -21,8 +21,9 @@ from typing import Any
 from torch import nn
 
 from midblock.errors import MidblockError
-from midblock.layers import format_indices, resolve_layers, segment_bounds
+from midblock.layers import format_indices, segment_bounds
 from midblock.models.introspect import block_of_param, get_layout, strip_peft
+from midblock.selection import full_only, select, split_spec
 from midblock.tuning.budget import Layout, in_out, match_budget
 from midblock.tuning.config import MidBlockConfig, parse_segments
 
@@ -44,10 +45,18 @@ class Plan:
     scalings: dict[int, float] = field(default_factory=dict)
     band_spec: str = ""
     budget: dict[str, Any] | None = None
+    full_modules: dict[int, list[str]] = field(default_factory=dict)  # per-matrix (Spectrum): block -> names
+    train_ends: bool = False  # embeddings and LM head (Spectrum, LISA), without the rest of full fine-tuning
+    selection: Any = None  # the midblock.selection.Selection behind the band (strategy, evidence, schedule)
+
+    @property
+    def schedule(self) -> Any:
+        """LISA's per-step schedule (``midblock.selection.lisa.LisaSchedule``), or None."""
+        return self.selection.schedule if self.selection is not None else None
 
     @property
     def trainable_blocks(self) -> list[int]:
-        return sorted(set(self.lora_ranks) | set(self.full_blocks))
+        return sorted(set(self.lora_ranks) | set(self.full_blocks) | set(self.full_modules))
 
     @property
     def backward_blocks(self) -> list[int]:
@@ -57,10 +66,20 @@ class Plan:
     @property
     def first_trainable(self) -> int:
         b = self.trainable_blocks
-        return 0 if self.train_rest or not b else b[0]
+        return 0 if self.train_rest or self.train_ends or not b else b[0]
 
     def layout(self, checkpointing: bool = False) -> Layout:
-        return Layout(dict(self.lora_ranks), list(self.full_blocks), list(self.targets), self.train_rest, checkpointing)
+        """The budget layout; for LISA the layout of one step (the active set of step 0)."""
+        full = self.schedule.active(0) if self.schedule is not None else list(self.full_blocks)
+        return Layout(
+            dict(self.lora_ranks),
+            full,
+            list(self.targets),
+            self.train_rest,
+            checkpointing,
+            full_modules={b: list(m) for b, m in self.full_modules.items()},
+            train_ends=self.train_ends,
+        )
 
     def module_names(self) -> list[str]:
         """Fully qualified LoRA target names, e.g. ``model.layers.6.self_attn.q_proj``."""
@@ -81,6 +100,9 @@ class Plan:
             "alphas": {str(k): v for k, v in self.alphas.items()},
             "scalings": {str(k): v for k, v in self.scalings.items()},
             "budget": self.budget,
+            "full_modules": {str(b): m for b, m in self.full_modules.items()},
+            "train_ends": self.train_ends,
+            "selection": self.selection.to_dict() if self.selection is not None else None,
         }
 
 
@@ -107,8 +129,13 @@ def resolve_targets(names: tuple[str, ...] | list[str], layout) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def plan(config: MidBlockConfig, layout) -> Plan:
-    """Resolve ``config`` against a model layout (``get_layout`` of a model or of a meta skeleton)."""
+def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data=None, seed: int = 0) -> Plan:
+    """Resolve ``config`` against a model layout (``get_layout`` of a model or of a meta skeleton).
+
+    The band of ``midblock`` / ``midblock-full`` goes through the selection registry
+    (:mod:`midblock.selection`): ``model`` and ``data`` (token id lists) serve the strategies that look at
+    weights or activations, ``seed`` LISA's draws. On a meta skeleton such strategies are only validated.
+    """
     L = layout.num_layers
     p = Plan(config.method, L, layout.blocks_path)
     m = config.method
@@ -116,8 +143,14 @@ def plan(config: MidBlockConfig, layout) -> Plan:
         band = list(range(L))
         p.band_spec = "all"
     elif m in ("midblock", "midblock-full"):
-        p.band_spec = config.resolved_band_spec()
-        band = resolve_layers(p.band_spec, L)
+        spec = config.band
+        if full_only(spec) and (config.param_budget or config.budget_baseline_rank):
+            spec, p.budget = budget_matched_spec(config, layout)
+        sel = select(spec, layout, model=model, data=data, analysis=config.analysis, seed=seed)
+        if config.is_lora and (sel.modules or sel.schedule is not None or sel.train_ends):
+            raise MidblockError(f"'{config.band}' trains full parameters", hint="use --method midblock-full")
+        p.selection, p.band_spec, band = sel, sel.spec, list(sel.blocks)
+        p.full_modules, p.train_ends = {b: list(x) for b, x in sel.modules.items()}, sel.train_ends
     elif m == "freeze":
         band = list(range(config.freeze_first, L - config.freeze_last))
         if not band:
@@ -163,9 +196,49 @@ def plan(config: MidBlockConfig, layout) -> Plan:
         p.alphas = {b: config.alpha_for(r) for b, r in p.lora_ranks.items()}
         p.scalings = {b: config.scaling_for(r) for b, r in p.lora_ranks.items()}
     else:
-        p.full_blocks = band
+        p.full_blocks = [] if p.full_modules else band  # per-matrix selections train modules, not blocks
         p.train_rest = m == "full"
     return p
+
+
+def budget_matched_spec(config: MidBlockConfig, layout) -> tuple[str, dict[str, Any]]:
+    """A spectrum / lisa spec whose P or G is the largest that fits a parameter budget, and the budget record.
+
+    The budget is ``config.param_budget`` parameters, or else those of all-block LoRA at
+    ``budget_baseline_rank`` on ``target_modules``. Spectrum's unit is one matrix of every module type (every
+    type has one matrix per block, so k per type costs k times a block's linear parameters; P = 100k/L);
+    LISA's unit is one whole block. Embeddings and head, which both train by default, are outside the budget.
+    """
+    strategy, arg = split_spec(config.band)
+    L = layout.num_layers
+    if config.param_budget:
+        budget, baseline = int(config.param_budget), f"{config.param_budget} parameters"
+    else:
+        r = int(config.budget_baseline_rank or 0)
+        budget = L * r * _per_rank(layout, resolve_targets(config.target_modules, layout))
+        baseline = f"lora all {L} blocks r{r} ({', '.join(config.target_modules)})"
+    suffix = ":blocks" if arg.endswith(":blocks") else ""
+    block = layout.blocks[0]
+    if strategy.name == "spectrum":
+        unit = sum(x.numel() for n in layout.linear_names for x in block.get_submodule(n).parameters())
+        what = "matrix of every module type"
+    else:
+        unit = sum(x.numel() for x in block.parameters())
+        what = "block"
+    k = min(L, budget // unit)
+    if k < 1:
+        raise MidblockError(
+            f"a budget of {budget:,} parameters ({baseline}) is smaller than one {what} ({unit:,})",
+            hint="raise the budget, or compare against a LoRA arm",
+        )
+    if strategy.name == "spectrum":
+        spec = f"spectrum:{min(100.0, (100 * k + 0.5) / L):.6g}{suffix}"  # floor(L * P / 100) = k
+    else:
+        spec = f"lisa:{k}/{arg.split(':')[0].split('/')[1]}{suffix}"
+    record = {"baseline": baseline, "baseline_params": budget, "params": k * unit, "by": "params", "spec": spec}
+    if not suffix:
+        record["outside_budget"] = "embeddings and head"
+    return spec, record
 
 
 def _per_rank(layout, targets: list[str]) -> int:
@@ -207,17 +280,28 @@ def lora_config(p: Plan, config: MidBlockConfig, base_name: str | None = None, f
     )
 
 
-def prepare_model(model: nn.Module, config: MidBlockConfig, *, base_name: str | None = None) -> nn.Module:
+def prepare_model(
+    model: nn.Module,
+    config: MidBlockConfig,
+    *,
+    base_name: str | None = None,
+    data: list[list[int]] | None = None,
+    seed: int = 0,
+) -> nn.Module:
     """Return ``model`` ready to train per ``config`` (a ``PeftModel`` for LoRA methods).
 
     Usable with any loop (HF ``Trainer``, TRL ``SFTTrainer``, your own), with or without the trainer's
     ``gradient_checkpointing=True``: the returned model's checkpointing entry points keep the backward
     truncated (:func:`keep_truncation`); ``config.gradient_checkpointing`` does the same for your own loop.
     ``base_name`` is recorded in a saved adapter (see :func:`midblock.models.loading.loadable_base`).
+    ``data`` (token id lists) and ``seed`` serve the selection strategies that need them (``cka-select``
+    ranks blocks on data; ``lisa`` draws its active sets from the seed). With ``lisa`` every block stays
+    trainable here: the schedule (``model.midblock_plan.schedule``) narrows each step to its active set,
+    which midblock's loop and :class:`midblock.tuning.trainers.MidBlockCallback` do.
     """
 
     layout = get_layout(model)
-    p = plan(config, layout)
+    p = plan(config, layout, model=model, data=data, seed=seed)
     for prm in model.parameters():
         prm.requires_grad_(False)
     if config.is_lora:
@@ -229,6 +313,13 @@ def prepare_model(model: nn.Module, config: MidBlockConfig, *, base_name: str | 
     else:
         for b in p.full_blocks:
             for prm in layout.blocks[b].parameters():
+                prm.requires_grad_(True)
+        for b, names in p.full_modules.items():
+            for name in names:
+                for prm in layout.blocks[b].get_submodule(name).parameters():
+                    prm.requires_grad_(True)
+        if p.train_ends:
+            for prm in [*layout.embedding.parameters(), *layout.lm_head.parameters()]:
                 prm.requires_grad_(True)
         if p.train_rest:
             for prm in model.parameters():
@@ -438,3 +529,34 @@ def check_truncated_backward(model: nn.Module, *, fix: bool = False) -> dict[str
         "checkpointed_blocks": ckpt,
         "fixed": list(dict.fromkeys(fixed)),
     }
+
+
+def selection_summary(p: Plan) -> dict[str, Any] | None:
+    """What a plan's selection strategy chose, short enough to print (the full record is ``p.to_dict()``)."""
+    sel = p.selection
+    if sel is None:
+        return None
+    out: dict[str, Any] = {"strategy": sel.strategy, "spec": sel.spec, "blocks": format_indices(p.trainable_blocks)}
+    if p.full_modules:
+        per_type: dict[str, int] = {}
+        for names in p.full_modules.values():
+            for n in names:
+                per_type[n] = per_type.get(n, 0) + 1
+        out["matrices"] = per_type
+    if sel.strategy in ("spectrum", "lisa"):
+        out["embeddings_and_head"] = p.train_ends
+    if p.schedule is not None:
+        out["lisa"] = p.schedule.to_dict() | {"switches": p.schedule.switches}
+    if sel.strategy == "cka-select":
+        out["cka"] = sel.details.get("cka")
+    return out
+
+
+def step_trainable_params(model: nn.Module, p: Plan) -> int:
+    """Parameters one optimizer step trains: those requiring grad, less LISA's inactive blocks."""
+    n = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    if p.schedule is None:
+        return n
+    active = set(p.schedule.active(0))
+    blocks = get_layout(model).blocks
+    return n - sum(x.numel() for b in range(len(blocks)) if b not in active for x in blocks[b].parameters())

@@ -61,7 +61,13 @@ from midblock.tuning.fsdp import (
     shard_model,
 )
 from midblock.tuning.loss import causal_lm_loss
-from midblock.tuning.prepare import check_truncated_backward, plan, prepare_model
+from midblock.tuning.prepare import (
+    check_truncated_backward,
+    plan,
+    prepare_model,
+    selection_summary,
+    step_trainable_params,
+)
 from midblock.tuning.trainconfig import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
@@ -406,7 +412,14 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     items, eval_items, data_report = _load_data(config, checked["task"], tok)
     torch.manual_seed(config.seed)  # LoRA init
     random.seed(config.seed)
-    model = prepare_model(base, config.tuning, base_name=config.model)
+    # for selections that rank blocks on data (cka-select): the examples without their final end-of-sequence
+    sel_data = [
+        it["input_ids"][:-1] if it["input_ids"][-1:] == [tok.eos_token_id] else it["input_ids"] for it in items[:128]
+    ]
+    model = prepare_model(base, config.tuning, base_name=config.model, data=sel_data, seed=config.seed)
+    checked["plan"] = model.midblock_plan  # the selection as made on the real weights and data
+    if checked["plan"].schedule is not None and (acc.num_processes > 1 or config.fsdp):
+        raise MidblockError("lisa switches blocks per step on one process only", hint="run it without DDP/FSDP")
     model.train()
     row, pred, table = _parameter_report(config, checked, model, items, acc.is_main_process)
     run = Path(config.out)
@@ -465,7 +478,7 @@ def _parameter_report(config: TrainConfig, checked: dict, model, items: list, ma
         head_tokens=int(config.batch_size * mean_lab) if config.head_at_labels else None,
     )
     row = parameter_row(config.tuning.method, shape, layout, p.alphas, p.scalings)
-    n_train = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    n_train = step_trainable_params(model, p)
     if n_train != row["trainable_params"]:  # the table is computed from shapes: say so if the model disagrees
         log.warning(
             "parameter table predicts %d trainable parameters, the model has %d", row["trainable_params"], n_train
@@ -569,6 +582,8 @@ def _step(st: _Run, step: int) -> tuple[float, int, float]:
     ``world`` (Trainer's too)."""
     config, acc, world = st.config, st.acc, st.world
     t0 = time.perf_counter()
+    if st.plan.schedule is not None:  # LISA: only this step's active blocks require grad
+        st.plan.schedule.begin_step(st.inner, step)
     idx_all, batches = [], []
     for micro in range(config.grad_accum):
         idx = _micro_batch(config, len(st.items), step, micro, acc.process_index, world)
@@ -604,6 +619,8 @@ def _step(st: _Run, step: int) -> tuple[float, int, float]:
     st.opt.step()
     st.sched.step()
     st.opt.zero_grad(set_to_none=True)
+    if st.plan.schedule is not None:  # every candidate trainable again: checkpoints and outputs hold them all
+        st.plan.schedule.end_step(st.inner)
     return mean_loss, n_tok, time.perf_counter() - t0
 
 
@@ -616,6 +633,9 @@ def _after_step(st: _Run, done: int, loss: float, n_tok: int, dt: float, bar) ->
         st.eval_loss = _eval_loss(st.model, st.eval_items, st.pad, config, st.acc)
     if st.main and done % config.log_every == 0:
         line = {"step": done, "loss": loss, "lr": st.sched.get_last_lr()[0], "step_s": dt}
+        if st.plan.schedule is not None:  # LISA: the step's active blocks and backward depth
+            sch = st.plan.schedule
+            line |= {"active_blocks": sch.active(done - 1), "backward_depth": sch.backward_depth(done - 1)}
         append_jsonl(st.out / LOG_FILE, line | {"tokens_per_s": st.tok_rates[-1], "eval_loss": st.eval_loss})
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{st.tok_rates[-1]:.0f}")
@@ -678,13 +698,22 @@ def _result(st: _Run) -> TrainResult:
         trainable_params=st.row["trainable_params"],
         rank_units=st.row["rank_units"],
         scaling=next(iter(p.scalings.values()), None) if p.scalings else None,
-        backward_depth=st.report["backward_depth"],
+        backward_depth=_backward_depth(st),
+        selection=selection_summary(p),
         predicted_vs_lora=st.pred["vs_lora"],
         predicted_vs_full=st.pred["vs_full"],
         wall_s=time.perf_counter() - st.t_start,
         world_size=st.world,
         fsdp=st.config.fsdp,
     )
+
+
+def _backward_depth(st: _Run) -> int:
+    """Blocks the backward visited: the plan's depth, or with LISA the deepest of the switches this run saw."""
+    sch = st.plan.schedule
+    if sch is not None and sch.switches:
+        return max(s["backward_depth"] for s in sch.switches)
+    return st.report["backward_depth"]
 
 
 def _write_manifest(st: _Run, out: dict[str, str | None]) -> None:

@@ -131,6 +131,7 @@ class TrainResult:
     fsdp: bool = False  # parameters were sharded with FSDP
     adapter: str | None = None
     delta: str | None = None
+    selection: dict[str, Any] | None = None  # what the band's selection strategy chose (selection_summary)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,7 +39,12 @@ log = logging.getLogger(__name__)
 
 
 def band_lora_config(
-    model: nn.Module, config: MidBlockConfig | None = None, *, base_name: str | None = None, **fields: Any
+    model: nn.Module,
+    config: MidBlockConfig | None = None,
+    *,
+    base_name: str | None = None,
+    data: list[list[int]] | None = None,
+    **fields: Any,
 ) -> LoraConfig:
     """A PEFT ``LoraConfig`` with LoRA on the band only, to pass as ``SFTTrainer(peft_config=...)``.
 
@@ -47,7 +52,8 @@ def band_lora_config(
     band's blocks, the rank matched to ``budget_baseline_rank`` all-block LoRA when given, lora_alpha from the
     alpha policy (alpha/r constant across ranks by default). ``model`` is also given truncation-keeping
     checkpointing (:func:`~midblock.tuning.prepare.keep_truncation`) and remembers the plan; add
-    :class:`MidBlockCallback` to the trainer for the rest.
+    :class:`MidBlockCallback` to the trainer for the rest. ``band`` may be any selection with a LoRA form
+    (a band spec, ``auto``, ``cka-select:F``, which ranks the blocks on ``data``: token id lists).
     """
 
     if config is not None and fields:
@@ -57,11 +63,14 @@ def band_lora_config(
         raise MidblockError(f"band_lora_config got unknown field '{unknown[0]}'", hint="see MidBlockConfig's fields")
     cfg = config if config is not None else MidBlockConfig(**fields)
     if not cfg.is_lora:
-        raise MidblockError(f"method '{cfg.method}' trains full parameters: there is no LoraConfig for it")
+        what = f"band '{cfg.band}'" if cfg.method == "midblock-full" else f"method '{cfg.method}'"
+        raise MidblockError(
+            f"{what} trains full parameters: there is no LoraConfig for it", hint="use prepare_model instead"
+        )
     if strip_peft(model) is not model:
         raise MidblockError("the model is already a PEFT model", hint="pass the plain transformers model")
     layout = get_layout(model)
-    p = plan(cfg, layout)
+    p = plan(cfg, layout, model=model, data=data)
     conv1d = any(type(layout.blocks[0].get_submodule(t)).__name__ == "Conv1D" for t in p.targets)
     model.midblock_plan = p  # PEFT wrappers forward attribute look-ups here: the checks find the band
     keep_truncation(model)
@@ -157,7 +166,43 @@ def _labelled_forward(self: nn.Module, *args: Any, labels: torch.Tensor | None =
     )
 
 
-class MidBlockCallback(TrainerCallback):
+def _schedule(model: nn.Module | None) -> Any:
+    """LISA's schedule of a prepared model (``prepare_model(..., band='lisa:G/K')``), or None."""
+    if model is None:
+        return None
+    plan_ = getattr(model, "midblock_plan", None) or getattr(strip_peft(model), "midblock_plan", None)
+    return getattr(plan_, "schedule", None)
+
+
+class LisaCallback(TrainerCallback):
+    """LISA's switching inside ``Trainer`` / ``SFTTrainer`` for a model prepared with ``band='lisa:G/K'``.
+
+    ``on_step_begin`` freezes every block but the active set of ``state.global_step`` (the same draws as
+    midblock's own loop: :class:`midblock.selection.lisa.LisaSchedule`, seeded by ``prepare_model(...,
+    seed=)``); ``on_step_end`` (after the optimizer step and ``zero_grad``) makes every block trainable again.
+    The trainer's optimizer, built before training starts while every block is trainable, holds them all; a
+    frozen block has no gradient, so AdamW skips it and keeps its moments, as in the reference callbacks.
+    :class:`MidBlockCallback` does the same, so use one of the two. ``switches`` lists the switches seen.
+    """
+
+    def __init__(self) -> None:
+        self.switches: list[dict[str, Any]] = []
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+        sch = _schedule(model)
+        if sch is not None:
+            sch.begin_step(model, state.global_step)
+            self.switches = sch.switches
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+        sch = _schedule(model)
+        if sch is not None:
+            sch.end_step(model)
+        return control
+
+
+class MidBlockCallback(LisaCallback):
     """Keeps Mid-Block tuning intact inside ``Trainer`` / ``SFTTrainer``; add it with ``callbacks=[...]``.
 
     At ``on_train_begin`` (after the trainer has enabled checkpointing, added its hooks and, on the
@@ -165,10 +210,12 @@ class MidBlockCallback(TrainerCallback):
     repairs whatever the trainer switched on (input-gradient hooks removed, checkpointing non-reentrant and
     only from the first trainable block up), checks the truncated backward (raises ``MidblockError`` when a
     parameter below the band trains), and, with ``head_at_labels`` (default), installs the labelled-positions
-    head. ``report`` holds the last check's result.
+    head. ``report`` holds the last check's result. With a ``lisa:G/K`` band it also switches the active blocks
+    every step (:class:`LisaCallback`).
     """
 
     def __init__(self, head_at_labels: bool = True) -> None:
+        super().__init__()
         self.head_at_labels = head_at_labels
         self.report: dict[str, Any] | None = None
 

@@ -24,3 +24,9 @@ def test_layers_embedded_default():
     rc, out, err = run_cli("layers", "smollm2-135m", "--band", "0.2:0.8")
     assert rc == 0, err
     assert "30 blocks" in out and "18 blocks, 6..23" in out
+
+
+def test_layers_names_a_selection_strategy_as_such_in_one_line():
+    for spec in ("spectrum:50", "lisa:2/20", "cka-select:0.5", "auto"):
+        rc, _, err = run_cli("layers", "random:olmo2-tiny", "--band", spec)
+        assert rc == 2 and err.count("\n") == 1 and "selection strategy" in err, (spec, err)
