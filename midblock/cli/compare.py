@@ -79,7 +79,7 @@ def grid_from_args(args: argparse.Namespace) -> dict:
 
 
 def _method_entry(method: str, args: argparse.Namespace) -> dict:
-    rank = args.rank or 8
+    rank = 8 if args.rank is None else args.rank  # `or` would turn --rank 0 into 8; 0 is refused, as in train
     e = {"name": method, "method": method, "rank": rank}
     if method in ("midblock", "midblock-full") and args.band:
         e["bands"] = args.band

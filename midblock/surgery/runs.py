@@ -33,7 +33,12 @@ from midblock.models.loading import parse_spec
 from midblock.models.skeleton import load_config, load_skeleton
 from midblock.reporting.report import Section, add_section, esc, table_html
 from midblock.surgery.config import InterpolateConfig, SurgeryConfig, SwapConfig  # noqa: F401 (re-exported)
-from midblock.surgery.interpolate import interpolation_configuration, parse_weights, save_interpolation
+from midblock.surgery.interpolate import (
+    check_save_dir,
+    interpolation_configuration,
+    parse_weights,
+    save_interpolation,
+)
 from midblock.surgery.measure import build_measurer
 from midblock.surgery.plots import plot_configurations
 from midblock.surgery.sources import open_source, tied_aliases
@@ -212,6 +217,7 @@ def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
         raise MidblockError("the same --weights list is given twice")
     if cfg.save:
         fresh_output_dir(cfg.save, flag="--save")
+        check_save_dir(cfg.save, cfg.out)  # before any work: never a directory of files midblock did not write
     measurer = build_measurer(cfg)
     configs = reference_configurations(skeleton, "base", "variant") + grid
 
