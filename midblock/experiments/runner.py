@@ -254,6 +254,12 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     keys = Keys(cc, texts)  # reads (and so validates) the training data
     ecfg = cc.eval_config()
     keys.evaluation(ecfg)  # ... and the test data
+    with RunDir(out):  # one compare per --out at a time ("in use by process N"); each cell has its own lock too
+        return _run_grid(cc, keys, texts, ecfg, out, progress)
+
+
+def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: bool) -> dict[str, Any]:
+    """The phases of :func:`compare` (auto band, learning-rate search, base, cells, table), under its lock."""
     t0 = time.perf_counter()
     cc, auto_band = resolve_auto_bands(cc, out)
     search = []

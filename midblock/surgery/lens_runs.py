@@ -153,6 +153,11 @@ def run_correlate(run_dirs: list[str], out: str, min_rows: int = 3) -> dict[str,
     if len(keys) < min_rows:
         raise MidblockError(f"only {len(keys)} (variant, dataset, layer) rows; need at least {min_rows}")
     out_p = fresh_output_dir(out)
+    with RunDir(out_p):  # one writer at a time: the report section is replaced by name
+        return _write_correlation(run_dirs, out_p, min_rows, keys, names, X)
+
+
+def _write_correlation(run_dirs, out_p: Path, min_rows: int, keys, names, X) -> dict[str, Any]:
     mats = {m: correlation_matrix(X, m, min_rows) for m in ("pearson", "spearman")}
     order = cluster_order(mats["pearson"][0])
     ordered = [names[i] for i in order]
