@@ -233,8 +233,10 @@ def _cell_items(c: dict[str, Any], pairs: list[tuple[int, int]], metric: str, wh
     what = f"{c['label']} (phase {c['phase']}, seed {c.get('seed')}, lr {c.get('lr')})"
     if c.get("items_digest") is not None:
         agree = c["items_digest"] == _items_digest(pairs)
+    elif not c.get("scores"):  # not evaluated (the base measured for forgetting only): no item rows
+        agree = not pairs
     else:  # an export made before the digest was recorded: the counts must agree
-        sc = (c.get("scores") or {}).get(metric) or {}
+        sc = c["scores"].get(metric) or {}
         agree = sc.get("n") == len(pairs) and sc.get("correct") == sum(x for _, x in pairs)
     if not agree:
         raise MidblockError(
@@ -260,11 +262,14 @@ def derive(dest: str | Path, baseline: str | None = None) -> list[dict[str, Any]
     cells = _read_cells(dest / "cells.jsonl")
     items = _read_items(dest / "items.csv")
     seen: set[tuple] = set()
+    arms_seeds: set[tuple] = set()
     for c in cells:
         key = _key(c["phase"], c["label"], c.get("seed"), c.get("lr"))
-        if key in seen:
-            raise MidblockError(f"{dest / 'cells.jsonl'} lists cell {key} twice", hint="export it again")
+        # one cell per key, and, outside the rate search, one per (arm, seed): two would be pooled as one arm
+        if key in seen or (c["phase"] != "search" and key[:3] in arms_seeds):
+            raise MidblockError(f"{dest / 'cells.jsonl'} lists cell {key[:3]} twice", hint="export it again")
         seen.add(key)
+        arms_seeds.add(key[:3])
         _cell_items(c, items.get(key, []), metric, dest)
     stray = next((k for k in items if k not in seen), None)
     if stray is not None:

@@ -216,7 +216,7 @@ def test_6_compare_rank_zero_is_refused_not_turned_into_eight(tmp_path):
     with pytest.raises(MidblockError, match="rank"):
         CompareConfig.from_dict(grid_from_args(build_parser().parse_args([*argv, "--rank", "0"])))
     rc, _, err = run_cli(*argv, "--rank", "0")
-    _one_line(rc, err, "rank")
+    _one_line(rc, err, "rank must be a positive integer")
     assert not (tmp_path / "o").exists()
     grid = grid_from_args(build_parser().parse_args(argv))  # no --rank: the documented default, 8
     assert {m["rank"] for m in grid["methods"]} == {8}
@@ -330,7 +330,7 @@ def test_10_export_input_errors_are_one_line_exit_2(tmp_path, finished, capsys):
     cases = [
         (["export", str(tmp_path / "missing"), str(tmp_path / "d1")], "no finished comparison"),
         (["export", str(tmp_path / "empty"), str(tmp_path / "d2")], "no finished comparison"),
-        (["export", str(finished), str(tmp_path / "a_file")], "a_file"),
+        (["export", str(finished), str(tmp_path / "a_file")], "is a file"),
         (["export", str(finished), str(finished)], "comparison itself"),
         (["derive", str(torn)], "invalid JSON"),
         (["derive", str(bad_items)], "columns"),
@@ -411,7 +411,7 @@ def test_11_a_fifo_as_data_is_refused(tmp_path, fifo, command):
         "analyze": ["analyze", "--base", TINY, "--data", str(fifo), "--samples", "2", "--out", out],
     }[command]
     rc, _, err = run_cli(*argv)
-    _one_line(rc, err, "FIFO")
+    _one_line(rc, err, "is a FIFO")
 
 
 # --------------------------------------------------------------------------- 12. JSONL records split on "\n" only
