@@ -59,7 +59,7 @@ def _records(out: Path, meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]
 
     Only those: a directory under ``cells/`` from an earlier grid on the same ``--out`` (other steps, a
     removed arm) stays on disk for reuse but never enters an export."""
-    listed = meta.get("cells")
+    listed = meta.get("table_cells")
     if not isinstance(listed, list):
         raise MidblockError(
             f"{out / 'compare.json'} does not list the cells of its table (written by an older midblock)",

@@ -277,7 +277,7 @@ def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: b
     rows = build_rows(results, base, baseline=cc.baseline, metric=cc.metric)
     extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band, "num_layers": _num_layers(cc)}
     # the cells this table was made from: export reads these, never whatever else lies under cells/
-    extra["cells"] = _cell_list(out, search, base, results)
+    extra["table_cells"] = _cell_list(out, search, base, results)
     write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
     return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
 
