@@ -20,6 +20,7 @@ from midblock.evaluation.extract import EXTRACTORS
 from midblock.layers import PAPER_BAND
 from midblock.tuning.config import MidBlockConfig
 from midblock.tuning.trainconfig import TrainConfig
+from midblock.validation import SEED_LIMIT
 
 TRAIN_KEYS = (
     "steps",
@@ -183,7 +184,6 @@ def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
 
 
 PRESETS = ("band-landscape", "paper-segments")
-SEED_LIMIT = 2**32  # seeds are in [0, 2**32): what torch, numpy and random all accept
 
 
 @dataclass(frozen=True)

@@ -302,11 +302,21 @@ def test_8_9_grid_errors_are_caught_before_the_first_cell(tmp_path, over, fragme
 
 
 @pytest.mark.parametrize("seed", [str(2**64), str(2**32), "-1"])
-def test_9_train_seed_out_of_range_is_one_line(tmp_path, seed):
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_9_a_seed_out_of_range_is_one_line(tmp_path, seed, command):
     out = tmp_path / "t"
-    rc, _, err = run_cli("train", "--model", TINY, "--steps", "1", "--seed", seed, "--out", str(out))
+    more = ["--steps", "1"] if command == "train" else ["--task", "arith", "--limit", "1"]
+    model = ["--model", TINY]
+    rc, _, err = run_cli(command, *model, *more, "--seed", seed, "--out", str(out))
     _one_line(rc, err, "--seed")
     assert not out.exists()
+
+
+def test_9_the_python_api_refuses_the_seed_too():
+    from midblock.tuning.trainconfig import TrainConfig
+
+    with pytest.raises(MidblockError, match="--seed must be an integer"):
+        TrainConfig(model=TINY, out="unused", seed=2**64)
 
 
 # --------------------------------------------------------------------------- 10. one-line errors
