@@ -554,3 +554,80 @@ def test_the_audit_scan_sees_a_new_delete():
         ("m.py", "g", "unlink"),
         ("m.py", "g", "os.replace"),
     }
+
+
+# --------------------------------------------------------------------------- the helpers, one by one
+
+
+def test_check_data_file_accepts_regular_files_and_links_to_them(tmp_path):
+    import socket
+
+    from midblock.data.jsonl import check_data_file
+
+    f = tmp_path / "d.jsonl"
+    f.write_text("{}\n")
+    (tmp_path / "link.jsonl").symlink_to(f)
+    assert check_data_file(tmp_path / "link.jsonl") == tmp_path / "link.jsonl"
+    with pytest.raises(MidblockError, match="does not exist"):
+        check_data_file(tmp_path / "missing.jsonl")
+    with pytest.raises(MidblockError, match="is a directory"):
+        check_data_file(tmp_path)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "s.jsonl"))
+        with pytest.raises(MidblockError, match="not a regular file"):
+            check_data_file(tmp_path / "s.jsonl")
+    finally:
+        sock.close()
+
+
+def test_check_save_dir(tmp_path):
+    from midblock.surgery.interpolate import SAVE_MARKER, check_save_dir
+
+    check_save_dir(tmp_path / "new")  # new: fine
+    (tmp_path / "empty").mkdir()
+    check_save_dir(tmp_path / "empty")  # empty: fine
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "config.json").write_text("{}")
+    (ours / SAVE_MARKER).write_text(json.dumps({"files": ["config.json", SAVE_MARKER]}))
+    check_save_dir(ours)  # every file listed by its marker
+    (ours / "extra.bin").write_text("x")
+    with pytest.raises(MidblockError, match="extra.bin"):
+        check_save_dir(ours)
+    (ours / SAVE_MARKER).write_text("[1, 2]")  # a marker of the wrong shape proves nothing
+    with pytest.raises(MidblockError):
+        check_save_dir(ours)
+    with pytest.raises(MidblockError, match="holds --out"):
+        check_save_dir(tmp_path / "a", out=tmp_path / "a" / "b")
+
+
+def test_cache_dir_under_a_file_names_the_variable(tmp_path, monkeypatch):
+    from midblock.models.loading import cache_dir
+
+    monkeypatch.setenv("MIDBLOCK_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"  # not there yet: created when first needed
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("MIDBLOCK_CACHE", str(tmp_path / "f" / "below"))
+    with pytest.raises(MidblockError, match="MIDBLOCK_CACHE .* is a file"):
+        cache_dir()
+
+
+def test_warn_if_other_base_reads_midblocks_record_then_peft(tmp_path, caplog):
+    from midblock.models.loading import ADAPTER_META, ModelSpec, warn_if_other_base
+
+    ad = tmp_path / "adapter"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": None}))
+    spec = ModelSpec("random", "qwen2-tiny", adapter=str(ad), original="x", given_base="random:qwen2-tiny")
+    assert warn_if_other_base(spec) is None  # nothing recorded: nothing to compare
+    (ad / ADAPTER_META).write_text(json.dumps({"base": "random:llama-tiny"}))
+    assert "random:llama-tiny" in warn_if_other_base(spec)
+    assert any("OTHER BASE" in r.getMessage() for r in caplog.records)
+    (ad / ADAPTER_META).unlink()
+    model_dir = tmp_path / "base"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model_dir)}))
+    same = ModelSpec("hf", str(model_dir), adapter=str(ad), original="x", given_base=f"{tmp_path}/./base")
+    assert warn_if_other_base(same) is None  # the same directory, written another way
