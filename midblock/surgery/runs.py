@@ -120,6 +120,7 @@ def _grid(
     _check_resume(out, kind, fingerprint)
     results = out / f"{kind}_results.jsonl"
     with RunDir(out):
+        _check_resume(out, kind, fingerprint)  # again under the lock: another run may have started here since
         write_json(out / f"{kind}_config.json", {"fingerprint": fingerprint})
         done_rows = {r["config"]: r for r in read_jsonl_tolerant(results)}
         rewrite_if_torn(results, list(done_rows.values()))

@@ -631,3 +631,17 @@ def test_warn_if_other_base_reads_midblocks_record_then_peft(tmp_path, caplog):
     (ad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model_dir)}))
     same = ModelSpec("hf", str(model_dir), adapter=str(ad), original="x", given_base=f"{tmp_path}/./base")
     assert warn_if_other_base(same) is None  # the same directory, written another way
+
+
+def test_a_failed_new_run_removes_only_a_directory_that_held_nothing_else(tmp_path):
+    """train removes the directory of a new run that failed before its first checkpoint only when it held
+    nothing but the run's own files: a user's file beside it keeps the directory (and the file)."""
+    argv = ["train", "--model", TINY, "--steps", "3", "--batch-size", "2", "--lr", "1e30", "--no-progress"]
+    rc, _, err = run_cli(*argv, "--out", str(tmp_path / "new"))
+    _one_line(rc, err, "loss is nan")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    rc, _, err = run_cli(*argv, "--out", str(tmp_path / "mine"))
+    _one_line(rc, err, "loss is nan")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"
