@@ -504,7 +504,7 @@ def recorded_base(extra: str | os.PathLike) -> str | None:
     return base or None
 
 
-def _base_key(spec: str) -> tuple[str, str] | None:
+def _base_key(spec: str) -> tuple[str, str]:
     """What identifies a base spec for the comparison above: (kind, target), a directory resolved."""
     try:
         ms = parse_spec(spec)
