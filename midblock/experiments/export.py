@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     except MidblockError as e:  # bad input: one line, exit 2, as the midblock command does
         print(f"midblock: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _main(argv: list[str]) -> int:
@@ -313,8 +317,9 @@ def _main(argv: list[str]) -> int:
         return 0
     if len(argv) in (2, 3) and argv[0] == "derive":
         cols = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "diff_vs_baseline", "diff_low", "diff_high")
+        rows = pooled_rows(derive(argv[1], *argv[2:]))  # checked and computed before anything is printed
         print("\t".join(cols))
-        for r in pooled_rows(derive(argv[1], *argv[2:])):
+        for r in rows:
             print(
                 "\t".join(
                     "" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols

@@ -348,10 +348,12 @@ def test_10_export_input_errors_are_one_line_exit_2(tmp_path, finished, capsys):
         (["derive", str(no_export)], "not a comparison"),
         (["state", str(tmp_path / "empty"), str(tmp_path / "d3")], "no comparison cells"),
     ]
+    cases.append((["derive", str(x), "nosucharm"], "unknown arm 'nosucharm'"))
     for argv, fragment in cases:
         assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        _one_line(2, err, fragment)
+        captured = capsys.readouterr()
+        _one_line(2, captured.err, fragment)
+        assert captured.out == "", argv  # nothing half-printed (derive printed its header before checking)
 
 
 def test_10_export_never_writes_over_files_it_did_not_write(tmp_path, finished, capsys):
