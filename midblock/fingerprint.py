@@ -91,7 +91,7 @@ def _read_disk_cache() -> dict[str, str]:
     try:
         d = json.loads(_digest_cache_path().read_text())
         return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, MidblockError):  # a cache only (MidblockError: MIDBLOCK_CACHE is unusable)
         return {}
 
 

@@ -175,7 +175,10 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")  # "\n" only: a JSON string may hold U+2028 and the like raw
+    if lines and lines[-1] == "":
+        lines.pop()
     for i, line in enumerate(lines):
         if not line.strip():
             continue

@@ -16,6 +16,10 @@ from typing import Any
 
 from midblock.errors import MidblockError
 
+# Seeds are integers in [0, SEED_LIMIT): the range torch, numpy and random all accept (torch.manual_seed
+# overflows at 2**64, numpy at 2**32), so a seed is refused in one line before any library sees it.
+SEED_LIMIT = 2**32
+
 
 def check_number(
     name: str,

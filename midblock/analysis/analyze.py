@@ -186,6 +186,7 @@ def analyze(
     # only the main process owns the run directory; other data-parallel ranks just contribute shards
     with RunDir(out) if rank == 0 else contextlib.nullcontext() as rundir:
         if rank == 0:
+            check_cache(out, fp)  # again under the lock: another analysis may have written here meanwhile
             write_json(out / FINGERPRINT, fp)
         run = _Run(cfg, spec, seqs, out / "cache", resume, tok.pad_token_id, load_kw)
         run.cache.mkdir(parents=True, exist_ok=True)

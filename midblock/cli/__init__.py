@@ -38,12 +38,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"midblock: error: {message} (see '{self.prog} --help')\n")
 
 
+def seed_arg(text: str) -> int:
+    """``--seed``: an integer in [0, 2**32), refused at parsing (one line) rather than by a library later."""
+    from midblock.validation import SEED_LIMIT
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; seeds are integers in [0, {SEED_LIMIT - 1}]")
+    return value
+
+
 def common_args(p: argparse.ArgumentParser, *, seed: bool = True, out: bool = True, models: bool = True) -> None:
     """The conventions every subcommand shares (``models``: the command loads models)."""
     if out:
         p.add_argument("--out", help="directory for everything this command writes")
     if seed:
-        p.add_argument("--seed", type=int, default=0, help="random seed (data order, init, sampling)")
+        p.add_argument("--seed", type=seed_arg, default=0, help="random seed (data order, init, sampling)")
     if models:
         p.add_argument(
             "--trust-remote-code",

@@ -89,7 +89,7 @@ def grid_from_args(args: argparse.Namespace) -> dict:
 
 
 def _method_entry(method: str, args: argparse.Namespace) -> dict:
-    rank = getattr(args, "rank", 8)
+    rank = getattr(args, "rank", 8)  # a generated flag: absent unless typed; MidBlockConfig refuses --rank 0
     e = {"name": method, "method": method, "rank": rank}
     if method in ("midblock", "midblock-full") and args.bands:
         e["bands"] = args.bands

@@ -27,6 +27,8 @@ def merge_run(run_dir: str, out: str) -> Path:
     if dest.exists() and any(dest.iterdir()):
         raise MidblockError(f"--out {dest} is not empty", hint="choose a new directory")
     model, tok = load_model(run_dir, merge=True)
+    if dest.exists() and any(dest.iterdir()):  # again, right before the replacement: loading took a while
+        raise MidblockError(f"--out {dest} is not empty", hint="choose a new directory")
     with atomic_path(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

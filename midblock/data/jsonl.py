@@ -25,16 +25,17 @@ def read_jsonl(
     ("messages",))`` means a row needs all keys of at least one group.
     """
     path = Path(path)
-    if not path.exists():
-        raise MidblockError(f"data file {path} does not exist")
     if path.is_dir():
         raise MidblockError(f"{path} is a directory, expected a JSONL file")
+    check_data_file(path)
     rows: list[dict[str, Any]] = []
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise MidblockError(f"{path} is not UTF-8 text") from e
-    for n, line in enumerate(text.splitlines(), start=1):
+    # JSONL separates records with "\n" only: str.splitlines() would also split at U+2028, U+0085 and
+    # other characters that a JSON string may hold raw
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -57,6 +58,27 @@ def read_jsonl(
     if not rows:
         raise MidblockError(f"data file {path} is empty")
     return rows
+
+
+def check_data_file(path: str | os.PathLike) -> Path:
+    """``path`` as a data file that can be read to its end: it exists and is a regular file.
+
+    A FIFO, a socket or a device would block forever or never end (``open`` on a FIFO waits for a writer),
+    so anything but a regular file (or a link to one) is refused before it is opened.
+    """
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise MidblockError(f"data file {path} does not exist") from None
+    except OSError as e:
+        raise MidblockError(f"cannot read data file {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise MidblockError(f"data file {path} is {kind}", hint="pass a regular file (copy a stream to a file first)")
+    return path
 
 
 def _check_types(row: dict[str, Any], path: Path, n: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from midblock.data import read_jsonl
+from midblock.data.jsonl import check_data_file
 from midblock.data.tasks import encode_prompt
 from midblock.errors import MidblockError
 
@@ -91,6 +92,7 @@ def load_texts(path: str | Path, limit: int | None = None) -> list[str]:
         raise MidblockError(f"data file {p} does not exist")
     if p.is_dir():
         raise MidblockError(f"{p} is a directory", hint="pass a .txt or .jsonl file to --data")
+    check_data_file(p)  # a FIFO would block forever
     if p.suffix == ".jsonl":
         rows = read_jsonl(p, any_of=(("text",), ("prompt", "completion"), ("question", "answer")))
         texts = [_row_text(r) for r in rows]

@@ -23,16 +23,17 @@ table, or take the paired differences against another arm::
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-import shutil
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from midblock.errors import MidblockError
 from midblock.experiments.table import build_rows, pooled_rows
-from midblock.io import read_json, read_jsonl_tolerant, write_text
+from midblock.io import RunDir, fresh_output_dir, read_json, read_jsonl_tolerant, write_bytes, write_text
 
 _KEEP_TRAIN = (
     "steps",
@@ -48,48 +49,110 @@ _KEEP_TRAIN = (
 )
 
 
-def _records(out: Path) -> list[tuple[Path, dict[str, Any]]]:
+# The files ``export`` writes into DEST; anything else there (a README, notes) is never touched.
+_EXPORT_FILES = ("cells.jsonl", "items.csv", "compare.md", "compare.json", "lr_search.md", "compare.png")
+_EXPORT_FILES += ("landscape.png",)
+_ITEM_COLUMNS = ["phase", "arm", "seed", "lr", "index", "correct"]
+_PHASES = ("main", "search", "base")
+
+
+def _records(out: Path, meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(phase, record) of each cell the comparison's table was made from, as ``compare.json`` lists them.
+
+    Only those: a directory under ``cells/`` from an earlier grid on the same ``--out`` (other steps, a
+    removed arm) stays on disk for reuse but never enters an export."""
+    listed = meta.get("table_cells")
+    if not isinstance(listed, list):
+        raise MidblockError(
+            f"{out / 'compare.json'} does not list the cells of its table (written by an older midblock)",
+            hint="rerun the same compare command on this --out (finished cells are reused), then export",
+        )
+    root = (out / "cells").resolve()
     recs = []
-    for f in sorted((out / "cells").glob("*/eval-*/cell.json")):
-        rec = read_json(f)
-        rec["items"] = read_jsonl_tolerant(f.parent / "eval" / "items.jsonl")
-        recs.append((f.parent, rec))
+    for c in listed:
+        if not (isinstance(c, dict) and c.get("phase") in _PHASES and isinstance(c.get("dir"), str)):
+            raise MidblockError(f"{out / 'compare.json'} lists a cell as {c!r}", hint="rerun compare")
+        edir = out / c["dir"]
+        if not edir.resolve().is_relative_to(root):
+            raise MidblockError(f"{out / 'compare.json'} lists a cell outside {out / 'cells'}: {c['dir']}")
+        if not (edir / "cell.json").is_file():
+            raise MidblockError(f"{edir / 'cell.json'} is missing", hint="rerun the same compare command")
+        rec = read_json(edir / "cell.json", dict)
+        rec["items"] = read_jsonl_tolerant(edir / "eval" / "items.jsonl")
+        recs.append((c["phase"], rec))
     return recs
 
 
-def _phase(rec: dict[str, Any], edir: Path) -> str:
-    if rec["label"] == "base":
-        return "base"
-    split = read_json(edir / "fingerprint.json").get("evaluation", {}) or {}
-    return "search" if split.get("split") == "dev" else "main"
+def _items_digest(pairs: list[tuple[int, int]]) -> str:
+    """A cell's (item index, correct) pairs, hashed: derive checks ``items.csv`` against it."""
+    return hashlib.sha256(json.dumps(sorted(pairs)).encode()).hexdigest()[:16]
+
+
+def _check_dest(out: Path, dest: Path) -> None:
+    """DEST is a directory that is empty, new, or a previous export: files export did not write are never
+    replaced (other files there, such as a README, are left alone)."""
+    fresh_output_dir(dest, flag="export destination")
+    if dest.exists() and dest.resolve() == out.resolve():
+        raise MidblockError(f"export destination {dest} is the comparison itself", hint="choose another DEST")
+    clash = [n for n in _EXPORT_FILES if (dest / n).exists()]
+    if clash and not _is_export(dest):
+        raise MidblockError(
+            f"export destination {dest} holds {clash[0]}, which export did not write",
+            hint="choose an empty or new DEST",
+        )
+
+
+def _is_export(dest: Path) -> bool:
+    """Whether ``dest`` holds an earlier export: its two raw files, in their format."""
+    try:
+        with open(dest / "items.csv", newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+        first = (dest / "cells.jsonl").read_text(encoding="utf-8").split("\n", 1)[0]
+        return header == _ITEM_COLUMNS and isinstance(json.loads(first), dict) and "phase" in json.loads(first)
+    except (OSError, ValueError):
+        return False
 
 
 def export(out: str | Path, dest: str | Path) -> Path:
     """Write ``cells.jsonl`` and ``items.csv`` (plus the tables and figure) of ``out`` into ``dest``."""
     out, dest = Path(out), Path(dest)
-    if not (out / "compare.json").exists():
+    if not (out / "compare.json").is_file():
         raise MidblockError(f"{out} holds no finished comparison (no compare.json)", hint="run compare first")
-    meta = read_json(out / "compare.json")
-    metric = meta["config"]["metric"]
+    meta = read_json(out / "compare.json", dict)
+    metric = (meta.get("config") or {}).get("metric")
+    if not isinstance(metric, str):
+        raise MidblockError(f"{out / 'compare.json'} names no metric", hint="rerun compare")
+    _check_dest(out, dest)
     lines, buf = [], io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["phase", "arm", "seed", "lr", "index", "correct"])
-    for edir, rec in _records(out):
-        phase = _phase(rec, edir)
+    w.writerow(_ITEM_COLUMNS)
+    for phase, rec in _records(out, meta):
         slim = {k: rec.get(k) for k in ("label", "seed", "lr", "band", "tuning", "fingerprint", "ppl")}
         slim["train"] = {k: (rec.get("train") or {}).get(k) for k in _KEEP_TRAIN} if rec.get("train") else None
         slim["scores"] = (rec.get("eval") or {}).get("scores")
-        lines.append(json.dumps({"phase": phase, **slim}))
-        for it in rec["items"]:
-            w.writerow(
-                [phase, rec["label"], rec.get("seed"), rec.get("lr"), it["index"], int(it["scores"][metric]["correct"])]
+        try:
+            pairs = [(int(it["index"]), int(bool(it["scores"][metric]["correct"]))) for it in rec["items"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise MidblockError(
+                f"a per-item result of cell {rec.get('label')!r} lacks {e}", hint="rerun compare"
+            ) from e
+        n = ((slim["scores"] or {}).get(metric) or {}).get("n")
+        if n is not None and n != len(pairs):
+            raise MidblockError(
+                f"cell {rec.get('label')!r} (seed {rec.get('seed')}) has {len(pairs)} per-item results, its scores {n}",
+                hint="rerun the same compare command to finish it",
             )
+        slim["items_digest"] = _items_digest(pairs)
+        lines.append(json.dumps({"phase": phase, **slim}))
+        for index, correct in pairs:
+            w.writerow([phase, rec["label"], rec.get("seed"), rec.get("lr"), index, correct])
     dest.mkdir(parents=True, exist_ok=True)
-    write_text(dest / "cells.jsonl", "\n".join(lines) + "\n")
-    write_text(dest / "items.csv", buf.getvalue())
-    for name in ("compare.md", "compare.json", "lr_search.md", "compare.png", "landscape.png"):
-        if (out / name).exists():
-            shutil.copyfile(out / name, dest / name)
+    with RunDir(dest):  # one writer at a time
+        write_text(dest / "cells.jsonl", "\n".join(lines) + "\n")
+        write_text(dest / "items.csv", buf.getvalue())
+        for name in _EXPORT_FILES[2:]:
+            if (out / name).exists():
+                write_bytes(dest / name, (out / name).read_bytes())
     return dest
 
 
@@ -101,49 +164,152 @@ def save_state(out: str | Path, dest: str | Path) -> int:
     number of finished cells. Training runs (adapters, checkpoints) are not copied: a finished cell never
     needs its training run again."""
     out, dest = Path(out), Path(dest)
+    if not (out / "cells").is_dir():
+        raise MidblockError(f"{out} holds no comparison cells (no cells/)", hint="pass a compare --out directory")
+    fresh_output_dir(dest, flag="state destination")
+    if dest.exists() and dest.resolve() == out.resolve():
+        raise MidblockError(f"state destination {dest} is the comparison itself", hint="choose another DEST")
     finished = [f.parent for f in (out / "cells").glob("*/eval-*/cell.json")]
     keep = [d / n for d in finished for n in ("cell.json", "fingerprint.json", "eval/items.jsonl", "eval/summary.json")]
     keep += [d.parent / "fingerprint.json" for d in finished]
     keep += [a / n for a in out.glob("analysis-base-*") for n in ("results.json", "COMPLETED", "fingerprint.json")]
     for f in keep:
         if f.exists() and f.name in _STATE_FILES:
-            target = dest / f.relative_to(out)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, target)
+            write_bytes(dest / f.relative_to(out), f.read_bytes())  # only these names, each replaced atomically
     return len(finished)
+
+
+def _read_cells(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise MidblockError(f"{path} does not exist", hint="export a comparison there first")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MidblockError(f"{path} is not UTF-8 text") from None
+    cells = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            c = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MidblockError(f"{path}:{n}: invalid JSON ({e.msg})", hint="export it again") from None
+        if not isinstance(c, dict) or c.get("phase") not in _PHASES or not isinstance(c.get("label"), str):
+            raise MidblockError(f"{path}:{n}: not an exported cell (needs phase and label)", hint="export it again")
+        cells.append(c)
+    if not cells:
+        raise MidblockError(f"{path} holds no cell", hint="export a finished comparison")
+    return cells
+
+
+def _key(phase: Any, arm: Any, seed: Any, lr: Any) -> tuple[str, str, str, str]:
+    """A cell's identity in ``items.csv``: as the CSV writer wrote it (None is the empty string)."""
+    return tuple("" if v is None else str(v) for v in (phase, arm, seed, lr))  # type: ignore[return-value]
+
+
+def _read_items(path: Path) -> dict[tuple, list[tuple[int, int]]]:
+    if not path.is_file():
+        raise MidblockError(f"{path} does not exist", hint="export a comparison there first")
+    items: dict[tuple, list[tuple[int, int]]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != _ITEM_COLUMNS:
+                raise MidblockError(
+                    f"{path} has columns {reader.fieldnames}, not {','.join(_ITEM_COLUMNS)}", hint="export it again"
+                )
+            for n, r in enumerate(reader, start=2):
+                if r["correct"] not in ("0", "1") or not (r["index"] or "").isdigit():
+                    raise MidblockError(f"{path}:{n}: index {r['index']!r}, correct {r['correct']!r}")
+                key = _key(r["phase"], r["arm"], r["seed"], r["lr"])
+                items.setdefault(key, []).append((int(r["index"]), int(r["correct"])))
+    except UnicodeDecodeError:
+        raise MidblockError(f"{path} is not UTF-8 text") from None
+    except csv.Error as e:
+        raise MidblockError(f"{path}: {e}", hint="export it again") from None
+    return items
+
+
+def _cell_items(c: dict[str, Any], pairs: list[tuple[int, int]], metric: str, where: Path) -> None:
+    """``items.csv``'s rows of one cell agree with ``cells.jsonl``: its digest, else its counts."""
+    what = f"{c['label']} (phase {c['phase']}, seed {c.get('seed')}, lr {c.get('lr')})"
+    if c.get("items_digest") is not None:
+        agree = c["items_digest"] == _items_digest(pairs)
+    elif not c.get("scores"):  # not evaluated (the base measured for forgetting only): no item rows
+        agree = not pairs
+    else:  # an export made before the digest was recorded: the counts must agree
+        sc = c["scores"].get(metric) or {}
+        agree = sc.get("n") == len(pairs) and sc.get("correct") == sum(x for _, x in pairs)
+    if not agree:
+        raise MidblockError(
+            f"{where / 'items.csv'} and cells.jsonl disagree about {what}", hint="one of them was edited; export again"
+        )
 
 
 def derive(dest: str | Path, baseline: str | None = None) -> list[dict[str, Any]]:
     """The comparison rows rebuilt from ``cells.jsonl`` and ``items.csv`` (main phase and base); the paired
-    differences are taken against ``baseline`` (default: the comparison's own baseline arm)."""
+    differences are taken against ``baseline`` (default: the comparison's own baseline arm).
+
+    The two files are checked against each other first (each cell's per-item rows against its recorded
+    digest or scores; no row without its cell, no cell listed twice) and the arms against the comparison's
+    own table: a tampered row, a stray cell or an unknown arm is one line, never a table."""
     dest = Path(dest)
-    meta = read_json(dest / "compare.json")
-    metric, baseline = meta["config"]["metric"], baseline or meta["config"]["baseline"]
-    cells = [json.loads(line) for line in (dest / "cells.jsonl").read_text().splitlines() if line.strip()]
-    items: dict[tuple, list[dict[str, Any]]] = {}
-    with open(dest / "items.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            key = (r["phase"], r["arm"], r["seed"])
-            items.setdefault(key, []).append(
-                {"index": int(r["index"]), "scores": {metric: {"correct": r["correct"] == "1"}}}
-            )
+    if not (dest / "compare.json").is_file():
+        raise MidblockError(f"{dest} holds no export (no compare.json)", hint="export a comparison there first")
+    meta = read_json(dest / "compare.json", dict)
+    config, rows = meta.get("config"), meta.get("rows")
+    if not isinstance(config, dict) or not isinstance(config.get("metric"), str) or not isinstance(rows, list):
+        raise MidblockError(f"{dest / 'compare.json'} is not a comparison's compare.json", hint="export it again")
+    metric = config["metric"]
+    cells = _read_cells(dest / "cells.jsonl")
+    items = _read_items(dest / "items.csv")
+    seen: set[tuple] = set()
+    arms_seeds: set[tuple] = set()
+    for c in cells:
+        key = _key(c["phase"], c["label"], c.get("seed"), c.get("lr"))
+        # one cell per key, and, outside the rate search, one per (arm, seed): two would be pooled as one arm
+        if key in seen or (c["phase"] != "search" and key[:3] in arms_seeds):
+            raise MidblockError(f"{dest / 'cells.jsonl'} lists cell {key[:3]} twice", hint="export it again")
+        seen.add(key)
+        arms_seeds.add(key[:3])
+        _cell_items(c, items.get(key, []), metric, dest)
+    stray = next((k for k in items if k not in seen), None)
+    if stray is not None:
+        raise MidblockError(f"{dest / 'items.csv'} holds rows of a cell cells.jsonl does not list: {stray}")
+    order = list(dict.fromkeys(r.get("arm") for r in rows if isinstance(r, dict) and r.get("arm") != "base"))
     recs, base = [], None
     for c in cells:
         if c["phase"] == "search":
             continue
-        rec = c | {"items": items[(c["phase"], c["label"], str(c["seed"]) if c["seed"] is not None else "")]}
-        rec["eval"] = {"scores": c["scores"], "wall_s": None} if c["scores"] else None
+        pairs = items.get(_key(c["phase"], c["label"], c.get("seed"), c.get("lr")), [])
+        rec = c | {"items": [{"index": i, "scores": {metric: {"correct": bool(x)}}} for i, x in pairs]}
+        rec["eval"] = {"scores": c["scores"], "wall_s": None} if c.get("scores") else None
         if c["phase"] == "base":
             base = rec
+        elif c["label"] not in order:
+            raise MidblockError(f"cells.jsonl holds arm '{c['label']}', which is not in the comparison's table")
         else:
             recs.append(rec)
-    order = list(dict.fromkeys(r["arm"] for r in meta["rows"]))  # the grid's order, as compare wrote it
+    baseline = baseline or config.get("baseline")
+    if baseline not in {r["label"] for r in recs}:
+        raise MidblockError(f"unknown arm '{baseline}'", hint="choose one of " + ", ".join(order))
     recs.sort(key=lambda r: (order.index(r["label"]), r["seed"]))
     return build_rows(recs, base, baseline=baseline, metric=metric)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except MidblockError as e:  # bad input: one line, exit 2, as the midblock command does
+        print(f"midblock: error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "export":
         print(export(argv[1], argv[2]))
         return 0
@@ -153,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) in (2, 3) and argv[0] == "derive":
         cols = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "ci_covers", "diff_vs_baseline", "diff_low")
         cols += ("diff_high", "diff_covers", "diff_p_holm", "diff_sim_low", "diff_sim_high")
+        rows = pooled_rows(derive(argv[1], *argv[2:]))  # checked and computed before anything is printed
         print("\t".join(cols))
-        for r in pooled_rows(derive(argv[1], *argv[2:])):
+        for r in rows:
             print(
                 "\t".join(
                     "" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols

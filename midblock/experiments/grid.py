@@ -8,6 +8,7 @@ and optional ``bands`` (one arm per band). The demo's profiles are presets too (
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from midblock.evaluation.extract import EXTRACTORS
 from midblock.layers import PAPER_BAND
 from midblock.tuning.config import MidBlockConfig
 from midblock.tuning.trainconfig import TrainConfig
+from midblock.validation import SEED_LIMIT
 
 TRAIN_KEYS = (
     "steps",
@@ -323,6 +325,8 @@ class CompareConfig:
             f"'seeds' must be a non-empty list of integers, got {self.seeds!r}",
             "e.g. seeds: [0, 1, 2]",
         )
+        for s in self.seeds:  # torch, numpy and random all accept this range; 2**64 overflowed in torch
+            _require(0 <= s < SEED_LIMIT, f"seed {s} is out of range", f"seeds are integers in [0, {SEED_LIMIT - 1}]")
         for key in ("model", "task", "protocol"):
             _require(isinstance(getattr(self, key), str), f"'{key}' must be a string, got {getattr(self, key)!r}")
         for key in ("data", "eval_task", "eval_data", "metric", "baseline"):
@@ -349,8 +353,11 @@ class CompareConfig:
             _require(not bad, f"unknown lr_search setting '{bad[0] if bad else ''}'", "use lrs, split, eval_limit")
             lrs = ls.get("lrs")
             _require(
-                isinstance(lrs, list) and bool(lrs) and all(isinstance(x, (int, float)) and x > 0 for x in lrs),
-                f"'lr_search.lrs' must be a non-empty list of positive learning rates, got {lrs!r}",
+                isinstance(lrs, list)
+                and bool(lrs)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in lrs)
+                and all(math.isfinite(x) and x > 0 for x in lrs),
+                f"'lr_search.lrs' must be a non-empty list of finite positive learning rates, got {lrs!r}",
             )
             _require(ls.get("split", "dev") in ("dev", "test"), "'lr_search.split' must be dev or test")
             if ls.get("split", "dev") == "test":
@@ -403,6 +410,46 @@ class CompareConfig:
                     tuning["band"] = PAPER_BAND  # resolved from the grid's own base analysis when run
                 MidBlockConfig.from_dict(tuning)  # raises for an unknown method, band policy, rank...
         _require(len(set(names)) == len(names), "two method entries share a name", "give each entry a distinct 'name'")
+        # Arms are told apart by their label alone (cells, tables, exports): two arms with one label would be
+        # pooled as if they were seeds of one arm, so labels must be unique after `bands` expansion too.
+        labels = [c.label for m in self.methods for c in self.expand(m, 0)]
+        dup = next((x for x in labels if labels.count(x) > 1), None)
+        _require(
+            dup is None,
+            f"two arms of the grid get the label '{dup}' (after expanding 'bands')",
+            "rename one method entry: a label names one arm",
+        )
+        _require(
+            not (self.include_base and "base" in labels),
+            "an arm is named 'base', which is the base model's row (include_base: true)",
+            "rename that method entry",
+        )
+
+    def search_cells(self) -> list[Cell]:
+        """The learning-rate search's runs: every arm at every rate, on the first seed."""
+        if not self.lr_search:
+            return []
+        return [
+            replace(c, train=c.train | {"lr": lr})
+            for m in self.methods
+            for c in self.expand(m, self.seeds[0])
+            for lr in self.lr_search["lrs"]
+        ]
+
+    def check_depth(self, layout: Any) -> None:
+        """Every arm's band resolved against the model (``layout``: its block structure), and every training
+        setting of the search's runs checked, before the first cell: a band past the last block, or one that
+        selects no block, would otherwise stop the grid after the arms before it had trained."""
+        from midblock.tuning.prepare import plan
+
+        for cell in [*self.cells(), *self.search_cells()]:
+            if cell.tuning.get("band") == "auto" and not cell.tuning.get("analysis"):
+                continue  # resolved from the grid's own analysis of this model, so within its depth
+            self.train_config(cell, "validation")
+            try:
+                plan(MidBlockConfig.from_dict(cell.tuning), layout)
+            except MidblockError as e:
+                raise MidblockError(f"arm '{cell.label}': {e.problem}", hint=e.hint) from e
 
     def train_config(self, cell: Cell, out: str | Path, resume: bool = False, progress: bool = True) -> TrainConfig:
         """The training run of ``cell``: the grid's shared settings, then the arm's own."""
@@ -462,8 +509,12 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise MidblockError(f"grid file {p} does not exist")
+    if not p.is_file():
+        raise MidblockError(f"grid file {p} is not a regular file", hint="pass a YAML file to --config")
     try:
-        d = yaml.safe_load(p.read_text())
+        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise MidblockError(f"grid file {p} is not UTF-8 text", hint="save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise MidblockError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(d, dict):

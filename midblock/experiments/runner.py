@@ -23,7 +23,6 @@ it on the dev split and keeps the best rate per arm. Outputs: ``compare.csv``, `
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import asdict, replace
 from importlib import resources
@@ -103,12 +102,13 @@ class Keys:
 
 
 def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> dict[str, Any]:
+    """The cell's training run, finished or resumed. Nothing is deleted: an interrupted run resumes in place
+    (``train --resume`` starts from step 0 when it stopped before its first checkpoint, and refuses a
+    directory of other settings), and ``train`` takes the directory's lock before it writes, so a run that
+    another process is training is refused ("in use by process N"), never removed."""
     if (tdir / "COMPLETED").exists() and (tdir / SUMMARY_FILE).exists():
         return read_json(tdir / SUMMARY_FILE)
-    resume = (tdir / "checkpoints").is_dir() and any((tdir / "checkpoints").iterdir())
-    if tdir.exists() and not resume:
-        shutil.rmtree(tdir)  # interrupted before its first checkpoint: start the cell's training over
-    return train(cc.train_config(cell, tdir, resume, progress)).to_dict()
+    return train(cc.train_config(cell, tdir, tdir.exists(), progress)).to_dict()
 
 
 def run_cell(
@@ -128,6 +128,13 @@ def run_cell(
     else:
         tfp = keys.training(cell)
         run_dir = root / "cells" / f"{cell.slug}__s{cell.seed}-{tfp['key'][:10]}"
+    # One process per cell: the cell's lock is held while its fingerprint is checked, it trains and it is
+    # evaluated, so a second compare on the same --out is refused here before it touches the cell.
+    with RunDir(run_dir):
+        return _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress)
+
+
+def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress) -> dict[str, Any]:
     check_or_record(run_dir, tfp, "a comparison cell", has_results=(run_dir / "train").exists())
     efp = keys.evaluation(ecfg)
     edir = run_dir / f"eval-{efp['key'][:10]}"
@@ -136,7 +143,7 @@ def run_cell(
     if done.exists():
         rec = read_json(done)
         rec["items"] = read_jsonl_tolerant(edir / "eval" / "items.jsonl")
-        return rec | {"label": cell.label if cell else "base"}
+        return rec | {"label": cell.label if cell else "base", "eval_dir": str(edir)}
     tres = _train_cell(cc, cell, run_dir / "train", progress) if cell is not None else None
     if tres and tres.get("stopped"):  # SIGINT/SIGTERM: the run checkpointed; the same command resumes it
         log.warning("stopped in cell %s; rerun the same command to resume", run_dir.name)
@@ -164,6 +171,7 @@ def run_cell(
     }
     write_json(done, rec)
     rec["items"] = items
+    rec["eval_dir"] = str(edir)  # where the record lives (not stored in it: a directory can be moved)
     return rec
 
 
@@ -241,10 +249,17 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     """
     cc = config if isinstance(config, CompareConfig) else CompareConfig.from_dict(dict(config))
     out = fresh_output_dir(out)
+    cc.check_depth(get_layout(load_skeleton(cc.model)))  # every band and rate, before anything is created
     texts = forgetting_texts(cc)  # validated (and loaded) before any training
     keys = Keys(cc, texts)  # reads (and so validates) the training data
     ecfg = cc.eval_config()
     keys.evaluation(ecfg)  # ... and the test data
+    with RunDir(out):  # one compare per --out at a time ("in use by process N"); each cell has its own lock too
+        return _run_grid(cc, keys, texts, ecfg, out, progress)
+
+
+def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: bool) -> dict[str, Any]:
+    """The phases of :func:`compare` (auto band, learning-rate search, base, cells, table), under its lock."""
     t0 = time.perf_counter()
     cc, auto_band = resolve_auto_bands(cc, out)
     search = []
@@ -261,6 +276,8 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
         results.append(run_cell(cc, keys, cell, out, ecfg, texts, progress))
     rows = build_rows(results, base, baseline=cc.baseline, metric=cc.metric)
     extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band, "num_layers": _num_layers(cc)}
+    # the cells this table was made from: export reads these, never whatever else lies under cells/
+    extra["table_cells"] = _cell_list(out, search, base, results)
     write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
     return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
 
@@ -268,6 +285,12 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
 def _num_layers(cc: CompareConfig) -> int:
 
     return get_layout(load_skeleton(cc.model)).num_layers
+
+
+def _cell_list(out: Path, search: list, base: dict[str, Any] | None, results: list) -> list[dict[str, str]]:
+    """``{"phase", "dir"}`` of every evaluated cell this comparison used (``dir``: relative to ``out``)."""
+    phased = [("search", r) for r in search] + ([("base", base)] if base else []) + [("main", r) for r in results]
+    return [{"phase": ph, "dir": str(Path(r["eval_dir"]).relative_to(out))} for ph, r in phased]
 
 
 def _search_row(rec: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,21 @@ def loadable_base(spec: str) -> str | None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MIDBLOCK_CACHE", Path.home() / ".cache" / "midblock"))
+    """Where converted models and digests are kept: ``$MIDBLOCK_CACHE`` (default ``~/.cache/midblock``).
+
+    A path that is (or lies under) a regular file could never hold the cache; without this check the failure
+    surfaced later as "cannot load model ... check the name", which points at the wrong thing.
+    """
+    env = os.environ.get("MIDBLOCK_CACHE")
+    path = Path(env) if env else Path.home() / ".cache" / "midblock"
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "MIDBLOCK_CACHE" if env else "the default cache ~/.cache/midblock"
+        raise MidblockError(
+            f"{where} {path} cannot be a cache directory: {blocker} is a file",
+            hint="point MIDBLOCK_CACHE at a directory (or unset it)",
+        )
+    return path
 
 
 @dataclass
@@ -85,6 +99,7 @@ class ModelSpec:
     adapter: str | None = None
     delta: str | None = None
     original: str = ""
+    given_base: str | None = None  # the BASE of a ``BASE+EXTRA`` spec, checked against the extra's own record
 
 
 def parse_spec(spec: str) -> ModelSpec:
@@ -105,7 +120,7 @@ def parse_spec(spec: str) -> ModelSpec:
             check_safetensors(parsed.delta, "delta")
         else:
             raise MidblockError(f"'{extra}' is neither a PEFT adapter directory nor a mid-block delta (.safetensors)")
-        parsed.original = spec
+        parsed.original, parsed.given_base = spec, base
         return parsed
     if spec.startswith("random:"):
         from midblock.models.presets import PRESETS  # torch: parse_spec and the metadata stay light
@@ -446,6 +461,8 @@ def load_model(
         except (OSError, ValueError, KeyError, SafetensorError) as e:
             raise _load_error(ms, e) from e
     tok = load_tokenizer(ms)
+    if ms.given_base:
+        warn_if_other_base(ms)
     if ms.delta:
         apply_delta(model, ms.delta)
     if ms.adapter:
@@ -463,6 +480,65 @@ def load_model(
         model.to(device)
     model.eval()
     return model, tok
+
+
+def recorded_base(extra: str | os.PathLike) -> str | None:
+    """The base an adapter directory or a delta file says it was trained on: midblock's own record (the
+    spec) first, then PEFT's ``base_model_name_or_path``; a delta's safetensors metadata ``base``."""
+    p = Path(extra)
+    if p.is_dir():
+        own = p / ADAPTER_META
+        meta = read_json(own) if own.exists() else None
+        if isinstance(meta, dict) and isinstance(meta.get("base"), str):
+            return meta["base"]
+        acfg = read_json(p / "adapter_config.json") if (p / "adapter_config.json").exists() else None
+        base = acfg.get("base_model_name_or_path") if isinstance(acfg, dict) else None
+        return base if isinstance(base, str) and base else None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            base = (f.metadata() or {}).get("base")
+    except Exception:  # unreadable metadata: apply_delta reports the file itself
+        return None
+    return base or None
+
+
+def _base_key(spec: str) -> tuple[str, str]:
+    """What identifies a base spec for the comparison above: (kind, target), a directory resolved."""
+    try:
+        ms = parse_spec(spec)
+    except MidblockError:  # a recorded base that no longer parses here (moved, another machine): its text
+        return ("text", str(Path(spec).resolve()) if Path(spec).exists() else spec)
+    if ms.adapter or ms.delta:
+        return ("tuned", ms.original)
+    target = str(Path(ms.target).resolve()) if ms.kind in ("hf", "gguf") and Path(ms.target).exists() else ms.target
+    return (ms.kind if ms.kind != "gguf" else "hf", target)
+
+
+def warn_if_other_base(ms: ModelSpec) -> str | None:
+    """Warn (loudly: results would silently mix models) when the adapter or delta of ``BASE+EXTRA`` records
+    a base other than ``BASE``; returns the warning, or None when they agree or nothing is recorded."""
+    import logging
+
+    extra = ms.adapter or ms.delta
+    recorded = recorded_base(extra) if extra else None
+    if not recorded or not ms.given_base:
+        return None
+    same = _base_key(recorded) == _base_key(ms.given_base)
+    if not same and _base_key(ms.given_base)[0] in ("hf", "embedded"):  # PEFT records the loadable path
+        try:
+            same = loadable_base(ms.given_base) == recorded
+        except MidblockError:
+            same = False
+    if same:
+        return None
+    msg = (
+        f"{extra} was trained on '{recorded}' but is applied here to '{ms.given_base}': its results describe "
+        f"neither model (load '{extra}' alone to use the base it records)"
+    )
+    logging.getLogger(__name__).warning("OTHER BASE: %s", msg)
+    return msg
 
 
 def apply_delta(model, path: str | os.PathLike) -> list[str]:

@@ -30,19 +30,28 @@ def read_metrics(run_dirs: list[str | Path]) -> list[dict[str, str]]:
         path = rd / "metrics.csv" if rd.is_dir() else rd
         if not path.exists():
             raise MidblockError(f"{path} does not exist", hint="pass the directory of a `midblock analyze` run")
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise MidblockError(
-                    f"{path} lacks column(s) {', '.join(missing)}", hint="is it an analysis metrics.csv?"
-                )
-            run = rd.name if rd.is_dir() else rd.parent.name
-            for r in reader:
-                rows.append({**r, "run": run})
+        if not path.is_file():
+            raise MidblockError(f"{path} is not a regular file", hint="pass the directory of a `midblock analyze` run")
+        try:
+            rows += _read_one(path, rd.name if rd.is_dir() else rd.parent.name)
+        except UnicodeDecodeError:
+            raise MidblockError(f"{path} is not UTF-8 text", hint="is it an analysis metrics.csv?") from None
+        except csv.Error as e:
+            raise MidblockError(
+                f"{path} is not a readable CSV file: {e}", hint="is it an analysis metrics.csv?"
+            ) from None
     if not rows:
         raise MidblockError("the metrics files hold no rows")
     return rows
+
+
+def _read_one(path: Path, run: str) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise MidblockError(f"{path} lacks column(s) {', '.join(missing)}", hint="is it an analysis metrics.csv?")
+        return [{**r, "run": run} for r in reader]
 
 
 def pivot(rows: list[dict[str, str]]) -> tuple[list[tuple[str, ...]], list[str], np.ndarray]:

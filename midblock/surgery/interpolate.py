@@ -14,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from midblock.errors import MidblockError
-from midblock.io import atomic_path, write_json
+from midblock.io import atomic_path, read_json, write_json
 from midblock.layers import format_indices, segment_bounds
 from midblock.models.introspect import get_layout
 from midblock.surgery.sources import TensorSource
@@ -64,12 +64,37 @@ def save_interpolation(
 
     config = interpolation_configuration(model, weights)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MidblockError(f"--save {out_dir} is a file", hint="choose a directory path")
+    check_save_dir(out_dir)  # again, right before the replacement: the directory may have changed since
     with Patch(model, source, config.weights, extrapolate=extrapolate):
         with atomic_path(out_dir) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            write_json(Path(tmp) / "midblock_interpolation.json", {"weights": weights, "source": source.description})
+            files = sorted(p.name for p in Path(tmp).iterdir()) + [SAVE_MARKER]
+            write_json(Path(tmp) / SAVE_MARKER, {"weights": weights, "source": source.description, "files": files})
     return out_dir
+
+
+SAVE_MARKER = "midblock_interpolation.json"  # written last into a --save directory: what midblock put there
+
+
+def check_save_dir(save: str | Path, out: str | Path | None = None) -> None:
+    """``--save`` may be replaced only when it is new, empty, or an earlier ``--save`` holding nothing but
+    the files its marker lists; it is never ``--out`` or a directory above it (the run's own state)."""
+    save = Path(save)
+    if save.exists() and not save.is_dir():
+        raise MidblockError(f"--save {save} is a file", hint="choose a directory path")
+    if out is not None:
+        s, o = save.resolve(), Path(out).resolve()
+        if s == o or s in o.parents:
+            raise MidblockError(f"--save {save} holds --out {out}", hint="give --save a directory of its own")
+    if not save.is_dir() or not any(save.iterdir()):
+        return
+    marker = save / SAVE_MARKER
+    listed = read_json(marker, dict).get("files") if marker.is_file() else None
+    foreign = sorted(p.name for p in save.iterdir() if not isinstance(listed, list) or p.name not in listed)
+    if foreign:
+        raise MidblockError(
+            f"--save {save} holds {foreign[0]}, which midblock did not write there, and would be replaced",
+            hint="choose a new or empty --save directory",
+        )

@@ -74,10 +74,10 @@ def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
     out = fresh_output_dir(cfg.out)
     fingerprint = {k: v for k, v in asdict(cfg).items() if k != "out"}
     cfg_file = out / "early_exit_config.json"
-    if cfg_file.exists() and read_json(cfg_file, dict).get("fingerprint") != fingerprint:
-        raise MidblockError(f"{out} holds a different early-exit run", hint="choose another --out")
+    _check_same_run(cfg_file, fingerprint)
     results = out / "early_exit_results.jsonl"
     with RunDir(out):
+        _check_same_run(cfg_file, fingerprint)  # again under the lock: another run may have started here since
         write_json(cfg_file, {"fingerprint": fingerprint})
         done = {r["config"]: r for r in read_jsonl_tolerant(results)}
         rewrite_if_torn(results, list(done.values()))
@@ -91,6 +91,11 @@ def run_early_exit(cfg: EarlyExitConfig) -> list[dict[str, Any]]:
             r["top1_agreement"] = agree[r["layer"]]
         _write(cfg, rows, out, len(examples))
     return rows
+
+
+def _check_same_run(cfg_file: Path, fingerprint: Any) -> None:
+    if cfg_file.exists() and read_json(cfg_file, dict).get("fingerprint") != fingerprint:
+        raise MidblockError(f"{cfg_file.parent} holds a different early-exit run", hint="choose another --out")
 
 
 def _top1_readable(path: Path) -> bool:
@@ -153,6 +158,11 @@ def run_correlate(run_dirs: list[str], out: str, min_rows: int = 3) -> dict[str,
     if len(keys) < min_rows:
         raise MidblockError(f"only {len(keys)} (variant, dataset, layer) rows; need at least {min_rows}")
     out_p = fresh_output_dir(out)
+    with RunDir(out_p):  # one writer at a time: the report section is replaced by name
+        return _write_correlation(run_dirs, out_p, min_rows, keys, names, X)
+
+
+def _write_correlation(run_dirs, out_p: Path, min_rows: int, keys, names, X) -> dict[str, Any]:
     mats = {m: correlation_matrix(X, m, min_rows) for m in ("pearson", "spearman")}
     order = cluster_order(mats["pearson"][0])
     ordered = [names[i] for i in order]

@@ -33,7 +33,7 @@ from midblock.models.loading import parse_spec
 from midblock.models.skeleton import load_config, load_skeleton
 from midblock.reporting.report import Section, add_section, esc, table_html
 from midblock.surgery.config import InterpolateConfig, SurgeryConfig, SwapConfig, parse_weights  # noqa: F401 (re-exported)
-from midblock.surgery.interpolate import interpolation_configuration, save_interpolation
+from midblock.surgery.interpolate import check_save_dir, interpolation_configuration, save_interpolation
 from midblock.surgery.measure import build_measurer
 from midblock.surgery.plots import plot_configurations
 from midblock.surgery.sources import open_source, tied_aliases
@@ -115,6 +115,7 @@ def _grid(
     _check_resume(out, kind, fingerprint)
     results = out / f"{kind}_results.jsonl"
     with RunDir(out):
+        _check_resume(out, kind, fingerprint)  # again under the lock: another run may have started here since
         write_json(out / f"{kind}_config.json", {"fingerprint": fingerprint})
         done_rows = {r["config"]: r for r in read_jsonl_tolerant(results)}
         rewrite_if_torn(results, list(done_rows.values()))
@@ -212,6 +213,7 @@ def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
         raise MidblockError("the same --weights list is given twice")
     if cfg.save:
         fresh_output_dir(cfg.save, flag="--save")
+        check_save_dir(cfg.save, cfg.out)  # before any work: never a directory of files midblock did not write
     measurer = build_measurer(cfg)
     configs = reference_configurations(skeleton, "base", "variant") + grid
 

@@ -425,9 +425,18 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
     run = Path(config.out)
     acc.wait_for_everyone()  # every process has validated `out` before the main one writes into it
     rundir = RunDir(run) if acc.is_main_process else None
-    fresh = bool(rundir) and not config.resume and not (run.exists() and any(run.iterdir()))
     if rundir:
         rundir.acquire()
+    try:
+        # Under the lock (not before it): whether the directory is new, and whether another run finished
+        # there meanwhile, are only true while no other process can write into it.
+        fresh = bool(rundir) and not config.resume and {p.name for p in run.iterdir()} <= {"RUNNING.lock"}
+        if rundir and not config.resume and (run / CONFIG_FILE).exists():
+            raise MidblockError(f"{run} already holds a training run", hint="pass --resume or choose another --out")
+    except BaseException:
+        if rundir:
+            rundir.release()
+        raise
     try:
         if acc.is_main_process and not config.resume:
             _write_run_config(config, checked, data_report, row, pred, table)

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
-from midblock.validation import check_float_fields, check_number
+from midblock.validation import SEED_LIMIT, check_float_fields, check_number
 
 Schedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "fp32", "bf16"]
@@ -86,6 +86,8 @@ class TrainConfig:
         check_number("--max-grad-norm", self.max_grad_norm, low=0, hint="0 turns clipping off")
         if self.limit is not None and self.limit < 1:
             raise MidblockError(f"limit must be >= 1, got {self.limit}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
+            raise MidblockError(f"--seed must be an integer in [0, {SEED_LIMIT - 1}], got {self.seed!r}")
         check_float_fields(self)
 
     @property
