@@ -65,7 +65,7 @@ def grid_from_args(args: argparse.Namespace) -> dict:
                 train[key] = val
     grid["train"] = train
     if args.forgetting_data:
-        fm = grid.get("forgetting") if isinstance(grid.get("forgetting"), dict) else {"limit": 32, "max_length": 256}
+        fm = grid.get("forgetting") if isinstance(grid.get("forgetting"), dict) else {"max_length": 512}
         grid["forgetting"] = fm | {"data": args.forgetting_data}
     methods = _csv(args.methods)
     if methods:

@@ -63,7 +63,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(steps=4, batch_size=4, lr=1e-3, rank=4, eval_items=6, seeds=1, max_new_tokens=24),
 }
 PROFILE_PRECISION = {"quick": "bf16", "full": "bf16", "smoke": "fp32"}
-PROFILE_PPL_TEXTS = {"quick": 40, "full": 40, "smoke": 6}
+# forgetting texts: every text of the bundled probe (about 24,900 scored tokens), six in the test profile
+PROFILE_PPL_TEXTS: dict[str, int | None] = {"quick": None, "full": None, "smoke": 6}
+# Forgetting as the presets measure it: the bundled probe's texts (200-330 tokens each, so never cut at 512)
+FORGETTING = {"data": "general", "limit": None, "max_length": 512, "batch_size": 8}
 
 # The band landscape: which band should LoRA train? Every arm has the rank units of uniform r8 and equal
 # alpha/r; each arm's learning rate is chosen on the dev split (never the test split) from a shared grid;
@@ -122,7 +125,7 @@ def two_arm_grid(
                 "alpha_policy": "constant-ratio",
             },
         ],
-        "forgetting": {"data": "general", "limit": PROFILE_PPL_TEXTS[profile], "max_length": 128, "batch_size": 8},
+        "forgetting": FORGETTING | {"limit": PROFILE_PPL_TEXTS[profile]},
         "include_base": True,
     } | ({"lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_limit": 200}} if profile == "full" else {})
 
@@ -146,7 +149,7 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
         "methods": methods,
         "lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_limit": 200},
         "auto_analysis": {"data": "arith", "samples": 64, "max_length": 256},
-        "forgetting": {"data": "general", "limit": 40, "max_length": 128, "batch_size": 8},
+        "forgetting": dict(FORGETTING),
         "include_base": True,
     }
 
@@ -229,7 +232,11 @@ class CompareConfig:
     baseline: str | None = field(default=None, metadata={"help": "label of the baseline arm (default: first)"})
     train: dict[str, Any] = field(default_factory=dict, metadata={"help": "TrainConfig fields shared by cells"})
     forgetting: dict[str, Any] | None = field(
-        default=None, metadata={"help": "{data: general | gsm8k | arith | FILE, limit, max_length, batch_size}"}
+        default=None,
+        metadata={
+            "help": "{data: general (the bundled probe) | general-v1 | gsm8k | arith | FILE, limit, max_length, "
+            "batch_size}"
+        },
     )
     include_base: bool = field(default=False, metadata={"help": "also evaluate the untuned base model"})
     lr_search: dict[str, Any] | None = field(

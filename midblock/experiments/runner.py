@@ -26,12 +26,12 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.data import load_rows
+from midblock.data.general import corpus_name, general_texts, is_bundled
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments.grid import Cell, CompareConfig
@@ -43,6 +43,7 @@ from midblock.models.introspect import get_layout
 from midblock.models.loading import RUN_MANIFEST
 from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import write_lr_search, write_outputs
+from midblock.reporting.pareto import pareto_point, plot_pareto
 from midblock.tuning.train import SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,9 @@ log = logging.getLogger(__name__)
 CELL_FILE = "cell.json"
 
 
-def general_corpus() -> list[str]:
-    """The bundled general-text corpus used to measure forgetting (our own sentences, one per line)."""
-    text = resources.files("midblock.data").joinpath("corpora/general.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def general_corpus(name: str = "general") -> list[str]:
+    """A bundled general-text corpus that measures forgetting (see :mod:`midblock.data.general`)."""
+    return general_texts(name)
 
 
 def forgetting_texts(cc: CompareConfig) -> list[str] | None:
@@ -61,8 +61,8 @@ def forgetting_texts(cc: CompareConfig) -> list[str] | None:
     if not cc.forgetting:
         return None
     src, limit = cc.forgetting["data"], cc.forgetting.get("limit")
-    if src == "general":
-        return general_corpus()[:limit]
+    if is_bundled(src):
+        return general_texts(src, limit)
     if src in ("gsm8k", "arith"):
         rows = load_rows(src, "test", cc.eval_data if src == "gsm8k" else None, limit=limit)
         return [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows]
@@ -76,7 +76,10 @@ class Keys:
         self.cc = cc
         self.model = spec_identity(cc.model)
         self.train_data = rows_digest(load_rows(cc.task, "train", cc.data, limit=cc.train.get("limit")))
-        self.forgetting = {"settings": cc.forgetting, "texts": rows_digest(texts)} if texts else None
+        self.forgetting = None
+        if texts:  # the corpus's version (a bundled one's versioned name) and its contents
+            corpus = corpus_name(cc.forgetting["data"]) if is_bundled(cc.forgetting["data"]) else "file"
+            self.forgetting = {"settings": cc.forgetting, "corpus": corpus, "texts": rows_digest(texts)}
         self._rows: dict[tuple[str, int | None], str] = {}
 
     def training(self, cell: Cell) -> dict[str, Any]:
@@ -209,9 +212,12 @@ def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dic
     return replace(cc, methods=methods), rec
 
 
-def search_learning_rates(cc: CompareConfig, keys: Keys, out: Path, progress: bool) -> tuple[CompareConfig, list]:
-    """Train each arm at every rate of ``lr_search.lrs`` on the first seed, score on the dev split, and
-    return the grid with each arm's best rate (ties: the smaller rate) and the search's records."""
+def search_learning_rates(
+    cc: CompareConfig, keys: Keys, out: Path, progress: bool, texts: list[str] | None = None
+) -> tuple[CompareConfig, list]:
+    """Train each arm at every rate of ``lr_search.lrs`` on the first seed, score on the dev split (and
+    forgetting on ``texts``), and return the grid with each arm's best rate (ties: the smaller rate) and the
+    search's records."""
     ls, seed = cc.lr_search, cc.seeds[0]
     ecfg = cc.search_config()
     records, methods = [], []
@@ -221,7 +227,8 @@ def search_learning_rates(cc: CompareConfig, keys: Keys, out: Path, progress: bo
         for lr in ls["lrs"]:
             cell = replace(arm, train=arm.train | {"lr": lr})
             log.info("learning-rate search: %s at lr %g (seed %d, %s split)", arm.label, lr, seed, ecfg.split)
-            rec = run_cell(cc, keys, cell, out, ecfg, None, progress)
+            # forgetting too, so accuracy against forgetting can be traced across rates
+            rec = run_cell(cc, keys, cell, out, ecfg, texts, progress)
             c = correctness(rec, cc.metric)
             scores[lr] = sum(c.values()) / len(c)
             records.append(rec | {"lr": lr, "dev_accuracy": scores[lr]})
@@ -249,7 +256,7 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     cc, auto_band = resolve_auto_bands(cc, out)
     search = []
     if cc.lr_search:
-        cc, search = search_learning_rates(cc, keys, out, progress)
+        cc, search = search_learning_rates(cc, keys, out, progress, texts)
         write_lr_search([_search_row(r) for r in search], out, cc.metric)
     base = None
     if cc.include_base or texts:
@@ -261,7 +268,9 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
         results.append(run_cell(cc, keys, cell, out, ecfg, texts, progress))
     rows = build_rows(results, base, baseline=cc.baseline, metric=cc.metric)
     extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band, "num_layers": _num_layers(cc)}
+    extra["pareto"] = pareto_points(cc, search, results, base)
     write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
+    plot_pareto(extra["pareto"], out / "pareto.png", f"{cc.model} on {cc.eval_task}: accuracy against forgetting")
     return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
 
 
@@ -272,4 +281,27 @@ def _num_layers(cc: CompareConfig) -> int:
 
 def _search_row(rec: dict[str, Any]) -> dict[str, Any]:
     keep = ("lr", "dev_accuracy", "chosen")
-    return {"arm": rec["label"], "n": len(rec["items"]), **{k: rec[k] for k in keep}, "run_dir": rec["run_dir"]}
+    ppl = (rec.get("ppl") or {}).get("ppl")
+    return {
+        "arm": rec["label"],
+        "n": len(rec["items"]),
+        **{k: rec[k] for k in keep},
+        "ppl": ppl,
+        "run_dir": rec["run_dir"],
+    }
+
+
+def pareto_points(
+    cc: CompareConfig, search: list[dict[str, Any]], cells: list[dict[str, Any]], base: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """One point per trained cell with a forgetting measurement: the search's (dev accuracy) and the grid's
+    (test accuracy), forgetting relative to the base's perplexity where the base was measured."""
+    base_ppl = ((base or {}).get("ppl") or {}).get("ppl")
+    points = []
+    for split, recs in (("dev", search), ("test", cells)):
+        for rec in recs:
+            c = correctness(rec, cc.metric)
+            point = pareto_point(rec, sum(c.values()) / len(c) if c else 0.0, split, base_ppl)
+            if point is not None:
+                points.append(point)
+    return points
