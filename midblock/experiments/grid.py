@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from midblock.data.tasks import DEFAULT_DEV_SIZE
 from midblock.errors import MidblockError
 from midblock.evaluation.config import EVAL_TASKS, PROTOCOLS, EvalConfig
 from midblock.evaluation.extract import EXTRACTORS
@@ -246,6 +247,14 @@ class CompareConfig:
             "(the first) per rate, scored on the dev split, the best rate per arm used for every seed"
         },
     )
+    dev_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "gsm8k/jsonl: train rows held out as the dev split of the learning-rate search (chosen by "
+            "content hash; no cell trains on them); default 200 when the grid searches on a task without a "
+            "dev split of its own, else 0"
+        },
+    )
     auto_analysis: dict[str, Any] | None = field(
         default=None,
         metadata={
@@ -272,6 +281,7 @@ class CompareConfig:
             )
             _require(bool(self.forgetting.get("data")), "forgetting needs 'data' (general, gsm8k, arith or a file)")
         self._check_search()
+        self._resolve_dev_size()
         self._check_methods()
         for cell in self.cells():  # every training setting checked before anything runs
             if cell.tuning.get("band") == "auto" and not cell.tuning.get("analysis"):
@@ -343,10 +353,33 @@ class CompareConfig:
             _require(not bad, f"unknown auto_analysis setting '{bad[0] if bad else ''}'", hint)
             _require(aa.get("split", "train") in ("train", "dev"), "'auto_analysis.split' must be train or dev")
 
+    def _resolve_dev_size(self) -> None:
+        """``dev_size`` None: DEFAULT_DEV_SIZE when a learning-rate search needs a dev split that the
+        evaluation task does not have (gsm8k), 0 otherwise."""
+        if self.dev_size is None:
+            self.dev_size = DEFAULT_DEV_SIZE if self.lr_search and self.eval_task != "arith" else 0
+        _require(
+            _is_int(self.dev_size) and self.dev_size >= 0, f"'dev_size' must be an integer >= 0, got {self.dev_size!r}"
+        )
+        if self.lr_search and self.eval_task != "arith":
+            _require(self.dev_size > 0, f"lr_search on {self.eval_task} needs a dev split", "set dev_size, e.g. 200")
+
     def search_config(self) -> EvalConfig:
         """The evaluation of the learning-rate search: the dev split, as many items as asked."""
         ls = self.lr_search or {}
-        return replace(self.eval_config(), split=ls.get("split", "dev"), limit=ls.get("eval_limit", self.eval_limit))
+        split = ls.get("split", "dev")
+        return replace(
+            self.eval_config(), split=split, limit=ls.get("eval_limit", self.eval_limit), dev_size=self.eval_dev_size
+        )
+
+    @property
+    def train_dev_size(self) -> int:
+        """Rows every cell's training holds out: the dev split, when one is carved from the training task."""
+        return self.dev_size if self.task != "arith" else 0
+
+    @property
+    def eval_dev_size(self) -> int:
+        return self.dev_size if self.eval_task != "arith" else 0
 
     def _check_methods(self) -> None:
         known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands", "train"}
@@ -387,6 +420,7 @@ class CompareConfig:
             data=self.data,
             out=str(out),
             seed=cell.seed,
+            dev_size=self.train_dev_size,
             tuning=MidBlockConfig.from_dict(cell.tuning),
             resume=resume,
             progress=progress,

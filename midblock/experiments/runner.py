@@ -32,6 +32,7 @@ from typing import Any
 from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.data import load_rows
 from midblock.data.general import corpus_name, general_texts, is_bundled
+from midblock.data.tasks import check_dev_disjoint, data_version
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments.grid import Cell, CompareConfig
@@ -75,34 +76,43 @@ class Keys:
     def __init__(self, cc: CompareConfig, texts: list[str] | None) -> None:
         self.cc = cc
         self.model = spec_identity(cc.model)
-        self.train_data = rows_digest(load_rows(cc.task, "train", cc.data, limit=cc.train.get("limit")))
+        self.train_data = rows_digest(self._train_rows(cc.train.get("limit")))
+        if cc.lr_search:  # the search's dev items never trained on (checked, whatever data each side names)
+            dev = load_rows(cc.eval_task, "dev", cc.eval_data, dev_size=cc.eval_dev_size)
+            check_dev_disjoint(self._train_rows(None), dev, f"{cc.eval_task} dev")
         self.forgetting = None
         if texts:  # the corpus's version (a bundled one's versioned name) and its contents
             corpus = corpus_name(cc.forgetting["data"]) if is_bundled(cc.forgetting["data"]) else "file"
             self.forgetting = {"settings": cc.forgetting, "corpus": corpus, "texts": rows_digest(texts)}
-        self._rows: dict[tuple[str, int | None], str] = {}
+        self._rows: dict[tuple[str, int | None, int], str] = {}
+
+    def _train_rows(self, limit: int | None) -> list[dict[str, Any]]:
+        return load_rows(self.cc.task, "train", self.cc.data, limit=limit, dev_size=self.cc.train_dev_size)
 
     def training(self, cell: Cell) -> dict[str, Any]:
         tc = self.cc.train_config(cell, "cell")
         settings = {k: v for k, v in tc.fingerprint().items() if k != "model"}
         data = self.train_data
         if "limit" in cell.train:  # an arm with its own training subset
-            data = rows_digest(load_rows(self.cc.task, "train", self.cc.data, limit=cell.train["limit"]))
-        return make(arm={"label": cell.label, "seed": cell.seed}, model=self.model, data=data, training=settings)
+            data = rows_digest(self._train_rows(cell.train["limit"]))
+        arm = {"label": cell.label, "seed": cell.seed}
+        version = data_version(self.cc.task)
+        return make(arm=arm, model=self.model, data=data, data_version=version, training=settings)
 
     def evaluation(self, ecfg: EvalConfig | None) -> dict[str, Any]:
         evaluation = None
         if ecfg is not None:
             evaluation = {k: v for k, v in asdict(ecfg).items() if k != "data"} | {"metric": self.cc.metric}
-            evaluation["rows"] = self._digest(ecfg.split, ecfg.limit)
-            evaluation["shot_rows"] = self._digest("train", None) if ecfg.shots else None
+            evaluation["rows"] = self._digest(ecfg.split, ecfg.limit, ecfg.dev_size)
+            evaluation["shot_rows"] = self._digest("train", None, ecfg.train_dev_size) if ecfg.shots else None
+            evaluation["data_version"] = data_version(self.cc.eval_task)
         return make(evaluation=evaluation, forgetting=self.forgetting)
 
-    def _digest(self, split: str, limit: int | None) -> str:
-        if (split, limit) not in self._rows:
-            rows = load_rows(self.cc.eval_task, split, self.cc.eval_data, limit=limit)
-            self._rows[(split, limit)] = rows_digest(rows)
-        return self._rows[(split, limit)]
+    def _digest(self, split: str, limit: int | None, dev_size: int = 0) -> str:
+        if (split, limit, dev_size) not in self._rows:
+            rows = load_rows(self.cc.eval_task, split, self.cc.eval_data, limit=limit, dev_size=dev_size)
+            self._rows[(split, limit, dev_size)] = rows_digest(rows)
+        return self._rows[(split, limit, dev_size)]
 
 
 def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
 def _inputs(config: TrainConfig, task: str) -> dict[str, Any]:
     """The contents a run was trained from: the base model's files and the training rows."""
 
-    rows = load_rows(task, "train", config.data, limit=config.limit)
+    rows = load_rows(task, "train", config.data, limit=config.limit, dev_size=config.dev_size)
     return {"model": spec_identity(config.model), "data": rows_digest(rows)}
 
 
@@ -137,7 +137,7 @@ def _check_inputs(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) ->
 
 def _load_data(config: TrainConfig, task: str, tokenizer) -> tuple[list, list, dict]:
 
-    train_ex = load_examples(task, "train", config.data, limit=config.limit)
+    train_ex = load_examples(task, "train", config.data, limit=config.limit, dev_size=config.dev_size)
     try:
         eval_ex = load_examples(task, "test", config.data, limit=config.eval_limit) if config.eval_limit else []
     except MidblockError:  # a single jsonl file has no test split: hold out its tail instead

@@ -26,6 +26,13 @@ class TrainConfig:
     task: str | None = field(default=None, metadata={"help": "gsm8k | arith | jsonl (default from --data)"})
     data: str | None = field(default=None, metadata={"help": "data file or directory for the task"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    dev_size: int = field(
+        default=0,
+        metadata={
+            "help": "gsm8k/jsonl: hold out this many train rows as the dev split (chosen by content hash); "
+            "training never sees them. arith has a dev split of its own"
+        },
+    )
     tuning: MidBlockConfig = field(default_factory=MidBlockConfig, metadata={"help": "what to train"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default 1e-3 LoRA, 2e-5 full)"})
     schedule: Schedule = field(default="linear", metadata={"help": "learning-rate schedule after the warmup"})
@@ -86,6 +93,7 @@ class TrainConfig:
         check_number("--max-grad-norm", self.max_grad_norm, low=0, hint="0 turns clipping off")
         if self.limit is not None and self.limit < 1:
             raise MidblockError(f"limit must be >= 1, got {self.limit}")
+        check_number("--dev-size", self.dev_size, low=0, hint="0: no dev split is held out")
         check_float_fields(self)
 
     @property
