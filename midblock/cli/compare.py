@@ -1,6 +1,6 @@
 """``midblock compare``: train and evaluate a grid (method x band x seed) and write one comparison table.
 
-The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments), a YAML file
+The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments, paper-protocol), a YAML file
 (``--config``), or flags; flags override the file, which overrides the preset. Finished cells are skipped
 on a rerun with the same --out; a cell whose settings changed is computed again in a directory of its own.
 """
@@ -38,7 +38,11 @@ def register(sub) -> None:
     m.add_argument("--methods", default=None, help="comma list of methods (lora, midblock, midblock-full, full...)")
     m.add_argument("--band", action="append", default=None, help="band for band methods (repeat for several)")
     m.add_argument("--rank", type=int, default=None, help="LoRA rank; band LoRA is matched to it by rank units")
-    m.add_argument("--alpha-policy", default=None, help="constant-ratio (default), fixed (the paper's) or rslora")
+    m.add_argument(
+        "--alpha-policy",
+        default=None,
+        help="constant-ratio (default; paper-protocol: fixed), fixed (the paper's) or rslora",
+    )
     t = p.add_argument_group("training settings shared by every cell")
     t.add_argument("--steps", type=int, default=None, help="training steps per cell")
     t.add_argument("--lr", type=float, default=None, help="learning rate")
@@ -53,7 +57,7 @@ def grid_from_args(args: argparse.Namespace) -> dict:
     """Merge preset, YAML file and flags into one grid dict (validated by CompareConfig)."""
     grid: dict = {}
     if args.preset:
-        grid = preset(args.preset, args.alpha_policy or "constant-ratio")
+        grid = preset(args.preset, args.alpha_policy)
     if args.config:
         grid |= load_grid(args.config)
     grid |= config_kwargs(args, CompareConfig, skip=_FILE_ONLY)

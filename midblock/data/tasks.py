@@ -13,6 +13,7 @@ from midblock.errors import MidblockError
 
 TASKS = ("gsm8k", "arith", "jsonl")
 IGNORE_INDEX = -100
+OVERLONG = ("drop", "error", "truncate")  # what tokenize_sft does with an example over max_length
 # The version of each task's data and splits, part of every fingerprint of its rows. arith 2: dev and test
 # redrawn without near-duplicates of train rows; gsm8k and jsonl 2: a dev split carved from train.
 DATA_VERSIONS = {"arith": ARITH_VERSION, "gsm8k": 2, "jsonl": 2}
@@ -193,16 +194,18 @@ def load_examples(
 
 @dataclass
 class TokenizedSet:
-    """Tokenised SFT examples plus what was dropped, so nothing is truncated silently."""
+    """Tokenised SFT examples plus what was dropped or cut, so nothing is truncated silently."""
 
     items: list[dict[str, list[int]]]
     overlong: list[int] = field(default_factory=list)  # indices of examples dropped for length
     max_length: int = 0
+    truncated: list[int] = field(default_factory=list)  # indices of examples cut at max_length
 
     def report(self) -> dict[str, Any]:
         return {
             "kept": len(self.items),
             "dropped_overlong": len(self.overlong),
+            "truncated": len(self.truncated),
             "max_length": self.max_length,
             "overlong_indices": self.overlong[:50],
         }
@@ -242,19 +245,23 @@ def tokenize_sft(
 ) -> TokenizedSet:
     """Tokenise for SFT: prompt labels -100 (unless ``completion_only=False``), EOS appended.
 
-    Over-long examples are dropped and reported (``on_overlong='drop'``) or refused (``'error'``); they
-    are never cut, since cutting a GSM8K solution removes its ``#### N``.
+    Over-long examples are dropped and reported (``on_overlong='drop'``), refused (``'error'``) or cut at
+    ``max_length`` and counted (``'truncate'``, the paper's protocol; cutting a GSM8K solution removes its
+    ``#### N``, so midblock's own protocol drops instead). A cut example with no labelled token left is dropped.
     """
-    if on_overlong not in ("drop", "error"):
-        raise MidblockError(f"on_overlong must be 'drop' or 'error', got '{on_overlong}'")
+    if on_overlong not in OVERLONG:
+        raise MidblockError(f"on_overlong must be one of {', '.join(OVERLONG)}, got '{on_overlong}'")
     out = TokenizedSet([], [], max_length)
     for i, ex in enumerate(examples):
         t = tokenize_example(ex, tokenizer, completion_only)
         if len(t["input_ids"]) > max_length:
             if on_overlong == "error":
                 raise MidblockError(f"example {i} has {len(t['input_ids'])} tokens > --max-length {max_length}")
-            out.overlong.append(i)
-            continue
+            if on_overlong == "drop" or all(x == IGNORE_INDEX for x in t["labels"][1:max_length]):
+                out.overlong.append(i)
+                continue
+            t = {k: v[:max_length] for k, v in t.items()}
+            out.truncated.append(i)
         out.items.append(t)
     if not out.items:
         raise MidblockError(f"every example is longer than --max-length {max_length}", hint="raise --max-length")

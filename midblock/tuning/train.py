@@ -143,8 +143,9 @@ def _load_data(config: TrainConfig, task: str, tokenizer) -> tuple[list, list, d
     except MidblockError:  # a single jsonl file has no test split: hold out its tail instead
         k = min(config.eval_limit, len(train_ex) // 10)
         eval_ex, train_ex = (train_ex[-k:], train_ex[:-k]) if k else ([], train_ex)
-    tr = tokenize_sft(train_ex, tokenizer, config.max_length)
-    ev = tokenize_sft(eval_ex, tokenizer, config.max_length).items if eval_ex else []
+    kw = {"completion_only": config.loss_on == "completion", "on_overlong": config.overlong}
+    tr = tokenize_sft(train_ex, tokenizer, config.max_length, **kw)
+    ev = tokenize_sft(eval_ex, tokenizer, config.max_length, **kw).items if eval_ex else []
     return tr.items, ev, tr.report()
 
 
