@@ -52,3 +52,27 @@ def test_the_probe_version_and_contents_are_in_the_evaluation_fingerprint():
     assert Keys(old, forgetting_texts(old)).evaluation(None)["key"] != fp["key"]
     edited = Keys(cc, [texts[0] + " ", *texts[1:]]).evaluation(None)  # the same name, other contents
     assert edited["key"] != fp["key"] and edited["forgetting"]["corpus"] == "general-v2"
+
+
+def test_eval_ppl_scores_the_bundled_probe_by_name(tmp_path):
+    from tests.conftest import run_cli
+
+    rc, out, err = run_cli(
+        "eval",
+        "--model",
+        "random:llama-tiny",
+        "--task",
+        "ppl",
+        "--data",
+        "general",
+        "--limit",
+        "2",
+        "--max-length",
+        "32",
+        "--out",
+        str(tmp_path / "p"),
+        "--no-progress",
+    )
+    assert rc == 0, err
+    res = json.loads((tmp_path / "p" / "ppl.json").read_text())
+    assert res["n_texts"] == 2 and [n for _, n in res["per_text"]] == [31, 31]
