@@ -141,3 +141,17 @@ def test_dev_size_defaults_and_validation():
         CompareConfig.from_dict(base | {"dev_size": 0})
     with pytest.raises(MidblockError, match="dev_size"):
         CompareConfig.from_dict(base | {"dev_size": -1})
+
+
+def test_eval_scores_a_gsm8k_dev_split_only_when_its_size_is_given(tmp_path):
+    from midblock.evaluation.config import EvalConfig
+    from midblock.evaluation.evaluate import load_test_items
+    from tests.conftest import run_cli
+
+    data = _gsm_dir(tmp_path / "d")
+    with pytest.raises(MidblockError, match="no dev split of its own"):
+        EvalConfig(task="gsm8k", split="dev", data=data)
+    items = load_test_items(EvalConfig(task="gsm8k", split="dev", data=data, dev_size=4))
+    assert [it["question"] for it in items] == [r["question"] for r in load_rows("gsm8k", "dev", data, dev_size=4)]
+    rc, out, err = run_cli("eval", "--help")
+    assert rc == 0 and "--dev-size" in out
