@@ -81,8 +81,9 @@ class Keys:
             dev = load_rows(cc.eval_task, "dev", cc.eval_data, dev_size=cc.eval_dev_size)
             check_dev_disjoint(self._train_rows(None), dev, f"{cc.eval_task} dev")
         self.forgetting = None
-        if texts:  # the corpus's version (a bundled one's versioned name) and its contents
-            corpus = corpus_name(cc.forgetting["data"]) if is_bundled(cc.forgetting["data"]) else "file"
+        if texts:  # the corpus's version (a bundled one's versioned name, a task's data version) and contents
+            src = cc.forgetting["data"]
+            corpus = corpus_name(src) if is_bundled(src) else data_version(src) if src in ("gsm8k", "arith") else "file"
             self.forgetting = {"settings": cc.forgetting, "corpus": corpus, "texts": rows_digest(texts)}
         self._rows: dict[tuple[str, int | None, int], str] = {}
 
