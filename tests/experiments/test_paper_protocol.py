@@ -93,3 +93,19 @@ def test_cli_preset_and_flags(tmp_path):
     assert rc == 0 and "paper-protocol" in out
     rc, out, err = run_cli("train", "--help")
     assert rc == 0 and "--loss-on" in out and "--overlong" in out and "--dev-size" in out
+
+
+def test_new_training_settings_are_validated(tmp_path):
+    import pytest
+
+    from midblock.errors import MidblockError
+    from midblock.tuning.trainconfig import TrainConfig
+
+    with pytest.raises(MidblockError, match="--loss-on"):
+        TrainConfig(out=str(tmp_path), loss_on="prompt")
+    with pytest.raises(MidblockError, match="--overlong"):
+        TrainConfig(out=str(tmp_path), overlong="cut")
+    with pytest.raises(MidblockError, match="--dev-size"):
+        TrainConfig(out=str(tmp_path), dev_size=-1)
+    rc, out, err = run_cli("train", "--out", str(tmp_path / "r"), "--loss-on", "prompt")
+    assert rc == 2 and "invalid choice" in err
