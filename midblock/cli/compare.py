@@ -1,8 +1,9 @@
 """``midblock compare``: train and evaluate a grid (method x band x seed) and write one comparison table.
 
-The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments, selection-family), a
-YAML file (``--config``), or flags; flags override the file, which overrides the preset. Finished cells are skipped
-on a rerun with the same --out; a cell whose settings changed is computed again in a directory of its own.
+The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments, selection-family,
+paper-protocol), a YAML file (``--config``), or flags; flags override the file, which overrides the preset.
+Finished cells are skipped on a rerun with the same --out; a cell whose settings changed is computed again in a
+directory of its own.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def grid_from_args(args: argparse.Namespace) -> dict:
     """Merge preset, YAML file and flags into one grid dict (validated by CompareConfig)."""
     grid: dict = {}
     if args.preset:
-        grid = preset(args.preset, getattr(args, "alpha_policy", "constant-ratio"))
+        grid = preset(args.preset, getattr(args, "alpha_policy", None))
     if args.config:
         grid |= load_grid(args.config)
     grid |= config_kwargs(args, CompareConfig, skip=_FILE_ONLY)
@@ -75,7 +76,7 @@ def grid_from_args(args: argparse.Namespace) -> dict:
         train |= {k: getattr(args, k) for k in _TRAIN_FLAGS if hasattr(args, k)}
     grid["train"] = train
     if args.forgetting_data:
-        fm = grid.get("forgetting") if isinstance(grid.get("forgetting"), dict) else {"limit": 32, "max_length": 256}
+        fm = grid.get("forgetting") if isinstance(grid.get("forgetting"), dict) else {"max_length": 512}
         grid["forgetting"] = fm | {"data": args.forgetting_data}
     methods = _csv(args.method_names)
     if methods:

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_ppl(args: argparse.Namespace) -> int:
+    from midblock.data.general import general_texts, is_bundled
     from midblock.errors import MidblockError
     from midblock.evaluation.ppl import load_texts, token_loss
     from midblock.io import fresh_output_dir, provenance, write_json
@@ -62,13 +63,16 @@ def _run_ppl(args: argparse.Namespace) -> int:
     from midblock.models.loading import parse_spec
 
     if not args.data:
-        raise MidblockError("--task ppl needs --data FILE (.txt or .jsonl)")
+        raise MidblockError("--task ppl needs --data FILE (.txt or .jsonl) or general (the bundled probe)")
     if args.limit is not None and args.limit < 1:
         raise MidblockError(f"--limit must be >= 1, got {args.limit}", hint="omit it to use every text")
     if args.batch_size < 1:
         raise MidblockError(f"--batch-size must be >= 1, got {args.batch_size}")
     parse_spec(args.model)
-    texts = load_texts(args.data, args.limit)
+    if is_bundled(args.data) and not Path(args.data).exists():  # the bundled probe: --data general
+        texts = general_texts(args.data, args.limit)
+    else:
+        texts = load_texts(args.data, args.limit)
     if args.out:
         fresh_output_dir(args.out)
     model, tok = load_model(args.model, dtype=args.dtype)

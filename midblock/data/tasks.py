@@ -6,13 +6,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from midblock.data.arith import generate_arith
+from midblock.data.arith import ARITH_VERSION, generate_arith
 from midblock.data.gsm8k import gold_answer, load_gsm8k
 from midblock.data.jsonl import read_jsonl
 from midblock.errors import MidblockError
 
 TASKS = ("gsm8k", "arith", "jsonl")
 IGNORE_INDEX = -100
+OVERLONG = ("drop", "error", "truncate")  # what tokenize_sft does with an example over max_length
+# The version of each task's data and splits, part of every fingerprint of its rows. arith 2: dev and test
+# redrawn without near-duplicates of train rows; gsm8k and jsonl 2: a dev split carved from train.
+DATA_VERSIONS = {"arith": ARITH_VERSION, "gsm8k": 2, "jsonl": 2}
+DEFAULT_DEV_SIZE = 200  # rows carved from train when a grid needs a dev split and the task has none
+_DEV_SALT = "midblock-dev-split-v1"
 
 
 @dataclass
@@ -52,21 +58,84 @@ def resolve_task(task: str | None, data: str | None) -> str:
     return task
 
 
+def data_version(task: str) -> str:
+    """``arith-v2`` etc.: enters the fingerprints of results made from a task's rows."""
+    return f"{task}-v{DATA_VERSIONS.get(task, 1)}"
+
+
+def carve_dev(rows: list[dict[str, Any]], dev_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split train rows into (train, dev): dev holds the ``dev_size`` rows whose salted content hash is
+    smallest, in file order; train keeps every other row except exact copies of a dev row.
+
+    Chosen by content, not position: the same rows are dev whatever their order in the file, and rows
+    appended to the file later never move an existing row between the two splits."""
+    if dev_size >= len(rows):
+        raise MidblockError(
+            f"dev_size {dev_size} would leave no training rows (the train split has {len(rows)})",
+            hint="choose a smaller dev_size",
+        )
+    hashes = [_row_hash(r) for r in rows]
+    chosen: set[str] = set()
+    for h in sorted(set(hashes)):
+        if len(chosen) == dev_size:
+            break
+        chosen.add(h)
+    dev, train, seen = [], [], set()
+    for r, h in zip(rows, hashes):
+        if h not in chosen:
+            train.append(r)
+        elif h not in seen:  # a row twice in the file is one dev item
+            seen.add(h)
+            dev.append(r)
+    return train, dev
+
+
+def _row_hash(row: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    text = json.dumps(row, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(f"{_DEV_SALT}\n{text}".encode()).hexdigest()
+
+
+def check_dev_disjoint(train_rows: list[dict[str, Any]], dev_rows: list[dict[str, Any]], what: str = "dev") -> None:
+    """Refuse (one line) when a dev item's question or prompt appears in any training row's text."""
+    texts = "\x00".join(" ".join(to_example(r).text.split()) for r in train_rows)
+    leaked = []
+    for r in dev_rows:
+        ex = to_example(r)
+        probe = " ".join((ex.question or ex.prompt or ex.completion).split())
+        if probe and probe in texts:
+            leaked.append(probe)
+    if leaked:
+        raise MidblockError(
+            f"{len(leaked)} of {len(dev_rows)} {what} items appear in the training data, e.g. {leaked[0][:60]!r}",
+            hint="carve the dev split from the training data itself (the same task and data), or remove those rows",
+        )
+
+
 def load_rows(
-    task: str, split: str = "train", data: str | None = None, limit: int | None = None, offset: int = 0
+    task: str,
+    split: str = "train",
+    data: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    dev_size: int = 0,
 ) -> list[dict[str, Any]]:
-    """Raw rows of a task split (``question``/``answer`` for gsm8k and arith)."""
+    """Raw rows of a task split (``question``/``answer`` for gsm8k and arith).
+
+    ``dev_size`` (gsm8k, jsonl): that many rows of the train split form the dev split (:func:`carve_dev`)
+    and leave the train split; arith has a dev split of its own and ignores it."""
+    if dev_size < 0:
+        raise MidblockError(f"dev_size must be >= 0, got {dev_size}")
     if task == "gsm8k":
-        rows = load_gsm8k(split, data)
+        rows = _carved(lambda s: load_gsm8k(s, data), task, split, dev_size)
     elif task == "arith":
         rows = generate_arith(split)
     elif task == "jsonl":
         if not data:
             raise MidblockError("task jsonl needs --data FILE.jsonl")
-        path = Path(data)
-        if path.is_dir():
-            path = path / f"{split}.jsonl"
-        rows = read_jsonl(path, any_of=(("prompt", "completion"), ("messages",), ("question", "answer"), ("text",)))
+        rows = _carved(lambda s: _jsonl_split(data, s), task, split, dev_size)
     else:
         raise MidblockError(f"unknown task '{task}'", hint="choose one of " + ", ".join(TASKS))
     if offset:
@@ -74,6 +143,24 @@ def load_rows(
     if limit is not None:
         rows = rows[:limit]
     return rows
+
+
+def _carved(read, task: str, split: str, dev_size: int) -> list[dict[str, Any]]:
+    if split == "dev":
+        if dev_size < 1:
+            raise MidblockError(
+                f"{task} has no dev split of its own", hint="set dev_size: rows carved from train (e.g. 200)"
+            )
+        return carve_dev(read("train"), dev_size)[1]
+    rows = read(split)
+    return carve_dev(rows, dev_size)[0] if split == "train" and dev_size else rows
+
+
+def _jsonl_split(data: str, split: str) -> list[dict[str, Any]]:
+    path = Path(data)
+    if path.is_dir():
+        path = path / f"{split}.jsonl"
+    return read_jsonl(path, any_of=(("prompt", "completion"), ("messages",), ("question", "answer"), ("text",)))
 
 
 def to_example(row: dict[str, Any]) -> Example:
@@ -92,9 +179,14 @@ def to_example(row: dict[str, Any]) -> Example:
 
 
 def load_examples(
-    task: str, split: str = "train", data: str | None = None, limit: int | None = None, offset: int = 0
+    task: str,
+    split: str = "train",
+    data: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    dev_size: int = 0,
 ) -> list[Example]:
-    return [to_example(r) for r in load_rows(task, split, data, limit, offset)]
+    return [to_example(r) for r in load_rows(task, split, data, limit, offset, dev_size)]
 
 
 # --------------------------------------------------------------------------- tokenisation
@@ -102,16 +194,18 @@ def load_examples(
 
 @dataclass
 class TokenizedSet:
-    """Tokenised SFT examples plus what was dropped, so nothing is truncated silently."""
+    """Tokenised SFT examples plus what was dropped or cut, so nothing is truncated silently."""
 
     items: list[dict[str, list[int]]]
     overlong: list[int] = field(default_factory=list)  # indices of examples dropped for length
     max_length: int = 0
+    truncated: list[int] = field(default_factory=list)  # indices of examples cut at max_length
 
     def report(self) -> dict[str, Any]:
         return {
             "kept": len(self.items),
             "dropped_overlong": len(self.overlong),
+            "truncated": len(self.truncated),
             "max_length": self.max_length,
             "overlong_indices": self.overlong[:50],
         }
@@ -151,19 +245,23 @@ def tokenize_sft(
 ) -> TokenizedSet:
     """Tokenise for SFT: prompt labels -100 (unless ``completion_only=False``), EOS appended.
 
-    Over-long examples are dropped and reported (``on_overlong='drop'``) or refused (``'error'``); they
-    are never cut, since cutting a GSM8K solution removes its ``#### N``.
+    Over-long examples are dropped and reported (``on_overlong='drop'``), refused (``'error'``) or cut at
+    ``max_length`` and counted (``'truncate'``, the paper's protocol; cutting a GSM8K solution removes its
+    ``#### N``, so midblock's own protocol drops instead). A cut example with no labelled token left is dropped.
     """
-    if on_overlong not in ("drop", "error"):
-        raise MidblockError(f"on_overlong must be 'drop' or 'error', got '{on_overlong}'")
+    if on_overlong not in OVERLONG:
+        raise MidblockError(f"on_overlong must be one of {', '.join(OVERLONG)}, got '{on_overlong}'")
     out = TokenizedSet([], [], max_length)
     for i, ex in enumerate(examples):
         t = tokenize_example(ex, tokenizer, completion_only)
         if len(t["input_ids"]) > max_length:
             if on_overlong == "error":
                 raise MidblockError(f"example {i} has {len(t['input_ids'])} tokens > --max-length {max_length}")
-            out.overlong.append(i)
-            continue
+            if on_overlong == "drop" or all(x == IGNORE_INDEX for x in t["labels"][1:max_length]):
+                out.overlong.append(i)
+                continue
+            t = {k: v[:max_length] for k, v in t.items()}
+            out.truncated.append(i)
         out.items.append(t)
     if not out.items:
         raise MidblockError(f"every example is longer than --max-length {max_length}", hint="raise --max-length")

@@ -64,7 +64,18 @@ class EvalConfig:
 
     task: str = field(default="gsm8k", metadata={"help": "gsm8k or arith"})
     split: str = field(
-        default="test", metadata={"help": "test, or dev (arith: held out from train and test, for tuning settings)"}
+        default="test",
+        metadata={
+            "help": "test, or dev for tuning settings (arith: its own dev split; gsm8k: --dev-size rows carved "
+            "from train)"
+        },
+    )
+    dev_size: int = field(
+        default=0,
+        metadata={
+            "help": "gsm8k --split dev: the dev split is this many train rows chosen by content hash (as "
+            "`train --dev-size` holds them out); its few-shot exemplars come from the rest of train"
+        },
     )
     protocol: str = field(default="lm-eval", metadata={"help": "lm-eval, paper or original"})
     limit: int | None = field(default=None, metadata={"help": "evaluate at most this many items"})
@@ -89,6 +100,9 @@ class EvalConfig:
             raise MidblockError(f"unknown task '{self.task}'", hint="choose one of " + ", ".join(EVAL_TASKS + ("ppl",)))
         if self.split not in ("test", "dev"):
             raise MidblockError(f"unknown evaluation split '{self.split}'", hint="use test or dev")
+        check_number("--dev-size", self.dev_size, low=0)
+        if self.split == "dev" and self.task == "gsm8k" and self.dev_size < 1:
+            raise MidblockError("GSM8K has no dev split of its own", hint="pass --dev-size N (rows carved from train)")
         if self.protocol not in PROTOCOLS:
             raise MidblockError(f"unknown protocol '{self.protocol}'", hint="choose one of " + ", ".join(PROTOCOLS))
         if self.limit is not None:
@@ -105,6 +119,11 @@ class EvalConfig:
             )
         if self.backend not in ("hf", "vllm"):
             raise MidblockError(f"unknown backend '{self.backend}'", hint="use hf or vllm")
+
+    @property
+    def train_dev_size(self) -> int:
+        """Rows held out of train for this evaluation: the dev split's, when it is the one scored."""
+        return self.dev_size if self.split == "dev" else 0
 
     @property
     def spec(self) -> Protocol:

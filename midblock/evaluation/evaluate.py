@@ -52,7 +52,7 @@ SUMMARY_FILE = "summary.json"
 def load_test_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     """The test rows to score, each with its absolute ``index`` in the split."""
 
-    rows = load_rows(cfg.task, cfg.split, cfg.data, limit=cfg.limit, offset=cfg.offset)
+    rows = load_rows(cfg.task, cfg.split, cfg.data, limit=cfg.limit, offset=cfg.offset, dev_size=cfg.dev_size)
     if not rows:
         raise MidblockError(f"--offset {cfg.offset} is past the end of the {cfg.task} {cfg.split} split")
     for r in rows:
@@ -66,7 +66,7 @@ def build_prompts(cfg: EvalConfig, items: list[dict[str, Any]], tokenizer) -> li
         require_chat_template(tokenizer)
     train: list[dict[str, Any]] = []
     if cfg.shots:
-        train = load_rows(cfg.task, "train", cfg.data)
+        train = load_rows(cfg.task, "train", cfg.data, dev_size=cfg.train_dev_size)  # never a dev item
     prompts = []
     for it in items:  # item k's exemplars depend on k only (lm-eval: the harness's draw for document k)
         ex = sample_exemplars(train, it["index"], cfg.shots, cfg.seed, cfg.fewshot_sampling) if cfg.shots else []
@@ -176,6 +176,8 @@ def eval_fingerprint(cfg: EvalConfig, identity: dict[str, Any]) -> dict[str, Any
     settings, the package version. The data enter per item (prompt and item hash), so ``--limit`` can grow."""
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    if cfg.split != "dev":  # which train rows form the dev split matters to dev evaluations only
+        settings.pop("dev_size")
     settings["max_new_tokens"] = cfg.decode_config(False).max_new_tokens
     settings["stop"] = list(cfg.spec.stop)
     settings["num_fewshot"] = cfg.shots

@@ -1,7 +1,9 @@
 """Forgetting check: token-level loss and perplexity of a model on a text corpus.
 
 ``token_loss`` is the mean negative log-likelihood over every predicted real token (padding masked), so the
-result does not depend on how texts are batched. ``load_texts`` reads plain text (documents separated by
+result does not depend on how texts are batched; it also returns each text's summed NLL and token count
+(``per_text``, in the input order), so a forgetting difference can be resampled over texts like accuracy
+over test items. ``load_texts`` reads plain text (documents separated by
 blank lines) or JSONL with ``text``, ``prompt``+``completion`` or ``question``+``answer`` fields.
 """
 
@@ -28,21 +30,29 @@ def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]
 
 def nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
     """Summed next-token NLL over positions whose target is a real token, and how many there are."""
+    rows = nll_rows(logits, input_ids, attention_mask)
+    return sum(s for s, _ in rows), sum(n for _, n in rows)
+
+
+def nll_rows(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[float, int]]:
+    """Per row of the batch: summed next-token NLL over positions whose target is a real token, and how many."""
     logits = logits[:, :-1].float()
     targets = input_ids[:, 1:]
     valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return float(nll[valid].sum()), int(valid.sum())
+    nll = torch.where(valid, nll, torch.zeros_like(nll))
+    return [(float(s), int(n)) for s, n in zip(nll.sum(dim=1).tolist(), valid.sum(dim=1).tolist())]
 
 
 @torch.inference_mode()
 def token_loss(
     model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 512, progress: bool = False
 ) -> dict[str, Any]:
-    """``{"loss", "ppl", "n_tokens", "n_texts", "n_truncated"}``: mean NLL per predicted token, exp of it.
+    """``{"loss", "ppl", "n_tokens", "n_texts", "n_truncated", "per_text"}``: mean NLL per predicted token,
+    exp of it, and ``per_text``: ``[nll_sum, n_tokens]`` of each text, in the order of ``texts``.
 
     Texts longer than ``max_length`` tokens are cut (and counted in ``n_truncated``); a text of one token
-    predicts nothing and adds no tokens.
+    predicts nothing and adds no tokens (its entry is ``[0.0, 0]``).
     """
     if batch_size < 1:
         raise MidblockError(f"batch_size must be >= 1, got {batch_size}")
@@ -55,14 +65,15 @@ def token_loss(
     order = sorted(range(len(enc)), key=lambda i: -len(enc[i][0]))  # similar lengths batch together
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    per_text: list[list[float | int]] = [[0.0, 0] for _ in enc]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(enc), unit="text", desc="loss")
     for b in range(0, len(order), batch_size):
-        batch = [enc[i][0] for i in order[b : b + batch_size]]
+        idx = order[b : b + batch_size]
+        batch = [enc[i][0] for i in idx]
         T = max(1, max(len(x) for x in batch))
         ids = torch.full((len(batch), T), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), T), dtype=torch.long)
@@ -71,17 +82,24 @@ def token_loss(
             mask[i, : len(x)] = 1
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits
-        s, n = nll_sum(logits, ids, mask)
-        total += s
-        count += n
+        for i, (s, n) in zip(idx, nll_rows(logits, ids, mask)):  # back to the input order
+            per_text[i] = [s, n]
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
+    total, count = sum(s for s, _ in per_text), sum(n for _, n in per_text)
     if count == 0:
         raise MidblockError("the texts hold no token to predict (each is a single token)")
     loss = total / count
-    return {"loss": loss, "ppl": math.exp(loss), "n_tokens": count, "n_texts": len(enc), "n_truncated": truncated}
+    return {
+        "loss": loss,
+        "ppl": math.exp(loss),
+        "n_tokens": count,
+        "n_texts": len(enc),
+        "n_truncated": truncated,
+        "per_text": per_text,
+    }
 
 
 def load_texts(path: str | Path, limit: int | None = None) -> list[str]:

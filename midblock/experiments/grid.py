@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from midblock.data.tasks import DEFAULT_DEV_SIZE
 from midblock.errors import MidblockError
 from midblock.evaluation.config import EVAL_TASKS, PROTOCOLS, EvalConfig
 from midblock.evaluation.extract import EXTRACTORS
@@ -29,6 +30,8 @@ TRAIN_KEYS = (
     "batch_size",
     "grad_accum",
     "max_length",
+    "overlong",
+    "loss_on",
     "limit",
     "precision",
     "schedule",
@@ -65,7 +68,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(steps=4, batch_size=4, lr=1e-3, rank=4, eval_items=6, seeds=1, max_new_tokens=24),
 }
 PROFILE_PRECISION = {"quick": "bf16", "full": "bf16", "smoke": "fp32"}
-PROFILE_PPL_TEXTS = {"quick": 40, "full": 40, "smoke": 6}
+# forgetting texts: every text of the bundled probe (about 24,900 scored tokens), six in the test profile
+PROFILE_PPL_TEXTS: dict[str, int | None] = {"quick": None, "full": None, "smoke": 6}
+# Forgetting as the presets measure it: the bundled probe's texts (200-330 tokens each, so never cut at 512)
+FORGETTING = {"data": "general", "limit": None, "max_length": 512, "batch_size": 8}
 
 # The band landscape: which band should LoRA train? Every arm has the rank units of uniform r8 and equal
 # alpha/r; each arm's learning rate is chosen on the dev split (never the test split) from a shared grid;
@@ -124,7 +130,7 @@ def two_arm_grid(
                 "alpha_policy": "constant-ratio",
             },
         ],
-        "forgetting": {"data": "general", "limit": PROFILE_PPL_TEXTS[profile], "max_length": 128, "batch_size": 8},
+        "forgetting": FORGETTING | {"limit": PROFILE_PPL_TEXTS[profile]},
         "include_base": True,
     } | ({"lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_limit": 200}} if profile == "full" else {})
 
@@ -148,7 +154,7 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
         "methods": methods,
         "lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_limit": 200},
         "auto_analysis": {"data": "arith", "samples": 64, "max_length": 256},
-        "forgetting": {"data": "general", "limit": 40, "max_length": 128, "batch_size": 8},
+        "forgetting": dict(FORGETTING),
         "include_base": True,
     }
 
@@ -183,8 +189,51 @@ def selection_family(alpha_policy: str = "constant-ratio", model: str = "smollm2
     return band_landscape(alpha_policy, model) | {"methods": methods, "lr_search": None}
 
 
-def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
-    """The grid of a named preset (a plain dict, as a YAML file would give)."""
+def paper_protocol(alpha_policy: str = "fixed", model: str = "smollm2-135m") -> dict[str, Any]:
+    """The ``paper-protocol`` preset: the paper's training protocol as its code states it, at our scale.
+
+    LoRA on q,k,v,o with alpha fixed at 128 and dropout 0.05 in every arm; uniform r64 against the band
+    seg2-4/5 at the same rank units; the first 2,000 GSM8K training examples cut at 128 tokens, loss over
+    the whole sequence; one epoch at batch 32, no warmup, one shared learning rate (1e-4, the paper's for 1B
+    and 7B); 100 test items scored as the paper's code scores them. Seeds are a list, so the paper's
+    one-seed comparison is replayed once per seed and the spread across seeds is visible.
+    """
+    common = {"rank": 64, "alpha_policy": alpha_policy, "dropout": 0.05, "target_modules": ["attn"]}
+    return {
+        "model": model,
+        "task": "gsm8k",
+        "eval_task": "gsm8k",
+        "protocol": "paper",
+        "eval_limit": 100,
+        "seeds": [0, 1, 2, 3, 4],
+        "baseline": "uniform-r64",
+        "train": {
+            "limit": 2000,
+            "epochs": 1,
+            "lr": 1e-4,
+            "batch_size": 32,
+            "grad_accum": 1,
+            "max_length": 128,
+            "overlong": "truncate",
+            "loss_on": "all",
+            "warmup_steps": 0,
+            "schedule": "linear",
+        },
+        "methods": [
+            {"name": "uniform-r64", "method": "lora", **common},
+            {"name": "mid-seg2-4", "method": "midblock", "band": PAPER_BAND, "budget_baseline_rank": 64, **common},
+        ],
+        "forgetting": dict(FORGETTING),
+        "include_base": True,
+    }
+
+
+def preset(name: str, alpha_policy: str | None = None) -> dict[str, Any]:
+    """The grid of a named preset (a plain dict, as a YAML file would give); ``alpha_policy`` None: the
+    preset's own (``fixed`` for paper-protocol, ``constant-ratio`` otherwise)."""
+    if name == "paper-protocol":
+        return paper_protocol(alpha_policy or "fixed")
+    alpha_policy = alpha_policy or "constant-ratio"
     if name in PROFILES:
         grid = two_arm_grid(name)
         grid["methods"] = [m | {"alpha_policy": alpha_policy} for m in grid["methods"]]
@@ -215,7 +264,7 @@ def preset(name: str, alpha_policy: str = "constant-ratio") -> dict[str, Any]:
     raise MidblockError(f"unknown preset '{name}'", hint="use " + ", ".join([*PROFILES, *PRESETS]))
 
 
-PRESETS = ("band-landscape", "paper-segments", "selection-family")
+PRESETS = ("band-landscape", "paper-segments", "selection-family", "paper-protocol")
 
 
 @dataclass(frozen=True)
@@ -263,7 +312,11 @@ class CompareConfig:
     baseline: str | None = field(default=None, metadata={"help": "label of the baseline arm (default: first)"})
     train: dict[str, Any] = field(default_factory=dict, metadata={"help": "TrainConfig fields shared by cells"})
     forgetting: dict[str, Any] | None = field(
-        default=None, metadata={"help": "{data: general | gsm8k | arith | FILE, limit, max_length, batch_size}"}
+        default=None,
+        metadata={
+            "help": "{data: general (the bundled probe) | general-v1 | gsm8k | arith | FILE, limit, max_length, "
+            "batch_size}"
+        },
     )
     include_base: bool = field(default=False, metadata={"help": "also evaluate the untuned base model"})
     lr_search: dict[str, Any] | None = field(
@@ -271,6 +324,14 @@ class CompareConfig:
         metadata={
             "help": "choose each arm's learning rate first: {lrs: [...], split: dev, eval_limit: N}; one seed "
             "(the first) per rate, scored on the dev split, the best rate per arm used for every seed"
+        },
+    )
+    dev_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "gsm8k/jsonl: train rows held out as the dev split of the learning-rate search (chosen by "
+            "content hash; no cell trains on them); default 200 when the grid searches on a task without a "
+            "dev split of its own, else 0"
         },
     )
     auto_analysis: dict[str, Any] | None = field(
@@ -299,6 +360,7 @@ class CompareConfig:
             )
             _require(bool(self.forgetting.get("data")), "forgetting needs 'data' (general, gsm8k, arith or a file)")
         self._check_search()
+        self._resolve_dev_size()
         self._check_methods()
         for cell in self.cells():  # every training setting checked before anything runs
             if cell.tuning.get("band") == "auto" and not cell.tuning.get("analysis"):
@@ -375,10 +437,33 @@ class CompareConfig:
             _require(not bad, f"unknown auto_analysis setting '{bad[0] if bad else ''}'", hint)
             _require(aa.get("split", "train") in ("train", "dev"), "'auto_analysis.split' must be train or dev")
 
+    def _resolve_dev_size(self) -> None:
+        """``dev_size`` None: DEFAULT_DEV_SIZE when a learning-rate search needs a dev split that the
+        evaluation task does not have (gsm8k), 0 otherwise."""
+        if self.dev_size is None:
+            self.dev_size = DEFAULT_DEV_SIZE if self.lr_search and self.eval_task != "arith" else 0
+        _require(
+            _is_int(self.dev_size) and self.dev_size >= 0, f"'dev_size' must be an integer >= 0, got {self.dev_size!r}"
+        )
+        if self.lr_search and self.eval_task != "arith":
+            _require(self.dev_size > 0, f"lr_search on {self.eval_task} needs a dev split", "set dev_size, e.g. 200")
+
     def search_config(self) -> EvalConfig:
         """The evaluation of the learning-rate search: the dev split, as many items as asked."""
         ls = self.lr_search or {}
-        return replace(self.eval_config(), split=ls.get("split", "dev"), limit=ls.get("eval_limit", self.eval_limit))
+        split = ls.get("split", "dev")
+        return replace(
+            self.eval_config(), split=split, limit=ls.get("eval_limit", self.eval_limit), dev_size=self.eval_dev_size
+        )
+
+    @property
+    def train_dev_size(self) -> int:
+        """Rows every cell's training holds out: the dev split, when one is carved from the training task."""
+        return self.dev_size if self.task != "arith" else 0
+
+    @property
+    def eval_dev_size(self) -> int:
+        return self.dev_size if self.eval_task != "arith" else 0
 
     def _check_methods(self) -> None:
         known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands", "train"}
@@ -459,6 +544,7 @@ class CompareConfig:
             data=self.data,
             out=str(out),
             seed=cell.seed,
+            dev_size=self.train_dev_size,
             tuning=MidBlockConfig.from_dict(cell.tuning),
             resume=resume,
             progress=progress,

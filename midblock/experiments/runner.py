@@ -25,12 +25,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.data import load_rows
+from midblock.data.general import corpus_name, general_texts, is_bundled
+from midblock.data.tasks import check_dev_disjoint, data_version
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments.grid import Cell, CompareConfig
@@ -42,6 +43,7 @@ from midblock.models.introspect import get_layout
 from midblock.models.loading import RUN_MANIFEST
 from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import write_lr_search, write_outputs
+from midblock.reporting.pareto import pareto_point, plot_pareto
 from midblock.tuning.train import SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,9 @@ log = logging.getLogger(__name__)
 CELL_FILE = "cell.json"
 
 
-def general_corpus() -> list[str]:
-    """The bundled general-text corpus used to measure forgetting (our own sentences, one per line)."""
-    text = resources.files("midblock.data").joinpath("corpora/general.txt").read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def general_corpus(name: str = "general") -> list[str]:
+    """A bundled general-text corpus that measures forgetting (see :mod:`midblock.data.general`)."""
+    return general_texts(name)
 
 
 def forgetting_texts(cc: CompareConfig) -> list[str] | None:
@@ -60,8 +61,8 @@ def forgetting_texts(cc: CompareConfig) -> list[str] | None:
     if not cc.forgetting:
         return None
     src, limit = cc.forgetting["data"], cc.forgetting.get("limit")
-    if src == "general":
-        return general_corpus()[:limit]
+    if is_bundled(src):
+        return general_texts(src, limit)
     if src in ("gsm8k", "arith"):
         rows = load_rows(src, "test", cc.eval_data if src == "gsm8k" else None, limit=limit)
         return [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows]
@@ -74,31 +75,44 @@ class Keys:
     def __init__(self, cc: CompareConfig, texts: list[str] | None) -> None:
         self.cc = cc
         self.model = spec_identity(cc.model)
-        self.train_data = rows_digest(load_rows(cc.task, "train", cc.data, limit=cc.train.get("limit")))
-        self.forgetting = {"settings": cc.forgetting, "texts": rows_digest(texts)} if texts else None
-        self._rows: dict[tuple[str, int | None], str] = {}
+        self.train_data = rows_digest(self._train_rows(cc.train.get("limit")))
+        if cc.lr_search:  # the search's dev items never trained on (checked, whatever data each side names)
+            dev = load_rows(cc.eval_task, "dev", cc.eval_data, dev_size=cc.eval_dev_size)
+            check_dev_disjoint(self._train_rows(None), dev, f"{cc.eval_task} dev")
+        self.forgetting = None
+        if texts:  # the corpus's version (a bundled one's versioned name, a task's data version) and contents
+            src = cc.forgetting["data"]
+            corpus = corpus_name(src) if is_bundled(src) else data_version(src) if src in ("gsm8k", "arith") else "file"
+            self.forgetting = {"settings": cc.forgetting, "corpus": corpus, "texts": rows_digest(texts)}
+        self._rows: dict[tuple[str, int | None, int], str] = {}
+
+    def _train_rows(self, limit: int | None) -> list[dict[str, Any]]:
+        return load_rows(self.cc.task, "train", self.cc.data, limit=limit, dev_size=self.cc.train_dev_size)
 
     def training(self, cell: Cell) -> dict[str, Any]:
         tc = self.cc.train_config(cell, "cell")
         settings = {k: v for k, v in tc.fingerprint().items() if k != "model"}
         data = self.train_data
         if "limit" in cell.train:  # an arm with its own training subset
-            data = rows_digest(load_rows(self.cc.task, "train", self.cc.data, limit=cell.train["limit"]))
-        return make(arm={"label": cell.label, "seed": cell.seed}, model=self.model, data=data, training=settings)
+            data = rows_digest(self._train_rows(cell.train["limit"]))
+        arm = {"label": cell.label, "seed": cell.seed}
+        version = data_version(self.cc.task)
+        return make(arm=arm, model=self.model, data=data, data_version=version, training=settings)
 
     def evaluation(self, ecfg: EvalConfig | None) -> dict[str, Any]:
         evaluation = None
         if ecfg is not None:
             evaluation = {k: v for k, v in asdict(ecfg).items() if k != "data"} | {"metric": self.cc.metric}
-            evaluation["rows"] = self._digest(ecfg.split, ecfg.limit)
-            evaluation["shot_rows"] = self._digest("train", None) if ecfg.shots else None
+            evaluation["rows"] = self._digest(ecfg.split, ecfg.limit, ecfg.dev_size)
+            evaluation["shot_rows"] = self._digest("train", None, ecfg.train_dev_size) if ecfg.shots else None
+            evaluation["data_version"] = data_version(self.cc.eval_task)
         return make(evaluation=evaluation, forgetting=self.forgetting)
 
-    def _digest(self, split: str, limit: int | None) -> str:
-        if (split, limit) not in self._rows:
-            rows = load_rows(self.cc.eval_task, split, self.cc.eval_data, limit=limit)
-            self._rows[(split, limit)] = rows_digest(rows)
-        return self._rows[(split, limit)]
+    def _digest(self, split: str, limit: int | None, dev_size: int = 0) -> str:
+        if (split, limit, dev_size) not in self._rows:
+            rows = load_rows(self.cc.eval_task, split, self.cc.eval_data, limit=limit, dev_size=dev_size)
+            self._rows[(split, limit, dev_size)] = rows_digest(rows)
+        return self._rows[(split, limit, dev_size)]
 
 
 def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> dict[str, Any]:
@@ -217,9 +231,12 @@ def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dic
     return replace(cc, methods=methods), rec
 
 
-def search_learning_rates(cc: CompareConfig, keys: Keys, out: Path, progress: bool) -> tuple[CompareConfig, list]:
-    """Train each arm at every rate of ``lr_search.lrs`` on the first seed, score on the dev split, and
-    return the grid with each arm's best rate (ties: the smaller rate) and the search's records."""
+def search_learning_rates(
+    cc: CompareConfig, keys: Keys, out: Path, progress: bool, texts: list[str] | None = None
+) -> tuple[CompareConfig, list]:
+    """Train each arm at every rate of ``lr_search.lrs`` on the first seed, score on the dev split (and
+    forgetting on ``texts``), and return the grid with each arm's best rate (ties: the smaller rate) and the
+    search's records."""
     ls, seed = cc.lr_search, cc.seeds[0]
     ecfg = cc.search_config()
     records, methods = [], []
@@ -229,7 +246,8 @@ def search_learning_rates(cc: CompareConfig, keys: Keys, out: Path, progress: bo
         for lr in ls["lrs"]:
             cell = replace(arm, train=arm.train | {"lr": lr})
             log.info("learning-rate search: %s at lr %g (seed %d, %s split)", arm.label, lr, seed, ecfg.split)
-            rec = run_cell(cc, keys, cell, out, ecfg, None, progress)
+            # forgetting too, so accuracy against forgetting can be traced across rates
+            rec = run_cell(cc, keys, cell, out, ecfg, texts, progress)
             c = correctness(rec, cc.metric)
             scores[lr] = sum(c.values()) / len(c)
             records.append(rec | {"lr": lr, "dev_accuracy": scores[lr]})
@@ -264,7 +282,7 @@ def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: b
     cc, auto_band = resolve_auto_bands(cc, out)
     search = []
     if cc.lr_search:
-        cc, search = search_learning_rates(cc, keys, out, progress)
+        cc, search = search_learning_rates(cc, keys, out, progress, texts)
         write_lr_search([_search_row(r) for r in search], out, cc.metric)
     base = None
     if cc.include_base or texts:
@@ -278,7 +296,9 @@ def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: b
     extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band, "num_layers": _num_layers(cc)}
     # the cells this table was made from: export reads these, never whatever else lies under cells/
     extra["table_cells"] = _cell_list(out, search, base, results)
+    extra["pareto"] = pareto_points(cc, search, results, base)
     write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
+    plot_pareto(extra["pareto"], out / "pareto.png", f"{cc.model} on {cc.eval_task}: accuracy against forgetting")
     return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
 
 
@@ -295,4 +315,27 @@ def _cell_list(out: Path, search: list, base: dict[str, Any] | None, results: li
 
 def _search_row(rec: dict[str, Any]) -> dict[str, Any]:
     keep = ("lr", "dev_accuracy", "chosen")
-    return {"arm": rec["label"], "n": len(rec["items"]), **{k: rec[k] for k in keep}, "run_dir": rec["run_dir"]}
+    ppl = (rec.get("ppl") or {}).get("ppl")
+    return {
+        "arm": rec["label"],
+        "n": len(rec["items"]),
+        **{k: rec[k] for k in keep},
+        "ppl": ppl,
+        "run_dir": rec["run_dir"],
+    }
+
+
+def pareto_points(
+    cc: CompareConfig, search: list[dict[str, Any]], cells: list[dict[str, Any]], base: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """One point per trained cell with a forgetting measurement: the search's (dev accuracy) and the grid's
+    (test accuracy), forgetting relative to the base's perplexity where the base was measured."""
+    base_ppl = ((base or {}).get("ppl") or {}).get("ppl")
+    points = []
+    for split, recs in (("dev", search), ("test", cells)):
+        for rec in recs:
+            c = correctness(rec, cc.metric)
+            point = pareto_point(rec, sum(c.values()) / len(c) if c else 0.0, split, base_ppl)
+            if point is not None:
+                points.append(point)
+    return points

@@ -217,7 +217,8 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
         "units match, alpha/r equal. Evaluation: zero-shot <code>Question: ...\\nAnswer:</code>, greedy, up to "
         f"{g['max_new_tokens']} new tokens, harness stop strings, scored by the first <code>#### N</code> "
         f"(protocol <code>original</code>) on {g['eval_limit']} held-out problems; forgetting = perplexity on "
-        f"{g['forgetting']['limit']} sentences of general text bundled with midblock. The numbers are those of "
+        f"{_probe_texts(g['forgetting'])} texts of the general-text probe bundled with midblock. The numbers are "
+        "those of "
         "<code>midblock compare</code> on the same grid (<code>compare/compare.md</code>).</p>"
         f"<p>Wall time {summary['wall_s']:.0f} s ({esc(timings)})."
         f" Versions: {esc(', '.join(f'{k} {v}' for k, v in prov['versions'].items()))}. Hardware: "
@@ -279,3 +280,12 @@ def _cell(v: Any) -> str:
 def _num_layers(spec: str) -> int:
 
     return get_layout(load_skeleton(spec)).num_layers
+
+
+def _probe_texts(forgetting: dict) -> int | str:
+    """How many texts of the bundled probe the forgetting check scored (its limit, or all of them)."""
+    from midblock.data.general import general_texts, is_bundled
+
+    if not is_bundled(forgetting["data"]):
+        return forgetting.get("limit") or "all"
+    return len(general_texts(forgetting["data"], forgetting.get("limit")))

@@ -125,7 +125,7 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
 def _inputs(config: TrainConfig, task: str) -> dict[str, Any]:
     """The contents a run was trained from: the base model's files and the training rows."""
 
-    rows = load_rows(task, "train", config.data, limit=config.limit)
+    rows = load_rows(task, "train", config.data, limit=config.limit, dev_size=config.dev_size)
     return {"model": spec_identity(config.model), "data": rows_digest(rows)}
 
 
@@ -143,14 +143,15 @@ def _check_inputs(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) ->
 
 def _load_data(config: TrainConfig, task: str, tokenizer) -> tuple[list, list, dict]:
 
-    train_ex = load_examples(task, "train", config.data, limit=config.limit)
+    train_ex = load_examples(task, "train", config.data, limit=config.limit, dev_size=config.dev_size)
     try:
         eval_ex = load_examples(task, "test", config.data, limit=config.eval_limit) if config.eval_limit else []
     except MidblockError:  # a single jsonl file has no test split: hold out its tail instead
         k = min(config.eval_limit, len(train_ex) // 10)
         eval_ex, train_ex = (train_ex[-k:], train_ex[:-k]) if k else ([], train_ex)
-    tr = tokenize_sft(train_ex, tokenizer, config.max_length)
-    ev = tokenize_sft(eval_ex, tokenizer, config.max_length).items if eval_ex else []
+    kw = {"completion_only": config.loss_on == "completion", "on_overlong": config.overlong}
+    tr = tokenize_sft(train_ex, tokenizer, config.max_length, **kw)
+    ev = tokenize_sft(eval_ex, tokenizer, config.max_length, **kw).items if eval_ex else []
     return tr.items, ev, tr.report()
 
 

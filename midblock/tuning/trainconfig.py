@@ -11,6 +11,8 @@ from midblock.validation import SEED_LIMIT, check_float_fields, check_number
 
 Schedule = Literal["linear", "cosine", "constant"]
 Precision = Literal["auto", "fp32", "bf16"]
+Overlong = Literal["drop", "error", "truncate"]
+LossOn = Literal["completion", "all"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Fields that may change between a run and its --resume (everything else must match).
@@ -26,6 +28,13 @@ class TrainConfig:
     task: str | None = field(default=None, metadata={"help": "gsm8k | arith | jsonl (default from --data)"})
     data: str | None = field(default=None, metadata={"help": "data file or directory for the task"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    dev_size: int = field(
+        default=0,
+        metadata={
+            "help": "gsm8k/jsonl: hold out this many train rows as the dev split (chosen by content hash); "
+            "training never sees them. arith has a dev split of its own"
+        },
+    )
     tuning: MidBlockConfig = field(default_factory=MidBlockConfig, metadata={"help": "what to train"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default 1e-3 LoRA, 2e-5 full)"})
     schedule: Schedule = field(default="linear", metadata={"help": "learning-rate schedule after the warmup"})
@@ -34,7 +43,18 @@ class TrainConfig:
     epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 if no steps)"})
     batch_size: int = field(default=8, metadata={"help": "examples per process per micro-batch"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_length: int = field(default=512, metadata={"help": "longer examples are dropped and reported"})
+    max_length: int = field(default=512, metadata={"help": "longest example in tokens (see --overlong)"})
+    overlong: Overlong = field(
+        default="drop",
+        metadata={
+            "help": "an example over --max-length: drop (and report it), error, or truncate (the paper's "
+            "protocol; a cut GSM8K solution loses its #### line)"
+        },
+    )
+    loss_on: LossOn = field(
+        default="completion",
+        metadata={"help": "tokens the loss is taken over: completion (the answer) or all (prompt and answer)"},
+    )
     seed: int = field(default=0, metadata={"help": "data order and LoRA init (random presets keep seed-0 weights)"})
     precision: Precision = field(
         default="auto", metadata={"help": "auto: bf16 autocast on GPU, fp32 on CPU; bf16 also autocasts on CPU"}
@@ -67,6 +87,10 @@ class TrainConfig:
             raise MidblockError("a training run needs an output directory", hint="pass --out DIR")
         if self.schedule not in SCHEDULES:
             raise MidblockError(f"unknown schedule '{self.schedule}'", hint="use " + ", ".join(SCHEDULES))
+        if self.overlong not in get_args(Overlong):
+            raise MidblockError(f"unknown --overlong '{self.overlong}'", hint="use drop, error or truncate")
+        if self.loss_on not in get_args(LossOn):
+            raise MidblockError(f"unknown --loss-on '{self.loss_on}'", hint="use completion or all")
         if self.precision not in PRECISIONS:
             raise MidblockError(f"unknown precision '{self.precision}'", hint="use " + ", ".join(PRECISIONS))
         for name in ("batch_size", "grad_accum", "max_length", "log_every"):
@@ -88,6 +112,7 @@ class TrainConfig:
             raise MidblockError(f"limit must be >= 1, got {self.limit}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
             raise MidblockError(f"--seed must be an integer in [0, {SEED_LIMIT - 1}], got {self.seed!r}")
+        check_number("--dev-size", self.dev_size, low=0, hint="0: no dev split is held out")
         check_float_fields(self)
 
     @property

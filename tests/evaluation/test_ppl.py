@@ -58,3 +58,18 @@ def test_load_texts_formats(tmp_path):
     bad.write_text('{"foo": 1}\n')
     with pytest.raises(MidblockError, match="needs text"):
         load_texts(bad)
+
+
+def test_token_loss_per_text_is_in_input_order_and_sums_to_the_total(tiny):
+    model, tok = tiny("llama-tiny")
+    for bs in (1, 2, 5):  # batches sort texts by length; per_text must come back in the input order
+        r = token_loss(model, tok, TEXTS, batch_size=bs)
+        assert len(r["per_text"]) == len(TEXTS)
+        for text, (s, n) in zip(TEXTS, r["per_text"]):
+            if len(text) < 2:  # one byte token: nothing to predict
+                assert (s, n) == (0.0, 0)
+                continue
+            ref, ref_n = _direct(model, tok, [text])
+            assert n == ref_n and s == pytest.approx(ref * ref_n, rel=1e-5)
+        assert sum(n for _, n in r["per_text"]) == r["n_tokens"]
+        assert sum(s for s, _ in r["per_text"]) / r["n_tokens"] == pytest.approx(r["loss"], rel=1e-9)

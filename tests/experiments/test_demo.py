@@ -93,4 +93,4 @@ def test_demo_config_validation():
         DemoConfig(task="jsonl")
     with pytest.raises(MidblockError, match="steps"):
         DemoConfig(steps=0)
-    assert len(general_corpus()) == 40
+    assert len(general_corpus("general-v1")) == 40 and len(general_corpus()) == 98
