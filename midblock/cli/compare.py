@@ -14,6 +14,9 @@ from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
 from midblock.errors import MidblockError
 from midblock.experiments.grid import PRESETS, PROFILES, CompareConfig, load_grid, preset
+from midblock.tuning.trainconfig import PRECISIONS, TrainConfig
+
+_PRECISION_HELP = TrainConfig.__dataclass_fields__["precision"].metadata["help"] + " (default: the preset's)"
 
 # Grid settings that only a preset or a YAML file can express (mappings and lists of mappings); the
 # flags below give the common cases (one method per name, bands, a rank, shared training settings).
@@ -43,6 +46,7 @@ def register(sub) -> None:
     t.add_argument("--steps", type=int, default=None, help="training steps per cell")
     t.add_argument("--lr", type=float, default=None, help="learning rate")
     t.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    t.add_argument("--precision", default=None, choices=PRECISIONS, help=_PRECISION_HELP)
     p.add_argument("--forgetting-data", default=None, help="corpus for the loss check: general, gsm8k, arith or a file")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common_args(p, seed=False)
@@ -60,7 +64,8 @@ def grid_from_args(args: argparse.Namespace) -> dict:
     train = grid.get("train") or {}
     if isinstance(train, dict):  # anything else is left for CompareConfig to refuse in one line
         train = dict(train)
-        for key, val in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)):
+        given = (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size), ("precision", args.precision))
+        for key, val in given:
             if val is not None:
                 train[key] = val
     grid["train"] = train

@@ -30,6 +30,7 @@ from midblock.experiments.table import pooled_rows
 from midblock.fingerprint import check_or_record, make, spec_identity
 from midblock.io import RunDir, fresh_output_dir, provenance, read_json, write_json
 from midblock.layers import PAPER_BAND
+from midblock.tuning.trainconfig import PRECISIONS, Precision
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,26 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "first seed (the full profile adds seed+1, seed+2)"})
     steps: int | None = field(default=None, metadata={"help": "override the profile's training steps per arm"})
     eval_items: int | None = field(default=None, metadata={"help": "override the number of held-out items"})
+    precision: Precision | None = field(
+        default=None,
+        metadata={
+            "help": "training precision (default: the profile's, auto; smoke: fp32); auto: bf16 where the "
+            "hardware has it (a GPU, a CPU with avx512_bf16 or AMX), fp32 elsewhere; bf16 on other CPUs is "
+            "emulated, ~30x slower"
+        },
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for torch (default: torch's own choice, or OMP_NUM_THREADS)"}
+    )
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise MidblockError(f"unknown profile '{self.profile}'", hint="use " + ", ".join(PROFILES))
         if self.task not in ("arith", "gsm8k"):
             raise MidblockError(f"the demo runs task arith or gsm8k, not '{self.task}'")
-        for name in ("steps", "eval_items"):
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise MidblockError(f"unknown precision '{self.precision}'", hint="use " + ", ".join(PRECISIONS))
+        for name in ("steps", "eval_items", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise MidblockError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -80,12 +94,27 @@ class DemoConfig:
             seed=self.seed,
             steps=self.steps,
             eval_items=self.eval_items,
+            precision=self.precision,
         )
 
 
 def _fingerprint(config: DemoConfig) -> dict[str, Any]:
-    settings = {k: v for k, v in asdict(config).items() if k != "out"}
+    """Every setting but where it runs (``out``) and how many threads compute it; the precision as resolved
+    on this machine (``auto`` is bf16 on one machine, fp32 on another)."""
+    from midblock.tuning.precision import resolve_precision
+
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads")}
+    settings["precision"] = resolve_precision(config.grid()["train"]["precision"])
     return make(settings=settings, grid=config.grid(), model=spec_identity(config.model))
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU threads when ``threads`` is given; returns the number torch uses."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -96,6 +125,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from midblock.models.loading import parse_spec
 
     parse_spec(config.model)
+    apply_threads(config.threads)
     if config.task == "gsm8k":
         load_gsm8k("test", config.data)  # fail now, not after an hour, when GSM8K is not available
     out = fresh_output_dir(config.out)

@@ -62,7 +62,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # For tests on tiny random models: seconds, not minutes.
     "smoke": dict(steps=4, batch_size=4, lr=1e-3, rank=4, eval_items=6, seeds=1, max_new_tokens=24),
 }
-PROFILE_PRECISION = {"quick": "bf16", "full": "bf16", "smoke": "fp32"}
+# auto: bf16 where the hardware has it, fp32 elsewhere (midblock.tuning.precision); smoke stays fp32 so that
+# tests compute the same numbers on every machine
+PROFILE_PRECISION = {"quick": "auto", "full": "auto", "smoke": "fp32"}
 PROFILE_PPL_TEXTS = {"quick": 40, "full": 40, "smoke": 6}
 
 # The band landscape: which band should LoRA train? Every arm has the rank units of uniform r8 and equal
@@ -85,6 +87,7 @@ def two_arm_grid(
     seed: int = 0,
     steps: int | None = None,
     eval_items: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """The demo's comparison as a grid: all-block LoRA vs mid-block LoRA on ``band``, matched budgets and
     alpha/r (``constant-ratio``; a preset can set another alpha policy on both arms)."""
@@ -108,7 +111,7 @@ def two_arm_grid(
             "lr": s["lr"],
             "batch_size": s["batch_size"],
             "max_length": 384,
-            "precision": PROFILE_PRECISION[profile],
+            "precision": precision or PROFILE_PRECISION[profile],
             "warmup_steps": max(1, steps // 10),
         },
         "methods": [
@@ -142,6 +145,8 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
         "max_new_tokens": 96,
         "seeds": [0, 1, 2],
         "baseline": "uniform",
+        # bf16, as the published run (docs/results.md): on a CPU without bf16 instructions `compare` warns
+        # before it starts (about 30x slower there); --precision fp32 or auto trains another grid
         "train": {"steps": 100, "batch_size": 8, "max_length": 384, "precision": "bf16", "warmup_steps": 10},
         "methods": methods,
         "lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_limit": 200},

@@ -43,6 +43,7 @@ from midblock.models.introspect import get_layout
 from midblock.models.loading import RUN_MANIFEST
 from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import write_lr_search, write_outputs
+from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
 from midblock.tuning.train import SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class Keys:
     def training(self, cell: Cell) -> dict[str, Any]:
         tc = self.cc.train_config(cell, "cell")
         settings = {k: v for k, v in tc.fingerprint().items() if k != "model"}
+        # keyed on what the run computes in: `auto` means bf16 on one machine and fp32 on another
+        settings["precision"] = resolve_precision(tc.precision)
         data = self.train_data
         if "limit" in cell.train:  # an arm with its own training subset
             data = rows_digest(load_rows(self.cc.task, "train", self.cc.data, limit=cell.train["limit"]))
@@ -245,6 +248,7 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     keys = Keys(cc, texts)  # reads (and so validates) the training data
     ecfg = cc.eval_config()
     keys.evaluation(ecfg)  # ... and the test data
+    warn_fixed_bf16(cc)  # before any work starts
     t0 = time.perf_counter()
     cc, auto_band = resolve_auto_bands(cc, out)
     search = []
@@ -263,6 +267,14 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band, "num_layers": _num_layers(cc)}
     write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
     return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
+
+
+def warn_fixed_bf16(cc: CompareConfig) -> bool:
+    """A grid that fixes bf16 (a reproduction preset keeps the published run's precision) on a CPU that
+    emulates it: say so, with the expected slowdown, before anything runs. True when it warned."""
+    asked = {(cc.train | c.train).get("precision", "auto") for c in cc.cells()}
+    source = "the grid's precision bf16 (a reproduction preset such as band-landscape keeps the published run's)"
+    return "bf16" in asked and warn_if_emulated("bf16", default_device_type(), source=source)
 
 
 def _num_layers(cc: CompareConfig) -> int:

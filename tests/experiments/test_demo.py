@@ -94,3 +94,27 @@ def test_demo_config_validation():
     with pytest.raises(MidblockError, match="steps"):
         DemoConfig(steps=0)
     assert len(general_corpus()) == 40
+
+
+def test_demo_config_from_the_cli_carries_precision_and_threads():
+    from midblock.cli import build_parser
+    from midblock.cli.demo import config_from_args
+
+    args = build_parser().parse_args(["demo", "--precision", "fp32", "--threads", "2", "--out", "o"])
+    cfg = config_from_args(args)
+    assert cfg.precision == "fp32" and cfg.threads == 2
+    assert cfg.grid()["train"]["precision"] == "fp32"
+    default = config_from_args(build_parser().parse_args(["demo"]))
+    assert default.precision is None and default.grid()["train"]["precision"] == "auto"  # the quick profile's
+    smoke = config_from_args(build_parser().parse_args(["demo", "--profile", "smoke"]))
+    assert smoke.grid()["train"]["precision"] == "fp32"
+    with pytest.raises(MidblockError, match="threads"):
+        DemoConfig(threads=0)
+
+
+def test_threads_do_not_change_the_demo_fingerprint_and_precision_does():
+    from midblock.experiments.demo import _fingerprint
+
+    base = DemoConfig(model="random:llama-tiny", profile="smoke")
+    assert _fingerprint(base)["key"] == _fingerprint(replace(base, threads=1))["key"]
+    assert _fingerprint(base)["key"] != _fingerprint(replace(base, precision="bf16"))["key"]
