@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"band of the mid-block arm: {cfg.band} (the paper's band: the middle three of five segments)")
     summary = run_demo(cfg)
     print()
-    print(format_table(summary["comparison"]))
+    print(format_table(summary["comparison"], baseline=summary["settings"].get("baseline") or "lora"))
     print(f"\nwall time {summary['wall_s']:.0f} s; report: {cfg.out}/report.html")
     return 0

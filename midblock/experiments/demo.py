@@ -180,6 +180,7 @@ def _analyze(config: DemoConfig, out: Path, variants: list[str]) -> dict[str, An
     cfg = AnalyzeConfig(
         base=config.model,
         variants=variants,
+        names=list(ARMS) if variants else [],  # figures name the arms, not the run directories
         datasets=[config.data if (config.task == "gsm8k" and config.data) else config.task],
         samples=ANALYSIS_SAMPLES[config.profile],
         max_length=256,

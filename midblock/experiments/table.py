@@ -69,6 +69,7 @@ def _train_cols(rec: dict[str, Any]) -> dict[str, Any]:
     return {
         "band": _band_text(rec.get("band")),
         "lr": rec.get("lr"),
+        "precision": tr.get("precision"),
         "trainable_params": tr.get("trainable_params"),
         "rank_units": tr.get("rank_units"),
         "alpha_over_r": tr.get("scaling"),
@@ -138,7 +139,7 @@ def _pooled_row(arm, recs, per_seed, bl, metric, base_ppl) -> dict[str, Any]:
         else None,
     }
     first = per_seed[0]
-    for k in ("band", "lr", "trainable_params", "rank_units", "alpha_over_r", "backward_depth"):
+    for k in ("band", "lr", "precision", "trainable_params", "rank_units", "alpha_over_r", "backward_depth"):
         row[k] = first.get(k)
     for k in _TRAIN_MEANS:
         row[k] = _mean([r.get(k) for r in per_seed])

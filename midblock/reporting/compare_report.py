@@ -16,6 +16,7 @@ COLUMNS = [
     "seed",
     "band",
     "lr",
+    "precision",
     "metric",
     "n",
     "accuracy",
@@ -52,13 +53,20 @@ def _num(x: Any, fmt: str = "{:.3g}") -> str:
     return f"{x:,}" if isinstance(x, int) else fmt.format(x)
 
 
+def _precisions(rows: list[dict[str, Any]]) -> str:
+    """The resolved training precision(s) of the rows (fp32, bf16), or a dash when nothing was trained."""
+    used = sorted({str(r["precision"]) for r in rows if r.get("precision")})
+    return ", ".join(used) or "-"
+
+
 def markdown(cc, rows: list[dict[str, Any]]) -> str:
     head = (
         f"Model `{cc.model}`, trained on `{cc.task}`, evaluated on `{cc.eval_task}` with protocol "
         f"`{cc.protocol}` (metric `{cc.metric}`); baseline `{cc.baseline}`; seeds {cc.seeds}. "
         "Accuracy in %. 95% intervals: Wilson over the test items, per seed and for the `mean(S)` rows (each "
         "item's correctness averaged over the seeds); differences paired over the same items (bootstrap). "
-        "Peak memory: the training run's own peak (RSS on a CPU, allocated memory on a GPU).\n\n"
+        "Peak memory: the training run's own peak (RSS on a CPU, allocated memory on a GPU). "
+        f"Training precision: {_precisions(rows)}.\n\n"
     )
     cols = [
         "arm",
@@ -80,7 +88,7 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
     for r in rows:
         diff = (
             ""
-            if r.get("diff_vs_baseline") is None
+            if r.get("diff_vs_baseline") is None or r["arm"] == cc.baseline  # not against itself
             else (f"{100 * r['diff_vs_baseline']:+.1f} [{100 * r['diff_low']:+.1f}, {100 * r['diff_high']:+.1f}]")
         )
         ppl = (

@@ -39,6 +39,17 @@ def test_demo_writes_a_complete_run(demo_run):
     assert {"torch", "transformers", "peft"} <= set(saved["provenance"]["versions"])
     assert saved["recommended_band"]["spec"]
     assert sorted(saved["variant_arms"].values()) == ["lora", "midblock"]  # the figure names arms, not dirs
+    # the analysis (its CSV, and so every figure's legend) names the tuned models by arm, not "train", "train-2"
+    variants = {r["variant"] for r in csv.DictReader(open(out / "analysis" / "metrics.csv"))}
+    assert variants == {"base", "lora", "midblock"}
+    # the report: the resolved precision, two tables instead of one wide one, no difference of lora against itself
+    html = (out / "report.html").read_text()
+    assert "Training precision: fp32" in html and "<th>precision</th>" in html
+    assert "minus lora, points [95% CI]" in html and "+0.0 [+0.0, +0.0]" not in html.split("midblock</td>")[0]
+    head, _, *body = [[c.strip() for c in line.strip("|").split("|")] for line in open(out / "comparison.md")]
+    lora_md = dict(zip(head, next(b for b in body if b[0] == "lora")))
+    assert lora_md["diff_vs_baseline"] == lora_md["diff_low"] == lora_md["diff_high"] == ""
+    assert lora_md["precision"] == "fp32"
     # the demo trains the paper's band, spelled once: seg2-4/5 of 6 blocks is blocks 1..3
     assert cfg.band == PAPER_BAND == "seg2-4/5" and by["midblock"]["band"] == "1-3"
     mid = next(c for c in summary_cells(out) if c["label"] == "midblock")
