@@ -35,7 +35,8 @@ from midblock.tuning.trainconfig import PRECISIONS, Precision
 log = logging.getLogger(__name__)
 
 ARMS = ("lora", "midblock")
-ANALYSIS_SAMPLES = {"quick": 48, "full": 200, "smoke": 8}
+# problems the layer analyses run on (base alone, then base vs the tuned arms); quick: a few minutes' share
+ANALYSIS_SAMPLES = {"quick": 24, "full": 200, "smoke": 8}
 
 
 @dataclass
@@ -49,7 +50,10 @@ class DemoConfig:
     data: str | None = field(default=None, metadata={"help": "GSM8K directory/file when --task gsm8k"})
     profile: Literal["quick", "full", "smoke"] = field(
         default="quick",
-        metadata={"help": "quick (~10 min on 2 CPU cores), full (the two-arm band landscape, 3 seeds), smoke (tests)"},
+        metadata={
+            "help": "quick (20 steps per arm, 64 problems: minutes on 2 CPU cores), full (the two-arm band "
+            "landscape, 3 seeds), smoke (tests)"
+        },
     )
     band: str = field(
         default=PAPER_BAND,
