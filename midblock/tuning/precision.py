@@ -46,6 +46,20 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_model_name() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
 def cpu_native_bf16() -> bool:
     """True when this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX-BF16), unless
     ``MIDBLOCK_CPU_BF16`` says otherwise (``0`` or ``1``)."""
@@ -59,6 +73,7 @@ def cpu_capability() -> dict[str, object]:
     """What a timing on this CPU depends on: native bf16 or not, the bf16 flags present, torch's ISA level."""
     bf16_flags = sorted(f for f in cpu_flags() if f in NATIVE_BF16_FLAGS)
     info: dict[str, object] = {
+        "model": cpu_model_name(),
         "native_bf16": bool(bf16_flags),  # the hardware's answer, whatever MIDBLOCK_CPU_BF16 says
         "bf16_flags": bf16_flags,
         "auto_precision_on_cpu": "bf16" if cpu_native_bf16() else "fp32",

@@ -90,3 +90,22 @@ def test_the_environment_overrides_the_flags(cpu, monkeypatch):
     cpu(native=False)
     monkeypatch.setenv(P.CPU_BF16_ENV, "1")
     assert P.resolve_precision("auto", "cpu") == "bf16"
+
+
+def test_bench_results_record_the_cpu_capability():
+    """Every bench script prints bench/machine.py's line next to its timings: native bf16 or not, torch's ISA."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    out = subprocess.run(
+        [sys.executable, str(repo / "bench" / "machine.py")], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    line = out.splitlines()[0]
+    assert line.startswith("Machine: ") and "native bf16: " in line and "torch CPU capability" in line
+    for script in (repo / "bench").glob("*.py"):
+        if script.name not in ("machine.py", "pool_rounds.py"):  # pool_rounds re-reads results, times nothing
+            assert "machine_line" in script.read_text(), script.name
