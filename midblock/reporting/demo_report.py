@@ -291,7 +291,7 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
         "<code>midblock compare</code> on the same grid (<code>compare/compare.md</code>).</p>"
         f"<p>Wall time {summary['wall_s']:.0f} s ({esc(timings)})."
         f" Versions: {esc(', '.join(f'{k} {v}' for k, v in prov['versions'].items()))}. Hardware: "
-        f"{esc(prov['hardware'].get('cpu_count'))} CPUs, {esc(prov['hardware'].get('platform'))}.</p>"
+        f"{esc(_hardware_text(prov['hardware']))}.</p>"
     )
     add_section(out, Section("run", "What was run", what, order=10), render=False)
     add_section(
@@ -336,6 +336,18 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
     )
 
     return render_report(out, title=f"midblock demo: {config.model} on {config.task}")
+
+
+def _hardware_text(hw: dict[str, Any]) -> str:
+    """CPUs, torch threads, the CPU model and whether it has bf16 instructions: what the timings depend on."""
+    cpu = hw.get("cpu") or {}
+    parts = [f"{hw.get('cpu_count')} CPUs ({hw.get('torch_threads')} torch threads)"]
+    if cpu:
+        bf16 = "with bf16 instructions" if cpu.get("native_bf16") else "without bf16 instructions"
+        parts.append(f"{cpu.get('model') or 'CPU'} {bf16} (torch: {cpu.get('torch_cpu_capability')})")
+    if hw.get("cuda_devices"):
+        parts.append("GPU " + ", ".join(map(str, hw["cuda_devices"])))
+    return ", ".join(parts + [str(hw.get("platform"))])
 
 
 def _precision_text(asked: str, rows: list[dict]) -> str:
