@@ -127,9 +127,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from midblock.data import load_gsm8k
     from midblock.experiments.runner import compare
     from midblock.models.loading import parse_spec
+    from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
 
     parse_spec(config.model)
     apply_threads(config.threads)
+    # before any work: bf16 asked for on a CPU that emulates it (auto never picks it there)
+    device = default_device_type()
+    warn_if_emulated(resolve_precision(config.grid()["train"]["precision"], device), device)
     if config.task == "gsm8k":
         load_gsm8k("test", config.data)  # fail now, not after an hour, when GSM8K is not available
     out = fresh_output_dir(config.out)

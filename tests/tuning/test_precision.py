@@ -109,3 +109,22 @@ def test_bench_results_record_the_cpu_capability():
     for script in (repo / "bench").glob("*.py"):
         if script.name not in ("machine.py", "pool_rounds.py"):  # pool_rounds re-reads results, times nothing
             assert "machine_line" in script.read_text(), script.name
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU the accelerator follows the GPU")
+@pytest.mark.parametrize(("asked", "native", "mixed", "warns"), [
+    ("bf16", False, "bf16", True),   # the user's choice is kept, with the warning
+    ("bf16", True, "bf16", False),
+    ("auto", False, "no", False),    # auto never emulates
+    ("auto", True, "bf16", False),
+])  # fmt: skip
+def test_training_starts_in_the_resolved_precision_and_warns_only_when_emulated(
+    cpu, caplog, asked, native, mixed, warns
+):
+    from midblock.tuning.train import TrainConfig, _start_accelerator
+
+    cpu(native=native)
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
+        acc = _start_accelerator(TrainConfig(model="random:llama-tiny", out="unused", precision=asked))
+    assert acc.mixed_precision == mixed
+    assert any("emulated" in r.getMessage() for r in caplog.records) is warns
