@@ -110,22 +110,26 @@ def pace_verdict(
 
 
 def likely_cause(facts: MachineFacts) -> str:
-    """The most likely reason for a slow run on this machine, with what to do about it."""
+    """The most likely reason for a slow run on this machine, with what to do about it. Emulated bf16 alone
+    explains any slowdown; a busy machine and too few threads can add up, so both are named when both hold."""
     if facts.device_type == "cpu" and facts.precision == "bf16" and not facts.native_bf16:
         return (
             f"bf16 autocast is emulated on this CPU (no {' or '.join(NATIVE_BF16_FLAGS)}), about "
             f"{EMULATED_SLOWDOWN} slower than fp32: use --precision fp32 (or auto)"
         )
-    if facts.threads < min(facts.cores, CORE_CAP):
-        return (
-            f"torch uses {facts.threads} thread(s) on {facts.cores} cores: raise --threads "
-            "(or OMP_NUM_THREADS) if the cores are free"
-        )
+    causes = []
     if facts.load_avg is not None and facts.load_avg > 1.5 * facts.cores:
-        return (
+        causes.append(
             f"the machine is busy (load average {facts.load_avg:.1f} on {facts.cores} cores): other processes "
             "share the CPU"
         )
+    if facts.threads < min(facts.cores, CORE_CAP):
+        causes.append(
+            f"torch uses {facts.threads} thread(s) on {facts.cores} cores: raise --threads (or OMP_NUM_THREADS) "
+            "if the cores are free"
+        )
+    if causes:
+        return "; also ".join(causes)
     return "this CPU is slower than the reference (a 2-core AVX2 machine in fp32), or memory is swapping"
 
 

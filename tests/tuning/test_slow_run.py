@@ -45,9 +45,11 @@ def test_cause_emulated_bf16_comes_first():
     assert "emulated" in likely_cause(facts) and "--precision fp32" in likely_cause(facts)
 
 
-def test_cause_threads_then_load_then_cpu():
-    assert "1 thread(s) on 2 cores" in likely_cause(MachineFacts("cpu", "fp32", False, 1, 2, 0.1))
+def test_cause_load_and_threads_then_cpu():
+    assert likely_cause(MachineFacts("cpu", "fp32", False, 1, 2, 0.1)).startswith("torch uses 1 thread(s) on 2 cores")
     assert "busy" in likely_cause(MachineFacts("cpu", "fp32", False, 2, 2, 6.0))
+    both = likely_cause(MachineFacts("cpu", "fp32", False, 1, 2, 6.7))  # a shared machine, one thread: both
+    assert both.startswith("the machine is busy (load average 6.7 on 2 cores)") and "also torch uses 1" in both
     assert "slower than the reference" in likely_cause(MachineFacts("cpu", "fp32", False, 2, 2, 1.0))
     # native bf16 is not a cause
     assert "emulated" not in likely_cause(MachineFacts("cpu", "bf16", True, 2, 2, 1.0))
