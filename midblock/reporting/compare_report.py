@@ -94,7 +94,8 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
         ppl = (
             ""
             if r.get("ppl") is None
-            else f"{r['ppl']:.3f}" + ("" if r.get("ppl_delta") is None else f" ({r['ppl_delta']:+.3f})")
+            else f"{r['ppl']:.3f}"
+            + ("" if r.get("ppl_delta") is None or r["arm"] == "base" else f" ({r['ppl_delta']:+.3f})")
         )
         cells = [
             str(r["arm"]),
