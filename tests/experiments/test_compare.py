@@ -42,7 +42,11 @@ def test_compare_two_methods_two_seeds_end_to_end_and_resume(tmp_path, monkeypat
         assert (out / f).stat().st_size > 0
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     table = list(csv.DictReader(open(out / "compare.csv")))
-    assert len(table) == 6 and table[0]["diff_vs_baseline"] == "0.0"
+    assert len(table) == 6 and table[0]["diff_vs_baseline"] == "0.0"  # the data keeps it; the tables show none
+    assert all(r["precision"] == "fp32" for r in table)  # auto, resolved (the suite pins auto to fp32)
+    md = [line.split("|") for line in (out / "compare.md").read_text().splitlines() if line.startswith("| lora ")]
+    assert len(md) == 3 and all(cells[6].strip() == "" for cells in md)  # no difference of lora against itself
+    assert "Training precision: fp32." in (out / "compare.md").read_text()
     for r in rows:
         assert r["n"] == 3 and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
         assert r["trainable_params"] > 0 and r["rank_units"] == 24  # 6 blocks x r4 = 3 blocks x r8
