@@ -11,8 +11,9 @@ bf16 is emulated on this CPU". The rule, on a CPU (a GPU run is not checked: the
   new tokens, counting 2 FLOP per parameter per token). Counting more cores than :data:`CORE_CAP` would
   expect a speed-up that small batches do not get;
 - **slow** = the median of the first timed units (the first one, which warms up, is skipped) is more than
-  :data:`SLOW_FACTOR` times the expected time. A machine a few times slower than the reference passes
-  quietly; emulated bf16 (25-35x) or a CPU shared by many processes does not;
+  :data:`SLOW_FACTOR` times the expected time, and the projected total exceeds the expected total by more
+  than :data:`MIN_LOST_S`. A machine a few times slower than the reference passes quietly, and so does a
+  tiny model whose steps are all overhead; emulated bf16 (25-35x) or a CPU shared by many processes does not;
 - **cause**, the first that applies: bf16 emulated on this CPU; fewer torch threads than cores; a load
   average above the cores; else a CPU slower than the reference (or memory swapping).
 
@@ -35,6 +36,7 @@ TRAIN_GFLOPS_PER_CORE = 40.0  # fp32 LoRA training on the reference 2-core AVX2 
 GENERATE_GFLOPS_PER_CORE = 24.0  # fp32 greedy generation, same machine
 CORE_CAP = 4
 SLOW_FACTOR = 4.0
+MIN_LOST_S = 120.0  # and the slowness costs at least this much in all (tiny models: overhead, not compute)
 WARMUP_UNITS = 1  # the first step (or batch) allocates and warms caches: not timed
 TIMED_UNITS = 2  # the units after it that decide
 
@@ -93,10 +95,12 @@ def pace_verdict(
     warmup: int = WARMUP_UNITS,
     timed: int = TIMED_UNITS,
     factor: float = SLOW_FACTOR,
+    min_lost_s: float = MIN_LOST_S,
 ) -> Pace | None:
     """A :class:`Pace` when the first timed units (after ``warmup``) run more than ``factor`` times slower
-    than expected; None when they do not, when fewer than ``warmup + timed`` units are measured, or when
-    nothing is expected. ``total_units`` is the run's total, so the projection covers the whole run."""
+    than expected and the projected total exceeds the expected one by more than ``min_lost_s``; None
+    otherwise, when fewer than ``warmup + timed`` units are measured, or when nothing is expected.
+    ``total_units`` is the run's total, so the projection covers the whole run."""
     if expected_unit_s is None or expected_unit_s <= 0 or len(unit_s) < warmup + timed:
         return None
     window = unit_s[warmup : warmup + timed]
@@ -106,6 +110,8 @@ def pace_verdict(
         return None
     done = sum(unit_s[: warmup + timed])
     projected = done + measured * max(0, total_units - warmup - timed)
+    if projected - expected_unit_s * total_units <= min_lost_s:
+        return None  # a short run (a tiny model's steps are overhead, not compute): not worth a warning
     return Pace(measured, expected_unit_s, projected, ratio)
 
 

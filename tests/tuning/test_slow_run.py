@@ -71,3 +71,9 @@ def test_message_names_measured_projection_and_cause(caplog):
     assert "emulated" in msg  # projected: (190 + 185 + 185 + 47 x 185) s = 2.6 h
     pace = Pace(10.0, 1.0, 90.0, 10.0)
     assert "90 s in all" in slow_message("generation", "batch of 16", pace, AVX2)
+
+
+def test_a_short_run_is_not_worth_a_warning():
+    """A tiny model: steps 1000x the FLOP estimate (overhead), but the whole run takes seconds."""
+    assert pace_verdict([0.5, 0.4, 0.4], 4, expected_unit_s=0.0004) is None
+    assert pace_verdict([0.5, 0.4, 0.4], 1000, expected_unit_s=0.0004) is not None  # 400 s: worth saying
