@@ -109,7 +109,7 @@ def plot_change_profile(
 
 def format_table(rows: list[dict], baseline: str = "lora") -> str:
     """The terminal summary table (one row per system: the base and each arm pooled over its seeds); the
-    baseline's difference against itself is left empty."""
+    baseline's difference and the base's perplexity change, each against itself, are left empty."""
     cols = [
         ("arm", "{}"),
         ("band", "{}"),
@@ -129,7 +129,8 @@ def format_table(rows: list[dict], baseline: str = "lora") -> str:
     head = [c for c, _ in cols]
     body = []
     for r in rows:
-        shown = {k: v for k, v in r.items() if not (r["arm"] == baseline and k in DIFF_KEYS)}
+        against_itself = DIFF_KEYS if r["arm"] == baseline else ("ppl_change_pct",) if r["arm"] == "base" else ()
+        shown = {k: v for k, v in r.items() if k not in against_itself}
         body.append([("" if shown.get(c) is None else f.format(shown[c])) for c, f in cols])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
