@@ -134,14 +134,15 @@ def test_threads_do_not_change_the_demo_fingerprint_and_precision_does():
 def test_tables_leave_comparisons_of_a_system_with_itself_empty():
     from midblock.reporting.demo_report import cost_table, format_table, results_table
 
-    row = {"n": 64, "accuracy": 0.1, "ci_low": 0.05, "ci_high": 0.2, "diff_vs_baseline": 0.0, "diff_low": 0.0}
+    row = {"n": 64, "accuracy": 0.1, "ci_low": 0.05, "ci_high": 0.2}
     rows = [
         {"arm": "base", "seed": "-", **row, "ppl_change_pct": 0.0},
-        {"arm": "lora", "seed": "mean(1)", **row, "diff_high": 0.0, "ppl_change_pct": 3.0, "precision": "fp32"},
+        {"arm": "lora", "seed": "mean(1)", **row, "diff_vs_baseline": 0.0, "diff_low": 0.0, "diff_high": 0.0}
+        | {"ppl_change_pct": 3.0, "precision": "fp32"},
         {"arm": "midblock", "seed": "mean(1)", **row, "diff_vs_baseline": 0.05, "diff_low": -0.01, "diff_high": 0.1},
     ]
-    lines = format_table(rows, baseline="lora").splitlines()
-    assert "+0.000" not in lines[3] and "+0.0" not in lines[2] and "+0.050" in lines[4]
+    base, lora, mid = format_table(rows, baseline="lora").splitlines()[2:]
+    assert "+" not in base and "+0.000" not in lora and "+3.0" in lora and "+0.050" in mid
     html = results_table(rows, "lora")
     assert "+0.0 [+0.0, +0.0]" not in html and "+5.0 [-1.0, +10.0]" in html
     assert "<td>fp32</td>" in cost_table(rows) and "<td>base</td>" not in cost_table(rows)
