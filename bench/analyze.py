@@ -25,6 +25,7 @@ import sys
 import time
 
 import torch
+from machine import machine_info, machine_line  # bench/machine.py: the CPU capability next to every timing
 
 from midblock.analysis import metrics as M
 from midblock.analysis.capture import CaptureSpec, collect, make_batches
@@ -181,7 +182,8 @@ def main() -> None:
     if a.child is not None:
         print(json.dumps(child_peak(a.child, a.max_length, a.batch_size)))
         return
-    res: dict = {"threads": torch.get_num_threads()}
+    res: dict = {"threads": torch.get_num_threads(), "machine": machine_info()}
+    print(machine_line(res["machine"]), flush=True)
     model, tok, seqs = load(a.samples, a.max_length)
     res["tokens"] = sum(len(s) for s in seqs)
     res["overhead"] = bench_overhead(model, tok, seqs, a.batch_size)

@@ -97,6 +97,9 @@ def main() -> None:
                 res[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
                 csv[mode] = (out / "metrics.csv").read_text()
     mb = 2**20
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
+    print(machine_line())
     print(f"| mode | peak RSS (MB) | peak - RSS before analyze (MB) | wall (s) |  runs: {args.reps} each, medians")
     print("|---|---:|---:|---:|")
     for mode, rs in res.items():

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the Markdown record here")
     args = ap.parse_args(argv)
 
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
     from midblock.evaluation.evaluate import EvalConfig, build_prompts, load_test_items
     from midblock.evaluation.generate import DecodeConfig, generate_completions
     from midblock.io import provenance, write_text
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.mean(gen_tokens):.0f}, max {max(gen_tokens)}.",
         "",
         f"Hardware: {provenance()['hardware']}",
+        "",
+        machine_line(),
         "",
     ]
     text = "\n".join(lines)

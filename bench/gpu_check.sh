@@ -25,6 +25,7 @@ fi
 OUT=/dev/null
 [[ $MODE == gpu ]] && OUT=bench/results/gpu_check.txt
 { echo "# bash bench/gpu_check.sh ($MODE), $(date -u '+%Y-%m-%d %H:%M UTC')"; uptime || true
+  "$PY" bench/machine.py | head -n 1 || true  # the CPU capability (native bf16 or not) next to the timings
   [[ $MODE == gpu ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 } | tee "$OUT"
 timeout 570 "$PY" - "$MODE" <<'PY' 2>&1 | grep -v -E "Warning|warnings.warn|examples/s]|^\s*$" | tee -a "$OUT"

@@ -74,6 +74,8 @@ def child(args) -> None:
 
 
 def main() -> int:
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=8)
@@ -88,6 +90,8 @@ def main() -> int:
         f"Command: `{' '.join(['python', *sys.argv])}`",
         "",
         f"{args.model}, batch {args.batch} x {args.seq}, fp32, one thread; medians of {args.rounds} rounds.",
+        "",
+        machine_line(),
         "",
         "| allocator | config | s/step | sys s/step | minor faults/step | midblock / lora time |",
         "|---|---|---:|---:|---:|---:|",

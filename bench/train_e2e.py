@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import machine_info, machine_line  # bench/machine.py: the CPU capability next to every timing
+
 CONFIGS = [
     "trl-lora",
     "trl-lora-ckpt",
@@ -220,6 +222,7 @@ def render(args, names, results, rounds_done, up_start, up_end, wall) -> str:
         f"Command: `{' '.join(['python', 'bench/train_e2e.py', *sys.argv[1:]])}`  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch threads per worker: {args.threads}; wall {wall / 60:.1f} min  ",
+        f"{machine_line()}  ",
         f"Load before: `{up_start}`  ",
         f"Load after: `{up_end}`",
         "",
@@ -295,7 +298,8 @@ def main() -> int:
     print(report)
     if args.out:
         Path(args.out).write_text(report)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        record = {"machine": machine_info(), "results": results}
+        Path(args.out).with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -291,6 +291,8 @@ RATIOS = [
 
 
 def render(args, shape, band, bm, names, med, mmed, pred, cmed, times, faults) -> str:
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
     from midblock.io import hardware_info, package_versions
     from midblock.layers import format_indices
 
@@ -299,6 +301,8 @@ def render(args, shape, band, bm, names, med, mmed, pred, cmed, times, faults) -
         f"# train_step benchmark ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"Command: `{' '.join(['python', *sys.argv])}`",
+        "",
+        machine_line(),
         "",
         f"Model {args.model} ({shape.num_layers} blocks), batch {args.batch} x {args.seq}, {args.dtype} on "
         f"{args.device}, torch threads {torch.get_num_threads()}; band {args.band} = blocks {format_indices(band)} "

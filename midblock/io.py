@@ -217,6 +217,9 @@ def hardware_info() -> dict[str, Any]:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        from midblock.tuning.precision import cpu_capability
+
+        info["cpu"] = cpu_capability()  # what CPU timings depend on: native bf16 or not, torch's ISA level
         if torch.cuda.is_available():
             info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:

@@ -62,6 +62,15 @@ class AnalyzeConfig:
             "repeat": True,
         },
     )
+    names: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "the variants' names in tables and figures, one per --variant in order (default: from their "
+            "paths); repeatable",
+            "flag": "--name",
+            "repeat": True,
+        },
+    )
     datasets: list[str] = field(
         default_factory=lambda: ["gsm8k"],
         metadata={"help": "gsm8k, arith or FILE.jsonl; repeatable", "flag": "--data", "repeat": True},
@@ -111,6 +120,15 @@ class AnalyzeConfig:
             raise MidblockError("analyze needs at least one dataset", hint="--data gsm8k")
         if self.device_map and self.device:
             raise MidblockError("--device and --device-map exclude each other", hint="pass only one of them")
+        if self.names and len(self.names) != len(self.variants):
+            raise MidblockError(
+                f"{len(self.names)} --name for {len(self.variants)} --variant", hint="give one name per variant"
+            )
+        bad = [n for n in self.names if not n or n == "base" or "," in n]
+        if bad or len(set(self.names)) != len(self.names):
+            raise MidblockError(
+                f"variant names must be distinct, non-empty, without commas and not 'base': {self.names}"
+            )
         self.metrics = parse_metrics(self.metrics)
         check_float_fields(self)
 

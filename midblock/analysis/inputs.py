@@ -143,7 +143,8 @@ def load_models(cfg, seed: int, load_kw: dict) -> tuple[dict[str, Any], Any, lis
         return load_model(spec, dtype=cfg.dtype, device=cfg.device, seed=seed, **load_kw)
 
     taken = {"base"}
-    var_info = [{"spec": vs, "name": model_name(vs, taken)} for vs in cfg.variants]
+    names = cfg.names or [model_name(vs, taken) for vs in cfg.variants]
+    var_info = [{"spec": vs, "name": nm} for vs, nm in zip(cfg.variants, names)]
     models: dict[str, Any] = {}
     if cfg.sequential:
         for v in var_info:

@@ -23,7 +23,7 @@ from midblock.tuning.trainconfig import TrainConfig
 # flags below give the common cases (one method per name, bands, a rank, shared training settings).
 _FILE_ONLY = ("methods", "train", "forgetting", "lr_search", "auto_analysis")
 _METHOD_FLAGS = ("rank", "alpha_policy")  # MidBlockConfig fields given to every arm built from --methods
-_TRAIN_FLAGS = ("steps", "lr", "batch_size")  # TrainConfig fields shared by every cell
+_TRAIN_FLAGS = ("steps", "lr", "batch_size", "precision")  # TrainConfig fields shared by every cell
 
 
 def _csv(s: str | None, kind=str) -> list | None:

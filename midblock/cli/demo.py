@@ -19,14 +19,18 @@ def register(sub) -> None:
     p.set_defaults(func=run, out="runs/demo")
 
 
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    return DemoConfig(**config_kwargs(args, DemoConfig, skip=_CLI_OWN), out=args.out or "runs/demo", seed=args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
     from midblock.experiments.demo import run_demo
     from midblock.reporting.demo_report import format_table
 
-    cfg = DemoConfig(**config_kwargs(args, DemoConfig, skip=_CLI_OWN), out=args.out or "runs/demo", seed=args.seed)
+    cfg = config_from_args(args)
     print(f"band of the mid-block arm: {cfg.band} (the paper's band: the middle three of five segments)")
     summary = run_demo(cfg)
     print()
-    print(format_table(summary["comparison"]))
+    print(format_table(summary["comparison"], baseline=summary["settings"].get("baseline") or "lora"))
     print(f"\nwall time {summary['wall_s']:.0f} s; report: {cfg.out}/report.html")
     return 0

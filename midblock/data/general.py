@@ -46,6 +46,17 @@ def general_rows(name: str = "general") -> list[dict[str, Any]]:
 
 
 def general_texts(name: str = "general", limit: int | None = None) -> list[str]:
-    """The texts of a bundled corpus, in file order (the first ``limit`` when given)."""
+    """The texts of a bundled corpus, in file order; with ``limit``, that many spread evenly over the file.
+
+    The file is grouped by source, so the first ``limit`` texts would all come from one work: an even spread
+    keeps a subset (the quick demo's) drawn from every source."""
     texts = [r["text"] for r in general_rows(name)]
-    return texts[:limit] if limit is not None else texts
+    return spread(texts, limit)
+
+
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` items at evenly spaced positions (the first always kept), in order; all when ``limit`` is
+    None or not smaller than the list."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // limit] for i in range(limit)]

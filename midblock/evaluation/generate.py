@@ -24,6 +24,14 @@ from midblock.errors import MidblockError
 from midblock.evaluation.config import DecodeConfig
 from midblock.evaluation.prefix_attention import shared_prefix_attention
 from midblock.models.loading import check_remote_code, trust_remote_code
+from midblock.tuning.slow_run import (
+    GENERATE_GFLOPS_PER_CORE,
+    TIMED_UNITS,
+    WARMUP_UNITS,
+    expected_seconds,
+    machine_facts,
+    note_if_slow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +375,15 @@ def generate_completions(
             log.debug("caching a shared prefix of %d tokens", P)
     bar = _progress(len(prompts), cfg.progress)
     t0 = time.perf_counter()
+    batch_s: list[float] = []
     try:
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b : b + cfg.batch_size]
+            tb = time.perf_counter()
             texts = _generate_batch(model, tokenizer, [encoded[i] for i in idx], cfg, eos, prefix)
+            batch_s.append(time.perf_counter() - tb)
+            if len(batch_s) == WARMUP_UNITS + TIMED_UNITS:  # once, early: will this evaluation be slow?
+                _note_pace(model, encoded, cfg, batch_s)
             for i, text in zip(idx, texts):
                 results[i] = text
                 if on_result is not None:
@@ -382,6 +395,21 @@ def generate_completions(
         if bar is not None:
             bar.close()
     return [r if r is not None else "" for r in results]
+
+
+def _note_pace(model, encoded: list[list[int]], cfg: DecodeConfig, batch_s: list[float]) -> None:
+    """Say once if decoding runs far slower than this machine should (see :mod:`midblock.tuning.slow_run`):
+    the expected batch costs 2 FLOP per parameter per token, prompt and every allowed new token counted."""
+    p = next(model.parameters(), None)
+    if p is None:
+        return
+    n_params = sum(x.numel() for x in model.parameters())
+    mean_len = sum(len(x) for x in encoded) / len(encoded)
+    gflop = 2 * n_params * (mean_len + cfg.max_new_tokens) * cfg.batch_size / 1e9
+    facts = machine_facts(p.device.type, "bf16" if p.dtype == torch.bfloat16 else "fp32")
+    expected = expected_seconds(gflop, GENERATE_GFLOPS_PER_CORE, facts)
+    total = -(-len(encoded) // cfg.batch_size)
+    note_if_slow("generation", f"batch of {cfg.batch_size}", batch_s, total, expected, facts)
 
 
 def _warn_if_too_long(model, encoded: list[list[int]], max_new: int) -> None:

@@ -30,11 +30,13 @@ from midblock.experiments.table import pooled_rows
 from midblock.fingerprint import check_or_record, make, spec_identity
 from midblock.io import RunDir, fresh_output_dir, provenance, read_json, write_json
 from midblock.layers import PAPER_BAND
+from midblock.tuning.trainconfig import PRECISIONS, Precision
 
 log = logging.getLogger(__name__)
 
 ARMS = ("lora", "midblock")
-ANALYSIS_SAMPLES = {"quick": 48, "full": 200, "smoke": 8}
+# problems the layer analyses run on (base alone, then base vs the tuned arms); quick: a few minutes' share
+ANALYSIS_SAMPLES = {"quick": 24, "full": 200, "smoke": 8}
 
 
 @dataclass
@@ -48,7 +50,10 @@ class DemoConfig:
     data: str | None = field(default=None, metadata={"help": "GSM8K directory/file when --task gsm8k"})
     profile: Literal["quick", "full", "smoke"] = field(
         default="quick",
-        metadata={"help": "quick (~10 min on 2 CPU cores), full (the two-arm band landscape, 3 seeds), smoke (tests)"},
+        metadata={
+            "help": "quick (20 steps per arm, 64 problems: minutes on 2 CPU cores), full (the two-arm band "
+            "landscape, 3 seeds), smoke (tests)"
+        },
     )
     band: str = field(
         default=PAPER_BAND,
@@ -58,13 +63,26 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "first seed (the full profile adds seed+1, seed+2)"})
     steps: int | None = field(default=None, metadata={"help": "override the profile's training steps per arm"})
     eval_items: int | None = field(default=None, metadata={"help": "override the number of held-out items"})
+    precision: Precision | None = field(
+        default=None,
+        metadata={
+            "help": "training precision (default: the profile's, auto; smoke: fp32); auto: bf16 where the "
+            "hardware has it (a GPU, a CPU with avx512_bf16 or AMX), fp32 elsewhere; bf16 on other CPUs is "
+            "emulated, ~30x slower"
+        },
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for torch (default: torch's own choice, or OMP_NUM_THREADS)"}
+    )
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise MidblockError(f"unknown profile '{self.profile}'", hint="use " + ", ".join(PROFILES))
         if self.task not in ("arith", "gsm8k"):
             raise MidblockError(f"the demo runs task arith or gsm8k, not '{self.task}'")
-        for name in ("steps", "eval_items"):
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise MidblockError(f"unknown precision '{self.precision}'", hint="use " + ", ".join(PRECISIONS))
+        for name in ("steps", "eval_items", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise MidblockError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -80,12 +98,27 @@ class DemoConfig:
             seed=self.seed,
             steps=self.steps,
             eval_items=self.eval_items,
+            precision=self.precision,
         )
 
 
 def _fingerprint(config: DemoConfig) -> dict[str, Any]:
-    settings = {k: v for k, v in asdict(config).items() if k != "out"}
+    """Every setting but where it runs (``out``) and how many threads compute it; the precision as resolved
+    on this machine (``auto`` is bf16 on one machine, fp32 on another)."""
+    from midblock.tuning.precision import resolve_precision
+
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads")}
+    settings["precision"] = resolve_precision(config.grid()["train"]["precision"])
     return make(settings=settings, grid=config.grid(), model=spec_identity(config.model))
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU threads when ``threads`` is given; returns the number torch uses."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -94,8 +127,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from midblock.data import load_gsm8k
     from midblock.experiments.runner import compare
     from midblock.models.loading import parse_spec
+    from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
 
     parse_spec(config.model)
+    apply_threads(config.threads)
+    # before any work: bf16 asked for on a CPU that emulates it (auto never picks it there)
+    device = default_device_type()
+    warn_if_emulated(resolve_precision(config.grid()["train"]["precision"], device), device)
     if config.task == "gsm8k":
         load_gsm8k("test", config.data)  # fail now, not after an hour, when GSM8K is not available
     out = fresh_output_dir(config.out)
@@ -150,6 +188,7 @@ def _analyze(config: DemoConfig, out: Path, variants: list[str]) -> dict[str, An
     cfg = AnalyzeConfig(
         base=config.model,
         variants=variants,
+        names=list(ARMS) if variants else [],  # figures name the arms, not the run directories
         datasets=[config.data if (config.task == "gsm8k" and config.data) else config.task],
         samples=ANALYSIS_SAMPLES[config.profile],
         max_length=256,

@@ -44,6 +44,7 @@ from midblock.models.loading import RUN_MANIFEST
 from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import write_lr_search, write_outputs
 from midblock.reporting.pareto import pareto_point, plot_pareto
+from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
 from midblock.tuning.train import SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Keys:
     def training(self, cell: Cell) -> dict[str, Any]:
         tc = self.cc.train_config(cell, "cell")
         settings = {k: v for k, v in tc.fingerprint().items() if k != "model"}
+        # keyed on what the run computes in: `auto` means bf16 on one machine and fp32 on another
+        settings["precision"] = resolve_precision(tc.precision)
         data = self.train_data
         if "limit" in cell.train:  # an arm with its own training subset
             data = rows_digest(self._train_rows(cell.train["limit"]))
@@ -272,6 +275,7 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     keys = Keys(cc, texts)  # reads (and so validates) the training data
     ecfg = cc.eval_config()
     keys.evaluation(ecfg)  # ... and the test data
+    warn_fixed_bf16(cc)  # before any work starts
     with RunDir(out):  # one compare per --out at a time ("in use by process N"); each cell has its own lock too
         return _run_grid(cc, keys, texts, ecfg, out, progress)
 
@@ -300,6 +304,14 @@ def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: b
     write_outputs(cc, rows, out, wall_s=time.perf_counter() - t0, extra=extra)
     plot_pareto(extra["pareto"], out / "pareto.png", f"{cc.model} on {cc.eval_task}: accuracy against forgetting")
     return {"rows": rows, "out": str(out), "config": asdict(cc), "cells": results, "base": base} | extra
+
+
+def warn_fixed_bf16(cc: CompareConfig) -> bool:
+    """A grid that fixes bf16 (a reproduction preset keeps the published run's precision) on a CPU that
+    emulates it: say so, with the expected slowdown, before anything runs. True when it warned."""
+    asked = {(cc.train | c.train).get("precision", "auto") for c in cc.cells()}
+    source = "the grid's precision bf16 (a reproduction preset such as band-landscape keeps the published run's)"
+    return "bf16" in asked and warn_if_emulated("bf16", default_device_type(), source=source)
 
 
 def _num_layers(cc: CompareConfig) -> int:

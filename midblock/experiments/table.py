@@ -109,6 +109,7 @@ def _train_cols(rec: dict[str, Any]) -> dict[str, Any]:
         "band": _band_text(rec.get("band")),
         "selection": selection_text(tr.get("selection")),
         "lr": rec.get("lr"),
+        "precision": tr.get("precision"),
         "trainable_params": tr.get("trainable_params"),
         "rank_units": tr.get("rank_units"),
         "alpha_over_r": tr.get("scaling"),
@@ -305,7 +306,16 @@ def _pooled_row(arm, recs, per_seed, metric, base_ppl) -> dict[str, Any]:
         row |= {"ci_low": r["lo"], "ci_high": r["hi"], "ci_covers": r["covers"], "approximate": r["approximate"]}
         row["seed_accuracies"] = r["per_seed"]
     first = per_seed[0]
-    for k in ("band", "selection", "lr", "trainable_params", "rank_units", "alpha_over_r", "backward_depth"):
+    for k in (
+        "band",
+        "selection",
+        "lr",
+        "precision",
+        "trainable_params",
+        "rank_units",
+        "alpha_over_r",
+        "backward_depth",
+    ):
         row[k] = first.get(k)
     for k in _TRAIN_MEANS:
         row[k] = _mean([r.get(k) for r in per_seed])

@@ -17,6 +17,7 @@ COLUMNS = [
     "band",
     "selection",
     "lr",
+    "precision",
     "metric",
     "n",
     "accuracy",
@@ -99,6 +100,12 @@ def _seed_list(vals: list[float] | None, scale: float = 100) -> str:
     return "" if not vals else ", ".join(f"{scale * v:+.1f}" for v in vals)
 
 
+def _precisions(rows: list[dict[str, Any]]) -> str:
+    """The resolved training precision(s) of the rows (fp32, bf16), or a dash when nothing was trained."""
+    used = sorted({str(r["precision"]) for r in rows if r.get("precision")})
+    return ", ".join(used) or "-"
+
+
 def markdown(cc, rows: list[dict[str, Any]]) -> str:
     m = max((r.get("n_comparisons") or 0 for r in rows), default=0)
     head = (
@@ -117,7 +124,8 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
         )
         + "Forgetting: perplexity on general text and its change against the base model, with an interval over "
         "seeds x texts where the cells stored per-text log-likelihoods. "
-        "Peak memory: the training run's own peak (RSS on a CPU, allocated memory on a GPU).\n\n"
+        "Peak memory: the training run's own peak (RSS on a CPU, allocated memory on a GPU). "
+        f"Training precision: {_precisions(rows)}.\n\n"
     )
     cols = [
         "arm",
@@ -151,7 +159,8 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
         ppl = (
             ""
             if r.get("ppl") is None
-            else f"{r['ppl']:.3f}" + ("" if r.get("ppl_delta") is None else f" ({r['ppl_delta']:+.3f})")
+            else f"{r['ppl']:.3f}"
+            + ("" if r.get("ppl_delta") is None or r["arm"] == "base" else f" ({r['ppl_delta']:+.3f})")
         )
         cells = [
             str(r["arm"]),

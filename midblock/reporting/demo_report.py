@@ -107,8 +107,9 @@ def plot_change_profile(
 # --------------------------------------------------------------------------- report
 
 
-def format_table(rows: list[dict]) -> str:
-    """The terminal summary table (one row per system: the base and each arm pooled over its seeds)."""
+def format_table(rows: list[dict], baseline: str = "lora") -> str:
+    """The terminal summary table (one row per system: the base and each arm pooled over its seeds); the
+    baseline's difference and the base's perplexity change, each against itself, are left empty."""
     cols = [
         ("arm", "{}"),
         ("band", "{}"),
@@ -128,7 +129,9 @@ def format_table(rows: list[dict]) -> str:
     head = [c for c, _ in cols]
     body = []
     for r in rows:
-        body.append([("" if r.get(c) is None else f.format(r[c])) for c, f in cols])
+        against_itself = DIFF_KEYS if r["arm"] == baseline else ("ppl_change_pct",) if r["arm"] == "base" else ()
+        shown = {k: v for k, v in r.items() if k not in against_itself}
+        body.append([("" if shown.get(c) is None else f.format(shown[c])) for c, f in cols])
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *(line(b) for b in body)])
@@ -180,13 +183,79 @@ def verdict(rows: list[dict]) -> str:
 
 # the compare table's columns, less what the demo's one-row-per-arm table does not need
 REPORT_COLUMNS = [c for c in COLUMNS if c not in ("lr", "metric", "n", "train_wall_s", "eval_wall_s", "ppl_delta")]
+DIFF_KEYS = ("diff_vs_baseline", "diff_low", "diff_high")
+
+
+def _interval(x: Any, lo: Any, hi: Any, scale: float = 100.0, sign: str = "") -> str:
+    if x is None:
+        return ""
+    return f"{scale * x:{sign}.1f} [{scale * lo:{sign}.1f}, {scale * hi:{sign}.1f}]"
+
+
+def _fmt(x: Any, fmt: str) -> str:
+    return "" if x is None else fmt.format(x)
+
+
+def results_table(rows: list[dict], baseline: str) -> str:
+    """What each system scored: accuracy, the paired difference against the baseline arm (empty on the
+    baseline itself), the spread over seeds and the forgetting check. Fits a laptop screen."""
+    cols = [
+        "system",
+        "blocks trained",
+        "n",
+        "accuracy % [95% CI]",
+        f"minus {baseline}, points [95% CI]",
+        "seed sd, points",
+        "general-text ppl change %",
+    ]
+    out = []
+    for r in rows:
+        d = (r.get("diff_vs_baseline"), r.get("diff_low"), r.get("diff_high"))
+        diff = "" if r["arm"] == baseline else _interval(*d, sign="+")  # not against itself
+        out.append(
+            dict(
+                zip(
+                    cols,
+                    [
+                        r["arm"],
+                        r.get("band") or ("-" if r["arm"] == "base" else ""),
+                        r.get("n"),
+                        _interval(r["accuracy"], r["ci_low"], r["ci_high"]),
+                        diff,
+                        _fmt(None if r.get("seed_sd") is None else 100 * r["seed_sd"], "{:.1f}"),
+                        "" if r["arm"] == "base" else _fmt(r.get("ppl_change_pct"), "{:+.1f}"),
+                    ],
+                )
+            )
+        )
+    return table_html(out, cols)
+
+
+def cost_table(rows: list[dict]) -> str:
+    """What each tuned arm cost: the budget it was matched on and the measured step time and memory."""
+    cols = ["arm", "trainable params", "rank units", "alpha/r", "precision", "median step s", "peak memory GiB"]
+    out = []
+    for r in rows:
+        if r["arm"] == "base":
+            continue
+        vals = [
+            r["arm"],
+            _fmt(r.get("trainable_params"), "{:,}"),
+            _fmt(r.get("rank_units"), "{}"),
+            _fmt(r.get("alpha_over_r"), "{:.2f}"),
+            r.get("precision") or "",
+            _fmt(r.get("median_step_s"), "{:.2f}"),
+            _fmt(r.get("peak_mem_gib"), "{:.2f}"),
+        ]
+        out.append(dict(zip(cols, vals)))
+    return table_html(out, cols)
 
 
 def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[dict[str, Any]]) -> Path:
     rows = summary["comparison"]
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    write_csv(out / "comparison.csv", rows, fieldnames=REPORT_COLUMNS)
+    write_csv(out / "comparison.csv", rows, fieldnames=REPORT_COLUMNS)  # data: the baseline's 0 difference kept
     plot_accuracy(rows, figs / "accuracy.png")
     runs: dict[str, list[str]] = {}
     bands: dict[str, list[int]] = {}
@@ -200,29 +269,30 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
         out / "analysis" / "metrics.csv", bands, L, figs / "change_profile.png", summary.get("variant_arms")
     )
     md = ["| " + " | ".join(REPORT_COLUMNS) + " |", "|" + "---|" * len(REPORT_COLUMNS)]
-    md += ["| " + " | ".join(_cell(r.get(c)) for c in REPORT_COLUMNS) + " |" for r in rows]
+    md += ["| " + " | ".join(_cell(_shown(r, c, summary)) for c in REPORT_COLUMNS) + " |" for r in rows]
     write_text(out / "comparison.md", "\n".join(md) + "\n")
 
     g = summary["settings"]
     t = g["train"]
+    baseline = g.get("baseline") or "lora"
     lora, mid = (m for m in g["methods"])
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items())
     what = (
         f"<p>Model <code>{esc(config.model)}</code>, task <code>{esc(config.task)}</code>, profile "
         f"<code>{esc(config.profile)}</code>. Two arms trained from the same base with the same data order, "
-        f"seed(s) {esc(', '.join(map(str, g['seeds'])))}, {t['steps']} optimizer steps of {t['batch_size']} "
+        f"seed(s) {esc(', '.join(map(str, g['seeds'])))}; {t['steps']} optimizer steps of {t['batch_size']} "
         f"examples, {_lr_text(g)}, completion-only loss: <b>lora</b> = LoRA r{lora['rank']} on the "
         "attention projections of every block; <b>midblock</b> = LoRA on the band "
         f"<code>{esc(mid['band'])}</code> only ({esc(summary['band']['why'])}), its rank raised so the rank "
         "units match, alpha/r equal. Evaluation: zero-shot <code>Question: ...\\nAnswer:</code>, greedy, up to "
         f"{g['max_new_tokens']} new tokens, harness stop strings, scored by the first <code>#### N</code> "
         f"(protocol <code>original</code>) on {g['eval_limit']} held-out problems; forgetting = perplexity on "
-        f"{_probe_texts(g['forgetting'])} texts of the general-text probe bundled with midblock. The numbers are "
-        "those of "
+        f"{_probe_texts(g['forgetting'])} texts of the general-text probe bundled with midblock. "
+        f"{esc(_precision_text(t.get('precision', 'auto'), rows))} The numbers are those of "
         "<code>midblock compare</code> on the same grid (<code>compare/compare.md</code>).</p>"
         f"<p>Wall time {summary['wall_s']:.0f} s ({esc(timings)})."
         f" Versions: {esc(', '.join(f'{k} {v}' for k, v in prov['versions'].items()))}. Hardware: "
-        f"{esc(prov['hardware'].get('cpu_count'))} CPUs, {esc(prov['hardware'].get('platform'))}.</p>"
+        f"{esc(_hardware_text(prov['hardware']))}.</p>"
     )
     add_section(out, Section("run", "What was run", what, order=10), render=False)
     add_section(
@@ -230,7 +300,13 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
         Section(
             "comparison",
             "Comparison",
-            table_html(rows, REPORT_COLUMNS, floatfmt="{:.3f}") + f'<p class="note">{esc(verdict(rows))}</p>',
+            "<p>Accuracy in % of the held-out problems; differences in percentage points, paired over the "
+            f"same problems against <b>{esc(baseline)}</b> (bootstrap). Intervals cover the test items"
+            f"{' and, pooled, the seeds' if len(g['seeds']) > 1 else ''}.</p>"
+            + results_table(rows, baseline)
+            + f'<p class="note">{esc(verdict(rows))}</p>'
+            + "<p>Cost of each arm (matched budgets: the same rank units and alpha/r). Step time and memory are "
+            "this machine's, in the precision shown.</p>" + cost_table(rows),
             ["figures/accuracy.png"],
             order=20,
         ),
@@ -263,12 +339,39 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
     return render_report(out, title=f"midblock demo: {config.model} on {config.task}")
 
 
+def _hardware_text(hw: dict[str, Any]) -> str:
+    """CPUs, torch threads, the CPU model and whether it has bf16 instructions: what the timings depend on."""
+    cpu = hw.get("cpu") or {}
+    parts = [f"{hw.get('cpu_count')} CPUs ({hw.get('torch_threads')} torch threads)"]
+    if cpu:
+        bf16 = "with bf16 instructions" if cpu.get("native_bf16") else "without bf16 instructions"
+        parts.append(f"{cpu.get('model') or 'CPU'} {bf16} (torch: {cpu.get('torch_cpu_capability')})")
+    if hw.get("cuda_devices"):
+        parts.append("GPU " + ", ".join(map(str, hw["cuda_devices"])))
+    return ", ".join(parts + [str(hw.get("platform"))])
+
+
+def _precision_text(asked: str, rows: list[dict]) -> str:
+    """The precision the arms trained in, as resolved on this machine, and what was asked."""
+    used = sorted({r["precision"] for r in rows if r.get("precision")})
+    if not used:
+        return f"Training precision: {asked}."
+    how = " (auto: what this machine runs fast)" if asked == "auto" else ""
+    return f"Training precision: {', '.join(used)}{how}; evaluation in fp32."
+
+
 def _lr_text(grid: dict[str, Any]) -> str:
     ls = grid.get("lr_search")
     if ls:
         lrs = ", ".join(f"{x:g}" for x in ls["lrs"])
         return f"learning rate chosen per arm from {lrs} on {ls.get('eval_limit')} dev problems (not the test set)"
     return f"learning rate {grid['train']['lr']}"
+
+
+def _shown(row: dict, key: str, summary: dict[str, Any]) -> Any:
+    """A row's value as tables show it: the baseline's difference against itself is empty."""
+    baseline = summary["settings"].get("baseline") or "lora"
+    return None if (row["arm"] == baseline and key in DIFF_KEYS) else row.get(key)
 
 
 def _cell(v: Any) -> str:

@@ -61,12 +61,21 @@ from midblock.tuning.fsdp import (
     shard_model,
 )
 from midblock.tuning.loss import causal_lm_loss
+from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
 from midblock.tuning.prepare import (
     check_truncated_backward,
     plan,
     prepare_model,
     selection_summary,
     step_trainable_params,
+)
+from midblock.tuning.slow_run import (
+    TIMED_UNITS,
+    TRAIN_GFLOPS_PER_CORE,
+    WARMUP_UNITS,
+    expected_seconds,
+    machine_facts,
+    note_if_slow,
 )
 from midblock.tuning.trainconfig import TrainConfig, TrainResult
 
@@ -126,13 +135,17 @@ def _inputs(config: TrainConfig, task: str) -> dict[str, Any]:
     """The contents a run was trained from: the base model's files and the training rows."""
 
     rows = load_rows(task, "train", config.data, limit=config.limit, dev_size=config.dev_size)
-    return {"model": spec_identity(config.model), "data": rows_digest(rows)}
+    # the resolved precision: what `auto` means depends on the machine, and a run must not continue in another
+    precision = resolve_precision(config.precision, default_device_type())
+    return {"model": spec_identity(config.model), "data": rows_digest(rows), "precision": precision}
 
 
 def _check_inputs(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
     """--resume continues only from the same base weights and the same training data, not just the same names."""
 
-    for key, what in (("model", "base model files"), ("data", "training data")):
+    for key, what in (("model", "base model files"), ("data", "training data"), ("precision", "precision")):
+        if key == "precision" and old is not None and key not in old:
+            continue  # written by an earlier version, which did not record it
         if old is None or old.get(key) != new[key]:
             change = "no record of them" if old is None else describe_change({key: old.get(key)}, {key: new[key]})
             raise MidblockError(
@@ -460,8 +473,10 @@ def train(config: TrainConfig, *, on_step: Callable[[int, float], bool] | None =
 
 def _start_accelerator(config: TrainConfig):
     cuda = torch.cuda.is_available()
-    mp = {"auto": "bf16" if cuda else "no", "fp32": "no", "bf16": "bf16"}[config.precision]
-    acc = _accelerator(cuda, mp)
+    device_type = "cuda" if cuda else "cpu"
+    resolved = resolve_precision(config.precision, device_type)
+    warn_if_emulated(resolved, device_type)  # once per process: the user asked for bf16 on a CPU that emulates it
+    acc = _accelerator(cuda, "bf16" if resolved == "bf16" else "no")
     if config.fsdp:
         if acc.num_processes < 2:
             raise MidblockError(
@@ -647,8 +662,20 @@ def _after_step(st: _Run, done: int, loss: float, n_tok: int, dt: float, bar) ->
             sch = st.plan.schedule
             line |= {"active_blocks": sch.active(done - 1), "backward_depth": sch.backward_depth(done - 1)}
         append_jsonl(st.out / LOG_FILE, line | {"tokens_per_s": st.tok_rates[-1], "eval_loss": st.eval_loss})
+    if st.main and len(st.step_times) == WARMUP_UNITS + TIMED_UNITS:  # once, early: will this run be slow?
+        _note_pace(st)
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{st.tok_rates[-1]:.0f}")
+
+
+def _note_pace(st: _Run) -> None:
+    """Say once, after the first timed steps, if the run is far slower than this machine should train it
+    (see :mod:`midblock.tuning.slow_run`)."""
+    device = st.acc.device.type
+    facts = machine_facts(device, resolve_precision(st.config.precision, device))
+    gflop = st.pred.get("step_gflops", 0.0) * st.config.grad_accum
+    expected = expected_seconds(gflop, TRAIN_GFLOPS_PER_CORE, facts)
+    note_if_slow("training", "step", st.step_times, st.n_steps - st.start, expected, facts)
 
 
 def _checkpoint_or_stop(st: _Run, done: int, callback_says_stop: bool, stop: _StopFlag) -> bool:
@@ -715,6 +742,7 @@ def _result(st: _Run) -> TrainResult:
         wall_s=time.perf_counter() - st.t_start,
         world_size=st.world,
         fsdp=st.config.fsdp,
+        precision=resolve_precision(st.config.precision, st.acc.device.type),
     )
 
 

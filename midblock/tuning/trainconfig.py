@@ -57,7 +57,11 @@ class TrainConfig:
     )
     seed: int = field(default=0, metadata={"help": "data order and LoRA init (random presets keep seed-0 weights)"})
     precision: Precision = field(
-        default="auto", metadata={"help": "auto: bf16 autocast on GPU, fp32 on CPU; bf16 also autocasts on CPU"}
+        default="auto",
+        metadata={
+            "help": "auto: bf16 autocast where the hardware has bf16 (a GPU, or a CPU with avx512_bf16/AMX), "
+            "fp32 elsewhere; bf16 autocasts anyway (emulated, ~30x slower, on other CPUs)"
+        },
     )
     head_at_labels: bool = field(
         default=True,
@@ -156,6 +160,7 @@ class TrainResult:
     wall_s: float
     world_size: int = 1  # processes that trained together (DDP or FSDP)
     fsdp: bool = False  # parameters were sharded with FSDP
+    precision: str | None = None  # the resolved precision it computed in: fp32 or bf16 (never "auto")
     adapter: str | None = None
     delta: str | None = None
     selection: dict[str, Any] | None = None  # what the band's selection strategy chose (selection_summary)

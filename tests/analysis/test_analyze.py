@@ -217,3 +217,13 @@ def real_mb(*a, **k):
     from midblock.analysis.capture import make_batches
 
     return list(make_batches(*a, **k))
+
+
+def test_variant_names_must_match_the_variants_one_to_one():
+    from midblock.analysis.config import AnalyzeConfig
+
+    ok = AnalyzeConfig(base="random:llama-tiny", variants=["a/train", "b/train"], names=["lora", "midblock"])
+    assert ok.names == ["lora", "midblock"]
+    for names, match in ((["lora"], "1 --name for 2 --variant"), (["x", "x"], "distinct"), (["base", "y"], "base")):
+        with pytest.raises(MidblockError, match=match):
+            AnalyzeConfig(base="random:llama-tiny", variants=["a/train", "b/train"], names=names)

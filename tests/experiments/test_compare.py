@@ -46,6 +46,10 @@ def test_compare_two_methods_two_seeds_end_to_end_and_resume(tmp_path, monkeypat
     assert (
         table[5]["ci_covers"] == table[5]["diff_covers"] == "seeds x items" and len(table[5]["seed_diffs"].split()) == 2
     )
+    assert all(r["precision"] == "fp32" for r in table)  # auto, resolved (the suite pins auto to fp32)
+    md = [line.split("|") for line in (out / "compare.md").read_text().splitlines() if line.startswith("| lora ")]
+    assert len(md) == 3 and all(cells[6].strip() == "" for cells in md)  # no difference of lora against itself
+    assert "Training precision: fp32." in (out / "compare.md").read_text()
     for r in rows:
         assert r["n"] == 3 and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
         assert r["trainable_params"] > 0 and r["rank_units"] == 24  # 6 blocks x r4 = 3 blocks x r8
@@ -380,3 +384,65 @@ def test_a_training_stopped_by_a_signal_stops_the_grid_without_evaluating(tmp_pa
     monkeypatch.setattr(runner, "train", real)
     res = compare(grid, tmp_path / "c", progress=False)  # resumes from the checkpoint and finishes
     assert res["cells"][0]["train"]["steps"] == 2
+
+
+def _simulate_cpu(monkeypatch, native: bool) -> None:
+    from midblock.tuning import precision
+
+    flags = {"avx2"} | ({"avx512_bf16"} if native else set())
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(precision, "_warned_emulated", False)
+    monkeypatch.setattr(precision, "default_device_type", lambda: "cpu")
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)  # the suite's conftest pins auto to fp32
+
+
+def test_demo_profiles_use_auto_precision_and_the_published_preset_keeps_bf16():
+    assert preset("quick")["train"]["precision"] == preset("full")["train"]["precision"] == "auto"
+    assert preset("smoke")["train"]["precision"] == "fp32"  # tests compute the same numbers on every machine
+    assert preset("band-landscape")["train"]["precision"] == "bf16"
+
+
+def test_cells_are_keyed_on_the_resolved_precision(monkeypatch):
+    """`auto` trained fp32 on one CPU and bf16 on another: those cells must never share a key."""
+    from midblock.experiments.runner import Keys
+
+    def key(precision: str, native: bool) -> str:
+        _simulate_cpu(monkeypatch, native)
+        monkeypatch.setattr("midblock.experiments.runner.resolve_precision", _resolver())
+        cc = CompareConfig.from_dict(GRID | {"train": GRID["train"] | {"precision": precision}})
+        return Keys(cc, None).training(cc.cells()[0])["key"]
+
+    assert key("auto", native=False) == key("fp32", native=False)
+    assert key("auto", native=True) == key("bf16", native=False)
+    assert key("auto", native=False) != key("auto", native=True)
+
+
+def _resolver():
+    from midblock.tuning import precision
+
+    return lambda requested, device_type=None: precision.resolve_precision(requested, device_type or "cpu")
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_preset_fixing_bf16_warns_before_any_work_on_a_cpu_that_emulates_it(monkeypatch, caplog, native):
+    import logging
+
+    from midblock.experiments import runner
+
+    _simulate_cpu(monkeypatch, native)
+    monkeypatch.setattr(runner, "default_device_type", lambda: "cpu")
+    with caplog.at_level(logging.WARNING):
+        warned = runner.warn_fixed_bf16(CompareConfig.from_dict(preset("band-landscape")))
+        runner.warn_fixed_bf16(CompareConfig.from_dict(preset("quick")))
+    msgs = [r.getMessage() for r in caplog.records if "bf16" in r.getMessage()]
+    assert warned is not native and len(msgs) == (0 if native else 1)
+    if not native:
+        assert "band-landscape" in msgs[0] and "25-35x" in msgs[0] and "--precision fp32" in msgs[0]
+
+
+def test_compare_cli_precision_overrides_the_preset():
+    from midblock.cli import build_parser
+    from midblock.cli.compare import grid_from_args
+
+    args = build_parser().parse_args(["compare", "--preset", "band-landscape", "--precision", "fp32", "--out", "x"])
+    assert grid_from_args(args)["train"]["precision"] == "fp32"

@@ -39,6 +39,17 @@ def test_demo_writes_a_complete_run(demo_run):
     assert {"torch", "transformers", "peft"} <= set(saved["provenance"]["versions"])
     assert saved["recommended_band"]["spec"]
     assert sorted(saved["variant_arms"].values()) == ["lora", "midblock"]  # the figure names arms, not dirs
+    # the analysis (its CSV, and so every figure's legend) names the tuned models by arm, not "train", "train-2"
+    variants = {r["variant"] for r in csv.DictReader(open(out / "analysis" / "metrics.csv"))}
+    assert variants == {"base", "lora", "midblock"}
+    # the report: the resolved precision, two tables instead of one wide one, no difference of lora against itself
+    html = (out / "report.html").read_text()
+    assert "Training precision: fp32" in html and "<th>precision</th>" in html
+    assert "minus lora, points [95% CI]" in html and "+0.0 [+0.0, +0.0]" not in html.split("midblock</td>")[0]
+    head, _, *body = [[c.strip() for c in line.strip("|").split("|")] for line in open(out / "comparison.md")]
+    lora_md = dict(zip(head, next(b for b in body if b[0] == "lora")))
+    assert lora_md["diff_vs_baseline"] == lora_md["diff_low"] == lora_md["diff_high"] == ""
+    assert lora_md["precision"] == "fp32"
     # the demo trains the paper's band, spelled once: seg2-4/5 of 6 blocks is blocks 1..3
     assert cfg.band == PAPER_BAND == "seg2-4/5" and by["midblock"]["band"] == "1-3"
     mid = next(c for c in summary_cells(out) if c["label"] == "midblock")
@@ -94,3 +105,44 @@ def test_demo_config_validation():
     with pytest.raises(MidblockError, match="steps"):
         DemoConfig(steps=0)
     assert len(general_corpus("general-v1")) == 40 and len(general_corpus()) == 98
+
+
+def test_demo_config_from_the_cli_carries_precision_and_threads():
+    from midblock.cli import build_parser
+    from midblock.cli.demo import config_from_args
+
+    args = build_parser().parse_args(["demo", "--precision", "fp32", "--threads", "2", "--out", "o"])
+    cfg = config_from_args(args)
+    assert cfg.precision == "fp32" and cfg.threads == 2
+    assert cfg.grid()["train"]["precision"] == "fp32"
+    default = config_from_args(build_parser().parse_args(["demo"]))
+    assert default.precision is None and default.grid()["train"]["precision"] == "auto"  # the quick profile's
+    smoke = config_from_args(build_parser().parse_args(["demo", "--profile", "smoke"]))
+    assert smoke.grid()["train"]["precision"] == "fp32"
+    with pytest.raises(MidblockError, match="threads"):
+        DemoConfig(threads=0)
+
+
+def test_threads_do_not_change_the_demo_fingerprint_and_precision_does():
+    from midblock.experiments.demo import _fingerprint
+
+    base = DemoConfig(model="random:llama-tiny", profile="smoke")
+    assert _fingerprint(base)["key"] == _fingerprint(replace(base, threads=1))["key"]
+    assert _fingerprint(base)["key"] != _fingerprint(replace(base, precision="bf16"))["key"]
+
+
+def test_tables_leave_comparisons_of_a_system_with_itself_empty():
+    from midblock.reporting.demo_report import cost_table, format_table, results_table
+
+    row = {"n": 64, "accuracy": 0.1, "ci_low": 0.05, "ci_high": 0.2}
+    rows = [
+        {"arm": "base", "seed": "-", **row, "ppl_change_pct": 0.0},
+        {"arm": "lora", "seed": "mean(1)", **row, "diff_vs_baseline": 0.0, "diff_low": 0.0, "diff_high": 0.0}
+        | {"ppl_change_pct": 3.0, "precision": "fp32"},
+        {"arm": "midblock", "seed": "mean(1)", **row, "diff_vs_baseline": 0.05, "diff_low": -0.01, "diff_high": 0.1},
+    ]
+    base, lora, mid = format_table(rows, baseline="lora").splitlines()[2:]
+    assert "+" not in base and "+0.000" not in lora and "+3.0" in lora and "+0.050" in mid
+    html = results_table(rows, "lora")
+    assert "+0.0 [+0.0, +0.0]" not in html and "+5.0 [-1.0, +10.0]" in html
+    assert "<td>fp32</td>" in cost_table(rows) and "<td>base</td>" not in cost_table(rows)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from midblock.data.general import general_texts
+from midblock.data.general import general_rows, general_texts
 from midblock.experiments.grid import CompareConfig
 from midblock.experiments.runner import Keys, compare, forgetting_texts
 
@@ -45,7 +45,9 @@ def test_every_cell_stores_per_text_losses_including_search_cells(tmp_path):
 def test_the_probe_version_and_contents_are_in_the_evaluation_fingerprint():
     cc = CompareConfig.from_dict(SMALL)
     texts = forgetting_texts(cc)
-    assert texts == general_texts("general-v2")[:3]
+    assert texts == general_texts("general-v2", 3)
+    rows = {r["text"]: r["source"] for r in general_rows("general-v2")}
+    assert len({rows[t] for t in texts}) == 3  # a subset is spread over the probe's three sources
     fp = Keys(cc, texts).evaluation(None)
     assert fp["forgetting"]["corpus"] == "general-v2"
     old = CompareConfig.from_dict(SMALL | {"forgetting": SMALL["forgetting"] | {"data": "general-v1"}})

@@ -4,6 +4,7 @@ names: a data file edited in place, or a model directory whose weights changed, 
 import json
 
 import pytest
+import torch
 
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
@@ -42,3 +43,14 @@ def test_resume_with_changed_base_weights_is_refused(tmp_path, tiny):
     other.save_pretrained(tmp_path / "base")  # the same directory, other weights
     with pytest.raises(MidblockError, match="trained from other base model files"):
         train(_cfg(tmp_path / "run", data, model=str(tmp_path / "base"), resume=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, auto follows the GPU, not the CPU's flags")
+def test_resume_where_auto_means_another_precision_is_refused(tmp_path, monkeypatch):
+    """`auto` resolved to fp32 when the run started; on a machine where it means bf16 the run must not go on."""
+    data = _data(tmp_path / "d.jsonl")
+    monkeypatch.setenv("MIDBLOCK_CPU_BF16", "0")
+    train(_cfg(tmp_path / "run", data), on_step=lambda step, loss: step >= 1)
+    monkeypatch.setenv("MIDBLOCK_CPU_BF16", "1")
+    with pytest.raises(MidblockError, match="trained from other precision"):
+        train(_cfg(tmp_path / "run", data, resume=True))

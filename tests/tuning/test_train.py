@@ -68,6 +68,9 @@ def test_lora_run_writes_adapter_that_reloads_with_same_logits(tmp_path):
     assert (
         summary["seed"] == 0 and "torch" in summary["versions"] and summary["truncated_backward"]["backward_depth"] == 4
     )
+    # auto, resolved: fp32 on every CPU in the suite (conftest pins it), bf16 on a GPU that has it
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    assert summary["precision"] == res.precision == ("bf16" if gpu_bf16 else "fp32")
     assert [r["step"] for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())] == [1, 2, 3, 4]
     # the adapter holds exactly the band's attention modules at rank 4
     tensors = load_file(str(run / "adapter" / "adapter_model.safetensors"))
