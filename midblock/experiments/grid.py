@@ -35,6 +35,7 @@ TRAIN_KEYS = (
     "max_grad_norm",
     "head_at_labels",
     "eval_limit",
+    "monitor",
 )
 FORGETTING_KEYS = ("data", "limit", "max_length", "batch_size")
 PAPER_SEGMENT_BANDS = {
@@ -110,6 +111,9 @@ def two_arm_grid(
             "max_length": 384,
             "precision": PROFILE_PRECISION[profile],
             "warmup_steps": max(1, steps // 10),
+            # the per-layer monitor: six readings per run (step 0 and every fifth of the run), for the report's
+            # heatmaps; it only reads the model, so the cells' training fingerprints do not include it
+            "monitor": {"every": max(1, steps // 5)},
         },
         "methods": [
             {"name": "lora", "method": "lora", "rank": s["rank"], "alpha_policy": "constant-ratio"},

@@ -258,8 +258,16 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
             order=40,
         ),
     )
+    _add_monitor_section(out, runs)
 
     return render_report(out, title=f"midblock demo: {config.model} on {config.task}")
+
+
+def _add_monitor_section(out: Path, runs: dict[str, list[str]]) -> None:
+    """The per-layer monitor's heatmaps of each arm's first run (its own module draws them)."""
+    from midblock.reporting.monitor_plots import monitor_section
+
+    add_section(out, monitor_section(out, {arm: dirs[0] for arm, dirs in runs.items()}, order=45), render=False)
 
 
 def _lr_text(grid: dict[str, Any]) -> str:

@@ -375,7 +375,7 @@ def read_monitor(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]
     f = p / MONITOR_FILE if p.is_dir() else p
     if not f.exists():
         raise MidblockError(
-            f"{p} holds no {MONITOR_FILE}", hint="train with --monitor-every N (or MidBlockMonitor in a Trainer)"
+            f"{p} holds no {MONITOR_FILE}", hint="train with --monitor-every N, or attach MidBlockMonitor to a Trainer"
         )
     lines = read_jsonl_tolerant(f)
     metas = [r for r in lines if r.get("kind") == "meta"]
