@@ -392,13 +392,13 @@ class MidBlockMonitor(TrainerCallback):
     """The per-layer monitor in ``Trainer`` / TRL's ``SFTTrainer``: ``MidBlockMonitor(every=50).attach(trainer)``.
 
     ``probe``: held-out rows (token-id lists, dicts with ``input_ids``, or a tokenised dataset); by default the
-    first ``rows`` of the trainer's evaluation dataloader. A reading is taken at step 0, every ``every``
-    optimizer steps (the gradient share read in ``on_pre_optimizer_step``, before the optimizer and
-    ``zero_grad``; the rest in ``on_step_end``) and at the last step. Each is logged through ``Trainer.log``
-    (so every ``report_to`` backend receives ``midblock/cka_change/block_07`` style scalars; TensorBoard and
-    W&B file them under ``train/``) and written to ``OUTPUT_DIR/monitor.jsonl``, which ``midblock monitor``
-    draws. ``attach`` registers the callback and gives it the trainer whose ``log`` it calls; without it the
-    readings go to ``monitor.jsonl`` and ``self.readings`` only.
+    first ``rows`` of the trainer's ``eval_dataset`` (as its evaluation dataloader pads them). A reading is
+    taken at step 0, every ``every`` optimizer steps (the gradient share read in ``on_pre_optimizer_step``,
+    before the optimizer and ``zero_grad``; the rest in ``on_step_end``) and at the last step. Each is logged
+    through ``Trainer.log`` (so every ``report_to`` backend receives ``midblock/cka_change/block_07`` style
+    scalars; TensorBoard and W&B file them under ``train/``) and written to ``OUTPUT_DIR/monitor.jsonl``,
+    which ``midblock monitor`` draws. ``attach`` registers the callback and gives it the trainer whose ``log``
+    it calls; without it the readings go to ``monitor.jsonl`` and ``self.readings`` only.
     """
 
     def __init__(
@@ -435,7 +435,9 @@ class MidBlockMonitor(TrainerCallback):
         if not state.is_world_process_zero:
             return control
         src = self.probe
-        if src is None:
+        if src is None:  # the trainer's evaluation rows, as its collator pads them
+            if self.trainer is not None and getattr(self.trainer, "eval_dataset", None) is not None:
+                eval_dataloader = self.trainer.get_eval_dataloader()
             if eval_dataloader is None:
                 raise MidblockError(
                     "MidBlockMonitor needs held-out probe rows",

@@ -292,3 +292,30 @@ def test_monitor_file_lines_are_json(tmp_path):
     lines = (run / "monitor.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["kind"] == "meta" and all(json.loads(x)["kind"] == "reading" for x in lines[1:])
     assert not any("NaN" in x for x in lines)  # strict JSON: no NaN literals
+
+
+def test_readme_monitor_example_runs_as_written(tmp_path, monkeypatch):
+    """examples/trainer_monitor.py, shown verbatim in the README, on a tiny model: TensorBoard gets the scalars."""
+    import re
+    import runpy
+
+    pytest.importorskip("trl", reason="TRL is not installed (pip install 'midblock[trl]')")
+    _tensorboard()
+    repo = Path(__file__).resolve().parents[2]
+    code = (repo / "examples" / "trainer_monitor.py").read_text()
+    m = re.search(
+        r"<!-- example: examples/trainer_monitor.py -->\n```python\n(.*?)```", (repo / "README.md").read_text(), re.S
+    )
+    assert m and m.group(1) == code  # the README shows exactly the file this test runs
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MIDBLOCK_EXAMPLE_MODEL", "random:llama-tiny")
+    monkeypatch.setenv("MIDBLOCK_EXAMPLE_STEPS", "5")
+    g = runpy.run_path(str(repo / "examples" / "trainer_monitor.py"), run_name="__main__")
+    assert [r["step"] for r in g["monitor"].readings] == [0, 5]
+    ev = _events(tmp_path / "runs" / "monitor-example")
+    # seg2-4/5 of llama-tiny's 6 blocks = blocks 1-3: block 0 below the band never changes
+    assert ev["train/midblock/cka_change/block_00"][-1][1] == pytest.approx(0.0, abs=1e-9)
+    assert ev["train/midblock/weight_change/block_02"][-1][1] > 0
+    meta, _ = read_monitor(tmp_path / "runs" / "monitor-example")
+    assert meta["band"] == [1, 2, 3] and meta["probe_rows"] == 32  # the eval_dataset's rows
+    _finite_logs(g["trainer"])
