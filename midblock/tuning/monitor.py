@@ -43,9 +43,9 @@ PROBE_BATCH = 8  # probe rows per forward (the result does not depend on it)
 # --------------------------------------------------------------------------- the pieces, each on its own
 
 
-def probe_rows(rows: Sequence[Any], n: int) -> list[list[int]]:
-    """The first ``n`` token-id lists of ``rows``: lists of ids, or dicts with ``input_ids`` (and optionally an
-    ``attention_mask``, whose zeros are padding and are dropped)."""
+def probe_rows(rows: Sequence[Any], n: int, max_length: int | None = None) -> list[list[int]]:
+    """The first ``n`` token-id lists of ``rows``, each cut to ``max_length`` tokens: lists of ids, or dicts with
+    ``input_ids`` (and optionally an ``attention_mask``, whose zeros are padding and are dropped)."""
     out: list[list[int]] = []
     for r in rows:
         if len(out) == n:
@@ -58,7 +58,7 @@ def probe_rows(rows: Sequence[Any], n: int) -> list[list[int]]:
             mask = mask.tolist() if torch.is_tensor(mask) else list(mask)
             ids = [t for t, m in zip(ids, mask) if m]
         if len(ids) >= 2:
-            out.append([int(t) for t in ids])
+            out.append([int(t) for t in ids[:max_length]])
     if len(out) < 4:
         raise MidblockError(
             f"the monitor's probe batch has {len(out)} usable rows; CKA needs at least 4",
@@ -407,10 +407,13 @@ class MidBlockMonitor(TrainerCallback):
         probe: Sequence[Any] | None = None,
         *,
         rows: int = 32,
+        max_length: int = 128,
         alarm_outside: float | None = None,
         alarm_jump: float | None = None,
     ) -> None:
-        self.config = MonitorConfig(every=every, rows=rows, alarm_outside=alarm_outside, alarm_jump=alarm_jump)
+        self.config = MonitorConfig(
+            every=every, rows=rows, max_length=max_length, alarm_outside=alarm_outside, alarm_jump=alarm_jump
+        )
         if not self.config.enabled:
             raise MidblockError("MidBlockMonitor needs every >= 1", hint="e.g. MidBlockMonitor(every=50)")
         self.probe = probe
@@ -444,7 +447,7 @@ class MidBlockMonitor(TrainerCallback):
                     hint="pass probe=[...] or give the trainer an eval_dataset",
                 )
             src = rows_from_dataloader(eval_dataloader, self.config.rows)
-        rows = probe_rows(src, self.config.rows)
+        rows = probe_rows(src, self.config.rows, self.config.max_length)
         tok = processing_class
         pad = getattr(tok, "pad_token_id", None)
         pad = pad if pad is not None else (getattr(tok, "eos_token_id", None) or 0)
@@ -491,7 +494,7 @@ class LoopMonitor:
     TensorBoard is installed). Built before a checkpoint is loaded (the model is still the base), begun after."""
 
     def __init__(self, model: nn.Module, rows: Sequence[Any], pad_id: int, config: MonitorConfig, run_dir: Path):
-        self.monitor = LayerMonitor(model, probe_rows(rows, config.rows), pad_id, config)
+        self.monitor = LayerMonitor(model, probe_rows(rows, config.rows, config.max_length), pad_id, config)
         self.out = MonitorLog(run_dir)
         self.every = config.every
 

@@ -23,6 +23,13 @@ class MonitorConfig:
     rows: int = field(
         default=32, metadata={"help": "held-out sequences in the monitor's probe batch", "flag": "--monitor-rows"}
     )
+    max_length: int = field(
+        default=128,
+        metadata={
+            "help": "tokens per probe row; longer rows are cut (as analyze's --max-length)",
+            "flag": "--monitor-max-length",
+        },
+    )
     alarm_outside: float | None = field(
         default=None,
         metadata={
@@ -42,6 +49,7 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         check_number("--monitor-every", self.every, low=0)
         check_number("--monitor-rows", self.rows, low=4, hint="CKA needs a few rows; 32 is the default")
+        check_number("--monitor-max-length", self.max_length, low=2)
         if self.alarm_outside is not None:
             check_number("--monitor-alarm-outside", self.alarm_outside, low=0, high=1, low_open=True)
         if self.alarm_jump is not None:
