@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from midblock.io import atomic_path
+from midblock.layers import format_indices
 
 PANELS = {
     "cka_change": ("1 - CKA(base, now) at the block's output", "viridis"),
@@ -59,7 +60,7 @@ def plot_monitor(meta: dict[str, Any], readings: list[dict[str, Any]], path: str
         ax.set_title(f"{q}: {label}", fontsize=8, loc="left")
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("optimizer step")
-    trained = f"trained blocks {band[0]}-{band[-1]} between the dashed lines" if band and len(band) < L else ""
+    trained = f"trained blocks {format_indices(band)} between the dashed lines" if band and len(band) < L else ""
     fig.suptitle(" | ".join(t for t in (title, trained) if t), fontsize=9)
     fig.tight_layout()
     path = Path(path)
@@ -79,7 +80,7 @@ def describe(meta: dict[str, Any], readings: list[dict[str, Any]]) -> str:
     top = max(range(L), key=lambda b: cka[b] if math.isfinite(cka[b]) else -1.0)
     lines = [
         f"{len(readings)} readings up to step {last['step']} on {meta['probe_rows']} probe rows; "
-        f"trained blocks {band[0]}-{band[-1]}"
+        f"trained blocks {format_indices(band)}"
         if band
         else f"{len(readings)} readings up to step {last['step']}",
         f"largest CKA change at the last reading: block {top} ({cka[top]:.4g})",

@@ -128,7 +128,9 @@ def alarms(
 
 
 def _span(blocks: Sequence[int]) -> str:
-    return f"{blocks[0]}-{blocks[-1]}" if blocks else "none"
+    from midblock.layers import format_indices
+
+    return format_indices(list(blocks)) or "none"
 
 
 def block_key(b: int, num_blocks: int) -> str:

@@ -319,3 +319,47 @@ def test_readme_monitor_example_runs_as_written(tmp_path, monkeypatch):
     meta, _ = read_monitor(tmp_path / "runs" / "monitor-example")
     assert meta["band"] == [1, 2, 3] and meta["probe_rows"] == 32  # the eval_dataset's rows
     _finite_logs(g["trainer"])
+
+
+def test_alarm_fires_in_a_real_run(tmp_path, caplog):
+    """With a threshold set, the loop warns (and records) when the change arises mostly above the band."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="midblock.tuning.monitor"):
+        run = _train(tmp_path, steps=2, every=1, alarm_outside=0.01)
+    _, readings = read_monitor(run)
+    assert readings[0]["alarms"] == []  # step 0: nothing changed, no share
+    fired = [a for r in readings[1:] for a in r["alarms"]]
+    assert fired and all("outside the trained blocks 2-3" in a for a in fired)
+    assert all(r["outside_share"] > 0.01 for r in readings[1:])
+    assert any("outside the trained blocks" in m for m in caplog.messages)
+
+
+def test_resume_keeps_the_readings_up_to_the_checkpoint(tmp_path):
+    """Stopped at step 3 (checkpoint) and resumed: the readings are those of an uninterrupted run."""
+    from dataclasses import replace
+
+    from midblock.tuning.config import MidBlockConfig
+    from midblock.tuning.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        model="random:llama-tiny",
+        task="arith",
+        out=str(tmp_path / "stopped"),
+        tuning=MidBlockConfig(band=BAND, rank=4),
+        steps=4,
+        batch_size=4,
+        eval_limit=12,
+        lr=1e-2,
+        progress=False,
+        monitor=MonitorConfig(every=2),
+    )
+    assert train(cfg, on_step=lambda step, loss: step == 3).stopped
+    assert [r["step"] for r in read_monitor(cfg.out)[1]] == [0, 2]
+    train(replace(cfg, resume=True))
+    _, resumed = read_monitor(cfg.out)
+    _, straight = read_monitor(_train(tmp_path / "straight", steps=4, every=2))
+    assert [r["step"] for r in resumed] == [0, 2, 4]
+    for a, b in zip(resumed, straight):
+        assert a["cka_change"] == pytest.approx(b["cka_change"], abs=1e-9)
+        assert a["weight_change"] == pytest.approx(b["weight_change"], rel=1e-6)
