@@ -215,7 +215,8 @@ class LayerMonitor:
         model.eval()
         try:
             batches = make_batches(self.probe, PROBE_BATCH, self.pad_id)
-            return collect({"model": model}, batches, self.spec)["model"]
+            with _full_precision(model):
+                return collect({"model": model}, batches, self.spec)["model"]
         finally:
             model.train(was)
 
@@ -303,6 +304,25 @@ class LayerMonitor:
             "config": self.config.to_dict(),
             "probe": self.probe,  # the token ids: anyone can rerun the analysis on the same rows
         }
+
+
+@contextlib.contextmanager
+def _full_precision(model: nn.Module):
+    """The model's own forward, outside any autocast: the probe runs at the weights' precision, as the analysis
+    does. Under mixed precision ``accelerate`` (``midblock train --precision bf16``, a Trainer with
+    ``bf16=True``) replaces the prepared model's ``forward`` with an autocast wrapper and keeps the original
+    as ``_original_forward``; it is put back for the probe only."""
+    original = model.__dict__.get("_original_forward")
+    wrapped = model.__dict__.get("forward")
+    dev = next(model.parameters()).device
+    if original is not None and wrapped is not None:
+        model.forward = original
+    try:
+        with torch.autocast(dev.type, enabled=False):
+            yield
+    finally:
+        if original is not None and wrapped is not None:
+            model.forward = wrapped
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ def _analysis_cka_change(base, tuned, probe, pad) -> list[float]:
     return [1.0 - cka[b + 1] for b in range(L)]
 
 
-def _train(tmp_path, method="midblock", steps=4, every=2, **monitor):
+def _train(tmp_path, method="midblock", steps=4, every=2, precision="fp32", **monitor):
     from midblock.tuning.config import MidBlockConfig
     from midblock.tuning.train import TrainConfig, train
 
@@ -68,6 +68,7 @@ def _train(tmp_path, method="midblock", steps=4, every=2, **monitor):
         batch_size=4,
         eval_limit=12,
         lr=1e-2 if method == "midblock" else 1e-3,
+        precision=precision,
         progress=False,
         monitor=MonitorConfig(every=every, **monitor),
     )
@@ -79,7 +80,8 @@ def _train(tmp_path, method="midblock", steps=4, every=2, **monitor):
 
 
 def test_loop_monitor_agrees_with_the_analysis(tmp_path):
-    run = _train(tmp_path)
+    # bf16 autocast training: the probe still runs at the weights' precision (float32), as the analysis does
+    run = _train(tmp_path, precision="bf16")
     meta, readings = read_monitor(run)
     assert meta["band"] == [2, 3] and meta["num_blocks"] == 6 and meta["probe_rows"] == 12
     assert [r["step"] for r in readings] == [0, 2, 4]
