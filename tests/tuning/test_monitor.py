@@ -365,3 +365,28 @@ def test_resume_keeps_the_readings_up_to_the_checkpoint(tmp_path):
     for a, b in zip(resumed, straight):
         assert a["cka_change"] == pytest.approx(b["cka_change"], abs=1e-9)
         assert a["weight_change"] == pytest.approx(b["weight_change"], rel=1e-6)
+
+
+def test_monitor_under_two_processes(tmp_path):
+    """DDP (torchrun, 2 CPU processes): the main process reads, the other trains on; gradients are the
+    all-reduced ones, so the shares are those of the whole step."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    midblock = Path(sys.executable).parent / "midblock"
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--no-python", str(midblock), "train"]
+    cmd += ["--model", "random:llama-tiny", "--task", "arith", "--band", BAND, "--steps", "2", "--batch-size", "2"]
+    cmd += ["--limit", "16", "--eval-limit", "6", "--monitor-every", "1", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(
+        cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    meta, readings = read_monitor(out)
+    assert [r["step"] for r in readings] == [0, 1, 2] and meta["probe_rows"] == 6
+    for r in readings[1:]:
+        g = r["grad_share"]
+        assert [g[b] for b in (0, 1, 4, 5)] == [0.0] * 4 and sum(g) == pytest.approx(1.0)
