@@ -378,6 +378,18 @@ class MonitorLog:
             self._writer.close()
             self._writer = None
 
+    def draw(self) -> None:
+        """``monitor.png`` beside the readings (what ``midblock monitor`` draws); a failure only warns: the run's
+        results matter more than its figure."""
+        from midblock.reporting.monitor_plots import plot_monitor
+
+        run = self.path.parent
+        try:
+            meta, readings = read_monitor(self.path)
+            plot_monitor(meta, readings, run / "monitor.png", title=run.name)
+        except Exception as e:
+            log.warning("could not draw %s (%s); run: midblock monitor %s", run / "monitor.png", e, run)
+
 
 def tensorboard_writer(log_dir: Path):
     """A ``SummaryWriter`` when TensorBoard is installed (the ``tensorboard`` extra), else None."""
@@ -498,6 +510,11 @@ class MidBlockMonitor(TrainerCallback):
             control.should_log = should_log  # the handler's on_log cleared it: the trainer's own log still runs
         return control
 
+    def on_train_end(self, args, state, control, **kw):
+        if self.out is not None:
+            self.out.draw()
+        return control
+
     def _emit(self, reading: dict[str, Any]) -> None:
         self.out.write(reading)
         if self.trainer is not None:
@@ -535,4 +552,6 @@ class LoopMonitor:
             self.out.write(self.monitor.read(model, step))
 
     def close(self) -> None:
+        """Close the event file and draw ``RUN/monitor.png`` (what ``midblock monitor RUN`` draws)."""
         self.out.close()
+        self.out.draw()

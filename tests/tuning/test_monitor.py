@@ -83,6 +83,7 @@ def test_loop_monitor_agrees_with_the_analysis(tmp_path):
     # bf16 autocast training: the probe still runs at the weights' precision (float32), as the analysis does
     run = _train(tmp_path, precision="bf16")
     meta, readings = read_monitor(run)
+    assert (run / "monitor.png").stat().st_size > 5_000  # the heatmaps, drawn when the run finishes
     assert meta["band"] == [2, 3] and meta["num_blocks"] == 6 and meta["probe_rows"] == 12
     assert [r["step"] for r in readings] == [0, 2, 4]
     first, last = readings[0], readings[-1]
@@ -239,7 +240,7 @@ def test_trainer_monitor_logs_to_tensorboard(tiny, tmp_path):
     assert "train/loss" in ev  # the trainer's own scalars are still there
     # the same readings in OUTPUT_DIR/monitor.jsonl, which `midblock monitor` draws
     _, rd = read_monitor(tmp_path / "out")
-    assert [r["step"] for r in rd] == [0, 2, 3]
+    assert [r["step"] for r in rd] == [0, 2, 3] and (tmp_path / "out" / "monitor.png").exists()
     _finite_logs(trainer)
 
 
