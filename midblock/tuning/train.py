@@ -550,10 +550,10 @@ def _wrap_and_optimise(st: _Run) -> None:
 def _start_monitor(st: _Run):
     """The loop's monitor on the main process (None when off): probe rows are the first held-out items."""
     cfg = st.config.monitor
+    if cfg.enabled and st.config.fsdp:  # every process stops, not only the main one
+        raise MidblockError("--monitor-every does not support --fsdp (sharded parameters)", hint="drop one of them")
     if not cfg.enabled or not st.main:
         return None
-    if st.config.fsdp:
-        raise MidblockError("--monitor-every does not support --fsdp (sharded parameters)", hint="drop one of them")
     from midblock.tuning.monitor import LoopMonitor
 
     return LoopMonitor(st.inner, st.eval_items, st.pad, cfg, st.out)
