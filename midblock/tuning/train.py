@@ -83,6 +83,8 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
     parse_spec(config.model)
     if config.fsdp:
         check_fsdp_settings()
+        if config.monitor.enabled:
+            raise MidblockError("--monitor-every does not support --fsdp (sharded parameters)", hint="drop one of them")
     task = resolve_task(config.task, config.data)
     skeleton = load_skeleton(config.model)
     p = plan(config.tuning, get_layout(skeleton))
@@ -550,8 +552,6 @@ def _wrap_and_optimise(st: _Run) -> None:
 def _start_monitor(st: _Run):
     """The loop's monitor on the main process (None when off): probe rows are the first held-out items."""
     cfg = st.config.monitor
-    if cfg.enabled and st.config.fsdp:  # every process stops, not only the main one
-        raise MidblockError("--monitor-every does not support --fsdp (sharded parameters)", hint="drop one of them")
     if not cfg.enabled or not st.main:
         return None
     from midblock.tuning.monitor import LoopMonitor

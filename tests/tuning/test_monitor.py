@@ -148,6 +148,9 @@ def test_monitor_needs_held_out_rows(tmp_path):
     with pytest.raises(MidblockError, match="probe batch has 0 usable rows"):
         train(cfg)
     assert not (tmp_path / "run").exists()  # nothing half-written
+    with pytest.raises(MidblockError, match="does not support --fsdp"):
+        train(TrainConfig(**{**cfg.__dict__, "eval_limit": 12, "fsdp": True}))
+    assert not (tmp_path / "run").exists()
     assert len(probe_rows([{"input_ids": [5, 6, 7, 0], "attention_mask": [1, 1, 1, 0]}] * 5, 4)[0]) == 3
     with pytest.raises(MidblockError, match="--monitor-rows"):
         MonitorConfig(every=1, rows=2)
