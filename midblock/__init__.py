@@ -21,6 +21,7 @@ _LAZY = {
     "check_truncated_backward": "midblock.tuning.prepare",
     "MidBlockCallback": "midblock.tuning.trainers",
     "band_lora_config": "midblock.tuning.trainers",
+    "MidBlockMonitor": "midblock.tuning.monitor",
     "match_budget": "midblock.tuning.budget",
     "train": "midblock.tuning.train",
     "evaluate": "midblock.evaluation.evaluate",

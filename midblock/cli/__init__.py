@@ -22,6 +22,7 @@ COMMANDS = [
     "layers",
     "train",
     "merge",
+    "monitor",
     "eval",
     "compare",
     "analyze",

@@ -14,15 +14,19 @@ import sys
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
 from midblock.tuning.config import MidBlockConfig
+from midblock.tuning.monitorconfig import MonitorConfig
 from midblock.tuning.trainconfig import TrainConfig
 
-_CLI_OWN = ("out", "seed", "tuning")  # --out/--seed from common_args; tuning from the group below
+_CLI_OWN = ("out", "seed", "tuning", "monitor")  # --out/--seed from common_args; tuning, monitor: groups below
 
 
 def register(sub) -> None:
     p = add_command(sub, "train", help="Mid-Block Efficient Tuning (LoRA or full parameters on a band)", doc=__doc__)
     add_config_args(p.add_argument_group("what to train"), MidBlockConfig)
     add_config_args(p.add_argument_group("how to train"), TrainConfig, skip=_CLI_OWN)
+    add_config_args(
+        p.add_argument_group("per-layer monitor (monitor.jsonl; draw with midblock monitor RUN)"), MonitorConfig
+    )
     common_args(p)
     p.set_defaults(func=run)
 
@@ -30,7 +34,10 @@ def register(sub) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build (and so validate) the ``TrainConfig`` of a command line."""
     tuning = MidBlockConfig(**config_kwargs(args, MidBlockConfig))
-    return TrainConfig(**config_kwargs(args, TrainConfig, skip=_CLI_OWN), out=args.out, seed=args.seed, tuning=tuning)
+    monitor = MonitorConfig(**config_kwargs(args, MonitorConfig))
+    return TrainConfig(
+        **config_kwargs(args, TrainConfig, skip=_CLI_OWN), out=args.out, seed=args.seed, tuning=tuning, monitor=monitor
+    )
 
 
 _SUMMARY = (

@@ -55,8 +55,8 @@ def general_texts(name: str = "general", limit: int | None = None) -> list[str]:
 
 
 def spread(items: list, limit: int | None) -> list:
-    """``limit`` items at evenly spaced positions (the first always kept), in order; all when ``limit`` is
-    None or not smaller than the list."""
+    """``limit`` items at evenly spaced positions (the middle of each of ``limit`` equal stretches), in order;
+    all when ``limit`` is None or not smaller than the list."""
     if limit is None or limit >= len(items):
         return list(items)
-    return [items[(i * len(items)) // limit] for i in range(limit)]
+    return [items[((2 * i + 1) * len(items)) // (2 * limit)] for i in range(limit)]

@@ -40,6 +40,7 @@ TRAIN_KEYS = (
     "max_grad_norm",
     "head_at_labels",
     "eval_limit",
+    "monitor",
 )
 FORGETTING_KEYS = ("data", "limit", "max_length", "batch_size")
 PAPER_SEGMENT_BANDS = {
@@ -133,6 +134,10 @@ def two_arm_grid(
             "max_length": 384,
             "precision": precision or PROFILE_PRECISION[profile],
             "warmup_steps": max(1, steps // 10),
+            # the per-layer monitor: five readings per run (step 0 and every quarter of the run) on 16 probe rows,
+            # for the report's heatmaps (about 3 s a reading on 2 cores); it only reads the model, so the cells'
+            # training fingerprints do not include it
+            "monitor": {"every": max(1, steps // 4), "rows": 16},
         }
         | ({"eval_limit": s["eval_loss_items"]} if "eval_loss_items" in s else {}),
         "methods": [

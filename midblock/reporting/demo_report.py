@@ -335,6 +335,7 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
             order=40,
         ),
     )
+    _add_monitor_section(out, runs)
 
     return render_report(out, title=f"midblock demo: {config.model} on {config.task}")
 
@@ -358,6 +359,13 @@ def _precision_text(asked: str, rows: list[dict]) -> str:
         return f"Training precision: {asked}."
     how = " (auto: what this machine runs fast)" if asked == "auto" else ""
     return f"Training precision: {', '.join(used)}{how}; evaluation in fp32."
+
+
+def _add_monitor_section(out: Path, runs: dict[str, list[str]]) -> None:
+    """The per-layer monitor's heatmaps of each arm's first run (its own module draws them)."""
+    from midblock.reporting.monitor_plots import monitor_section
+
+    add_section(out, monitor_section(out, {arm: dirs[0] for arm, dirs in runs.items()}, order=45), render=False)
 
 
 def _lr_text(grid: dict[str, Any]) -> str:

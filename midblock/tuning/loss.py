@@ -113,9 +113,11 @@ def chunked_head_ce(
     instead of N x V logits, log-probabilities and their gradient, and the arithmetic is the same as the
     unfused head's forward and backward. The log-softmax runs in float32 whatever the input dtype.
 
-    ``stats`` (a dict, filled in place when given): ``row_loss``, each row's cross-entropy (detached), and
-    ``is_top1``, whether the target is the row's arg-max; both fall out of the chunk loop without another
-    pass over the vocabulary (the trainer integration reports them as TRL's per-token outputs).
+    ``stats`` (a dict, filled in place when given): ``row_loss``, each row's cross-entropy (detached),
+    ``is_top1``, whether the target is the row's arg-max, and ``entropy``, the entropy (nats) of the row's
+    predicted distribution; all fall out of the chunk loop without another pass over the vocabulary (the
+    trainer integration reports them as TRL's per-token outputs). The entropy costs one chunk-sized
+    temporary while it is summed, and only when ``stats`` is given.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -130,16 +132,18 @@ def chunked_head_ce(
     )
     if not wants:
         total = h.new_zeros((), dtype=torch.float32)
-        rows, top1 = [], []
+        rows, top1, ent = [], [], []
         for s in range(0, h.shape[0], chunk):
             logits = F.linear(h[s : s + chunk], weight, bias).float()
             row = F.cross_entropy(logits, targets[s : s + chunk], reduction="none")
             if stats is not None:
                 rows.append(row)
                 top1.append(logits.argmax(-1) == targets[s : s + chunk])
+                lp = logits.log_softmax(-1)
+                ent.append(-(lp.exp() * lp).sum(-1))
             total = total + row.sum()
         if stats is not None:
-            stats["row_loss"], stats["is_top1"] = torch.cat(rows), torch.cat(top1)
+            stats["row_loss"], stats["is_top1"], stats["entropy"] = torch.cat(rows), torch.cat(top1), torch.cat(ent)
         return total / h.shape[0] if reduction == "mean" else total
     return _ChunkedHeadCE.apply(h, weight, bias, targets, chunk, reduction == "mean", stats)
 
@@ -150,6 +154,7 @@ class _ChunkedHeadCE(torch.autograd.Function):
         n = h.shape[0]
         row_loss = torch.empty(n, dtype=torch.float32, device=h.device) if stats is not None else None
         is_top1 = torch.empty(n, dtype=torch.bool, device=h.device) if stats is not None else None
+        entropy = torch.empty(n, dtype=torch.float32, device=h.device) if stats is not None else None
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         g_h = torch.empty_like(h) if need_h else None
@@ -169,6 +174,9 @@ class _ChunkedHeadCE(torch.autograd.Function):
                 is_top1[s : s + chunk] = picked >= top.squeeze(1)
             grad = logits.sub_(top).exp_()
             z = grad.sum(dim=-1, keepdim=True)
+            if entropy is not None:  # with e = exp(logit - max) and z = sum e: H = log z - sum(e log e) / z
+                zs = z.squeeze(1)
+                entropy[s : s + chunk] = zs.log() - torch.xlogy(grad, grad).sum(-1) / zs
             row = z.log().add_(top).squeeze(1) - picked
             if row_loss is not None:
                 row_loss[s : s + chunk] = row
@@ -187,7 +195,7 @@ class _ChunkedHeadCE(torch.autograd.Function):
         ctx.dtypes = {"h": h.dtype, "w": weight.dtype, "b": bias.dtype if bias is not None else None}
         ctx.n = n if mean else 1  # the sum: the saved per-token gradients are used unscaled
         if stats is not None:
-            stats["row_loss"], stats["is_top1"] = row_loss, is_top1
+            stats["row_loss"], stats["is_top1"], stats["entropy"] = row_loss, is_top1, entropy
         return total / ctx.n
 
     @staticmethod

@@ -98,6 +98,8 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
     parse_spec(config.model)
     if config.fsdp:
         check_fsdp_settings()
+        if config.monitor.enabled:
+            raise MidblockError("--monitor-every does not support --fsdp (sharded parameters)", hint="drop one of them")
     task = resolve_task(config.task, config.data)
     skeleton = load_skeleton(config.model)
     p = plan(config.tuning, get_layout(skeleton))
@@ -399,6 +401,7 @@ class _Run:
     last_loss: float | None = None
     eval_loss: float | None = None
     stopped: bool = False
+    monitor: Any = None  # midblock.tuning.monitor.LoopMonitor when --monitor-every is on (main process)
 
     @property
     def main(self) -> bool:
@@ -546,8 +549,12 @@ def _loop(st: _Run, on_step) -> TrainResult:
         describe_run("train", st.world, config.batch_size, config.grad_accum)
     # wrap (DDP or FSDP), re-check the truncated backward, build the optimizer and the schedule
     _wrap_and_optimise(st)
+    # the per-layer monitor (--monitor-every): the base's probe states, taken before a checkpoint is loaded
+    st.monitor = _start_monitor(st)
     # resume: trainable tensors, optimizer, schedule and RNG from the newest readable checkpoint
     _resume(st)
+    if st.monitor:
+        st.monitor.begin(st.inner, st.start)
     bar = tqdm(total=st.n_steps, initial=st.start, disable=not (st.main and config.progress), desc="train", unit="step")
     # the bar is closed on an error too: the one-line error must start on a line of its own
     with _StopFlag() as stop, contextlib.closing(bar):
@@ -578,6 +585,16 @@ def _wrap_and_optimise(st: _Run) -> None:
     st.sched = get_scheduler(
         config.schedule, st.opt, num_warmup_steps=config.warmup_steps, num_training_steps=st.n_steps
     )
+
+
+def _start_monitor(st: _Run):
+    """The loop's monitor on the main process (None when off): probe rows are the first held-out items."""
+    cfg = st.config.monitor
+    if not cfg.enabled or not st.main:
+        return None
+    from midblock.tuning.monitor import LoopMonitor
+
+    return LoopMonitor(st.inner, st.eval_items, st.pad, cfg, st.out)
 
 
 def _resume(st: _Run) -> None:
@@ -641,6 +658,8 @@ def _step(st: _Run, step: int) -> tuple[float, int, float]:
         torch.nn.utils.clip_grad_norm_(st.params, config.max_grad_norm)
     elif config.max_grad_norm:
         acc.clip_grad_norm_(st.params, config.max_grad_norm)
+    if st.monitor:  # the gradient shares, before the optimizer step clears the gradients
+        st.monitor.before_optimizer_step(st.inner, step + 1)
     st.opt.step()
     st.sched.step()
     st.opt.zero_grad(set_to_none=True)
@@ -664,6 +683,8 @@ def _after_step(st: _Run, done: int, loss: float, n_tok: int, dt: float, bar) ->
         append_jsonl(st.out / LOG_FILE, line | {"tokens_per_s": st.tok_rates[-1], "eval_loss": st.eval_loss})
     if st.main and len(st.step_times) == WARMUP_UNITS + TIMED_UNITS:  # once, early: will this run be slow?
         _note_pace(st)
+    if st.monitor:
+        st.monitor.after_step(st.inner, done, last=done == st.n_steps)
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{st.tok_rates[-1]:.0f}")
 
@@ -700,6 +721,8 @@ def _finish(st: _Run) -> TrainResult:
     config, acc = st.config, st.acc
     if st.eval_items and not st.stopped:
         st.eval_loss = _eval_loss(st.model, st.eval_items, st.pad, config, acc)
+    if st.monitor:
+        st.monitor.close()
     acc.wait_for_everyone()
     result = _result(st)
     state = full_trainable_state(st.inner) if (config.fsdp and not st.stopped) else None  # collective: every rank

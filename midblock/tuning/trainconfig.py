@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
+from midblock.tuning.monitorconfig import MonitorConfig
 from midblock.validation import SEED_LIMIT, check_float_fields, check_number
 
 Schedule = Literal["linear", "cosine", "constant"]
@@ -16,7 +17,8 @@ LossOn = Literal["completion", "all"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 # Fields that may change between a run and its --resume (everything else must match).
-RUN_CONTROL = ("out", "resume", "progress", "save_every", "eval_every", "log_every")
+# The per-layer monitor only reads the model (eval mode, no gradient, no random numbers): not part of the run.
+RUN_CONTROL = ("out", "resume", "progress", "save_every", "eval_every", "log_every", "monitor")
 
 
 @dataclass
@@ -79,6 +81,9 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
     log_every: int = field(default=1, metadata={"help": "write a log line every N steps"})
     progress: bool = field(default=True, metadata={"help": "hide the progress bar", "flag": "--no-progress"})
+    monitor: MonitorConfig = field(
+        default_factory=MonitorConfig, metadata={"help": "the per-layer monitor (monitor.jsonl, TensorBoard)"}
+    )
     fsdp: bool = field(
         default=False,
         metadata={"help": "shard with FSDP (fully_shard per block); also on under an accelerate FSDP config"},
@@ -87,6 +92,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tuning, dict):
             self.tuning = MidBlockConfig.from_dict(self.tuning)
+        if isinstance(self.monitor, dict):
+            self.monitor = MonitorConfig.from_dict(self.monitor)
         if not self.out:
             raise MidblockError("a training run needs an output directory", hint="pass --out DIR")
         if self.schedule not in SCHEDULES:
@@ -126,6 +133,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tuning"] = self.tuning.to_dict()
+        d["monitor"] = self.monitor.to_dict()
         return d
 
     def fingerprint(self) -> dict[str, Any]:

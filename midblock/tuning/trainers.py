@@ -86,8 +86,9 @@ def use_labelled_head(model: nn.Module) -> bool:
     The loss is the same mean over labelled tokens (or the sum over ``num_items_in_batch``, the Trainer's
     gradient-accumulation normaliser); ``logits`` is None. For TRL's ``fused_lm_head=True`` call it returns
     TRL's per-token fields: ``log_probs`` (exact values; their gradient is exact for TRL's summed ``nll``
-    loss, which is why ``loss_type='dft'`` is left to TRL), ``is_top1``, ``label_mask``; ``entropy`` is not
-    computed (NaN: TRL's logged entropy reads NaN). Every other call goes to the original forward.
+    loss, which is why ``loss_type='dft'`` is left to TRL), ``is_top1``, ``label_mask`` and ``entropy`` (the
+    predicted distribution's entropy at each labelled position, 0 elsewhere: the positions TRL averages its
+    logged ``entropy`` over, so the logged value is TRL's own). Every other call goes to the original forward.
     Not installed (False, logged) for heads that are not a plain ``nn.Linear`` or that scale or soft-cap logits.
     """
 
@@ -149,6 +150,7 @@ def _labelled_forward(self: nn.Module, *args: Any, labels: torch.Tensor | None =
         return CausalLMOutputWithPast(loss=loss, logits=None)
     rows = stats.get("row_loss", hidden.new_zeros(0, dtype=torch.float32))
     top1 = stats.get("is_top1", torch.zeros(0, dtype=torch.bool, device=hidden.device))
+    ent = stats.get("entropy", hidden.new_zeros(0, dtype=torch.float32))
     # Each row holds its exact log-probability; the gradient rides on a term whose value is zero: the rows sum
     # to -total in value and in gradient, which is all TRL's nll loss uses.
     live = (total - total.detach()) / n.clamp(min=1)
@@ -157,7 +159,7 @@ def _labelled_forward(self: nn.Module, *args: Any, labels: torch.Tensor | None =
     return types.SimpleNamespace(
         loss=loss,
         log_probs=log_probs,
-        entropy=torch.full(mask.shape, float("nan"), device=hidden.device).masked_fill(~mask, 0.0),
+        entropy=torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, ent.detach()),
         log_sum_sq_probs=None,
         mean_logits=None,
         is_top1=torch.zeros(mask.shape, dtype=torch.bool, device=hidden.device).masked_scatter(mask, top1),

@@ -57,6 +57,23 @@ def test_demo_writes_a_complete_run(demo_run):
     assert manifest["band"] == [1, 2, 3]
 
 
+def test_demo_report_shows_the_monitor_heatmaps(demo_run):
+    """The demo turns the per-layer monitor on (every fifth of the run) and draws both arms' heatmaps."""
+    from midblock.tuning.monitor import read_monitor
+
+    _, _, out = demo_run
+    html = (out / "report.html").read_text()
+    assert "How the change grew during training" in html
+    arms = [c for c in summary_cells(out) if c["run_dir"]]  # the base cell trains nothing
+    assert sorted(c["label"] for c in arms) == ["lora", "midblock"]
+    for c in arms:
+        meta, readings = read_monitor(c["run_dir"])
+        assert [r["step"] for r in readings] == [0, 1, 2, 3, 4]  # smoke: 4 steps, every max(1, 4 // 5)
+        assert meta["band"] == ([1, 2, 3] if c["label"] == "midblock" else list(range(6)))
+        assert (out / "figures" / f"monitor_{c['label']}.png").stat().st_size > 5_000
+        assert f"<figcaption>monitor_{c['label']}</figcaption>" in html  # embedded in the page
+
+
 def summary_cells(out):
     return [json.loads(p.read_text()) for p in sorted((out / "compare" / "cells").glob("*/eval-*/cell.json"))]
 

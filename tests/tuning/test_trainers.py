@@ -296,6 +296,9 @@ def test_trl_band_keeps_less_than_trl_lora_and_head_matches_trl(tiny, tmp_path):
     t_trl_head.train()
     assert t_band.probe.losses[0] == pytest.approx(t_trl_head.probe.losses[0], rel=1e-5)
     assert t_trl_head.probe.visited == {2, 3, 4, 5}
+    # TRL's logged entropy (over the labelled positions) is TRL's own number, not NaN, under the labelled head
+    ent = [next(r["entropy"] for r in t.state.log_history if "entropy" in r) for t in (t_band, t_trl_head)]
+    assert ent[0] == ent[0] and ent[0] == pytest.approx(ent[1], rel=1e-4)
 
 
 # --------------------------------------------------------------------------- README == tested code
@@ -343,7 +346,8 @@ def test_gpu_check_script_parses_and_skips_without_cuda():
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])
 def test_chunked_head_stats_are_per_row_ce_and_top1(grad):
-    """The per-token fields the TRL answer is built from: each row's cross-entropy and whether it is top-1."""
+    """The per-token fields the TRL answer is built from: each row's cross-entropy, whether it is top-1 and
+    the entropy of its predicted distribution."""
     import torch.nn.functional as F
 
     from midblock.tuning.loss import chunked_head_ce
@@ -361,6 +365,8 @@ def test_chunked_head_stats_are_per_row_ce_and_top1(grad):
     torch.testing.assert_close(stats["row_loss"].double(), ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(stats["is_top1"], logits.argmax(-1) == y) and stats["is_top1"][:5].all()
     assert float(total) == pytest.approx(float(ref.sum()), rel=1e-6)
+    lp = logits.log_softmax(-1)
+    torch.testing.assert_close(stats["entropy"].double(), -(lp.exp() * lp).sum(-1), rtol=1e-5, atol=1e-6)
 
 
 def test_band_lora_config_bad_input_is_one_line(tiny):
