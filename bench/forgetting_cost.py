@@ -38,6 +38,9 @@ def main() -> None:
     evaluate_model(model, tok, cfg, progress=False)
     c2, w2 = time.process_time(), time.perf_counter()
     per_item = (c2 - c1) / args.items
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
+    print(machine_line())
     print(f"probe: {r['n_texts']} texts, {r['n_tokens']} scored tokens, cpu {c1 - c0:.1f} s, wall {w1 - w0:.1f} s")
     print(f"evaluation: {args.items} items, cpu {c2 - c1:.1f} s, wall {w2 - w1:.1f} s")
     print(f"probe / evaluation of {args.scale} items (cpu): {(c1 - c0) / (per_item * args.scale):.2f}")

@@ -74,6 +74,9 @@ def main() -> None:
     }
     med = {k: statistics.median(v) for k, v in times.items()}
     paired = statistics.median(h / lo for h, lo in zip(times["high"], times["low"]))
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
+    print(machine_line())
     print(f"model {args.model}, lisa:{g}/1:blocks, batch {args.batch} x {args.seq}, {args.rounds} timed rounds")
     for k, s in steps.items():
         act = sched.active(s)

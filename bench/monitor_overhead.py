@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -100,6 +99,8 @@ def main() -> None:
     grads = statistics.median(TIMES["grads"]) if TIMES["grads"] else 0.0
     per50 = (read + grads) / (50 * step)
     demo = 3 * read / (50 * step)  # a 50-step run: base states, step-0 reading, step-50 reading
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
     lines = [
         "# Monitor overhead (bench/monitor_overhead.py)",
         "",
@@ -107,8 +108,8 @@ def main() -> None:
         f"bench/monitor_overhead.py --model {args.model} --steps {args.steps} --every {args.every} --rounds "
         f"{args.rounds} --rows {args.rows}`",
         "",
-        f"Date {dt.date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-        "the machine was shared with other jobs (contended): the figures are noisy.",
+        f"Date {dt.date.today()}; the machine was shared with other jobs (contended): the figures are noisy.",
+        machine_line(),
         f"Run: Mid-Block LoRA on {PAPER_BAND}, the demo's quick profile (batch {PROFILES['quick']['batch_size']}, "
         f"rank {PROFILES['quick']['rank']} matched, max length 384, precision {PROFILE_PRECISION['quick']}), "
         f"{args.steps} steps, probe {args.rows} held-out rows.",

@@ -25,6 +25,7 @@ COMMANDS = [
     "monitor",
     "eval",
     "compare",
+    "export",
     "analyze",
     "swap",
     "interpolate",
@@ -52,10 +53,13 @@ def seed_arg(text: str) -> int:
     return value
 
 
-def common_args(p: argparse.ArgumentParser, *, seed: bool = True, out: bool = True, models: bool = True) -> None:
-    """The conventions every subcommand shares (``models``: the command loads models)."""
+def common_args(p: argparse.ArgumentParser, *, seed: bool = True, out: bool | str = True, models: bool = True) -> None:
+    """The conventions every subcommand shares (``models``: the command loads models; ``out="required"``: the
+    command cannot run without an output directory, and argparse says so in one line)."""
     if out:
-        p.add_argument("--out", help="directory for everything this command writes")
+        required = out == "required"
+        what = "directory for everything this command writes" + (" (required)" if required else "")
+        p.add_argument("--out", required=required, help=what)
     if seed:
         p.add_argument("--seed", type=seed_arg, default=0, help="random seed (data order, init, sampling)")
     if models:

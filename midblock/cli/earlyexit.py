@@ -15,7 +15,7 @@ from midblock.surgery.config import EarlyExitConfig
 def register(sub) -> None:
     p = add_command(sub, "early-exit", help="early exit / logit lens per layer, base vs variant", doc=__doc__)
     add_config_args(p, EarlyExitConfig, skip=CLI_OWN)
-    common_args(p)
+    common_args(p, out="required")  # the tables, plots and report go there
     p.set_defaults(func=run)
 
 

@@ -15,7 +15,7 @@ from midblock.surgery.config import InterpolateConfig
 def register(sub) -> None:
     p = add_command(sub, "interpolate", help="per-segment weight interpolation, measured", doc=__doc__)
     add_config_args(p, InterpolateConfig, skip=CLI_OWN)
-    common_args(p)
+    common_args(p, out="required")  # the tables, plots and report go there
     p.set_defaults(func=run)
 
 

@@ -76,6 +76,13 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+def _required(f: dataclasses.Field) -> bool:
+    """A field the config cannot do without: no default, or ``metadata["required"]`` (a field that must stay
+    optional in Python for the dataclass's field order, but that every command line has to give)."""
+    no_default = f.default is _MISSING and f.default_factory is _MISSING  # type: ignore[misc]
+    return no_default or bool(f.metadata.get("required"))
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "none"
@@ -137,6 +144,8 @@ def add_config_args(
         flag = flag_of(f)
         if "choices" not in extra:
             extra.setdefault("metavar", flag.lstrip("-").upper().replace("-", "_"))
+        if _required(f) and f.name not in (defaults or {}):  # no default in the config: argparse asks for it
+            extra["required"], shown = True, " (required)"
         value = argparse.SUPPRESS if only_given else default
         parser.add_argument(
             flag_of(f), dest=f.name, type=kind, default=value, help=f"{help_text}{shown}".strip(), **extra

@@ -8,25 +8,20 @@ import argparse
 
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
-from midblock.errors import MidblockError
 from midblock.surgery.config import SwapConfig
 
 CLI_OWN = ("out", "seed")  # from common_args
 
 
 def surgery_config(cls: type, args: argparse.Namespace):
-    """The surgery config of a command line (``--out`` is required: the tables, plots and report go there)."""
-    if not args.out:
-        raise MidblockError("--out DIR is required", hint="the directory that gets the tables, plots and report")
-    if not args.base or not args.variant:
-        raise MidblockError("give --base SPEC and --variant SPEC", hint="the two models whose blocks are exchanged")
+    """The surgery config of a command line (``--out``, ``--base`` and ``--variant`` are required flags)."""
     return cls(**config_kwargs(args, cls, skip=CLI_OWN), out=args.out, seed=args.seed)
 
 
 def register(sub) -> None:
     p = add_command(sub, "swap", help="swap layer blocks between base and variant, measure each", doc=__doc__)
     add_config_args(p, SwapConfig, skip=CLI_OWN)
-    common_args(p)
+    common_args(p, out="required")  # the tables, plots and report go there
     p.set_defaults(func=run)
 
 

@@ -27,7 +27,7 @@ def register(sub) -> None:
     add_config_args(
         p.add_argument_group("per-layer monitor (monitor.jsonl; draw with midblock monitor RUN)"), MonitorConfig
     )
-    common_args(p)
+    common_args(p, out="required")  # the run directory
     p.set_defaults(func=run)
 
 

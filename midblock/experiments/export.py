@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    """The older spelling of ``midblock export`` (``export|state COMPARE_DIR DEST``, ``derive DEST [ARM]``)."""
+    from midblock.cli.export import print_derived
+
     if len(argv) == 3 and argv[0] == "export":
         print(export(argv[1], argv[2]))
         return 0
@@ -317,20 +320,11 @@ def _main(argv: list[str]) -> int:
         print(f"{save_state(argv[1], argv[2])} finished cells saved to {argv[2]}")
         return 0
     if len(argv) in (2, 3) and argv[0] == "derive":
-        cols = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "ci_covers", "diff_vs_baseline", "diff_low")
-        cols += ("diff_high", "diff_covers", "diff_p_holm", "diff_sim_low", "diff_sim_high")
-        rows = pooled_rows(derive(argv[1], *argv[2:]))  # checked and computed before anything is printed
-        print("\t".join(cols))
-        for r in rows:
-            print(
-                "\t".join(
-                    "" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols
-                )
-            )
+        print_derived(pooled_rows(derive(argv[1], *argv[2:])))  # checked and computed before anything is printed
         return 0
     print(
         "usage: python -m midblock.experiments.export export COMPARE_DIR DEST | derive DEST [BASELINE_ARM] | "
-        "state COMPARE_DIR DEST",
+        "state COMPARE_DIR DEST (or: midblock export --help)",
         file=sys.stderr,
     )
     return 2

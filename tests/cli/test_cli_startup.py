@@ -38,3 +38,30 @@ def test_no_on_off_flag_shows_a_default():
             if action.nargs == 0 and action.option_strings:
                 shown = p.formatter_class(prog=name)._get_help_string(action) or ""
                 assert "(default:" not in shown, (name, action.option_strings)
+
+
+def test_required_settings_are_required_flags(capsys):
+    """A setting a command cannot do without is a required flag (argparse's one line, exit 2), not an optional
+    flag re-checked by hand: the surgery configs' base and variant, and --out where results must go."""
+    import pytest
+
+    from midblock.cli import build_parser
+
+    parser = build_parser()
+    cases = [
+        ["swap", "--variant", "v", "--out", "o"],
+        ["swap", "--base", "b", "--out", "o"],
+        ["swap", "--base", "b", "--variant", "v"],
+        ["train", "--model", "random:llama-tiny"],
+        ["correlate", "run"],
+    ]
+    for argv in cases:
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(argv)
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert "required" in err and len(err.strip().splitlines()) == 1, (argv, err)
+    args = parser.parse_args(["swap", "--base", "b", "--variant", "v", "--out", "o"])
+    assert (args.base, args.variant, args.out) == ("b", "v", "o")
+    swap_help = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices["swap"]
+    assert "(required)" in swap_help.format_help()

@@ -1,0 +1,51 @@
+"""``midblock export``: a finished comparison's raw results in a small, committable form, and its table
+re-derived from them.
+
+``--mode raw --from COMPARE_DIR --dest DEST`` writes ``cells.jsonl`` (one line per evaluated cell of the grid)
+and ``items.csv`` (one line per cell and test item) with copies of the tables and figures; ``--mode derive
+--dest DEST [--baseline ARM]`` recomputes the comparison's pooled rows from those two files alone and prints
+them (tab-separated); ``--mode state --from COMPARE_DIR --dest DEST`` saves what a partly finished comparison
+needs to resume elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from midblock.cli import common_args
+from midblock.cli.options import add_command, add_config_args, config_kwargs
+from midblock.experiments.exportconfig import ExportConfig
+
+DERIVED_COLUMNS = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "ci_covers", "diff_vs_baseline")
+DERIVED_COLUMNS += ("diff_low", "diff_high", "diff_covers", "diff_p_holm", "diff_sim_low", "diff_sim_high")
+
+
+def register(sub) -> None:
+    p = add_command(sub, "export", help="raw results of a comparison, or its table re-derived from them", doc=__doc__)
+    add_config_args(p, ExportConfig)
+    common_args(p, seed=False, out=False, models=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from midblock.experiments.export import derive, export, save_state
+    from midblock.experiments.table import pooled_rows
+
+    cfg = ExportConfig(**config_kwargs(args, ExportConfig))
+    if cfg.mode == "raw":
+        print(export(cfg.compare_dir, cfg.dest))
+    elif cfg.mode == "state":
+        print(f"{save_state(cfg.compare_dir, cfg.dest)} finished cells saved to {cfg.dest}")
+    else:
+        print_derived(pooled_rows(derive(cfg.dest, cfg.baseline)))  # checked and computed before printing
+    return 0
+
+
+def print_derived(rows: list[dict]) -> None:
+    """The pooled rows, tab-separated, four decimals."""
+    print("\t".join(DERIVED_COLUMNS))
+    for r in rows:
+        cells = (
+            "" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in DERIVED_COLUMNS
+        )
+        print("\t".join(cells))
