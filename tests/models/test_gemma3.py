@@ -79,25 +79,38 @@ def test_layout_scaled_embedding_and_tied_head(tiny):
     torch.testing.assert_close(emb, lay.embedding.weight[ids] * math.sqrt(model.config.hidden_size))
 
 
-@pytest.mark.parametrize("method", ["midblock", "midblock-full"])
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_backward_stops_at_the_band(tiny, method, checkpointing):
+METHODS = {  # method -> (extra settings, blocks that train, first block the backward reaches)
+    "lora": ({}, set(range(6))),
+    "midblock": ({}, {2, 3}),
+    "midblock-full": ({}, {2, 3}),
+    "segments": ({"segments": "-1,4,4"}, {2, 3, 4, 5}),
+    "freeze": ({"freeze_first": 1, "freeze_last": 2}, {1, 2, 3}),
+    "full": ({}, set(range(6))),
+}
+
+
+@pytest.mark.parametrize(
+    "method,checkpointing", [(m, False) for m in METHODS] + [("midblock", True), ("midblock-full", True)]
+)
+def test_every_method_trains_its_blocks_and_the_backward_stops_below(tiny, method, checkpointing):
     from midblock.tuning.prepare import check_truncated_backward, prepare_model
 
+    extra, blocks = METHODS[method]
     model, tok = tiny("gemma3-tiny")
-    pm = prepare_model(model, MidBlockConfig(method=method, band=BAND, rank=4, gradient_checkpointing=checkpointing))
-    if method == "midblock":
-        with torch.no_grad():  # B starts at 0: make the LoRA path live so the band's gradient is not zero
-            for n, p in pm.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.02)
-    assert check_truncated_backward(pm)["backward_depth"] == 4
-    assert _visited_blocks(pm, tok) == {2, 3, 4, 5}
+    cfg = MidBlockConfig(method=method, band=BAND, rank=4, gradient_checkpointing=checkpointing, **extra)
+    pm = prepare_model(model, cfg)
+    with torch.no_grad():  # B starts at 0: make the LoRA path live so every factor gets a gradient
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    first = min(blocks)
+    assert check_truncated_backward(pm)["backward_depth"] == 6 - first
+    assert _visited_blocks(pm, tok) == set(range(first, 6))
     lay = get_layout(pm)
     trained = {block_of_param(n, lay) for n, p in pm.named_parameters() if p.grad is not None and p.grad.any()}
-    assert trained == {2, 3}
+    assert trained - {None} == blocks and (None in trained) == (method == "full")  # full: embedding = head too
     pm.enable_input_require_grads()  # what TRL calls: still truncated
-    assert _visited_blocks(pm, tok) == {2, 3, 4, 5}
+    assert _visited_blocks(pm, tok) == set(range(first, 6))
 
 
 def test_tied_head_gets_both_gradients_with_the_labelled_positions_head(tiny):
