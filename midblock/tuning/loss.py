@@ -51,6 +51,8 @@ def causal_lm_loss(
     shift = labels[:, 1:]
     n_tok = int((shift != IGNORE_INDEX).sum())
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if batch.get("position_ids") is not None:  # left padding (the analysis): positions from each row's start
+        kw["position_ids"] = batch["position_ids"]
     if not head_at_labels or not _accepts_logits_to_keep(model):
         logits = model(**kw).logits
         return _ce(logits[:, :-1], shift, reduction), n_tok
