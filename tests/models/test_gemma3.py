@@ -222,17 +222,20 @@ def test_sliding_window_with_left_padding_decodes_as_alone(tiny):
     assert batched == alone and len(set(alone)) > 1
 
 
-def test_evaluate_two_items_with_the_arith_protocol(runs, tmp_path):
+@pytest.mark.parametrize("task", ["arith", "gsm8k"])
+def test_evaluate_two_items(runs, tmp_path, request, task):
+    """The lm-eval protocol's 5-shot prompts (GSM8K where a local copy exists), greedy decoding, both scores."""
     from midblock.evaluation.evaluate import EvalConfig, evaluate
 
+    data = str(request.getfixturevalue("gsm8k_path")) if task == "gsm8k" else None
     s = evaluate(
         runs["midblock"].run_dir,
-        EvalConfig(task="arith", limit=2, max_new_tokens=16),
+        EvalConfig(task=task, data=data, limit=2, max_new_tokens=8),
         out_dir=tmp_path / "ev",
         progress=False,
     )
     assert s["n"] == 2 and len(s["items"]) == 2
-    assert all(it["prompt"].endswith("\nAnswer:") for it in s["items"])
+    assert all(it["prompt"].count("Question: ") == 6 and it["prompt"].endswith("\nAnswer:") for it in s["items"])
     assert set(s["scores"]) >= {"strict-match", "flexible-extract"}
 
 
