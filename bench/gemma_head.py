@@ -232,12 +232,17 @@ def _paired(per: dict, n: str, key: str) -> float | None:
     return statistics.median(pairs) if pairs else None
 
 
+def _shown_args(args) -> list[str]:
+    """The command line as recorded: the local GSM8K path written as ``$GSM8K_DIR``."""
+    return ["$GSM8K_DIR" if a == args.data else a for a in sys.argv[1:]]
+
+
 def render(args, results: list[dict], rounds: int, up: tuple[str, str], wall: float) -> str:
     per = {n: [r for r in results if r["name"] == n] for n in ARMS}
     lines = [
         "# Gemma-3-270m: one LoRA step, midblock against TRL SFTTrainer + PEFT",
         "",
-        f"Command: `{' '.join(['python', 'bench/gemma_head.py', *sys.argv[1:]])}`  ",
+        f"Command: `{' '.join(['python', 'bench/gemma_head.py', *_shown_args(args)])}`  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {_cpu()}; torch threads per worker: "
         f"{args.threads}; wall {wall / 60:.1f} min  ",
         f"Load before: `{up[0]}`  ",
