@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,12 +220,40 @@ def _chat_prompt(ex: Example, tokenizer) -> str:
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """The one prompt encoder (training, decoding, perplexity, early exit): token ids without special tokens,
-    plus BOS where the tokenizer asks for one."""
+    plus BOS where the tokenizer's own encoding starts with one (Gemma: a Gemma model fed no BOS is badly off;
+    lm-evaluation-harness and TRL use the tokenizer's default encoding, which adds it). A prompt that already
+    begins with BOS (a chat template that writes it) gets no second one."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
     bos = tokenizer.bos_token_id
-    if bos is not None and getattr(tokenizer, "add_bos_token", False):
+    if bos is not None and adds_bos(tokenizer) and ids[:1] != [bos]:
         ids = [bos] + ids
     return ids
+
+
+_ADDS_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts BOS in front of a text by default: its ``add_bos_token`` flag, or what its
+    post-processor does (a tokenizer converted from a GGUF may carry the template but not the flag)."""
+    try:
+        return _ADDS_BOS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    bos = tokenizer.bos_token_id
+    answer = False
+    if bos is not None:
+        if getattr(tokenizer, "add_bos_token", False):
+            answer = True
+        else:
+            with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+            plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+            answer = with_special[:1] == [bos] and plain[:1] != [bos]
+    try:
+        _ADDS_BOS[tokenizer] = answer
+    except TypeError:  # an object that cannot be weakly referenced: ask again next time
+        pass
+    return answer
 
 
 def tokenize_example(

@@ -394,9 +394,9 @@ def resolve_base_dir(ms: ModelSpec) -> str:
 def load_tokenizer(spec: str | ModelSpec):
     ms = parse_spec(spec) if isinstance(spec, str) else spec
     if ms.kind == "random":
-        from midblock.models.presets import byte_tokenizer  # torch: parse_spec and the metadata stay light
+        from midblock.models.presets import preset_tokenizer  # torch: parse_spec and the metadata stay light
 
-        return byte_tokenizer()
+        return preset_tokenizer(ms.target)
     from transformers import AutoTokenizer
 
     try:

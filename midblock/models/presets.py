@@ -34,6 +34,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "gemma3_text",
         dict(
             _TINY,
+            bos_token_id=259,  # the tokenizer's own BOS (see preset_tokenizer), as Gemma's
             num_key_value_heads=2,
             head_dim=32,
             sliding_window=64,
@@ -119,6 +120,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+GEMMA_BOS = "<bos>"
+
 TINY_PRESETS = [
     "llama-tiny",
     "olmo2-tiny",
@@ -159,9 +162,20 @@ def build_random_model(name: str, seed: int = 0, dtype=None):
     return model
 
 
-def byte_tokenizer():
-    """A byte-level tokenizer (256 byte tokens + specials) built offline, with a simple chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def preset_tokenizer(name: str):
+    """The tokenizer of preset ``name``: the byte tokenizer; for Gemma presets one that, like Gemma's,
+    starts every encoded text with its own BOS token (id 259)."""
+    if name not in PRESETS:
+        raise MidblockError(f"unknown random preset '{name}'", hint="choose one of " + ", ".join(PRESETS))
+    return byte_tokenizer(bos=GEMMA_BOS if PRESETS[name][0].startswith("gemma") else None)
+
+
+def byte_tokenizer(bos: str | None = None):
+    """A byte-level tokenizer (256 byte tokens + specials) built offline, with a simple chat template.
+
+    ``bos``: a distinct BOS token put in front of every text by default (``add_special_tokens=True``), as
+    Gemma's tokenizer does; without it BOS is ``<|endoftext|>`` and nothing is added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -169,12 +183,19 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
+    specials = ["<|im_start|>", "<|im_end|>"] + ([bos] if bos else [])
+    if bos:  # ids: 256 bytes, <|endoftext|> 256, the two chat markers, then BOS (259)
+        tok.add_special_tokens(["<|endoftext|>", *specials])
+        bos_id = tok.token_to_id(bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<|endoftext|>",
+        bos_token=bos or "<|endoftext|>",
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        additional_special_tokens=specials,
     )
     fast.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

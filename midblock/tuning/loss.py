@@ -37,13 +37,19 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
 
 
 def causal_lm_loss(
-    model: nn.Module, batch: dict[str, Any], head_at_labels: bool = True, reduction: str = "mean"
+    model: nn.Module,
+    batch: dict[str, Any],
+    head_at_labels: bool = True,
+    reduction: str = "mean",
+    stats: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy over labelled tokens, and the number of those tokens.
 
     ``reduction="mean"``: the mean over those tokens (0 when there are none with the fused head);
     ``"sum"``: their sum, for a caller that divides by the label tokens of a larger batch (the training
     loop: every micro-batch and process of an optimizer step, as HF Trainer's ``num_items_in_batch``).
+    ``stats`` (filled in place when given): ``row_loss``, each labelled token's cross-entropy, in row-major
+    order of the labelled positions (what per-text sums are built from).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -51,14 +57,14 @@ def causal_lm_loss(
     shift = labels[:, 1:]
     n_tok = int((shift != IGNORE_INDEX).sum())
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    if not head_at_labels or not _accepts_logits_to_keep(model):
+    if batch.get("position_ids") is not None:  # left padding (the analysis): positions from each row's start
+        kw["position_ids"] = batch["position_ids"]
+    if not head_at_labels or not _accepts_logits_to_keep(model) or get_layout(_inner(model)).final_norm is None:
         logits = model(**kw).logits
+        _row_stats(stats, logits[:, :-1], shift)
         return _ce(logits[:, :-1], shift, reduction), n_tok
 
     lay = get_layout(_inner(model))
-    if lay.final_norm is None:
-        logits = model(**kw).logits
-        return _ce(logits[:, :-1], shift, reduction), n_tok
     caught: dict[str, torch.Tensor] = {}
 
     def grab(_m, _i, out):
@@ -74,11 +80,21 @@ def causal_lm_loss(
     cap = getattr(getattr(_inner(model), "config", None), "final_logit_softcapping", None)
     head = lay.lm_head
     if not cap and plain_linear(head):
-        return chunked_head_ce(h[keep], head.weight, head.bias, shift[keep], reduction=reduction), n_tok
+        ce = chunked_head_ce(h[keep], head.weight, head.bias, shift[keep], reduction=reduction, stats=stats)
+        return ce, n_tok
     logits = head(h[keep])
     if cap:  # Gemma's soft-capping happens after the head
         logits = torch.tanh(logits / cap) * cap
+    if stats is not None:
+        stats["row_loss"] = F.cross_entropy(logits.float(), shift[keep], reduction="none").detach()
     return F.cross_entropy(logits.float(), shift[keep], reduction=reduction), n_tok
+
+
+def _row_stats(stats: dict[str, torch.Tensor] | None, logits: torch.Tensor, shift: torch.Tensor) -> None:
+    """``stats["row_loss"]`` from full logits: the labelled positions' cross-entropy, row-major."""
+    if stats is not None:
+        keep = shift != IGNORE_INDEX
+        stats["row_loss"] = F.cross_entropy(logits[keep].float(), shift[keep], reduction="none").detach()
 
 
 def plain_linear(head: nn.Module) -> bool:

@@ -85,3 +85,30 @@ def test_grad_norm_matches_manual_and_leaves_no_trace(tiny):
     assert g[(4, "grad_norm")] == pytest.approx(ref, rel=1e-5)
     assert g[(4, "grad_norm_rel")] == pytest.approx(ref / wn, rel=1e-5)
     assert (0, "grad_norm") in g  # the embedding
+
+
+@pytest.mark.parametrize("preset", ["gemma3-tiny", "gpt2-tiny"])
+def test_grad_norm_of_a_left_padded_batch_with_a_tied_head_equals_the_models_own(tiny, preset):
+    """A left-padded batch with its position ids (GPT-2's learned positions depend on them), on models whose head
+    is tied to the embedding (layer 0's gradient holds the head's part too): the labelled-positions head gives
+    the model's own gradients."""
+    from midblock.models.introspect import get_layout
+
+    model, _ = tiny(preset)
+    lay = get_layout(model)
+    assert lay.lm_head.weight is lay.embedding.weight
+    ids = torch.randint(0, 250, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.where(mask.bool(), ids, torch.full_like(ids, -100)),
+        "position_ids": (mask.cumsum(-1) - 1).clamp_min(0),
+    }
+    g = grad_norm(model, [batch])
+    model.zero_grad()
+    model(**batch).loss.backward()
+    for layer, params in ((0, [lay.embedding.weight]), (4, list(lay.blocks[3].parameters()))):
+        ref = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
+        assert g[(layer, "grad_norm")] == pytest.approx(ref, rel=1e-4)

@@ -68,3 +68,22 @@ def test_collate_pads_both_sides(tokenizer):
         row0 = b["input_ids"][0][b["attention_mask"][0].bool()].tolist()
         assert row0 == items[0]["input_ids"]
         assert (b["labels"][b["attention_mask"] == 0] == IGNORE_INDEX).all()
+
+
+def test_bos_follows_the_tokenizers_own_encoding(tokenizer):
+    """Gemma's tokenizer puts BOS first by default (without an ``add_bos_token`` flag once converted from a
+    GGUF): prompts get it once, as the tokenizer's default encoding (lm-eval's, TRL's) has it; the byte
+    tokenizer (SmolLM2-like) adds nothing, and a prompt that already starts with BOS gets no second one."""
+    from midblock.data.tasks import adds_bos, encode_prompt, tokenize_example
+    from midblock.models.presets import preset_tokenizer
+
+    gemma = preset_tokenizer("gemma3-tiny")
+    assert not getattr(gemma, "add_bos_token", False) and adds_bos(gemma) and not adds_bos(tokenizer)
+    for tok in (gemma, tokenizer):
+        text = "Question: 1+2?\nAnswer:"
+        assert encode_prompt(tok, text) == tok(text)["input_ids"]  # the default encoding, BOS or not
+    bos = gemma.bos_token_id
+    assert encode_prompt(gemma, "x")[:2] == [bos, gemma("x", add_special_tokens=False)["input_ids"][0]]
+    assert encode_prompt(gemma, gemma.bos_token + "x") == encode_prompt(gemma, "x")
+    t = tokenize_example(Example("2+2=", "4"), gemma)
+    assert t["input_ids"].count(bos) == 1 and t["input_ids"][0] == bos and t["labels"][0] == IGNORE_INDEX

@@ -73,3 +73,28 @@ def test_token_loss_per_text_is_in_input_order_and_sums_to_the_total(tiny):
             assert n == ref_n and s == pytest.approx(ref * ref_n, rel=1e-5)
         assert sum(n for _, n in r["per_text"]) == r["n_tokens"]
         assert sum(s for s, _ in r["per_text"]) / r["n_tokens"] == pytest.approx(r["loss"], rel=1e-9)
+
+
+@pytest.mark.parametrize("preset", ["llama-tiny", "gemma3-tiny"])
+def test_token_loss_never_runs_the_head_on_every_position(tiny, preset, monkeypatch):
+    """The head runs a chunk of rows at a time off the caught hidden states (Gemma-3's 262k vocabulary would
+    need 4 GiB of float32 logits for 8 x 512 tokens); the model's own head module sees one position per row.
+    gemma3-tiny: tied head, scaled embedding, and a tokenizer that starts texts with BOS (counted as a source,
+    never as a target)."""
+    model, tok = tiny(preset)
+    seen = []
+    head = model.get_output_embeddings()
+    real = head.forward  # a spy on the instance, not a hook (a hooked head is not used directly: loss.plain_linear)
+    monkeypatch.setattr(head, "forward", lambda x: seen.append(tuple(x.shape)) or real(x))
+    r = token_loss(model, tok, TEXTS, batch_size=3)
+    assert seen and {s[-2] for s in seen} == {1}  # [batch, 1, hidden]
+    total, n = 0.0, 0
+    for t in TEXTS:  # direct: one text at a time, as the tokenizer encodes it by default (BOS for Gemma)
+        ids = torch.tensor([tok(t)["input_ids"]])
+        if ids.shape[1] < 2:
+            continue
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        n += ids.shape[1] - 1
+    assert r["n_tokens"] == n and r["loss"] == pytest.approx(total / n, abs=1e-5)
