@@ -238,10 +238,13 @@ def _shown_args(args) -> list[str]:
 
 
 def render(args, results: list[dict], rounds: int, up: tuple[str, str], wall: float) -> str:
+    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+
     per = {n: [r for r in results if r["name"] == n] for n in ARMS}
     lines = [
         "# Gemma-3-270m: one LoRA step, midblock against TRL SFTTrainer + PEFT",
         "",
+        machine_line() + "  ",
         f"Command: `{' '.join(['python', 'bench/gemma_head.py', *_shown_args(args)])}`  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {_cpu()}; torch threads per worker: "
         f"{args.threads}; wall {wall / 60:.1f} min  ",
