@@ -196,6 +196,17 @@ def _fmt(x: Any, fmt: str) -> str:
     return "" if x is None else fmt.format(x)
 
 
+def _ppl_change(r: dict) -> str:
+    """The perplexity change against the base (%), with its interval and what it covers where the row has one
+    (cells that stored per-text log-likelihoods: texts, or seeds x texts)."""
+    text = _fmt(r.get("ppl_change_pct"), "{:+.1f}")
+    if text and r.get("ppl_change_low") is not None and r.get("ppl_change_high") is not None:
+        text += f" [{r['ppl_change_low']:+.1f}, {r['ppl_change_high']:+.1f}]"
+        if r.get("ppl_covers"):
+            text += f" ({r['ppl_covers']})"
+    return text
+
+
 def results_table(rows: list[dict], baseline: str) -> str:
     """What each system scored: accuracy, the paired difference against the baseline arm (empty on the
     baseline itself), the spread over seeds and the forgetting check. Fits a laptop screen."""
@@ -206,7 +217,7 @@ def results_table(rows: list[dict], baseline: str) -> str:
         "accuracy % [95% CI]",
         f"minus {baseline}, points [95% CI]",
         "seed sd, points",
-        "general-text ppl change %",
+        "general-text ppl change % [95% CI]",
     ]
     out = []
     for r in rows:
@@ -223,7 +234,7 @@ def results_table(rows: list[dict], baseline: str) -> str:
                         _interval(r["accuracy"], r["ci_low"], r["ci_high"]),
                         diff,
                         _fmt(None if r.get("seed_sd") is None else 100 * r["seed_sd"], "{:.1f}"),
-                        "" if r["arm"] == "base" else _fmt(r.get("ppl_change_pct"), "{:+.1f}"),
+                        "" if r["arm"] == "base" else _ppl_change(r),
                     ],
                 )
             )

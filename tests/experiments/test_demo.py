@@ -163,3 +163,16 @@ def test_tables_leave_comparisons_of_a_system_with_itself_empty():
     html = results_table(rows, "lora")
     assert "+0.0 [+0.0, +0.0]" not in html and "+5.0 [-1.0, +10.0]" in html
     assert "<td>fp32</td>" in cost_table(rows) and "<td>base</td>" not in cost_table(rows)
+
+
+def test_the_forgetting_column_shows_its_interval_and_what_it_covers():
+    from midblock.reporting.demo_report import results_table
+
+    row = {"n": 64, "accuracy": 0.1, "ci_low": 0.05, "ci_high": 0.2, "seed": "mean(1)"}
+    rows = [
+        {"arm": "lora", **row, "ppl_change_pct": 25.0, "ppl_change_low": 21.5, "ppl_change_high": 29.2}
+        | {"ppl_covers": "texts"},
+        {"arm": "old", **row, "ppl_change_pct": 3.0},  # a cell without per-text losses: the point value only
+    ]
+    html = results_table(rows, "lora")
+    assert "+25.0 [+21.5, +29.2] (texts)" in html and "<td>+3.0</td>" in html
