@@ -30,18 +30,11 @@ def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]
 
 def nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
     """Summed next-token NLL over positions whose target is a real token, and how many there are."""
-    rows = nll_rows(logits, input_ids, attention_mask)
-    return sum(s for s, _ in rows), sum(n for _, n in rows)
-
-
-def nll_rows(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[float, int]]:
-    """Per row of the batch: summed next-token NLL over positions whose target is a real token, and how many."""
     logits = logits[:, :-1].float()
     targets = input_ids[:, 1:]
     valid = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    nll = torch.where(valid, nll, torch.zeros_like(nll))
-    return [(float(s), int(n)) for s, n in zip(nll.sum(dim=1).tolist(), valid.sum(dim=1).tolist())]
+    return float(nll[valid].sum()), int(valid.sum())
 
 
 def _batch_nll_rows(model, ids: torch.Tensor, mask: torch.Tensor) -> list[tuple[float, int]]:

@@ -59,12 +59,12 @@ def causal_lm_loss(
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if batch.get("position_ids") is not None:  # left padding (the analysis): positions from each row's start
         kw["position_ids"] = batch["position_ids"]
-    if not head_at_labels or not _accepts_logits_to_keep(model) or get_layout(_inner(model)).final_norm is None:
+    lay = get_layout(_inner(model)) if head_at_labels and _accepts_logits_to_keep(model) else None
+    if lay is None or lay.final_norm is None:  # the model's own head over every position
         logits = model(**kw).logits
         _row_stats(stats, logits[:, :-1], shift)
         return _ce(logits[:, :-1], shift, reduction), n_tok
 
-    lay = get_layout(_inner(model))
     caught: dict[str, torch.Tensor] = {}
 
     def grab(_m, _i, out):
