@@ -79,7 +79,7 @@ def _p(x: Any) -> str:
     return "" if x is None else "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
-def _points(r: dict[str, Any], key: str, low: str, high: str, scale: float = 100) -> str:
+def interval_text(r: dict[str, Any], key: str, low: str, high: str, scale: float = 100) -> str:
     """``+1.2 [-0.3, +2.7]`` from a row's estimate and interval (empty where the row has none)."""
     if r.get(key) is None:
         return ""
@@ -168,7 +168,7 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
             " ".join(x for x in (r.get("selection"), r.get("band")) if x),
             str(r["n"]),
             f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
-            _points(r, "diff_vs_baseline", "diff_low", "diff_high"),
+            interval_text(r, "diff_vs_baseline", "diff_low", "diff_high"),
             _p(r.get("diff_p_holm")),
             sim,
             _seed_list(r.get("seed_diffs")),
@@ -181,8 +181,8 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
             _num(r.get("train_wall_s"), "{:.1f}"),
             _num(r.get("eval_wall_s"), "{:.1f}"),
             ppl,
-            _points(r, "ppl_change_pct", "ppl_change_low", "ppl_change_high", scale=1),
-            _points(r, "ppl_diff", "ppl_diff_low", "ppl_diff_high", scale=1),
+            interval_text(r, "ppl_change_pct", "ppl_change_low", "ppl_change_high", scale=1),
+            interval_text(r, "ppl_diff", "ppl_diff_low", "ppl_diff_high", scale=1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"

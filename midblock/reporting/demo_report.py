@@ -12,7 +12,7 @@ from typing import Any
 from midblock.io import read_jsonl_tolerant, write_csv, write_text
 from midblock.models.introspect import get_layout
 from midblock.models.skeleton import load_skeleton
-from midblock.reporting.compare_report import COLUMNS
+from midblock.reporting.compare_report import COLUMNS, interval_text
 from midblock.reporting.report import Section, add_section, esc, render_report, table_html
 
 # --------------------------------------------------------------------------- figures
@@ -199,12 +199,8 @@ def _fmt(x: Any, fmt: str) -> str:
 def _ppl_change(r: dict) -> str:
     """The perplexity change against the base (%), with its interval and what it covers where the row has one
     (cells that stored per-text log-likelihoods: texts, or seeds x texts)."""
-    text = _fmt(r.get("ppl_change_pct"), "{:+.1f}")
-    if text and r.get("ppl_change_low") is not None and r.get("ppl_change_high") is not None:
-        text += f" [{r['ppl_change_low']:+.1f}, {r['ppl_change_high']:+.1f}]"
-        if r.get("ppl_covers"):
-            text += f" ({r['ppl_covers']})"
-    return text
+    text = interval_text(r, "ppl_change_pct", "ppl_change_low", "ppl_change_high", scale=1)
+    return f"{text} ({r['ppl_covers']})" if r.get("ppl_change_low") is not None and r.get("ppl_covers") else text
 
 
 def results_table(rows: list[dict], baseline: str) -> str:
