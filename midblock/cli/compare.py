@@ -58,6 +58,12 @@ def register(sub) -> None:
     add_config_args(t, TrainConfig, only=_TRAIN_FLAGS, only_given=True)
     p.add_argument("--forgetting-data", default=None, help="corpus for the loss check: general, gsm8k, arith or a file")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="run nothing: count the grid's work, time a few steps and decodes here, print the projected hours "
+        "and write them to --out/cost_estimate.json (every later compare on that --out prints them first)",
+    )
     common_args(p, seed=False)
     p.set_defaults(func=run)
 
@@ -107,6 +113,18 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise MidblockError("compare needs --out DIR", hint="the table and every cell's run are written there")
     cc = CompareConfig.from_dict(grid_from_args(args))
+    if args.estimate:
+        from midblock.experiments.cost import describe
+        from midblock.experiments.runner import estimate
+
+        rec = estimate(cc, args.out, progress=not args.no_progress)
+        print(describe(cc, rec["work"], rec["hours"]))
+        rates = rec["rates"]
+        print(
+            f"  measured: {rates['step_s']:.2f} s per optimizer step (baseline arm), {rates['decode_item_s']:.2f} s "
+            f"per decoded item, {rates['forgetting_text_s']:.2f} s per forgetting text"
+        )
+        return 0
     res = compare(cc, args.out, progress=not args.no_progress)
     print((Path(args.out) / "compare.md").read_text(), end="")
     print(f"table: {args.out}/compare.csv, compare.md, compare.png ({len(res['rows'])} rows)")

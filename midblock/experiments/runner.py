@@ -34,6 +34,7 @@ from midblock.data.general import corpus_name, general_texts, is_bundled
 from midblock.data.tasks import check_dev_disjoint, data_version
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
+from midblock.experiments import cost
 from midblock.experiments.grid import Cell, CompareConfig
 from midblock.experiments.table import build_rows, correctness
 from midblock.fingerprint import check_or_record, file_digest, make, rows_digest, spec_identity
@@ -277,7 +278,35 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     keys.evaluation(ecfg)  # ... and the test data
     warn_fixed_bf16(cc)  # before any work starts
     with RunDir(out):  # one compare per --out at a time ("in use by process N"); each cell has its own lock too
+        announce_cost(cc, texts, out)
         return _run_grid(cc, keys, texts, ecfg, out, progress)
+
+
+def announce_cost(cc: CompareConfig, texts: list[str] | None, out: Path) -> dict[str, Any]:
+    """Log the grid's work (and hours, where ``compare --estimate`` measured this grid's rates here) before
+    the first cell, and return it."""
+    work = cost.plan(cc, texts)
+    est = out / cost.ESTIMATE_FILE
+    saved = read_json(est) if est.is_file() else None
+    hours = saved["hours"] if saved and saved.get("grid") == cost.grid_key(cc) else None
+    log.info("%s", cost.describe(cc, work, hours))
+    return work
+
+
+def estimate(config: CompareConfig | dict[str, Any], out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Count the grid's work, time each kind of work on this machine, and write ``cost_estimate.json`` in
+    ``out`` (nothing else: no cell runs). Returns ``{"grid", "machine", "work", "rates", "hours"}``."""
+    cc = config if isinstance(config, CompareConfig) else CompareConfig.from_dict(dict(config))
+    out = fresh_output_dir(out)
+    cc.check_depth(get_layout(load_skeleton(cc.model)))
+    texts = forgetting_texts(cc)
+    with RunDir(out):
+        work = cost.plan(cc, texts)
+        rates = cost.measure(cc, texts, progress)
+        hours = cost.project(work, rates)
+        rec = {"grid": cost.grid_key(cc), "machine": cost.machine(), "work": work, "rates": rates, "hours": hours}
+        write_json(out / cost.ESTIMATE_FILE, rec)
+    return rec
 
 
 def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: bool) -> dict[str, Any]:

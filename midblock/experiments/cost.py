@@ -1,0 +1,163 @@
+"""What a comparison will cost before it runs: its work counted from the grid, and hours projected from rates
+measured on this machine.
+
+:func:`plan` counts the work (training runs and optimizer steps per phase, test and dev items decoded,
+forgetting texts scored) from the grid alone, in milliseconds. :func:`measure` times the three kinds of work
+on this machine with the grid's own model, precision and settings: a few optimizer steps of the baseline arm
+(all blocks train, so the backward runs full depth: an upper bound for arms that stop it earlier), one decoding
+batch of the base model on the grid's test items (the base often decodes to the token limit, where tuned arms
+stop at the answer: again an upper bound), and the forgetting probe's loss on a few texts. :func:`project`
+multiplies the two. ``midblock compare --estimate`` prints all three and writes them to ``cost_estimate.json``
+in ``--out``; every ``compare`` prints the plan before its first cell, with the projection when that file
+exists for the same grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from midblock.data import load_rows
+from midblock.experiments.grid import CompareConfig
+from midblock.fingerprint import make
+from midblock.tuning.precision import resolve_precision
+
+log = logging.getLogger(__name__)
+
+ESTIMATE_FILE = "cost_estimate.json"
+_TIMED_STEPS = 4  # the first is warm-up; the summary's median step is taken over the rest
+
+
+def grid_key(cc: CompareConfig) -> str:
+    """The key of a grid's settings: an estimate is shown only for the grid it was measured for."""
+    from dataclasses import asdict
+
+    return make(grid=asdict(cc), threads=torch.get_num_threads())["key"]
+
+
+def _steps_per_run(cc: CompareConfig, cell_train: dict[str, Any]) -> int:
+    from midblock.tuning.train import total_steps
+
+    tc = cc.train_config(replace(cc.cells()[0], train=cell_train), "estimate")
+    if tc.steps:
+        return int(tc.steps)
+    rows = load_rows(cc.task, "train", cc.data, limit=tc.limit, dev_size=cc.train_dev_size)
+    return total_steps(tc, len(rows), 1)
+
+
+def _eval_items(cc: CompareConfig, split: str, limit: int | None) -> int:
+    dev_size = cc.eval_dev_size if split == "dev" else 0
+    return len(load_rows(cc.eval_task, split, cc.eval_data, limit=limit, dev_size=dev_size))
+
+
+def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
+    """The grid's work, phase by phase: ``{"search", "main", "base", "totals"}``, each with ``runs``,
+    ``steps`` (optimizer steps), ``decoded`` (items generated) and ``forgetting_texts``."""
+    n_texts = len(texts or [])
+    search_cells, cells = cc.search_cells(), cc.cells()
+    search_items = _eval_items(cc, "dev", (cc.lr_search or {}).get("eval_limit", cc.eval_limit)) if search_cells else 0
+    test_items = _eval_items(cc, "test", cc.eval_limit)
+    search = {
+        "runs": len(search_cells),
+        "steps": sum(_steps_per_run(cc, c.train) for c in search_cells),
+        "decoded": search_items * len(search_cells),
+        "forgetting_texts": n_texts * len(search_cells),
+    }
+    # the search's run at the chosen rate is the first seed's main run: trained once, evaluated twice
+    shared = len(cc.methods) if search_cells else 0
+    main = {
+        "runs": len(cells) - shared,
+        "steps": sum(_steps_per_run(cc, c.train) for c in cells[shared:]),
+        "decoded": test_items * len(cells),
+        "forgetting_texts": n_texts * (len(cells) - shared),
+    }
+    with_base = cc.include_base or bool(texts)
+    base = {
+        "runs": 0,
+        "steps": 0,
+        "decoded": test_items if cc.include_base else 0,
+        "forgetting_texts": n_texts if with_base else 0,
+    }
+    totals = {k: search[k] + main[k] + base[k] for k in search}
+    return {"search": search, "main": main, "base": base, "totals": totals, "test_items": test_items}
+
+
+def measure(cc: CompareConfig, texts: list[str] | None, progress: bool = True) -> dict[str, float]:
+    """Seconds per optimizer step, per decoded item and per forgetting text, measured here (see the module)."""
+    from midblock.evaluation.evaluate import evaluate_model
+    from midblock.evaluation.ppl import token_loss
+    from midblock.models import load_model
+    from midblock.tuning.train import train
+
+    baseline = next(c for c in cc.cells() if c.label == cc.baseline)
+    with tempfile.TemporaryDirectory(prefix="midblock-estimate-") as tmp:
+        timed = replace(baseline, train=baseline.train | {"steps": _TIMED_STEPS, "warmup_steps": 0, "monitor": {}})
+        tc = cc.train_config(timed, Path(tmp) / "train", progress=progress)
+        summary = train(tc).to_dict()
+    model, tok = load_model(cc.model)
+    ecfg = replace(cc.eval_config(), limit=min(cc.eval_batch_size, _eval_items(cc, "test", cc.eval_limit)))
+    t0 = time.perf_counter()
+    evaluate_model(model, tok, ecfg, progress=progress)
+    decode_s = (time.perf_counter() - t0) / ecfg.limit
+    text_s = 0.0
+    if texts:
+        sample = texts[: min(8, len(texts))]
+        fm = cc.forgetting or {}
+        t0 = time.perf_counter()
+        token_loss(
+            model, tok, sample, batch_size=int(fm.get("batch_size", 8)), max_length=int(fm.get("max_length", 512))
+        )
+        text_s = (time.perf_counter() - t0) / len(sample)
+    return {"step_s": float(summary["median_step_s"]), "decode_item_s": decode_s, "forgetting_text_s": text_s}
+
+
+def project(work: dict[str, Any], rates: dict[str, float]) -> dict[str, float]:
+    """Hours per phase and in total: the counted work times the measured rates (model loads not included)."""
+    hours = {}
+    for phase in ("search", "main", "base"):
+        w = work[phase]
+        s = w["steps"] * rates["step_s"] + w["decoded"] * rates["decode_item_s"]
+        hours[phase] = (s + w["forgetting_texts"] * rates["forgetting_text_s"]) / 3600
+    hours["total"] = sum(hours.values())
+    return hours
+
+
+def machine() -> str:
+    """This machine in one line: CUDA device, or CPU model, native bf16 or not, threads and cores."""
+    from midblock.tuning.precision import cpu_model_name, cpu_native_bf16
+
+    if torch.cuda.is_available():
+        return f"CUDA {torch.cuda.get_device_name(0)}"
+    bf16 = "native bf16" if cpu_native_bf16() else "no native bf16"
+    return (
+        f"{cpu_model_name() or 'unknown CPU'} ({bf16}), {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
+    )
+
+
+def describe(cc: CompareConfig, work: dict[str, Any], hours: dict[str, float] | None) -> str:
+    """The plan (and projection) as the lines ``compare`` prints before it starts."""
+    precisions = sorted({resolve_precision((cc.train | c.train).get("precision", "auto")) for c in cc.cells()})
+    lines = [f"cost estimate: {machine()}; training precision {', '.join(precisions)}"]
+    for phase in ("search", "base", "main"):
+        w = work[phase]
+        if not any(w.values()):
+            continue
+        line = (
+            f"  {phase:6s} {w['runs']} training runs, {w['steps']} optimizer steps, {w['decoded']} items decoded, "
+            f"{w['forgetting_texts']} forgetting texts scored"
+        )
+        if hours:
+            line += f": about {hours[phase]:.1f} h"
+        lines.append(line)
+    if hours:
+        lines.append(f"  total about {hours['total']:.1f} h on this machine (finished cells are skipped on a rerun)")
+    else:
+        lines.append("  (hours: run `midblock compare --estimate` with the same grid and --out)")
+    return "\n".join(lines)
