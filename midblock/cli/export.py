@@ -5,7 +5,8 @@ re-derived from them.
 and ``items.csv`` (one line per cell and test item) with copies of the tables and figures; ``--mode derive
 --dest DEST [--baseline ARM]`` recomputes the comparison's pooled rows from those two files alone and prints
 them (tab-separated); ``--mode state --from COMPARE_DIR --dest DEST`` saves what a partly finished comparison
-needs to resume elsewhere.
+needs to resume elsewhere; ``--mode replay --dest DEST --arm ARM`` replays an arm against the baseline as
+many one-seed, small-test studies (``replay.md``, ``replay.json``, ``replay.png`` in DEST).
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def run(args: argparse.Namespace) -> int:
         print(export(cfg.compare_dir, cfg.dest))
     elif cfg.mode == "state":
         print(f"{save_state(cfg.compare_dir, cfg.dest)} finished cells saved to {cfg.dest}")
+    elif cfg.mode == "replay":
+        from midblock.experiments.replay import render, replay, write_replay
+
+        controlled = None
+        if cfg.controlled:
+            parts = cfg.controlled.split(",")
+            controlled = (parts[0], *(parts[1:3] if len(parts) == 3 else (cfg.arm, cfg.baseline)))
+        res = replay(
+            cfg.dest, cfg.arm, cfg.baseline, cfg.replay_items, cfg.draws, reported=cfg.reported, controlled=controlled
+        )
+        write_replay(cfg.dest, res)
+        print(render(res), end="")
     else:
         print_derived(pooled_rows(derive(cfg.dest, cfg.baseline)))  # checked and computed before printing
     return 0

@@ -362,3 +362,48 @@ def ppl_change_interval(
 
     draws = two_level_draws(stat_diff, s, t, n_boot, seed)
     return _summary(diff.mean(), draws, list(diff), t, level, "texts") | _multiplicity(draws, level, n_comparisons)
+
+
+# --------------------------------------------------------------------------- one-seed replays of a small test
+
+
+def one_seed_replays(a: Any, b: Any, n_items: int, draws_per_seed: int = 200, seed: int = 0) -> np.ndarray:
+    """Differences ``mean(a) - mean(b)`` as a one-seed, ``n_items``-item study would report them: for each
+    training seed (row of the aligned (seeds x items) 0/1 matrices), ``draws_per_seed`` random subsets of
+    ``n_items`` test items drawn without replacement (as a study that shuffles the test set and scores its
+    first ``n_items`` would). Returns a (seeds x draws_per_seed) array of differences; every row uses its
+    own subsets, the same subset for both arms."""
+    a, b = _matrix(a, "a"), _matrix(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired matrices need the same seeds and items, got shapes {a.shape} and {b.shape}")
+    if not 1 <= n_items <= a.shape[1]:
+        raise ValueError(f"n_items must be in [1, {a.shape[1]}], got {n_items}")
+    rng = np.random.default_rng(seed)
+    d = a - b
+    out = np.empty((d.shape[0], draws_per_seed))
+    for s in range(d.shape[0]):
+        for k in range(draws_per_seed):
+            out[s, k] = d[s, rng.choice(d.shape[1], n_items, replace=False)].mean()
+    return out
+
+
+def replay_summary(diffs: Any, win: float = 0.05, reported: float | None = None) -> dict[str, Any]:
+    """What one replay would show, over all replays in ``diffs`` (any shape, pooled): mean, standard
+    deviation, 2.5/50/97.5 percentiles, the share of replays in which the difference is at least ``win``
+    (the band "wins") and the share at least ``reported`` (how often a one-seed study would report that much
+    or more)."""
+    x = np.asarray(diffs, dtype=float)
+    flat = x.ravel()
+    out: dict[str, Any] = {
+        "n_replays": int(flat.size),
+        "mean": float(flat.mean()),
+        "sd": float(flat.std(ddof=1)) if flat.size > 1 else float("nan"),
+        "q025": float(np.quantile(flat, 0.025)),
+        "median": float(np.median(flat)),
+        "q975": float(np.quantile(flat, 0.975)),
+        "share_win": float((flat >= win - 1e-12).mean()),
+        "win": win,
+    }
+    if reported is not None:
+        out |= {"reported": reported, "share_at_least_reported": float((flat >= reported - 1e-12).mean())}
+    return out

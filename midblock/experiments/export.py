@@ -253,6 +253,16 @@ def derive(dest: str | Path, baseline: str | None = None) -> list[dict[str, Any]
     The two files are checked against each other first (each cell's per-item rows against its recorded
     digest or scores; no row without its cell, no cell listed twice) and the arms against the comparison's
     own table: a tampered row, a stray cell or an unknown arm is one line, never a table."""
+    config, recs, base, order = read_export(dest)
+    baseline = baseline or config.get("baseline")
+    if baseline not in {r["label"] for r in recs}:
+        raise MidblockError(f"unknown arm '{baseline}'", hint="choose one of " + ", ".join(order))
+    return build_rows(recs, base, baseline=baseline, metric=config["metric"])
+
+
+def read_export(dest: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None, list[str]]:
+    """``(config, records, base, arms)`` of an export, checked as :func:`derive` describes: the main phase's
+    records (per-item correctness under the comparison's metric) in table order, then seed order."""
     dest = Path(dest)
     if not (dest / "compare.json").is_file():
         raise MidblockError(f"{dest} holds no export (no compare.json)", hint="export a comparison there first")
@@ -290,11 +300,8 @@ def derive(dest: str | Path, baseline: str | None = None) -> list[dict[str, Any]
             raise MidblockError(f"cells.jsonl holds arm '{c['label']}', which is not in the comparison's table")
         else:
             recs.append(rec)
-    baseline = baseline or config.get("baseline")
-    if baseline not in {r["label"] for r in recs}:
-        raise MidblockError(f"unknown arm '{baseline}'", hint="choose one of " + ", ".join(order))
     recs.sort(key=lambda r: (order.index(r["label"]), r["seed"]))
-    return build_rows(recs, base, baseline=baseline, metric=metric)
+    return config, recs, base, order
 
 
 def main(argv: list[str] | None = None) -> int:

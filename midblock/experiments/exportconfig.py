@@ -7,8 +7,8 @@ from typing import Literal
 
 from midblock.errors import MidblockError
 
-ExportMode = Literal["raw", "state", "derive"]
-EXPORT_MODES = ("raw", "state", "derive")
+ExportMode = Literal["raw", "state", "derive", "replay"]
+EXPORT_MODES = ("raw", "state", "derive", "replay")
 
 
 @dataclass
@@ -22,14 +22,29 @@ class ExportConfig:
         default="raw",
         metadata={
             "help": "raw: cells.jsonl + items.csv + the tables, small enough to commit; derive: the table "
-            "re-computed from an export; state: what a partly finished comparison needs to resume elsewhere"
+            "re-computed from an export; state: what a partly finished comparison needs to resume elsewhere; "
+            "replay: an export's arm against its baseline replayed as many one-seed, small-test studies"
         },
     )
     compare_dir: str | None = field(
         default=None, metadata={"help": "a `midblock compare --out` directory (raw, state)", "flag": "--from"}
     )
     baseline: str | None = field(
-        default=None, metadata={"help": "derive: the arm the differences are taken against (default: the grid's)"}
+        default=None,
+        metadata={"help": "derive, replay: the arm the differences are taken against (default: the grid's)"},
+    )
+    arm: str | None = field(default=None, metadata={"help": "replay: the arm replayed against the baseline"})
+    replay_items: int = field(default=100, metadata={"help": "replay: test items each one-seed replay scores"})
+    draws: int = field(default=200, metadata={"help": "replay: item draws per training seed"})
+    reported: float | None = field(
+        default=None, metadata={"help": "replay: a reported difference (fraction, e.g. 0.102) to locate"}
+    )
+    controlled: str | None = field(
+        default=None,
+        metadata={
+            "help": "replay: another export shown beside, as EXPORT_DIR or EXPORT_DIR,ARM,BASELINE (default: the "
+            "same arm names)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -37,7 +52,16 @@ class ExportConfig:
             raise MidblockError(f"unknown export mode '{self.mode}'", hint="use " + ", ".join(EXPORT_MODES))
         if self.mode == "derive" and self.compare_dir:
             raise MidblockError("--mode derive reads an export, not a comparison", hint="drop --from")
-        if self.mode != "derive" and not self.compare_dir:
+        if self.mode in ("raw", "state") and not self.compare_dir:
             raise MidblockError(f"--mode {self.mode} needs the comparison", hint="pass --from COMPARE_DIR")
-        if self.baseline and self.mode != "derive":
-            raise MidblockError("--baseline applies to --mode derive only", hint="drop --baseline")
+        if self.baseline and self.mode not in ("derive", "replay"):
+            raise MidblockError("--baseline applies to --mode derive and replay only", hint="drop --baseline")
+        if self.mode == "replay":
+            if self.compare_dir:
+                raise MidblockError("--mode replay reads an export, not a comparison", hint="drop --from")
+            if not self.arm:
+                raise MidblockError("--mode replay needs the arm to replay", hint="pass --arm ARM")
+            if self.replay_items < 1 or self.draws < 1:
+                raise MidblockError("--replay-items and --draws must be >= 1")
+        elif self.arm or self.controlled or self.reported is not None:
+            raise MidblockError("--arm, --controlled and --reported apply to --mode replay only", hint="drop them")

@@ -231,3 +231,30 @@ def test_two_level_intervals_cover_the_truth_and_item_only_intervals_do_not():
     assert 0.93 <= acc / reps <= 0.97, acc / reps
     assert 0.93 <= diff / reps <= 0.97, diff / reps
     assert old / reps < 0.85, old / reps  # visibly under-covers: the seeds' variation is left out
+
+
+def test_one_seed_replays_follow_the_hypergeometric_law():
+    from midblock.evaluation.stats import one_seed_replays
+
+    # one seed, 400 items: the arm is right on the first 120 items, the baseline on none. A 100-item draw's
+    # difference is (hits among 100 of 400 with 120 marked) / 100: hypergeometric mean 0.3, variance
+    # p(1-p)/n * (N-n)/(N-1)
+    a = np.zeros((1, 400))
+    a[0, :120] = 1
+    d = one_seed_replays(a, np.zeros((1, 400)), 100, draws_per_seed=4000, seed=1)
+    var = 0.3 * 0.7 / 100 * (300 / 399)
+    assert abs(d.mean() - 0.3) < 4 * np.sqrt(var / 4000)
+    assert d.var(ddof=1) == pytest.approx(var, rel=0.1)
+    assert np.allclose(d * 100, np.round(d * 100))  # counts out of 100
+
+
+def test_replay_summary_shares_and_bad_input():
+    from midblock.evaluation.stats import one_seed_replays, replay_summary
+
+    s = replay_summary(np.array([[-0.1, 0.0, 0.05], [0.1, 0.12, 0.2]]), win=0.05, reported=0.102)
+    assert s["share_win"] == pytest.approx(4 / 6) and s["share_at_least_reported"] == pytest.approx(2 / 6)
+    assert s["mean"] == pytest.approx(0.37 / 6) and s["n_replays"] == 6
+    with pytest.raises(ValueError):
+        one_seed_replays(np.zeros((2, 10)), np.zeros((2, 9)), 5)
+    with pytest.raises(ValueError):
+        one_seed_replays(np.zeros((2, 10)), np.zeros((2, 10)), 11)
