@@ -30,7 +30,7 @@ from midblock.analysis.capture import (
     make_batches,
     reduce_across_processes,
 )
-from midblock.analysis.config import AnalyzeConfig, parse_metrics  # noqa: F401 (re-exported)
+from midblock.analysis.config import FAMILIES, AnalyzeConfig, parse_metrics  # noqa: F401 (re-exported)
 from midblock.analysis.inputs import (
     FINGERPRINT,
     check_cache,
@@ -234,7 +234,7 @@ def _capture_spec(cfg: AnalyzeConfig, layer_idx: list[int], multi: bool) -> Capt
             or (s == "token_norm" and "l2_norm" in fams)
             or s in fams
         ),
-        pooled=bool(fams & _POOLED_FAMILIES),
+        pooled=any(FAMILIES[f].pooled for f in fams),
         token_cka="cka_token" in fams and multi,
         logit_lens="logit_lens" in fams,
         alpha=cfg.alpha,
@@ -251,16 +251,6 @@ def _all_rows(parts: dict, grads: dict, names: list[str], L: int) -> list[dict[s
     return rows
 
 
-_POOLED_FAMILIES = {
-    "dataset_entropy",
-    "effective_rank",
-    "l2_norm",
-    "spectral",
-    "cka",
-    "cosine",
-    "mean_shift",
-    "change_intensity",
-}
 _SPILL = "spill"  # cache/spill: the one-model-at-a-time mode's base states and weights, deleted on success
 
 

@@ -5,26 +5,90 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from midblock.data.tasks import builtin_tasks
 from midblock.errors import MidblockError
+from midblock.registry import Registry
 from midblock.validation import check_float_fields, check_number
 
-# metric family (what --metrics accepts) -> the metric names it writes
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "prompt_entropy": ("prompt_entropy",),
-    "prompt_entropy_centered": ("prompt_entropy_centered",),
-    "dataset_entropy": ("dataset_entropy",),
-    "effective_rank": ("effective_rank", "rankme"),
-    "curvature": ("curvature",),
-    "sparsity": ("sparsity",),
-    "l2_norm": ("l2_norm", "token_norm"),
-    "spectral": ("s_max", "condition_number", "rank_deficiency"),
-    "cka": ("cka", "cka_unbiased", "cka_consecutive"),
-    "cka_token": ("cka_token", "cka_token_unbiased"),
-    "cosine": ("cosine",),
-    "mean_shift": ("mean_shift", "mean_shift_rel"),
-    "change_intensity": ("change_intensity",),
-    "logit_lens": ("logit_ce", "logit_top1_agreement", "logit_kl"),
-    "weight_delta": (
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """A metric family ``--metrics`` names: the CSV metrics it writes (definitions: ``docs/metrics.md``)."""
+
+    metrics: tuple[str, ...]
+    opt_in: bool = False  # costly: runs only when asked for by name (or with --metrics all)
+    pooled: bool = False  # computed from the pooled (one vector per sample) states
+    doc: str = field(default="", compare=False, repr=False)
+
+
+# metric family (what --metrics accepts) -> the metric names it writes, in the order `all` lists them
+FAMILIES: Registry[MetricFamily] = Registry("metric")
+
+
+def _family(name: str, metrics: tuple[str, ...], doc: str, *, opt_in: bool = False, pooled: bool = False) -> None:
+    FAMILIES.register(name, MetricFamily(metrics, opt_in, pooled, doc))
+
+
+_family("prompt_entropy", ("prompt_entropy",), "Per sample: Renyi entropy of the token Gram matrix, normalised.")
+# opt-in: the centred prompt entropy doubles the eigensolves of the hooks
+_family(
+    "prompt_entropy_centered",
+    ("prompt_entropy_centered",),
+    "The prompt entropy after subtracting each sample's mean token (opt-in).",
+    opt_in=True,
+)
+_family("dataset_entropy", ("dataset_entropy",), "Entropy of the pooled rows' Gram matrix, normalised.", pooled=True)
+_family(
+    "effective_rank",
+    ("effective_rank", "rankme"),
+    "Effective rank of the pooled rows (paper's form and RankMe).",
+    pooled=True,
+)
+_family("curvature", ("curvature",), "Per sample: mean turning angle between consecutive token steps.")
+_family("sparsity", ("sparsity",), "Per sample: fraction of near-zero entries of the hidden states.")
+_family("l2_norm", ("l2_norm", "token_norm"), "Mean norm of the pooled vectors and of the token rows.", pooled=True)
+_family(
+    "spectral",
+    ("s_max", "condition_number", "rank_deficiency"),
+    "Largest singular value, condition number and rank deficiency of the pooled rows.",
+    pooled=True,
+)
+_family(
+    "cka",
+    ("cka", "cka_unbiased", "cka_consecutive"),
+    "Linear CKA of the pooled rows: base vs variant, and between consecutive layers.",
+    pooled=True,
+)
+# opt-in: token CKA keeps 3 D x D matrices per layer
+_family(
+    "cka_token",
+    ("cka_token", "cka_token_unbiased"),
+    "Linear CKA over every real token, base vs variant, from streamed moments (opt-in).",
+    opt_in=True,
+)
+_family("cosine", ("cosine",), "Mean cosine of each sample's pooled vector, base vs variant.", pooled=True)
+_family(
+    "mean_shift",
+    ("mean_shift", "mean_shift_rel"),
+    "Norm of the shift of the pooled mean, base to variant (and relative).",
+    pooled=True,
+)
+_family(
+    "change_intensity",
+    ("change_intensity",),
+    "Mean norm of each sample's pooled change, base to variant.",
+    pooled=True,
+)
+# opt-in: the logit lens runs the V-wide LM head at every layer (31 x for SmolLM2)
+_family(
+    "logit_lens",
+    ("logit_ce", "logit_top1_agreement", "logit_kl"),
+    "Each layer through the final norm and LM head: next-token CE, top-1 agreement and KL (opt-in).",
+    opt_in=True,
+)
+_family(
+    "weight_delta",
+    (
         "weight_delta",
         "weight_delta_rel",
         "weight_delta_attn",
@@ -32,7 +96,11 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "weight_delta_mlp",
         "weight_delta_mlp_rel",
     ),
-    "lora_delta": (
+    "Norm of each block's weight change, base to variant (all, attention, MLP; and relative).",
+)
+_family(
+    "lora_delta",
+    (
         "lora_delta",
         "lora_delta_rel",
         "lora_delta_attn",
@@ -40,12 +108,11 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "lora_delta_mlp",
         "lora_delta_mlp_rel",
     ),
-    "grad_norm": ("grad_norm", "grad_norm_rel"),
-}
-# Costly families that run only when asked for (or with --metrics all): token CKA keeps 3 D x D
-# matrices per layer; the logit lens runs the V-wide LM head at every layer (31 x for SmolLM2); the
-# centred prompt entropy doubles the eigensolves of the hooks.
-OPT_IN = ("cka_token", "logit_lens", "prompt_entropy_centered")
+    "Norm of a LoRA variant's scaled B A per block, without forming the change.",
+)
+_family("grad_norm", ("grad_norm", "grad_norm_rel"), "Base only: norm of each block's loss gradient (and relative).")
+
+OPT_IN = tuple(f for f, fam in FAMILIES.items() if fam.opt_in)
 DEFAULT_METRICS = tuple(f for f in FAMILIES if f not in OPT_IN)
 
 
@@ -73,7 +140,7 @@ class AnalyzeConfig:
     )
     datasets: list[str] = field(
         default_factory=lambda: ["gsm8k"],
-        metadata={"help": "gsm8k, arith or FILE.jsonl; repeatable", "flag": "--data", "repeat": True},
+        metadata={"help": ", ".join(builtin_tasks()) + " or FILE.jsonl; repeatable", "flag": "--data", "repeat": True},
     )
     samples: int = field(default=200, metadata={"help": "samples per dataset"})
     max_length: int = field(default=128, metadata={"help": "tokens per sample (longer texts are truncated)"})
@@ -82,7 +149,13 @@ class AnalyzeConfig:
     )
     metrics: list[str] = field(
         default_factory=lambda: list(DEFAULT_METRICS),
-        metadata={"help": "comma list of metric families, 'default' or 'all' (see docs/metrics.md; default: default)"},
+        metadata={
+            "help": "comma list of metric families ("
+            + ", ".join(FAMILIES)
+            + "), 'default' (all but "
+            + ", ".join(OPT_IN)
+            + ") or 'all' (see docs/metrics.md; default: default)"
+        },
     )
     batch_size: int = field(default=8, metadata={"help": "samples per forward"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ..."})
@@ -147,9 +220,10 @@ def parse_metrics(metrics: str | list[str] | None) -> list[str]:
         elif m in FAMILIES:
             out.append(m)
         else:
-            owner = next((f for f, names in FAMILIES.items() if m in names), None)
-            hint = f"'{m}' is written by family '{owner}'" if owner else "choose from all, " + ", ".join(FAMILIES)
-            raise MidblockError(f"unknown metric '{m}'", hint=hint)
+            owner = next((f for f, fam in FAMILIES.items() if m in fam.metrics), None)
+            if owner is None:
+                raise FAMILIES.unknown(m, also=("default", "all"))
+            raise MidblockError(f"unknown metric '{m}'", hint=f"'{m}' is written by family '{owner}'")
     if not out:
         raise MidblockError("no metric selected", hint="--metrics all")
     return list(dict.fromkeys(out))

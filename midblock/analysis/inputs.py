@@ -12,6 +12,7 @@ from typing import Any
 from midblock.analysis.sequential import release_memory
 from midblock.analysis.weights import is_lora_model
 from midblock.data import load_examples, resolve_task
+from midblock.data.tasks import builtin_tasks
 from midblock.errors import MidblockError
 from midblock.fingerprint import package_version, tensors_digest
 from midblock.io import read_json
@@ -22,11 +23,12 @@ FINGERPRINT = "fingerprint.json"
 
 def dataset_arg(ds: str) -> tuple[str, str | None, str]:
     """(task, data path or None, display name) of a --data value."""
-    if ds in ("gsm8k", "arith"):
+    builtin = builtin_tasks()
+    if ds in builtin:
         return ds, None, ds
     p = Path(ds)
     if not p.exists():
-        raise MidblockError(f"dataset '{ds}' is neither gsm8k, arith nor an existing .jsonl file")
+        raise MidblockError(f"dataset '{ds}' is neither {', '.join(builtin)} nor an existing .jsonl file")
 
     return resolve_task(None, ds), ds, p.stem
 

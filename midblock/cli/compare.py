@@ -1,9 +1,8 @@
 """``midblock compare``: train and evaluate a grid (method x band x seed) and write one comparison table.
 
-The grid comes from ``--preset`` (quick, full, smoke, band-landscape, paper-segments, selection-family,
-paper-protocol), a YAML file (``--config``), or flags; flags override the file, which overrides the preset.
-Finished cells are skipped on a rerun with the same --out; a cell whose settings changed is computed again in a
-directory of its own.
+The grid comes from ``--preset`` (the presets are listed below), a YAML file (``--config``), or flags; flags
+override the file, which overrides the preset. Finished cells are skipped on a rerun with the same --out; a
+cell whose settings changed is computed again in a directory of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pathlib import Path
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
 from midblock.errors import MidblockError
-from midblock.experiments.grid import PRESETS, PROFILES, CompareConfig, load_grid, preset
+from midblock.experiments.grid import FORGETTING_DATA, PRESETS, CompareConfig, load_grid, preset
 from midblock.selection import full_only
 from midblock.tuning.config import MidBlockConfig
 from midblock.tuning.trainconfig import TrainConfig
@@ -36,8 +35,9 @@ def _csv(s: str | None, kind=str) -> list | None:
 
 
 def register(sub) -> None:
-    p = add_command(sub, "compare", help="train and evaluate a grid of methods side by side", doc=__doc__)
-    p.add_argument("--preset", default=None, choices=[*PROFILES, *PRESETS], help="a named grid")
+    doc = f"{__doc__}\nPresets (--preset NAME):\n{PRESETS.describe()}\n"
+    p = add_command(sub, "compare", help="train and evaluate a grid of methods side by side", doc=doc)
+    p.add_argument("--preset", default=None, choices=PRESETS.names(), help="a named grid (listed above)")
     p.add_argument("--config", default=None, help="YAML grid file (see docs/evaluation.md)")
     add_config_args(p.add_argument_group("grid settings"), CompareConfig, skip=_FILE_ONLY, only_given=True)
     m = p.add_argument_group("methods from flags (a YAML file can say more)")
@@ -56,7 +56,7 @@ def register(sub) -> None:
     add_config_args(m, MidBlockConfig, only=_METHOD_FLAGS, only_given=True)
     t = p.add_argument_group("training settings shared by every cell")
     add_config_args(t, TrainConfig, only=_TRAIN_FLAGS, only_given=True)
-    p.add_argument("--forgetting-data", default=None, help="corpus for the loss check: general, gsm8k, arith or a file")
+    p.add_argument("--forgetting-data", default=None, help=f"corpus for the loss check: {FORGETTING_DATA}")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
         "--estimate",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
-from midblock.evaluation.config import EvalConfig
+from midblock.evaluation.config import EVAL_TASKS, EvalConfig
 from midblock.evaluation.prompts import FEWSHOT_SEED
 
 _CLI_OWN = ("seed", "task")  # --seed from common_args (the few-shot seed here); --task also takes ppl
@@ -17,7 +17,7 @@ _CLI_OWN = ("seed", "task")  # --seed from common_args (the few-shot seed here);
 def register(sub) -> None:
     p = add_command(sub, "eval", help="evaluate a model (GSM8K protocols, arith, perplexity)", doc=__doc__)
     p.add_argument("--model", default="smollm2-135m", help="model spec: base, BASE+ADAPTER, BASE+DELTA, run dir...")
-    p.add_argument("--task", default="gsm8k", help="gsm8k, arith, or ppl (loss on --data) (default: gsm8k)")
+    p.add_argument("--task", default="gsm8k", help=", ".join(EVAL_TASKS) + ", or ppl (loss on --data) (default: gsm8k)")
     add_config_args(p, EvalConfig, skip=_CLI_OWN)
     p.add_argument("--auto-batch", action="store_true", help="on out-of-memory, halve the batch and continue")
     p.add_argument("--max-length", type=int, default=512, help="ppl: tokens per text (longer ones are cut)")

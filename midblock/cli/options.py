@@ -6,7 +6,8 @@ Each field's flag, help, choices and default come from the dataclass itself:
   ``warmup_steps``); a bool that defaults to True gets a negative flag (``metadata["flag"] = "--full-logits"``
   with ``metadata["negate"] = True``, or ``--no-field-name``);
 - the help text is ``metadata["help"]``, and the default is appended to it;
-- a ``Literal[...]`` type gives the choices; ``int``/``float``/``str``/``list[int]``/``list[str]`` the parser
+- a ``Literal[...]`` type gives the choices, or ``metadata["choices"]`` (the names of a registry, so a new
+  entry is offered without editing the field); ``int``/``float``/``str``/``list[int]``/``list[str]`` the parser
   (a comma list, or with ``metadata["repeat"]`` one value per repeated flag); ``metadata["aliases"]`` adds
   other spellings.
 
@@ -140,6 +141,8 @@ def add_config_args(
             )
             continue
         kind, extra = _parser_for(hints[f.name])
+        if "choices" in f.metadata:
+            extra["choices"] = list(f.metadata["choices"])
         shown = f" (default: {_shown(default)})" if "default" not in help_text else ""
         flag = flag_of(f)
         if "choices" not in extra:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,41 @@ from midblock.data.arith import ARITH_VERSION, generate_arith
 from midblock.data.gsm8k import gold_answer, load_gsm8k
 from midblock.data.jsonl import read_jsonl
 from midblock.errors import MidblockError
+from midblock.registry import Registry
 
-TASKS = ("gsm8k", "arith", "jsonl")
 IGNORE_INDEX = -100
 OVERLONG = ("drop", "error", "truncate")  # what tokenize_sft does with an example over max_length
-# The version of each task's data and splits, part of every fingerprint of its rows. arith 2: dev and test
-# redrawn without near-duplicates of train rows; gsm8k and jsonl 2: a dev split carved from train.
-DATA_VERSIONS = {"arith": ARITH_VERSION, "gsm8k": 2, "jsonl": 2}
 DEFAULT_DEV_SIZE = 200  # rows carved from train when a grid needs a dev split and the task has none
 _DEV_SALT = "midblock-dev-split-v1"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task ``--task`` names: where its rows come from and what they hold."""
+
+    name: str
+    load: Callable[[str, str | None, int], list[dict[str, Any]]]  # (split, data, dev_size) -> the split's rows
+    # The version of the task's data and splits, part of every fingerprint of its rows. arith 2: dev and test
+    # redrawn without near-duplicates of train rows; gsm8k and jsonl 2: a dev split carved from train.
+    version: int
+    scored: bool  # question/answer rows with a '#### N' gold answer: `midblock eval` scores them
+    own_dev: bool = False  # a dev split of its own; otherwise dev rows are carved from train (dev_size)
+    needs_data: bool = False  # --data is required; otherwise the task finds its rows by itself
+    doc: str = field(default="", repr=False)
+
+
+# name -> Task, in the order error messages list them
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(name: str, *, version: int, scored: bool, own_dev: bool = False, needs_data: bool = False):
+    """Register the decorated ``load(split, data, dev_size)`` as task ``name``; its docstring describes it."""
+
+    def add(load: Callable[[str, str | None, int], list[dict[str, Any]]]):
+        TASKS.register(name, Task(name, load, version, scored, own_dev, needs_data, load.__doc__ or ""))
+        return load
+
+    return add
 
 
 @dataclass
@@ -54,14 +81,24 @@ def resolve_task(task: str | None, data: str | None) -> str:
         if data and (data.endswith(".jsonl") and "gsm8k" not in Path(data).name.lower()):
             return "jsonl"
         return "gsm8k" if data else "arith"
-    if task not in TASKS:
-        raise MidblockError(f"unknown task '{task}'", hint="choose one of " + ", ".join(TASKS))
+    TASKS.lookup(task)
     return task
 
 
 def data_version(task: str) -> str:
     """``arith-v2`` etc.: enters the fingerprints of results made from a task's rows."""
-    return f"{task}-v{DATA_VERSIONS.get(task, 1)}"
+    return f"{task}-v{TASKS[task].version if task in TASKS else 1}"
+
+
+def has_own_dev(task: str) -> bool:
+    """Whether ``task`` has a dev split of its own (arith); the others carve theirs from train (``dev_size``)."""
+    t = TASKS.get(task)
+    return bool(t and t.own_dev)
+
+
+def builtin_tasks() -> list[str]:
+    """The tasks that find their rows without ``--data`` (a name a ``--data`` option may give instead of a file)."""
+    return [n for n, t in TASKS.items() if not t.needs_data]
 
 
 def carve_dev(rows: list[dict[str, Any]], dev_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -123,22 +160,13 @@ def load_rows(
     offset: int = 0,
     dev_size: int = 0,
 ) -> list[dict[str, Any]]:
-    """Raw rows of a task split (``question``/``answer`` for gsm8k and arith).
+    """Raw rows of a task split (``question``/``answer`` for gsm8k and arith), from the task's registered loader.
 
     ``dev_size`` (gsm8k, jsonl): that many rows of the train split form the dev split (:func:`carve_dev`)
     and leave the train split; arith has a dev split of its own and ignores it."""
     if dev_size < 0:
         raise MidblockError(f"dev_size must be >= 0, got {dev_size}")
-    if task == "gsm8k":
-        rows = _carved(lambda s: load_gsm8k(s, data), task, split, dev_size)
-    elif task == "arith":
-        rows = generate_arith(split)
-    elif task == "jsonl":
-        if not data:
-            raise MidblockError("task jsonl needs --data FILE.jsonl")
-        rows = _carved(lambda s: _jsonl_split(data, s), task, split, dev_size)
-    else:
-        raise MidblockError(f"unknown task '{task}'", hint="choose one of " + ", ".join(TASKS))
+    rows = TASKS.lookup(task).load(split, data, dev_size)
     if offset:
         rows = rows[offset:]
     if limit is not None:
@@ -162,6 +190,29 @@ def _jsonl_split(data: str, split: str) -> list[dict[str, Any]]:
     if path.is_dir():
         path = path / f"{split}.jsonl"
     return read_jsonl(path, any_of=(("prompt", "completion"), ("messages",), ("question", "answer"), ("text",)))
+
+
+@register_task("gsm8k", version=2, scored=True)
+def _gsm8k(split: str, data: str | None, dev_size: int) -> list[dict[str, Any]]:
+    """GSM8K grade-school math word problems (a local copy: --data or $MIDBLOCK_GSM8K); its dev split is
+    ``dev_size`` rows carved from train."""
+    return _carved(lambda s: load_gsm8k(s, data), "gsm8k", split, dev_size)
+
+
+@register_task("arith", version=ARITH_VERSION, scored=True, own_dev=True)
+def _arith(split: str, data: str | None, dev_size: int) -> list[dict[str, Any]]:
+    """Built-in GSM8K-style arithmetic word problems (2-3 operations, worked ``#### N`` solutions) from fixed
+    seeds: train, dev and test splits of their own, nothing to download."""
+    return generate_arith(split)
+
+
+@register_task("jsonl", version=2, scored=False, needs_data=True)
+def _jsonl(split: str, data: str | None, dev_size: int) -> list[dict[str, Any]]:
+    """Your own rows from --data FILE.jsonl (or a directory of SPLIT.jsonl files): prompt/completion,
+    question/answer, chat messages or plain text; its dev split is ``dev_size`` rows carved from train."""
+    if not data:
+        raise MidblockError("task jsonl needs --data FILE.jsonl")
+    return _carved(lambda s: _jsonl_split(data, s), "jsonl", split, dev_size)
 
 
 def to_example(row: dict[str, Any]) -> Example:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from midblock.data.tasks import TASKS, has_own_dev
 from midblock.errors import MidblockError
 from midblock.evaluation.prompts import DEFAULT_SAMPLING, FEWSHOT_SEED, SAMPLING
+from midblock.registry import Registry
 from midblock.validation import check_number
 
 
@@ -39,30 +41,64 @@ class DecodeConfig:
             raise MidblockError(f"unknown decoding engine '{self.engine}'", hint="use loop or generate")
 
 
-EVAL_TASKS = ("gsm8k", "arith")
+# The tasks `midblock eval` scores: the registered tasks whose rows carry a '#### N' gold answer
+EVAL_TASKS: Registry = TASKS.subset("task", lambda t: t.scored)
 HARNESS_STOPS = ("Question:", "</s>", "<|im_end|>")
 
 
 @dataclass(frozen=True)
 class Protocol:
+    """How a protocol prompts, decodes and scores; ``primary``: the extractors it reports."""
+
     num_fewshot: int
     max_new_tokens: int
     stop: tuple[str, ...]
     primary: tuple[str, ...]
+    doc: str = field(default="", compare=False, repr=False)
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "lm-eval": Protocol(5, 256, HARNESS_STOPS, ("strict-match", "flexible-extract")),
-    "paper": Protocol(0, 64, (), ("paper",)),
-    "original": Protocol(0, 256, HARNESS_STOPS, ("original",)),
-}
+# name -> Protocol (``--protocol``); every extractor is recorded under every protocol, ``primary`` is its own
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+PROTOCOLS.register(
+    "lm-eval",
+    Protocol(
+        num_fewshot=5,
+        max_new_tokens=256,
+        stop=HARNESS_STOPS,
+        primary=("strict-match", "flexible-extract"),
+        doc="lm-evaluation-harness gsm8k: 5-shot with the harness's own exemplar draw per item, 256 new tokens, "
+        "its stop strings; scored strict-match and flexible-extract.",
+    ),
+)
+PROTOCOLS.register(
+    "paper",
+    Protocol(
+        num_fewshot=0,
+        max_new_tokens=64,
+        stop=(),
+        primary=("paper",),
+        doc="The paper's reference code: zero-shot, 64 new tokens, no stop strings; the last number, compared "
+        "as a float.",
+    ),
+)
+PROTOCOLS.register(
+    "original",
+    Protocol(
+        num_fewshot=0,
+        max_new_tokens=256,
+        stop=HARNESS_STOPS,
+        primary=("original",),
+        doc="openai/grade-school-math's scorer on zero-shot Question/Answer prompts (the format `midblock "
+        "train` fine-tunes on), 256 new tokens and the harness's stop strings; the first #### N.",
+    ),
+)
 
 
 @dataclass(kw_only=True)
 class EvalConfig:
     """What to evaluate and how; validated on construction, before any model is loaded."""
 
-    task: str = field(default="gsm8k", metadata={"help": "gsm8k or arith"})
+    task: str = field(default="gsm8k", metadata={"help": " or ".join(EVAL_TASKS)})
     split: str = field(
         default="test",
         metadata={
@@ -77,7 +113,7 @@ class EvalConfig:
             "`train --dev-size` holds them out); its few-shot exemplars come from the rest of train"
         },
     )
-    protocol: str = field(default="lm-eval", metadata={"help": "lm-eval, paper or original"})
+    protocol: str = field(default="lm-eval", metadata={"help": ", ".join(PROTOCOLS)})
     limit: int | None = field(default=None, metadata={"help": "evaluate at most this many items"})
     offset: int = field(default=0, metadata={"help": "skip this many test items first"})
     chat_template: bool = field(default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"})
@@ -96,15 +132,15 @@ class EvalConfig:
     backend: str = field(default="hf", metadata={"help": "hf (transformers generate) or vllm"})
 
     def __post_init__(self) -> None:
-        if self.task not in EVAL_TASKS:
-            raise MidblockError(f"unknown task '{self.task}'", hint="choose one of " + ", ".join(EVAL_TASKS + ("ppl",)))
+        EVAL_TASKS.lookup(self.task, also=("ppl",))
         if self.split not in ("test", "dev"):
             raise MidblockError(f"unknown evaluation split '{self.split}'", hint="use test or dev")
         check_number("--dev-size", self.dev_size, low=0)
-        if self.split == "dev" and self.task == "gsm8k" and self.dev_size < 1:
-            raise MidblockError("GSM8K has no dev split of its own", hint="pass --dev-size N (rows carved from train)")
-        if self.protocol not in PROTOCOLS:
-            raise MidblockError(f"unknown protocol '{self.protocol}'", hint="choose one of " + ", ".join(PROTOCOLS))
+        if self.split == "dev" and not has_own_dev(self.task) and self.dev_size < 1:
+            raise MidblockError(
+                f"{self.task} has no dev split of its own", hint="pass --dev-size N (rows carved from train)"
+            )
+        PROTOCOLS.lookup(self.protocol)
         if self.limit is not None:
             check_number("--limit", self.limit, low=1, hint="omit it to evaluate every item")
         check_number("--offset", self.offset, low=0)

@@ -6,13 +6,17 @@
 - ``original``: openai/grade-school-math (first ``#### N``, commas removed, exact string).
 
 Each extractor is a pure function ``str -> str`` (``"[invalid]"`` when nothing is found) and each scorer a
-pure function ``(completion, gold_solution) -> bool``.
+pure function ``(completion, gold_solution) -> bool``; each pair is registered by name in ``EXTRACTORS`` (what a
+comparison's ``metric`` names).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from midblock.registry import Registry
 
 INVALID = "[invalid]"
 
@@ -111,18 +115,26 @@ def score_original(completion: str, solution: str) -> bool:
     return gold != INVALID and original_extract(completion) == gold
 
 
-# name -> (extractor giving the recorded prediction, scorer)
-EXTRACTORS: dict[str, tuple[Callable[[str], object], Callable[[str, str], bool]]] = {
-    "strict-match": (strict_match, score_strict),
-    "flexible-extract": (flexible_extract, score_flexible),
-    "paper": (paper_extract, score_paper),
-    "original": (original_extract, score_original),
-}
+@dataclass(frozen=True)
+class Extractor:
+    """One way to read an answer: ``extract`` gives the recorded prediction, ``score`` the correctness."""
+
+    extract: Callable[[str], object]
+    score: Callable[[str, str], bool]
+    doc: str = field(default="", compare=False, repr=False)
+
+
+# name -> Extractor (a comparison's ``metric``); every one is applied to every completion and recorded
+EXTRACTORS: Registry[Extractor] = Registry("metric")
+EXTRACTORS.register("strict-match", Extractor(strict_match, score_strict, strict_match.__doc__ or ""))
+EXTRACTORS.register("flexible-extract", Extractor(flexible_extract, score_flexible, flexible_extract.__doc__ or ""))
+EXTRACTORS.register("paper", Extractor(paper_extract, score_paper, paper_extract.__doc__ or ""))
+EXTRACTORS.register("original", Extractor(original_extract, score_original, original_extract.__doc__ or ""))
 
 
 def score_all(completion: str, solution: str) -> dict[str, dict[str, object]]:
     """Every extractor's prediction and correctness for one completion."""
     return {
-        name: {"pred": extract(completion), "correct": bool(score(completion, solution))}
-        for name, (extract, score) in EXTRACTORS.items()
+        name: {"pred": e.extract(completion), "correct": bool(e.score(completion, solution))}
+        for name, e in EXTRACTORS.items()
     }

@@ -21,10 +21,11 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from midblock.analysis.config import DEFAULT_METRICS, AnalyzeConfig
 from midblock.errors import MidblockError
+from midblock.evaluation.config import EVAL_TASKS
 from midblock.experiments.grid import PROFILES, two_arm_grid
 from midblock.experiments.table import pooled_rows
 from midblock.fingerprint import check_or_record, make, spec_identity
@@ -35,6 +36,7 @@ from midblock.tuning.trainconfig import PRECISIONS, Precision
 log = logging.getLogger(__name__)
 
 ARMS = ("lora", "midblock")
+DEMO_TASKS = tuple(EVAL_TASKS)  # the tasks whose held-out problems the demo scores
 # problems the layer analyses run on (base alone, then base vs the tuned arms); quick: a few minutes' share
 ANALYSIS_SAMPLES = {"quick": 24, "full": 200, "smoke": 8}
 
@@ -44,15 +46,17 @@ class DemoConfig:
     """The demo's settings: a profile plus optional overrides."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "model spec (default: the embedded SmolLM2-135M)"})
-    task: Literal["arith", "gsm8k"] = field(
-        default="arith", metadata={"help": "arith (built in) or gsm8k (needs a local copy)"}
+    task: str = field(
+        default="arith",
+        metadata={"help": "arith (built in) or gsm8k (needs a local copy)", "choices": DEMO_TASKS},
     )
     data: str | None = field(default=None, metadata={"help": "GSM8K directory/file when --task gsm8k"})
-    profile: Literal["quick", "full", "smoke"] = field(
+    profile: str = field(
         default="quick",
         metadata={
             "help": "quick (20 steps per arm, 64 problems: minutes on 2 CPU cores), full (the two-arm band "
-            "landscape, 3 seeds), smoke (tests)"
+            "landscape, 3 seeds), smoke (tests)",
+            "choices": tuple(PROFILES),
         },
     )
     band: str = field(
@@ -78,8 +82,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise MidblockError(f"unknown profile '{self.profile}'", hint="use " + ", ".join(PROFILES))
-        if self.task not in ("arith", "gsm8k"):
-            raise MidblockError(f"the demo runs task arith or gsm8k, not '{self.task}'")
+        if self.task not in DEMO_TASKS:
+            raise MidblockError(f"the demo runs task {' or '.join(DEMO_TASKS)}, not '{self.task}'")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise MidblockError(f"unknown precision '{self.precision}'", hint="use " + ", ".join(PRECISIONS))
         for name in ("steps", "eval_items", "threads"):

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from midblock.data.tasks import DEFAULT_DEV_SIZE
+from midblock.data.tasks import DEFAULT_DEV_SIZE, builtin_tasks, has_own_dev
 from midblock.errors import MidblockError
 from midblock.evaluation.config import EVAL_TASKS, PROTOCOLS, EvalConfig
 from midblock.evaluation.extract import EXTRACTORS
 from midblock.layers import PAPER_BAND
+from midblock.registry import Registry
 from midblock.tuning.config import MidBlockConfig
 from midblock.tuning.trainconfig import TrainConfig
 from midblock.validation import SEED_LIMIT
@@ -43,6 +45,7 @@ TRAIN_KEYS = (
     "monitor",
 )
 FORGETTING_KEYS = ("data", "limit", "max_length", "batch_size")
+FORGETTING_DATA = "general, " + ", ".join(builtin_tasks()) + " or a file"  # what forgetting's `data` names
 PAPER_SEGMENT_BANDS = {
     "mid-seg2-4": PAPER_BAND,
     "seg1(first)": "seg1/5",
@@ -251,43 +254,71 @@ def paper_protocol(alpha_policy: str = "fixed", model: str = "smollm2-135m") -> 
     }
 
 
+def paper_segments(alpha_policy: str = "constant-ratio", model: str = "smollm2-135m") -> dict[str, Any]:
+    """The ``paper-segments`` preset: the paper's layouts, uniform r64 LoRA on q,k,v,o against the band
+    seg2-4/5 and every single segment, pair, first- and last-segment layout at the same rank units.
+
+    GSM8K, the first 2,000 training examples for one epoch, 3 seeds, the lm-eval protocol on the full test set;
+    ``--alpha-policy fixed`` gives the paper's alpha = 128 for every rank."""
+    common = {"rank": 64, "alpha_policy": alpha_policy, "dropout": 0.05, "target_modules": ["attn"]}
+    methods = [{"name": "uniform-r64", "method": "lora", **common}]
+    for label, band in PAPER_SEGMENT_BANDS.items():
+        methods.append({"name": label, "method": "midblock", "band": band, "budget_baseline_rank": 64, **common})
+    return {
+        "model": model,
+        "task": "gsm8k",
+        "eval_task": "gsm8k",
+        "protocol": "lm-eval",
+        "eval_limit": None,
+        "seeds": [0, 1, 2],
+        "baseline": "uniform-r64",
+        "train": {"limit": 2000, "epochs": 1, "lr": 1e-4, "batch_size": 4, "grad_accum": 8, "max_length": 512},
+        "methods": methods,
+        "forgetting": None,
+        "include_base": True,
+    }
+
+
+def _profile_grid(profile: str, alpha_policy: str) -> dict[str, Any]:
+    grid = two_arm_grid(profile)
+    grid["methods"] = [m | {"alpha_policy": alpha_policy} for m in grid["methods"]]
+    return grid
+
+
+def quick_preset(alpha_policy: str = "constant-ratio") -> dict[str, Any]:
+    """The demo's ``quick`` profile: all-block LoRA r8 against LoRA on the paper's band on arith, 20 steps
+    per arm, 64 test items, one seed (minutes on 2 CPU cores)."""
+    return _profile_grid("quick", alpha_policy)
+
+
+def full_preset(alpha_policy: str = "constant-ratio") -> dict[str, Any]:
+    """The demo's ``full`` profile: the same two arms with the band landscape's 100 steps, 400 test items,
+    3 seeds and learning rates chosen on the dev split."""
+    return _profile_grid("full", alpha_policy)
+
+
+def smoke_preset(alpha_policy: str = "constant-ratio") -> dict[str, Any]:
+    """The demo's ``smoke`` profile, for tests on tiny random models: 4 steps, 6 test items, fp32 (seconds)."""
+    return _profile_grid("smoke", alpha_policy)
+
+
+# name -> the function that builds the preset's grid (``midblock compare --preset``); each takes the
+# ``alpha_policy`` of its arms and has its own default (``fixed`` for paper-protocol, ``constant-ratio`` otherwise)
+PRESETS: Registry[Callable[..., dict[str, Any]]] = Registry("preset")
+PRESETS.register("quick", quick_preset)
+PRESETS.register("full", full_preset)
+PRESETS.register("smoke", smoke_preset)
+PRESETS.register("band-landscape", band_landscape)
+PRESETS.register("paper-segments", paper_segments)
+PRESETS.register("selection-family", selection_family)
+PRESETS.register("paper-protocol", paper_protocol)
+
+
 def preset(name: str, alpha_policy: str | None = None) -> dict[str, Any]:
     """The grid of a named preset (a plain dict, as a YAML file would give); ``alpha_policy`` None: the
     preset's own (``fixed`` for paper-protocol, ``constant-ratio`` otherwise)."""
-    if name == "paper-protocol":
-        return paper_protocol(alpha_policy or "fixed")
-    alpha_policy = alpha_policy or "constant-ratio"
-    if name in PROFILES:
-        grid = two_arm_grid(name)
-        grid["methods"] = [m | {"alpha_policy": alpha_policy} for m in grid["methods"]]
-        return grid
-    if name == "band-landscape":
-        return band_landscape(alpha_policy)
-    if name == "selection-family":
-        return selection_family(alpha_policy)
-    if name == "paper-segments":
-        # the paper's layouts: uniform r64 LoRA on q,k,v,o vs every segment layout at the same rank units
-        common = {"rank": 64, "alpha_policy": alpha_policy, "dropout": 0.05, "target_modules": ["attn"]}
-        methods = [{"name": "uniform-r64", "method": "lora", **common}]
-        for label, band in PAPER_SEGMENT_BANDS.items():
-            methods.append({"name": label, "method": "midblock", "band": band, "budget_baseline_rank": 64, **common})
-        return {
-            "model": "smollm2-135m",
-            "task": "gsm8k",
-            "eval_task": "gsm8k",
-            "protocol": "lm-eval",
-            "eval_limit": None,
-            "seeds": [0, 1, 2],
-            "baseline": "uniform-r64",
-            "train": {"limit": 2000, "epochs": 1, "lr": 1e-4, "batch_size": 4, "grad_accum": 8, "max_length": 512},
-            "methods": methods,
-            "forgetting": None,
-            "include_base": True,
-        }
-    raise MidblockError(f"unknown preset '{name}'", hint="use " + ", ".join([*PROFILES, *PRESETS]))
-
-
-PRESETS = ("band-landscape", "paper-segments", "selection-family", "paper-protocol")
+    make = PRESETS.lookup(name)
+    return make(alpha_policy) if alpha_policy else make()
 
 
 @dataclass(frozen=True)
@@ -324,7 +355,7 @@ class CompareConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "base model spec"})
     task: str = field(default="arith", metadata={"help": "training task"})
     data: str | None = field(default=None, metadata={"help": "training data (file/dir) for the task"})
-    eval_task: str | None = field(default=None, metadata={"help": "evaluation task (gsm8k | arith)"})
+    eval_task: str | None = field(default=None, metadata={"help": f"evaluation task ({' | '.join(EVAL_TASKS)})"})
     eval_data: str | None = field(default=None, metadata={"help": "GSM8K location for evaluation"})
     protocol: str = field(default="original", metadata={"help": "evaluation protocol"})
     metric: str | None = field(default=None, metadata={"help": "extractor reported (default: protocol's first)"})
@@ -337,8 +368,9 @@ class CompareConfig:
     forgetting: dict[str, Any] | None = field(
         default=None,
         metadata={
-            "help": "{data: general (the bundled probe) | general-v1 | gsm8k | arith | FILE, limit, max_length, "
-            "batch_size}"
+            "help": "{data: general (the bundled probe) | general-v1 | "
+            + " | ".join(builtin_tasks())
+            + " | FILE, limit, max_length, batch_size}"
         },
     )
     include_base: bool = field(default=False, metadata={"help": "also evaluate the untuned base model"})
@@ -372,7 +404,7 @@ class CompareConfig:
         self.eval_config()  # validates task, protocol, limit, batch size, token limit
         if self.metric is None:
             self.metric = PROTOCOLS[self.protocol].primary[0]
-        _require(self.metric in EXTRACTORS, f"unknown metric '{self.metric}'", "choose one of " + ", ".join(EXTRACTORS))
+        EXTRACTORS.lookup(self.metric)
         _require(len(set(self.seeds)) == len(self.seeds), f"seeds must be distinct, got {self.seeds}")
         bad = sorted(set(self.train) - set(TRAIN_KEYS))
         _require(not bad, f"unknown train setting '{bad[0] if bad else ''}'", "use " + ", ".join(TRAIN_KEYS))
@@ -381,7 +413,7 @@ class CompareConfig:
             _require(
                 not bad, f"unknown forgetting setting '{bad[0] if bad else ''}'", "use " + ", ".join(FORGETTING_KEYS)
             )
-            _require(bool(self.forgetting.get("data")), "forgetting needs 'data' (general, gsm8k, arith or a file)")
+            _require(bool(self.forgetting.get("data")), f"forgetting needs 'data' ({FORGETTING_DATA})")
         self._check_search()
         self._resolve_dev_size()
         self._check_methods()
@@ -464,11 +496,11 @@ class CompareConfig:
         """``dev_size`` None: DEFAULT_DEV_SIZE when a learning-rate search needs a dev split that the
         evaluation task does not have (gsm8k), 0 otherwise."""
         if self.dev_size is None:
-            self.dev_size = DEFAULT_DEV_SIZE if self.lr_search and self.eval_task != "arith" else 0
+            self.dev_size = DEFAULT_DEV_SIZE if self.lr_search and not has_own_dev(self.eval_task) else 0
         _require(
             _is_int(self.dev_size) and self.dev_size >= 0, f"'dev_size' must be an integer >= 0, got {self.dev_size!r}"
         )
-        if self.lr_search and self.eval_task != "arith":
+        if self.lr_search and not has_own_dev(self.eval_task):
             _require(self.dev_size > 0, f"lr_search on {self.eval_task} needs a dev split", "set dev_size, e.g. 200")
 
     def search_config(self) -> EvalConfig:
@@ -482,11 +514,11 @@ class CompareConfig:
     @property
     def train_dev_size(self) -> int:
         """Rows every cell's training holds out: the dev split, when one is carved from the training task."""
-        return self.dev_size if self.task != "arith" else 0
+        return self.dev_size if not has_own_dev(self.task) else 0
 
     @property
     def eval_dev_size(self) -> int:
-        return self.dev_size if self.eval_task != "arith" else 0
+        return self.dev_size if not has_own_dev(self.eval_task) else 0
 
     def _check_methods(self) -> None:
         known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands", "train"}

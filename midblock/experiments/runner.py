@@ -31,7 +31,7 @@ from typing import Any
 from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.data import load_rows
 from midblock.data.general import corpus_name, general_texts, is_bundled
-from midblock.data.tasks import check_dev_disjoint, data_version
+from midblock.data.tasks import builtin_tasks, check_dev_disjoint, data_version
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments import cost
@@ -65,8 +65,8 @@ def forgetting_texts(cc: CompareConfig) -> list[str] | None:
     src, limit = cc.forgetting["data"], cc.forgetting.get("limit")
     if is_bundled(src):
         return general_texts(src, limit)
-    if src in ("gsm8k", "arith"):
-        rows = load_rows(src, "test", cc.eval_data if src == "gsm8k" else None, limit=limit)
+    if src in builtin_tasks():  # a task's test rows as text (arith ignores eval_data: its rows are built in)
+        rows = load_rows(src, "test", cc.eval_data, limit=limit)
         return [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows]
     return load_texts(src, limit)
 
@@ -84,7 +84,7 @@ class Keys:
         self.forgetting = None
         if texts:  # the corpus's version (a bundled one's versioned name, a task's data version) and contents
             src = cc.forgetting["data"]
-            corpus = corpus_name(src) if is_bundled(src) else data_version(src) if src in ("gsm8k", "arith") else "file"
+            corpus = corpus_name(src) if is_bundled(src) else data_version(src) if src in builtin_tasks() else "file"
             self.forgetting = {"settings": cc.forgetting, "corpus": corpus, "texts": rows_digest(texts)}
         self._rows: dict[tuple[str, int | None, int], str] = {}
 

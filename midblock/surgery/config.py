@@ -7,7 +7,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from midblock.data.tasks import TASKS
 from midblock.errors import MidblockError
+from midblock.evaluation.config import EVAL_TASKS, PROTOCOLS
 from midblock.validation import check_number
 
 DIRECTIONS = ("into-base", "into-variant")
@@ -20,10 +22,10 @@ class SurgeryConfig:
     base: str = field(metadata={"help": "base model spec (smollm2-135m, random:<preset>, a directory...)"})
     variant: str = field(metadata={"help": "the tuned model: HF dir, midblock train run, BASE+ADAPTER, random:..."})
     out: str = field(metadata={"help": "output (run) directory; report.html gets a section"})
-    task: Literal["arith", "gsm8k"] | None = field(
-        default=None, metadata={"help": "measure task accuracy (Wilson 95% intervals)"}
+    task: str | None = field(
+        default=None, metadata={"help": "measure task accuracy (Wilson 95% intervals)", "choices": tuple(EVAL_TASKS)}
     )
-    protocol: str = field(default="original", metadata={"help": "evaluation protocol (lm-eval, paper, original)"})
+    protocol: str = field(default="original", metadata={"help": f"evaluation protocol ({', '.join(PROTOCOLS)})"})
     limit: int | None = field(default=20, metadata={"help": "test items per configuration"})
     data: str | None = field(default=None, metadata={"help": "GSM8K directory/file for --task gsm8k"})
     corpus: str | None = field(
@@ -40,8 +42,8 @@ class SurgeryConfig:
         if self.limit is not None:
             check_number("--limit", self.limit, low=1)
         check_number("--batch-size", self.batch_size, low=1)
-        if self.task is not None and self.task not in ("arith", "gsm8k"):
-            raise MidblockError(f"unknown task '{self.task}'", hint="use arith or gsm8k")
+        if self.task is not None:
+            EVAL_TASKS.lookup(self.task)
         if self.variant_seed is None:
             self.variant_seed = self.seed + 1
 
@@ -95,8 +97,8 @@ class EarlyExitConfig:
     base: str = field(metadata={"help": "base model spec"})
     variant: str = field(metadata={"help": "tuned model spec (HF dir, run dir, BASE+ADAPTER, random:...)"})
     out: str = field(metadata={"help": "output (run) directory"})
-    task: Literal["gsm8k", "arith", "jsonl"] | None = field(
-        default=None, metadata={"help": "task of the texts (default: from --data)"}
+    task: str | None = field(
+        default=None, metadata={"help": "task of the texts (default: from --data)", "choices": tuple(TASKS)}
     )
     data: str | None = field(default=None, metadata={"help": "data file or directory"})
     split: str = field(default="test", metadata={"help": "which split's examples"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from midblock.data.tasks import TASKS
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
 from midblock.tuning.monitorconfig import MonitorConfig
@@ -27,7 +28,7 @@ class TrainConfig:
 
     model: str = field(default="smollm2-135m", metadata={"help": "model spec (load_model)"})
     out: str | None = field(default=None, metadata={"help": "run directory (required)"})
-    task: str | None = field(default=None, metadata={"help": "gsm8k | arith | jsonl (default from --data)"})
+    task: str | None = field(default=None, metadata={"help": " | ".join(TASKS) + " (default from --data)"})
     data: str | None = field(default=None, metadata={"help": "data file or directory for the task"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
     dev_size: int = field(

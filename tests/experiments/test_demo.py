@@ -117,7 +117,7 @@ def test_report_renders_in_headless_chromium(demo_run, tmp_path):
 def test_demo_config_validation():
     with pytest.raises(MidblockError, match="profile"):
         DemoConfig(profile="huge")
-    with pytest.raises(MidblockError, match="arith or gsm8k"):
+    with pytest.raises(MidblockError, match="the demo runs task gsm8k or arith, not .jsonl."):
         DemoConfig(task="jsonl")
     with pytest.raises(MidblockError, match="steps"):
         DemoConfig(steps=0)
