@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from midblock.aliases import accepts_old_names
 from midblock.errors import MidblockError
 from midblock.evaluation.prompts import DEFAULT_SAMPLING, FEWSHOT_SEED, SAMPLING
 from midblock.validation import check_number
@@ -58,6 +59,7 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
+@accepts_old_names
 @dataclass(kw_only=True)
 class EvalConfig:
     """What to evaluate and how; validated on construction, before any model is loaded."""
@@ -78,7 +80,9 @@ class EvalConfig:
         },
     )
     protocol: str = field(default="lm-eval", metadata={"help": "lm-eval, paper or original"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate at most this many items"})
+    eval_items: int | None = field(
+        default=None, metadata={"help": "score at most this many items (--task ppl: texts) (default: all)"}
+    )
     offset: int = field(default=0, metadata={"help": "skip this many test items first"})
     chat_template: bool = field(default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"})
     batch_size: int = field(default=16, metadata={"help": "prompts decoded together"})
@@ -105,8 +109,8 @@ class EvalConfig:
             raise MidblockError("GSM8K has no dev split of its own", hint="pass --dev-size N (rows carved from train)")
         if self.protocol not in PROTOCOLS:
             raise MidblockError(f"unknown protocol '{self.protocol}'", hint="choose one of " + ", ".join(PROTOCOLS))
-        if self.limit is not None:
-            check_number("--limit", self.limit, low=1, hint="omit it to evaluate every item")
+        if self.eval_items is not None:
+            check_number("--eval-items", self.eval_items, low=1, hint="omit it to evaluate every item")
         check_number("--offset", self.offset, low=0)
         check_number("--batch-size", self.batch_size, low=1)
         if self.max_new_tokens is not None:

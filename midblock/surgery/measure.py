@@ -70,7 +70,7 @@ def build_measurer(cfg) -> Measurer:
         eval_cfg = EvalConfig(
             task=task,
             protocol=cfg.protocol,
-            limit=cfg.limit,
+            eval_items=cfg.eval_items,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             data=cfg.data,
