@@ -372,7 +372,7 @@ class CompareConfig:
         self._check_types()
         if self.eval_task is None:
             self.eval_task = self.task if self.task in EVAL_TASKS else "gsm8k"
-        self.eval_config()  # validates task, protocol, limit, batch size, token limit
+        self.eval_config()  # validates task, protocol, eval_items, batch size, token limit
         if self.metric is None:
             self.metric = PROTOCOLS[self.protocol].primary[0]
         _require(self.metric in EXTRACTORS, f"unknown metric '{self.metric}'", "choose one of " + ", ".join(EXTRACTORS))
