@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_model(args.model)
     # the recorded results use one shared exemplar draw (the protocol's default is the harness's draw per item)
     cfg = EvalConfig(
-        task="gsm8k", protocol="lm-eval", limit=args.limit, batch_size=args.batch_size, fewshot_sampling="fixed"
+        task="gsm8k", protocol="lm-eval", eval_items=args.limit, batch_size=args.batch_size, fewshot_sampling="fixed"
     )
     items = load_test_items(cfg)
     prompts = build_prompts(cfg, items, tok)

@@ -34,7 +34,7 @@ def main() -> None:
     r = token_loss(model, tok, general_texts(), batch_size=8, max_length=512)
     c1, w1 = time.process_time(), time.perf_counter()
     # the evaluation beside it
-    cfg = EvalConfig(task="arith", protocol="original", limit=args.items, batch_size=16, max_new_tokens=96)
+    cfg = EvalConfig(task="arith", protocol="original", eval_items=args.items, batch_size=16, max_new_tokens=96)
     evaluate_model(model, tok, cfg, progress=False)
     c2, w2 = time.process_time(), time.perf_counter()
     per_item = (c2 - c1) / args.items

@@ -100,14 +100,14 @@ def _midblock_loop(name: str, args: argparse.Namespace, marks: list, losses: lis
             task="jsonl",
             data=args.rows,
             out=str(Path(tmp) / "run"),
-            limit=args.batch,
+            train_rows=args.batch,
             steps=args.steps + 1,
             batch_size=args.batch,
             max_length=args.seq,
             precision="fp32",
             tuning=tuning,
             lr=1e-3,
-            eval_limit=1,
+            eval_loss_items=1,
             progress=False,
         )
         marks.append((time.perf_counter(), time.process_time()))  # set-up + step 1: the warm-up

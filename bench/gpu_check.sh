@@ -94,7 +94,7 @@ def own_step(name):
     sync()
     peak_reset()
     t = time.perf_counter()
-    loss, _ = causal_lm_loss(m, batch, head_at_labels=True)
+    loss, _ = causal_lm_loss(m, batch, labelled_head=True)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

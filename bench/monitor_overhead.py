@@ -59,7 +59,7 @@ def run_once(args, every: int, out: Path) -> dict:
         lr=s["lr"],
         max_length=384,
         precision=PROFILE_PRECISION["quick"],
-        eval_limit=args.rows,  # the evaluation set doubles as the probe; only the final eval loss uses it
+        eval_loss_items=args.rows,  # the evaluation set doubles as the probe; only the final eval loss uses it
         progress=False,
         monitor=MonitorConfig(every=every, rows=args.rows),
     )

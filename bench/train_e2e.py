@@ -18,7 +18,7 @@ so batches and padding are identical across configurations and steps. Configurat
 - ``trl-lora-band``: the same with PEFT's ``layers_to_transform`` = the band, r13 (same rank units);
 - ``trl-midblock`` / ``trl-midblock-ckpt``: SFTTrainer with ``prepare_model(MidBlockConfig(band=seg2-4/5,
   budget_baseline_rank=8))`` (r13 on blocks 6-23) and ``MidBlockCallback()``, checkpointing off / on;
-- ``trl-midblock-trlhead``: as ``trl-midblock`` but ``MidBlockCallback(head_at_labels=False)``: TRL's own head;
+- ``trl-midblock-trlhead``: as ``trl-midblock`` but ``MidBlockCallback(labelled_head=False)``: TRL's own head;
 - ``midblock-train`` / ``midblock-train-ckpt``: ``midblock train`` (``midblock.tuning.train.train``) on the
   band, r13, checkpointing off / on.
 """
@@ -83,14 +83,14 @@ def _worker(name: str, args: argparse.Namespace) -> dict:
                 task="jsonl",
                 data=args.rows,
                 out=str(Path(tmp) / "run"),
-                limit=len(rows),
+                train_rows=len(rows),
                 steps=args.steps + 1,
                 batch_size=args.batch,
                 max_length=args.seq,
                 precision="fp32",
                 tuning=band_cfg,
                 lr=1e-3,
-                eval_limit=1,
+                eval_loss_items=1,
                 progress=False,
             )
             t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def _worker(name: str, args: argparse.Namespace) -> dict:
                 peft_config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=qkvo)
         else:
             model = prepare_model(model, band_cfg)
-            callbacks.append(MidBlockCallback(head_at_labels=name != "trl-midblock-trlhead"))
+            callbacks.append(MidBlockCallback(labelled_head=name != "trl-midblock-trlhead"))
         sft = SFTConfig(
             str(Path(tempfile.mkdtemp()) / "out"),
             per_device_train_batch_size=args.batch,

@@ -194,7 +194,7 @@ def main() -> int:
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         with sampler or contextlib.nullcontext():
             t0, c0 = time.perf_counter(), cpu_clock()
-            loss, _ = causal_lm_loss(m, batch, head_at_labels=True)
+            loss, _ = causal_lm_loss(m, batch, labelled_head=True)
             loss.backward()
             opts[key].step()
             opts[key].zero_grad(set_to_none=True)
@@ -372,7 +372,7 @@ def completion_section(model, tok, args) -> str:
         for name, hal, bf16 in variants:
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = causal_lm_loss(model, batch, head_at_labels=hal)
+                loss, _ = causal_lm_loss(model, batch, labelled_head=hal)
             loss.backward()
             model.zero_grad(set_to_none=True)
             if rnd:

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from midblock.errors import MidblockError
 
@@ -89,7 +90,29 @@ def _version() -> str:
         return "midblock (source)"
 
 
+def _show_renamed(show):
+    """``warnings.showwarning`` that prints an old setting name's warning as one line (others as before)."""
+    from midblock.aliases import RenamedWarning
+
+    def display(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RenamedWarning):
+            print(f"midblock: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return display
+
+
 def main(argv: list[str] | None = None) -> int:
+    from midblock.aliases import RenamedWarning
+
+    with warnings.catch_warnings():  # an old name of a flag or grid setting: one line on stderr, once per place
+        warnings.simplefilter("default", RenamedWarning)
+        warnings.showwarning = _show_renamed(warnings.showwarning)
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

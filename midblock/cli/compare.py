@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from midblock.aliases import renamed
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
 from midblock.errors import MidblockError
@@ -73,8 +74,8 @@ def grid_from_args(args: argparse.Namespace) -> dict:
     grid: dict = {}
     if args.preset:
         grid = preset(args.preset, getattr(args, "alpha_policy", None))
-    if args.config:
-        grid |= load_grid(args.config)
+    if args.config:  # old setting names read as the new ones first, so that the flags below override them
+        grid |= renamed(load_grid(args.config), CompareConfig, label=f"grid file {args.config}")
     grid |= config_kwargs(args, CompareConfig, skip=_FILE_ONLY)
     train = grid.get("train") or {}
     if isinstance(train, dict):  # anything else is left for CompareConfig to refuse in one line

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         lambda bs: evaluate(
             args.model,
             replace(cfg, batch_size=bs),
-            out_dir=args.out,
+            out=args.out,
             dtype=args.dtype,
             progress=not args.no_progress,
         ),
@@ -64,15 +64,15 @@ def _run_ppl(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise MidblockError("--task ppl needs --data FILE (.txt or .jsonl) or general (the bundled probe)")
-    if args.limit is not None and args.limit < 1:
-        raise MidblockError(f"--limit must be >= 1, got {args.limit}", hint="omit it to use every text")
+    if args.eval_items is not None and args.eval_items < 1:
+        raise MidblockError(f"--eval-items must be >= 1, got {args.eval_items}", hint="omit it to use every text")
     if args.batch_size < 1:
         raise MidblockError(f"--batch-size must be >= 1, got {args.batch_size}")
     parse_spec(args.model)
     if is_bundled(args.data) and not Path(args.data).exists():  # the bundled probe: --data general
-        texts = general_texts(args.data, args.limit)
+        texts = general_texts(args.data, args.eval_items)
     else:
-        texts = load_texts(args.data, args.limit)
+        texts = load_texts(args.data, args.eval_items)
     if args.out:
         fresh_output_dir(args.out)
     model, tok = load_model(args.model, dtype=args.dtype)
@@ -88,7 +88,7 @@ def _run_ppl(args: argparse.Namespace) -> int:
             "model": args.model,
             "task": "ppl",
             "data": args.data,
-            "limit": args.limit,
+            "eval_items": args.eval_items,
             "max_length": args.max_length,
             "batch_size": args.batch_size,
         }

@@ -3,13 +3,16 @@
 Each field's flag, help, choices and default come from the dataclass itself:
 
 - the flag is ``--field-name`` unless ``metadata["flag"]`` names another spelling (``--warmup`` for
-  ``warmup_steps``); a bool that defaults to True gets a negative flag (``metadata["flag"] = "--full-logits"``
-  with ``metadata["negate"] = True``, or ``--no-field-name``);
+  ``warmup_steps``); a bool that defaults to True gets a negative flag (``--no-field-name``, or
+  ``metadata["flag"]`` with ``metadata["negate"] = True``);
 - the help text is ``metadata["help"]``, and the default is appended to it;
 - a ``Literal[...]`` type gives the choices, or ``metadata["choices"]`` (the names of a registry, so a new
   entry is offered without editing the field); ``int``/``float``/``str``/``list[int]``/``list[str]`` the parser
   (a comma list, or with ``metadata["repeat"]`` one value per repeated flag); ``metadata["aliases"]`` adds
   other spellings.
+
+A renamed field (:mod:`midblock.aliases`) also takes its old flag (``--limit`` for ``--eval-items``), hidden
+from ``--help``: it sets the same value with one warning, and the old and the new flag together are refused.
 
 Fields a command fills itself (``out``, nested configs, mappings that only a YAML file can express) are
 skipped by name. :func:`config_kwargs` reads the parsed values back, by field name, for the config's
@@ -24,6 +27,8 @@ import re
 import types
 import typing
 from typing import Any, Literal
+
+from midblock.aliases import old_flags, warn_renamed
 
 _MISSING = dataclasses.MISSING
 
@@ -110,9 +115,11 @@ def add_config_args(
     ``only_given``: a flag the user did not type leaves no attribute at all (so it can override a preset or a
     file only when given); the help still shows the dataclass's default."""
     hints = typing.get_type_hints(cls, include_extras=False)
+    olds = old_flags(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init or (only is not None and f.name not in only):
             continue
+        target = _Renaming(parser, olds[f.name]) if f.name in olds else parser
         default = (defaults or {}).get(f.name, _default(f))
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         tp = _unwrap_optional(hints[f.name])
@@ -121,7 +128,7 @@ def add_config_args(
             flag = f.metadata.get("flag") or ("--no-" if negate else "--") + f.name.replace("_", "-")
             action = "store_false" if negate else "store_true"
             value = argparse.SUPPRESS if only_given else default
-            parser.add_argument(
+            target.add_argument(
                 flag, *f.metadata.get("aliases", ()), dest=f.name, action=action, default=value, help=help_text
             )
             continue
@@ -130,13 +137,13 @@ def add_config_args(
             flags = [flag_of(f), *f.metadata.get("aliases", ())]
             shown = f" (default: {_shown(default)})" if "default" not in help_text else ""
             metavar = flag_of(f).lstrip("-").upper().replace("-", "_")
-            parser.add_argument(
+            target.add_argument(
                 *flags, dest=f.name, type=inner, action="append", default=None, metavar=metavar, help=help_text + shown
             )
             continue
         if f.metadata.get("nargs"):  # a list as several words: --bands 0-2 3-5
             (inner,) = typing.get_args(_unwrap_optional(hints[f.name])) or (str,)
-            parser.add_argument(
+            target.add_argument(
                 flag_of(f), dest=f.name, type=inner, nargs=f.metadata["nargs"], default=default, help=help_text
             )
             continue
@@ -150,9 +157,44 @@ def add_config_args(
         if _required(f) and f.name not in (defaults or {}):  # no default in the config: argparse asks for it
             extra["required"], shown = True, " (required)"
         value = argparse.SUPPRESS if only_given else default
-        parser.add_argument(
+        target.add_argument(
             flag_of(f), dest=f.name, type=kind, default=value, help=f"{help_text}{shown}".strip(), **extra
         )
+
+
+_SEEN = "_renamed_flags_seen"
+
+
+def _renamed_action(base: type[argparse.Action], old: str, new: str) -> type[argparse.Action]:
+    """``base`` that notes which spelling of a renamed field was typed: the old one warns, both are refused."""
+
+    class Renamed(base):  # type: ignore[misc, valid-type]
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            seen = namespace.__dict__.setdefault(_SEEN, {}).setdefault(self.dest, set())
+            seen.add(option_string == old)
+            if len(seen) == 2:
+                parser.error(f"{old} and {new} both given ({old} is the old name of {new}: keep only {new})")
+            if option_string == old:
+                warn_renamed(old, new, parser.prog)
+
+    return Renamed
+
+
+class _Renaming:
+    """A parser (or group) whose next field's flag also answers to its old spelling, hidden from --help."""
+
+    def __init__(self, parser: Any, old: str | None) -> None:
+        self.parser, self.old = parser, old
+
+    def add_argument(self, *flags: str, **kw: Any) -> argparse.Action:
+        base = self.parser._registry_get("action", kw.get("action"), kw.get("action"))
+        kw["action"] = _renamed_action(base, self.old, flags[0])
+        action = self.parser.add_argument(*flags, **kw)
+        hidden = kw | {"help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+        hidden.pop("required", None)  # the new flag says what is required; the old one never is
+        self.parser.add_argument(self.old, **hidden)
+        return action
 
 
 def config_kwargs(args: argparse.Namespace, cls: type, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from midblock.aliases import accepts_old_names
 from midblock.data.tasks import TASKS, has_own_dev
 from midblock.errors import MidblockError
 from midblock.evaluation.prompts import DEFAULT_SAMPLING, FEWSHOT_SEED, SAMPLING
@@ -94,6 +95,7 @@ PROTOCOLS.register(
 )
 
 
+@accepts_old_names
 @dataclass(kw_only=True)
 class EvalConfig:
     """What to evaluate and how; validated on construction, before any model is loaded."""
@@ -114,7 +116,9 @@ class EvalConfig:
         },
     )
     protocol: str = field(default="lm-eval", metadata={"help": ", ".join(PROTOCOLS)})
-    limit: int | None = field(default=None, metadata={"help": "evaluate at most this many items"})
+    eval_items: int | None = field(
+        default=None, metadata={"help": "score at most this many items (--task ppl: texts) (default: all)"}
+    )
     offset: int = field(default=0, metadata={"help": "skip this many test items first"})
     chat_template: bool = field(default=False, metadata={"help": "wrap prompts in the tokenizer's chat template"})
     batch_size: int = field(default=16, metadata={"help": "prompts decoded together"})
@@ -141,8 +145,8 @@ class EvalConfig:
                 f"{self.task} has no dev split of its own", hint="pass --dev-size N (rows carved from train)"
             )
         PROTOCOLS.lookup(self.protocol)
-        if self.limit is not None:
-            check_number("--limit", self.limit, low=1, hint="omit it to evaluate every item")
+        if self.eval_items is not None:
+            check_number("--eval-items", self.eval_items, low=1, hint="omit it to evaluate every item")
         check_number("--offset", self.offset, low=0)
         check_number("--batch-size", self.batch_size, low=1)
         if self.max_new_tokens is not None:

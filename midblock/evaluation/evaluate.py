@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midblock.aliases import renamed_kwargs
 from midblock.data import load_rows
 from midblock.errors import MidblockError
 from midblock.evaluation.config import (  # noqa: F401 (the evaluation API re-exports its config)
@@ -52,7 +53,7 @@ SUMMARY_FILE = "summary.json"
 def load_test_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     """The test rows to score, each with its absolute ``index`` in the split."""
 
-    rows = load_rows(cfg.task, cfg.split, cfg.data, limit=cfg.limit, offset=cfg.offset, dev_size=cfg.dev_size)
+    rows = load_rows(cfg.task, cfg.split, cfg.data, limit=cfg.eval_items, offset=cfg.offset, dev_size=cfg.dev_size)
     if not rows:
         raise MidblockError(f"--offset {cfg.offset} is past the end of the {cfg.task} {cfg.split} split")
     for r in rows:
@@ -88,11 +89,12 @@ def summarize(records: list[dict[str, Any]], primary: tuple[str, ...]) -> dict[s
     return {"n": n, "primary": list(primary), "scores": scores}
 
 
+@renamed_kwargs(out_dir="out")
 def evaluate(
     model_spec: str,
     cfg: EvalConfig | None = None,
     *,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = None,
     dtype: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -100,32 +102,31 @@ def evaluate(
     returns the summary (plus ``items``, the per-item records).
 
     Every input is validated (task, protocol, limits, data file, model spec, output directory) before
-    the model is loaded; with ``out_dir`` the per-item file is written as it goes and a rerun resumes.
+    the model is loaded; with ``out`` the per-item file is written as it goes and a rerun resumes.
     """
 
     t0 = time.perf_counter()
     cfg = cfg or EvalConfig()
     ms = parse_spec(model_spec)
     items = load_test_items(cfg)
-    if out_dir is not None:
-        fresh_output_dir(out_dir)
+    if out is not None:
+        fresh_output_dir(out)
     if cfg.chat_template:  # a missing template is a user error: say so before loading weights
         require_chat_template(load_tokenizer(ms))
     if cfg.backend == "vllm":
-        return _evaluate_vllm(ms, cfg, items, out_dir, progress, t0)
+        return _evaluate_vllm(ms, cfg, items, out, progress, t0)
 
     model, tok = load_model(model_spec, dtype=dtype)
-    return evaluate_model(
-        model, tok, cfg, out_dir=out_dir, model_spec=model_spec, progress=progress, items=items, _t0=t0
-    )
+    return evaluate_model(model, tok, cfg, out=out, model_spec=model_spec, progress=progress, items=items, _t0=t0)
 
 
+@renamed_kwargs(out_dir="out")
 def evaluate_model(
     model,
     tokenizer,
     cfg: EvalConfig | None = None,
     *,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = None,
     model_spec: str | None = None,
     progress: bool = True,
     items: list[dict[str, Any]] | None = None,
@@ -139,13 +140,13 @@ def evaluate_model(
     items = items if items is not None else load_test_items(cfg)
     prompts = build_prompts(cfg, items, tokenizer)
     identity = None
-    if out_dir is not None:  # hashing every tensor costs about a second per GB: only to key stored results
+    if out is not None:  # hashing every tensor costs about a second per GB: only to key stored results
         identity = model_identity(model, tokenizer)
-    job = _Job(cfg, items, prompts, out_dir, model_spec, identity, progress, t0)
+    job = _Job(cfg, items, prompts, out, model_spec, identity, progress, t0)
     return _run(job, lambda todo, cb: generate_completions(model, tokenizer, todo, cfg.decode_config(progress), cb))
 
 
-def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: float) -> dict[str, Any]:
+def _evaluate_vllm(ms, cfg: EvalConfig, items, out, progress: bool, t0: float) -> dict[str, Any]:
 
     try:
         import vllm  # noqa: F401
@@ -163,17 +164,17 @@ def _evaluate_vllm(ms, cfg: EvalConfig, items, out_dir, progress: bool, t0: floa
             cb(i, o)
         return outs
 
-    identity = {"files": spec_identity(ms.original), "tokenizer": tokenizer_digest(tok)} if out_dir else None
-    return _run(_Job(cfg, items, prompts, out_dir, ms.original, identity, progress, t0), gen)
+    identity = {"files": spec_identity(ms.original), "tokenizer": tokenizer_digest(tok)} if out else None
+    return _run(_Job(cfg, items, prompts, out, ms.original, identity, progress, t0), gen)
 
 
 # Settings that do not change an item's result: which items are run, and how many at once.
-_NOT_IN_FINGERPRINT = ("limit", "offset", "batch_size", "data")
+_NOT_IN_FINGERPRINT = ("eval_items", "offset", "batch_size", "data")
 
 
 def eval_fingerprint(cfg: EvalConfig, identity: dict[str, Any]) -> dict[str, Any]:
     """What shapes every per-item result: the model (its tensors and tokenizer), the protocol and decoding
-    settings, the package version. The data enter per item (prompt and item hash), so ``--limit`` can grow."""
+    settings, the package version. The data enter per item (prompt and item hash), so ``--eval-items`` can grow."""
 
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     if cfg.split != "dev":  # which train rows form the dev split matters to dev evaluations only
@@ -189,12 +190,12 @@ def _item_hash(it: dict[str, Any]) -> str:
     return digest([it["question"], it["answer"]])
 
 
-def _load_saved(cfg, items, prompts, out_dir: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """The finished items of an earlier run into ``out_dir``: only if everything that shaped them is equal."""
+def _load_saved(cfg, items, prompts, out: Path, identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The finished items of an earlier run into ``out``: only if everything that shaped them is equal."""
 
-    items_path = out_dir / ITEMS_FILE
+    items_path = out / ITEMS_FILE
     saved = read_jsonl_tolerant(items_path)
-    check_or_record(out_dir, eval_fingerprint(cfg, identity), "evaluation results", has_results=bool(saved))
+    check_or_record(out, eval_fingerprint(cfg, identity), "evaluation results", has_results=bool(saved))
     by_index = {it["index"]: (it, p) for it, p in zip(items, prompts)}
     records = {}
     for r in saved:
@@ -219,7 +220,7 @@ class _Job:
     cfg: EvalConfig
     items: list[dict[str, Any]]
     prompts: list[str]
-    out_dir: str | Path | None
+    out: str | Path | None
     model_spec: str | None
     identity: dict[str, Any] | None  # the model's fingerprint (None when nothing is stored)
     progress: bool = True
@@ -229,13 +230,13 @@ class _Job:
 def _run(job: _Job, gen) -> dict[str, Any]:
     """Generate the items not yet stored (``gen(prompts, on_result)``), score them, and summarise."""
 
-    cfg, out_dir = job.cfg, job.out_dir
+    cfg, out = job.cfg, job.out
     records: dict[int, dict[str, Any]] = {}
     run = None
-    if out_dir is not None:
-        run = RunDir(out_dir).acquire()
+    if out is not None:
+        run = RunDir(out).acquire()
         try:
-            records = _load_saved(cfg, job.items, job.prompts, Path(out_dir), job.identity)
+            records = _load_saved(cfg, job.items, job.prompts, Path(out), job.identity)
         except BaseException:
             run.release()
             raise
@@ -247,15 +248,15 @@ def _run(job: _Job, gen) -> dict[str, Any]:
         def on_result(j: int, completion: str) -> None:
             it, prompt = todo[j]
             records[it["index"]] = rec = _record(cfg, it, prompt, completion)
-            if out_dir is not None:
-                append_jsonl(Path(out_dir) / ITEMS_FILE, rec)
+            if out is not None:
+                append_jsonl(Path(out) / ITEMS_FILE, rec)
 
         g0 = time.perf_counter()
         if todo:
             gen([p for _, p in todo], on_result)
         summary = _summary(job, [records[it["index"]] for it in job.items], len(todo), time.perf_counter() - g0)
-        if out_dir is not None:
-            write_json(Path(out_dir) / SUMMARY_FILE, {k: v for k, v in summary.items() if k != "items"})
+        if out is not None:
+            write_json(Path(out) / SUMMARY_FILE, {k: v for k, v in summary.items() if k != "items"})
             run.mark_completed()
         return summary
     finally:

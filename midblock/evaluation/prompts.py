@@ -9,7 +9,7 @@ Exemplars come from the train split; three ways to pick them (``SAMPLING``):
   ``rng.sample(train_docs, 5)`` for each: document ``k`` gets the ``(k+1)``-th draw. Here the ``k``-th
   draw is computed by advancing the same generator ``k`` times (cached), so item ``k``'s prompt is the
   one a single-process lm-eval run over the test split builds for document ``k``, whatever ``--offset``,
-  ``--limit``, batching or resume. ``tests/evaluation/test_lm_eval_prompts.py`` compares the prompts with
+  ``--eval-items``, batching or resume. ``tests/evaluation/test_lm_eval_prompts.py`` compares the prompts with
   the real harness's, byte for byte.
 - ``fixed``: one draw of ``k`` exemplars shared by every test item (the harness's draw for item 0). All
   prompts then share a token prefix whose KV cache is computed once, which makes 5-shot decoding several

@@ -48,7 +48,7 @@ def _steps_per_run(cc: CompareConfig, cell_train: dict[str, Any]) -> int:
     tc = cc.train_config(replace(cc.cells()[0], train=cell_train), "estimate")
     if tc.steps:
         return int(tc.steps)
-    rows = load_rows(cc.task, "train", cc.data, limit=tc.limit, dev_size=cc.train_dev_size)
+    rows = load_rows(cc.task, "train", cc.data, limit=tc.train_rows, dev_size=cc.train_dev_size)
     return total_steps(tc, len(rows), 1)
 
 
@@ -62,8 +62,8 @@ def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     ``steps`` (optimizer steps), ``decoded`` (items generated) and ``forgetting_texts``."""
     n_texts = len(texts or [])
     search_cells, cells = cc.search_cells(), cc.cells()
-    search_items = _eval_items(cc, "dev", (cc.lr_search or {}).get("eval_limit", cc.eval_limit)) if search_cells else 0
-    test_items = _eval_items(cc, "test", cc.eval_limit)
+    search_items = _eval_items(cc, "dev", (cc.lr_search or {}).get("eval_items", cc.eval_items)) if search_cells else 0
+    test_items = _eval_items(cc, "test", cc.eval_items)
     search = {
         "runs": len(search_cells),
         "steps": sum(_steps_per_run(cc, c.train) for c in search_cells),
@@ -102,10 +102,10 @@ def measure(cc: CompareConfig, texts: list[str] | None, progress: bool = True) -
         tc = cc.train_config(timed, Path(tmp) / "train", progress=progress)
         summary = train(tc).to_dict()
     model, tok = load_model(cc.model)
-    ecfg = replace(cc.eval_config(), limit=min(cc.eval_batch_size, _eval_items(cc, "test", cc.eval_limit)))
+    ecfg = replace(cc.eval_config(), eval_items=min(cc.eval_batch_size, _eval_items(cc, "test", cc.eval_items)))
     t0 = time.perf_counter()
     evaluate_model(model, tok, ecfg, progress=progress)
-    decode_s = (time.perf_counter() - t0) / ecfg.limit
+    decode_s = (time.perf_counter() - t0) / ecfg.eval_items
     text_s = 0.0
     if texts:
         sample = texts[: min(8, len(texts))]

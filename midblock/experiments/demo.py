@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midblock.aliases import stored_grid
 from midblock.analysis.config import DEFAULT_METRICS, AnalyzeConfig
 from midblock.errors import MidblockError
 from midblock.evaluation.config import EVAL_TASKS
@@ -113,7 +114,8 @@ def _fingerprint(config: DemoConfig) -> dict[str, Any]:
 
     settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads")}
     settings["precision"] = resolve_precision(config.grid()["train"]["precision"])
-    return make(settings=settings, grid=config.grid(), model=spec_identity(config.model))
+    # the grid in the spelling demo runs were first keyed under (see midblock.aliases)
+    return make(settings=settings, grid=stored_grid(config.grid()), model=spec_identity(config.model))
 
 
 def apply_threads(threads: int | None) -> int:

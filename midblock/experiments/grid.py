@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from midblock.aliases import accepts_old_names, renamed
 from midblock.data.tasks import DEFAULT_DEV_SIZE, builtin_tasks, has_own_dev
 from midblock.errors import MidblockError
 from midblock.evaluation.config import EVAL_TASKS, PROTOCOLS, EvalConfig
@@ -34,14 +35,14 @@ TRAIN_KEYS = (
     "max_length",
     "overlong",
     "loss_on",
-    "limit",
+    "train_rows",
     "precision",
     "schedule",
     "warmup_steps",
     "weight_decay",
     "max_grad_norm",
-    "head_at_labels",
-    "eval_limit",
+    "labelled_head",
+    "eval_loss_items",
     "monitor",
 )
 FORGETTING_KEYS = ("data", "limit", "max_length", "batch_size")
@@ -126,7 +127,7 @@ def two_arm_grid(
         "eval_task": task,
         "eval_data": data,
         "protocol": "original",
-        "eval_limit": eval_items or s["eval_items"],
+        "eval_items": eval_items or s["eval_items"],
         "max_new_tokens": s["max_new_tokens"],
         "seeds": [seed + i for i in range(s["seeds"])],
         "baseline": "lora",
@@ -142,7 +143,7 @@ def two_arm_grid(
             # training fingerprints do not include it
             "monitor": {"every": max(1, steps // 4), "rows": 16},
         }
-        | ({"eval_limit": s["eval_loss_items"]} if "eval_loss_items" in s else {}),
+        | ({"eval_loss_items": s["eval_loss_items"]} if "eval_loss_items" in s else {}),
         "methods": [
             {"name": "lora", "method": "lora", "rank": s["rank"], "alpha_policy": "constant-ratio"},
             {
@@ -156,7 +157,7 @@ def two_arm_grid(
         ],
         "forgetting": FORGETTING | {"limit": PROFILE_PPL_TEXTS[profile]},
         "include_base": True,
-    } | ({"lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_limit": 200}} if profile == "full" else {})
+    } | ({"lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_items": 200}} if profile == "full" else {})
 
 
 def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-135m") -> dict[str, Any]:
@@ -170,7 +171,7 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
         "task": "arith",
         "eval_task": "arith",
         "protocol": "original",
-        "eval_limit": 400,
+        "eval_items": 400,
         "max_new_tokens": 96,
         "seeds": [0, 1, 2],
         "baseline": "uniform",
@@ -178,7 +179,7 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
         # before it starts (about 30x slower there); --precision fp32 or auto trains another grid
         "train": {"steps": 100, "batch_size": 8, "max_length": 384, "precision": "bf16", "warmup_steps": 10},
         "methods": methods,
-        "lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_limit": 200},
+        "lr_search": {"lrs": LANDSCAPE_LRS, "split": "dev", "eval_items": 200},
         "auto_analysis": {"data": "arith", "samples": 64, "max_length": 256},
         "forgetting": dict(FORGETTING),
         "include_base": True,
@@ -230,11 +231,11 @@ def paper_protocol(alpha_policy: str = "fixed", model: str = "smollm2-135m") -> 
         "task": "gsm8k",
         "eval_task": "gsm8k",
         "protocol": "paper",
-        "eval_limit": 100,
+        "eval_items": 100,
         "seeds": [0, 1, 2, 3, 4],
         "baseline": "uniform-r64",
         "train": {
-            "limit": 2000,
+            "train_rows": 2000,
             "epochs": 1,
             "lr": 1e-4,
             "batch_size": 32,
@@ -269,10 +270,10 @@ def paper_segments(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
         "task": "gsm8k",
         "eval_task": "gsm8k",
         "protocol": "lm-eval",
-        "eval_limit": None,
+        "eval_items": None,
         "seeds": [0, 1, 2],
         "baseline": "uniform-r64",
-        "train": {"limit": 2000, "epochs": 1, "lr": 1e-4, "batch_size": 4, "grad_accum": 8, "max_length": 512},
+        "train": {"train_rows": 2000, "epochs": 1, "lr": 1e-4, "batch_size": 4, "grad_accum": 8, "max_length": 512},
         "methods": methods,
         "forgetting": None,
         "include_base": True,
@@ -347,6 +348,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+@accepts_old_names
 @dataclass
 class CompareConfig:
     """A comparison grid; ``methods`` entries are MidBlockConfig fields plus ``name`` and optional ``bands``."""
@@ -359,7 +361,7 @@ class CompareConfig:
     eval_data: str | None = field(default=None, metadata={"help": "GSM8K location for evaluation"})
     protocol: str = field(default="original", metadata={"help": "evaluation protocol"})
     metric: str | None = field(default=None, metadata={"help": "extractor reported (default: protocol's first)"})
-    eval_limit: int | None = field(default=None, metadata={"help": "test items (default: all)"})
+    eval_items: int | None = field(default=None, metadata={"help": "test items scored (default: all)"})
     eval_batch_size: int = field(default=16, metadata={"help": "items decoded together"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "override the protocol's token limit"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds"})
@@ -377,7 +379,7 @@ class CompareConfig:
     lr_search: dict[str, Any] | None = field(
         default=None,
         metadata={
-            "help": "choose each arm's learning rate first: {lrs: [...], split: dev, eval_limit: N}; one seed "
+            "help": "choose each arm's learning rate first: {lrs: [...], split: dev, eval_items: N}; one seed "
             "(the first) per rate, scored on the dev split, the best rate per arm used for every seed"
         },
     )
@@ -398,10 +400,11 @@ class CompareConfig:
     )
 
     def __post_init__(self) -> None:
+        self._rename_nested()
         self._check_types()
         if self.eval_task is None:
             self.eval_task = self.task if self.task in EVAL_TASKS else "gsm8k"
-        self.eval_config()  # validates task, protocol, limit, batch size, token limit
+        self.eval_config()  # validates task, protocol, eval_items, batch size, token limit
         if self.metric is None:
             self.metric = PROTOCOLS[self.protocol].primary[0]
         EXTRACTORS.lookup(self.metric)
@@ -430,6 +433,21 @@ class CompareConfig:
             "choose one of " + ", ".join(labels),
         )
 
+    def _rename_nested(self) -> None:
+        """Old setting names in ``train``, each method entry's ``train`` and ``lr_search`` (one warning each;
+        see :mod:`midblock.aliases`); anything that is not a mapping is left for the checks to refuse."""
+        if isinstance(self.train, dict):
+            self.train = renamed(self.train, TrainConfig, label="train")
+        if isinstance(self.lr_search, dict):
+            self.lr_search = renamed(self.lr_search, "lr_search")
+        if isinstance(self.methods, list):
+            self.methods = [
+                m | {"train": renamed(m["train"], TrainConfig, label=f"train of method entry '{m.get('name')}'")}
+                if isinstance(m, dict) and isinstance(m.get("train"), dict)
+                else m
+                for m in self.methods
+            ]
+
     def _check_types(self) -> None:
         """Wrong YAML types get one line naming the key, before anything is created."""
         _require(
@@ -449,7 +467,7 @@ class CompareConfig:
         for key in ("data", "eval_task", "eval_data", "metric", "baseline"):
             v = getattr(self, key)
             _require(v is None or isinstance(v, str), f"'{key}' must be a string, got {v!r}")
-        for key in ("eval_limit", "max_new_tokens"):
+        for key in ("eval_items", "max_new_tokens"):
             v = getattr(self, key)
             _require(v is None or _is_int(v), f"'{key}' must be an integer, got {v!r}")
         _require(_is_int(self.eval_batch_size), f"'eval_batch_size' must be an integer, got {self.eval_batch_size!r}")
@@ -466,8 +484,8 @@ class CompareConfig:
         if self.lr_search is not None:
             ls = self.lr_search
             _require(isinstance(ls, dict), f"'lr_search' must be a mapping, got {ls!r}")
-            bad = sorted(set(ls) - {"lrs", "split", "eval_limit"})
-            _require(not bad, f"unknown lr_search setting '{bad[0] if bad else ''}'", "use lrs, split, eval_limit")
+            bad = sorted(set(ls) - {"lrs", "split", "eval_items"})
+            _require(not bad, f"unknown lr_search setting '{bad[0] if bad else ''}'", "use lrs, split, eval_items")
             lrs = ls.get("lrs")
             _require(
                 isinstance(lrs, list)
@@ -482,8 +500,8 @@ class CompareConfig:
                     "lr_search on the test split would choose settings on the numbers it reports",
                     hint="use split: dev",
                 )
-            lim = ls.get("eval_limit")
-            _require(lim is None or (_is_int(lim) and lim > 0), f"'lr_search.eval_limit' must be > 0, got {lim!r}")
+            lim = ls.get("eval_items")
+            _require(lim is None or (_is_int(lim) and lim > 0), f"'lr_search.eval_items' must be > 0, got {lim!r}")
         if self.auto_analysis is not None:
             aa = self.auto_analysis
             _require(isinstance(aa, dict), f"'auto_analysis' must be a mapping, got {aa!r}")
@@ -508,7 +526,10 @@ class CompareConfig:
         ls = self.lr_search or {}
         split = ls.get("split", "dev")
         return replace(
-            self.eval_config(), split=split, limit=ls.get("eval_limit", self.eval_limit), dev_size=self.eval_dev_size
+            self.eval_config(),
+            split=split,
+            eval_items=ls.get("eval_items", self.eval_items),
+            dev_size=self.eval_dev_size,
         )
 
     @property
@@ -610,7 +631,7 @@ class CompareConfig:
         return EvalConfig(
             task=self.eval_task,
             protocol=self.protocol,
-            limit=self.eval_limit,
+            eval_items=self.eval_items,
             batch_size=self.eval_batch_size,
             max_new_tokens=self.max_new_tokens,
             data=self.eval_data,
@@ -634,6 +655,8 @@ class CompareConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CompareConfig:
+        """From a grid dict (a YAML file, a preset); old setting names work, with one warning each."""
+        d = renamed(d, cls, label="the grid")
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise MidblockError(

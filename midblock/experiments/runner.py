@@ -28,6 +28,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from midblock.aliases import stored
 from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.data import load_rows
 from midblock.data.general import corpus_name, general_texts, is_bundled
@@ -77,7 +78,7 @@ class Keys:
     def __init__(self, cc: CompareConfig, texts: list[str] | None) -> None:
         self.cc = cc
         self.model = spec_identity(cc.model)
-        self.train_data = rows_digest(self._train_rows(cc.train.get("limit")))
+        self.train_data = rows_digest(self._train_rows(cc.train.get("train_rows")))
         if cc.lr_search:  # the search's dev items never trained on (checked, whatever data each side names)
             dev = load_rows(cc.eval_task, "dev", cc.eval_data, dev_size=cc.eval_dev_size)
             check_dev_disjoint(self._train_rows(None), dev, f"{cc.eval_task} dev")
@@ -97,8 +98,8 @@ class Keys:
         # keyed on what the run computes in: `auto` means bf16 on one machine and fp32 on another
         settings["precision"] = resolve_precision(tc.precision)
         data = self.train_data
-        if "limit" in cell.train:  # an arm with its own training subset
-            data = rows_digest(self._train_rows(cell.train["limit"]))
+        if "train_rows" in cell.train:  # an arm with its own training subset
+            data = rows_digest(self._train_rows(cell.train["train_rows"]))
         arm = {"label": cell.label, "seed": cell.seed}
         version = data_version(self.cc.task)
         return make(arm=arm, model=self.model, data=data, data_version=version, training=settings)
@@ -106,8 +107,10 @@ class Keys:
     def evaluation(self, ecfg: EvalConfig | None) -> dict[str, Any]:
         evaluation = None
         if ecfg is not None:
-            evaluation = {k: v for k, v in asdict(ecfg).items() if k != "data"} | {"metric": self.cc.metric}
-            evaluation["rows"] = self._digest(ecfg.split, ecfg.limit, ecfg.dev_size)
+            # the settings in the spelling cells were first keyed under (see midblock.aliases)
+            evaluation = stored({k: v for k, v in asdict(ecfg).items() if k != "data"}, EvalConfig)
+            evaluation["metric"] = self.cc.metric
+            evaluation["rows"] = self._digest(ecfg.split, ecfg.eval_items, ecfg.dev_size)
             evaluation["shot_rows"] = self._digest("train", None, ecfg.train_dev_size) if ecfg.shots else None
             evaluation["data_version"] = data_version(self.cc.eval_task)
         return make(evaluation=evaluation, forgetting=self.forgetting)
@@ -171,7 +174,7 @@ def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress) -> dic
     model, tok = load_model(spec, merge=True)
     summary = {"items": []}
     if ecfg is not None:
-        summary = evaluate_model(model, tok, ecfg, out_dir=edir / "eval", model_spec=spec, progress=progress)
+        summary = evaluate_model(model, tok, ecfg, out=edir / "eval", model_spec=spec, progress=progress)
     ppl = _perplexity(cc, model, tok, texts, progress) if texts else None
     items = summary.pop("items")
     rec = {

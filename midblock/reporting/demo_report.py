@@ -293,7 +293,7 @@ def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[di
         f"<code>{esc(mid['band'])}</code> only ({esc(summary['band']['why'])}), its rank raised so the rank "
         "units match, alpha/r equal. Evaluation: zero-shot <code>Question: ...\\nAnswer:</code>, greedy, up to "
         f"{g['max_new_tokens']} new tokens, harness stop strings, scored by the first <code>#### N</code> "
-        f"(protocol <code>original</code>) on {g['eval_limit']} held-out problems; forgetting = perplexity on "
+        f"(protocol <code>original</code>) on {g['eval_items']} held-out problems; forgetting = perplexity on "
         f"{_probe_texts(g['forgetting'])} texts of the general-text probe bundled with midblock. "
         f"{esc(_precision_text(t.get('precision', 'auto'), rows))} The numbers are those of "
         "<code>midblock compare</code> on the same grid (<code>compare/compare.md</code>).</p>"
@@ -379,7 +379,7 @@ def _lr_text(grid: dict[str, Any]) -> str:
     ls = grid.get("lr_search")
     if ls:
         lrs = ", ".join(f"{x:g}" for x in ls["lrs"])
-        return f"learning rate chosen per arm from {lrs} on {ls.get('eval_limit')} dev problems (not the test set)"
+        return f"learning rate chosen per arm from {lrs} on {ls.get('eval_items')} dev problems (not the test set)"
     return f"learning rate {grid['train']['lr']}"
 
 

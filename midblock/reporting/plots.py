@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from midblock.aliases import renamed_kwargs
 from midblock.io import atomic_path
 
 # One figure per family; each lists the metrics it draws (a panel each, when present).
@@ -30,10 +31,11 @@ PLOT_FAMILIES: dict[str, tuple[str, ...]] = {
 _LOG = {"condition_number", "s_max"}
 
 
+@renamed_kwargs(out_dir="out")
 def plot_profiles(
-    rows: list[dict], out_dir: str | Path, num_blocks: int, band: list[int] | None = None, title: str = ""
+    rows: list[dict], out: str | Path, num_blocks: int, band: list[int] | None = None, title: str = ""
 ) -> list[str]:
-    """Write ``<family>.png`` for every family with data; returns the file names (relative to ``out_dir``).
+    """Write ``<family>.png`` for every family with data; returns the file names (relative to ``out``).
 
     ``rows`` are ``metrics.csv`` rows (variant, dataset, layer, depth, metric, value). ``band`` holds block
     indices; block b's output is layer index b + 1, at depth (b + 1) / L.
@@ -52,8 +54,8 @@ def plot_profiles(
     variants = sorted({r["variant"] for r in rows}, key=lambda v: (v != "base", v))
     color = {v: f"C{i % 10}" for i, v in enumerate(variants)}  # one colour per model across every panel
     styles = ["-", "--", ":", "-."]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for fam, metrics in PLOT_FAMILIES.items():
         present = [m for m in metrics if m in series]
@@ -92,7 +94,7 @@ def plot_profiles(
             left=0.08, right=0.98, top=0.84 if nrows == 1 else 0.9, bottom=0.24 / nrows + 0.04, wspace=0.3, hspace=0.45
         )
         name = f"{fam}.png"
-        with atomic_path(out_dir / name) as tmp:
+        with atomic_path(out / name) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
         written.append(name)

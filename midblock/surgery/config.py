@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from midblock.aliases import accepts_old_names
 from midblock.data.tasks import TASKS
 from midblock.errors import MidblockError
 from midblock.evaluation.config import EVAL_TASKS, PROTOCOLS
@@ -15,6 +16,7 @@ from midblock.validation import check_number
 DIRECTIONS = ("into-base", "into-variant")
 
 
+@accepts_old_names
 @dataclass
 class SurgeryConfig:
     """What both grids share: the two models, how to measure, where to write."""
@@ -26,7 +28,7 @@ class SurgeryConfig:
         default=None, metadata={"help": "measure task accuracy (Wilson 95% intervals)", "choices": tuple(EVAL_TASKS)}
     )
     protocol: str = field(default="original", metadata={"help": f"evaluation protocol ({', '.join(PROTOCOLS)})"})
-    limit: int | None = field(default=20, metadata={"help": "test items per configuration"})
+    eval_items: int | None = field(default=20, metadata={"help": "test items scored per configuration"})
     data: str | None = field(default=None, metadata={"help": "GSM8K directory/file for --task gsm8k"})
     corpus: str | None = field(
         default=None, metadata={"help": "text (.txt, blank-line separated) or .jsonl corpus for token loss/perplexity"}
@@ -39,8 +41,8 @@ class SurgeryConfig:
     variant_seed: int | None = field(default=None, metadata={"help": "seed of a random: variant (default seed+1)"})
 
     def __post_init__(self) -> None:
-        if self.limit is not None:
-            check_number("--limit", self.limit, low=1)
+        if self.eval_items is not None:
+            check_number("--eval-items", self.eval_items, low=1)
         check_number("--batch-size", self.batch_size, low=1)
         if self.task is not None:
             EVAL_TASKS.lookup(self.task)
@@ -48,6 +50,7 @@ class SurgeryConfig:
             self.variant_seed = self.seed + 1
 
 
+@accepts_old_names
 @dataclass
 class SwapConfig(SurgeryConfig):
     segments: int | None = field(default=None, metadata={"help": "one configuration per segment of K"})
@@ -69,6 +72,7 @@ class SwapConfig(SurgeryConfig):
             check_number("--segments", self.segments, low=1)
 
 
+@accepts_old_names
 @dataclass
 class InterpolateConfig(SurgeryConfig):
     weights: list[str] = field(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from midblock.aliases import renamed_kwargs
 from midblock.errors import MidblockError
 from midblock.io import atomic_path, read_json, write_json
 from midblock.layers import format_indices, segment_bounds
@@ -52,27 +53,29 @@ def block_weights(model: nn.Module, weights: list[float]) -> list[float]:
     return out
 
 
+@renamed_kwargs(out_dir="save")
 def save_interpolation(
     model: nn.Module,
     tokenizer,
     source: TensorSource,
     weights: list[float],
-    out_dir: str | Path,
+    save: str | Path,
     extrapolate: bool = False,
 ) -> Path:
-    """Write the interpolated model as a standard HF directory (atomic); the in-memory model is restored."""
+    """Write the interpolated model to ``save`` (``--save``: a model directory, never the run's ``--out``) as a
+    standard HF directory (atomic); the in-memory model is restored."""
 
     config = interpolation_configuration(model, weights)
-    out_dir = Path(out_dir)
-    check_save_dir(out_dir)  # again, right before the replacement: the directory may have changed since
+    save = Path(save)
+    check_save_dir(save)  # again, right before the replacement: the directory may have changed since
     with Patch(model, source, config.weights, extrapolate=extrapolate):
-        with atomic_path(out_dir) as tmp:
+        with atomic_path(save) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             files = sorted(p.name for p in Path(tmp).iterdir()) + [SAVE_MARKER]
             write_json(Path(tmp) / SAVE_MARKER, {"weights": weights, "source": source.description, "files": files})
-    return out_dir
+    return save
 
 
 SAVE_MARKER = "midblock_interpolation.json"  # written last into a --save directory: what midblock put there

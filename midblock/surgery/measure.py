@@ -55,7 +55,7 @@ class Measurer:
 def build_measurer(cfg) -> Measurer:
     """Validate and load everything a measurement needs, before any model is loaded (tokenizer set later).
 
-    ``cfg`` carries the surgery settings (``SurgeryConfig``): task, protocol, limit, data, corpus,
+    ``cfg`` carries the surgery settings (``SurgeryConfig``): task, protocol, eval_items, data, corpus,
     corpus_limit, batch_size, max_length, max_new_tokens."""
     task, corpus = cfg.task, cfg.corpus
     if task is None and corpus is None:
@@ -70,7 +70,7 @@ def build_measurer(cfg) -> Measurer:
         eval_cfg = EvalConfig(
             task=task,
             protocol=cfg.protocol,
-            limit=cfg.limit,
+            eval_items=cfg.eval_items,
             batch_size=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             data=cfg.data,

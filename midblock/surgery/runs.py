@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from midblock.aliases import stored
 from midblock.data import load_rows
 from midblock.errors import MidblockError
 from midblock.fingerprint import describe_change, file_digest, make, rows_digest, spec_identity
@@ -72,10 +73,11 @@ def rewrite_if_torn(path: Path, rows: list[dict[str, Any]]) -> None:
 def surgery_fingerprint(cfg: SurgeryConfig, models: dict[str, tuple[str, int]]) -> dict[str, Any]:
     """Settings, both models' files (or preset and seed) and the data files' contents, plus the version."""
 
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "save")}
+    # in the spelling surgery runs were first keyed under (see midblock.aliases)
+    settings = stored({k: v for k, v in asdict(cfg).items() if k not in ("out", "save")}, type(cfg))
     data: dict[str, Any] = {}
     if cfg.task:
-        data["test"] = rows_digest(load_rows(cfg.task, "test", cfg.data, limit=cfg.limit))
+        data["test"] = rows_digest(load_rows(cfg.task, "test", cfg.data, limit=cfg.eval_items))
     if cfg.corpus and Path(cfg.corpus).is_file():
         data["corpus"] = file_digest(cfg.corpus)
     identities = {role: spec_identity(spec, seed) for role, (spec, seed) in models.items()}
@@ -176,7 +178,7 @@ def _write_outputs(kind: str, cfg: SurgeryConfig, rows: list[dict[str, Any]], me
     body = (
         f"<p>base <code>{esc(cfg.base)}</code>, variant <code>{esc(cfg.variant)}</code>; "
         f"task {esc(cfg.task or '-')} ({esc(cfg.protocol)}, {len(rows)} configurations"
-        f"{'' if not cfg.task else f', {esc(cfg.limit)} items'}), corpus {esc(cfg.corpus or '-')}. "
+        f"{'' if not cfg.task else f', {esc(cfg.eval_items)} items'}), corpus {esc(cfg.corpus or '-')}. "
         "Reference rows: the pure base and the pure variant. Accuracy intervals are Wilson 95%.</p>"
         + table_html(rows, shown)
     )

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from midblock.aliases import renamed_kwargs
 from midblock.data.tasks import IGNORE_INDEX
 from midblock.models.introspect import get_layout, strip_peft
 
@@ -36,10 +37,11 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(fwd).parameters
 
 
+@renamed_kwargs(head_at_labels="labelled_head")
 def causal_lm_loss(
     model: nn.Module,
     batch: dict[str, Any],
-    head_at_labels: bool = True,
+    labelled_head: bool = True,
     reduction: str = "mean",
     stats: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
@@ -59,7 +61,7 @@ def causal_lm_loss(
     kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if batch.get("position_ids") is not None:  # left padding (the analysis): positions from each row's start
         kw["position_ids"] = batch["position_ids"]
-    lay = get_layout(_inner(model)) if head_at_labels and _accepts_logits_to_keep(model) else None
+    lay = get_layout(_inner(model)) if labelled_head and _accepts_logits_to_keep(model) else None
     if lay is None or lay.final_norm is None:  # the model's own head over every position
         logits = model(**kw).logits
         _row_stats(stats, logits[:, :-1], shift)

@@ -62,7 +62,7 @@ def probe_rows(rows: Sequence[Any], n: int, max_length: int | None = None) -> li
     if len(out) < 4:
         raise MidblockError(
             f"the monitor's probe batch has {len(out)} usable rows; CKA needs at least 4",
-            hint="give it more held-out rows (--eval-limit, or probe=... / an eval_dataset in a Trainer)",
+            hint="give it more held-out rows (--eval-loss-items, or probe=... / an eval_dataset in a Trainer)",
         )
     return out
 

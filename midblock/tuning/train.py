@@ -117,7 +117,7 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
         if not isinstance(saved_cfg, dict) or not isinstance(saved_cfg.get("train_config"), dict):
             raise MidblockError(f"--resume: {saved} holds no train_config", hint="is it a midblock run directory?")
         try:
-            old = TrainConfig.from_dict(saved_cfg["train_config"]).fingerprint()
+            old = TrainConfig.from_dict(saved_cfg["train_config"], warn=False).fingerprint()
         except (TypeError, MidblockError) as e:  # edited by hand, or another version's fields
             raise MidblockError(f"--resume: {saved} holds an invalid train_config: {e}") from e
         new = config.fingerprint()
@@ -136,7 +136,7 @@ def _validate(config: TrainConfig) -> dict[str, Any]:
 def _inputs(config: TrainConfig, task: str) -> dict[str, Any]:
     """The contents a run was trained from: the base model's files and the training rows."""
 
-    rows = load_rows(task, "train", config.data, limit=config.limit, dev_size=config.dev_size)
+    rows = load_rows(task, "train", config.data, limit=config.train_rows, dev_size=config.dev_size)
     # the resolved precision: what `auto` means depends on the machine, and a run must not continue in another
     precision = resolve_precision(config.precision, default_device_type())
     return {"model": spec_identity(config.model), "data": rows_digest(rows), "precision": precision}
@@ -158,11 +158,12 @@ def _check_inputs(out: Path, old: dict[str, Any] | None, new: dict[str, Any]) ->
 
 def _load_data(config: TrainConfig, task: str, tokenizer) -> tuple[list, list, dict]:
 
-    train_ex = load_examples(task, "train", config.data, limit=config.limit, dev_size=config.dev_size)
+    train_ex = load_examples(task, "train", config.data, limit=config.train_rows, dev_size=config.dev_size)
     try:
-        eval_ex = load_examples(task, "test", config.data, limit=config.eval_limit) if config.eval_limit else []
+        n_eval = config.eval_loss_items
+        eval_ex = load_examples(task, "test", config.data, limit=n_eval) if n_eval else []
     except MidblockError:  # a single jsonl file has no test split: hold out its tail instead
-        k = min(config.eval_limit, len(train_ex) // 10)
+        k = min(config.eval_loss_items, len(train_ex) // 10)
         eval_ex, train_ex = (train_ex[-k:], train_ex[:-k]) if k else ([], train_ex)
     kw = {"completion_only": config.loss_on == "completion", "on_overlong": config.overlong}
     tr = tokenize_sft(train_ex, tokenizer, config.max_length, **kw)
@@ -503,7 +504,7 @@ def _parameter_report(config: TrainConfig, checked: dict, model, items: list, ma
         baseline_rank=config.tuning.budget_baseline_rank or config.tuning.rank,
         seq_len=int(mean_len),
         tokens=int(config.batch_size * mean_len),
-        head_tokens=int(config.batch_size * mean_lab) if config.head_at_labels else None,
+        head_tokens=int(config.batch_size * mean_lab) if config.labelled_head else None,
     )
     row = parameter_row(config.tuning.method, shape, layout, p.alphas, p.scalings)
     n_train = step_trainable_params(model, p)
@@ -644,7 +645,7 @@ def _step(st: _Run, step: int) -> tuple[float, int, float]:
         else:
             ctx = acc.no_sync(st.model) if (world > 1 and not sync) else contextlib.nullcontext()
         with ctx, acc.autocast():
-            loss, _ = causal_lm_loss(st.model, batch, config.head_at_labels, reduction="sum")
+            loss, _ = causal_lm_loss(st.model, batch, config.labelled_head, reduction="sum")
         acc.backward(loss * scale)
         step_loss += loss.detach().float()
         n_tok += int(batch["attention_mask"].sum())
@@ -808,7 +809,7 @@ def _eval_loss(model, items, pad, config, acc) -> float:
             chunk = mine[i : i + config.batch_size]
             batch = {k: t.to(acc.device) for k, t in collate(chunk or items[:1], pad).items()}
             with acc.autocast():
-                loss, _ = causal_lm_loss(model, batch, config.head_at_labels)
+                loss, _ = causal_lm_loss(model, batch, config.labelled_head)
             n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if chunk else 0
             tot += torch.tensor([float(loss) * n, n], device=acc.device)
     model.train()

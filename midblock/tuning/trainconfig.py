@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from midblock.aliases import accepts_old_names, renamed, stored
 from midblock.data.tasks import TASKS
 from midblock.errors import MidblockError
 from midblock.tuning.config import MidBlockConfig
@@ -22,6 +23,7 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 RUN_CONTROL = ("out", "resume", "progress", "save_every", "eval_every", "log_every", "monitor")
 
 
+@accepts_old_names
 @dataclass
 class TrainConfig:
     """Everything a training run needs. ``tuning`` says what to train; the rest says how."""
@@ -30,7 +32,7 @@ class TrainConfig:
     out: str | None = field(default=None, metadata={"help": "run directory (required)"})
     task: str | None = field(default=None, metadata={"help": " | ".join(TASKS) + " (default from --data)"})
     data: str | None = field(default=None, metadata={"help": "data file or directory for the task"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    train_rows: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     dev_size: int = field(
         default=0,
         metadata={
@@ -66,18 +68,17 @@ class TrainConfig:
             "fp32 elsewhere; bf16 autocasts anyway (emulated, ~30x slower, on other CPUs)"
         },
     )
-    head_at_labels: bool = field(
+    labelled_head: bool = field(
         default=True,
         metadata={
-            "help": "apply the LM head only at labelled positions (--full-logits: at every position, slower)",
-            "flag": "--full-logits",
-            "negate": True,
+            "help": "the LM head runs only at labelled positions (the default); --no-labelled-head runs it at "
+            "every position (slower)"
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     eval_every: int = field(default=0, metadata={"help": "evaluation loss every N steps (0 = only at the end)"})
-    eval_limit: int = field(default=64, metadata={"help": "examples in the evaluation-loss set"})
+    eval_loss_items: int = field(default=64, metadata={"help": "examples in the evaluation-loss set"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only when stopped)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
     log_every: int = field(default=1, metadata={"help": "write a log line every N steps"})
@@ -108,7 +109,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_length", "log_every"):
             if getattr(self, name) < 1:
                 raise MidblockError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "save_every", "eval_limit"):
+        for name in ("warmup_steps", "eval_every", "save_every", "eval_loss_items"):
             if getattr(self, name) < 0:
                 raise MidblockError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
@@ -120,8 +121,8 @@ class TrainConfig:
             check_number("learning rate (--lr)", self.lr, low=0, low_open=True, hint="e.g. --lr 1e-4")
         check_number("--weight-decay", self.weight_decay, low=0)
         check_number("--max-grad-norm", self.max_grad_norm, low=0, hint="0 turns clipping off")
-        if self.limit is not None and self.limit < 1:
-            raise MidblockError(f"limit must be >= 1, got {self.limit}")
+        if self.train_rows is not None and self.train_rows < 1:
+            raise MidblockError(f"train_rows must be >= 1, got {self.train_rows}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
             raise MidblockError(f"--seed must be an integer in [0, {SEED_LIMIT - 1}], got {self.seed!r}")
         check_number("--dev-size", self.dev_size, low=0, hint="0: no dev split is held out")
@@ -138,11 +139,14 @@ class TrainConfig:
         return d
 
     def fingerprint(self) -> dict[str, Any]:
-        """What must be equal for ``--resume`` to continue the same run."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
+        """What must be equal for ``--resume`` to continue the same run, in the spelling runs were first keyed
+        under (``limit``, ``head_at_labels``, ``eval_limit``: see :mod:`midblock.aliases`)."""
+        return stored({k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}, TrainConfig)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any], *, warn: bool = True) -> TrainConfig:
+        """From a dict; old setting names work (one warning each unless ``warn`` is False: a saved file)."""
+        d = renamed(d, cls, warn=warn)
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

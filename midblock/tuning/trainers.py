@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from midblock.aliases import renamed_kwargs
 from midblock.data.tasks import IGNORE_INDEX
 from midblock.errors import MidblockError
 from midblock.models.introspect import get_layout, strip_peft
@@ -211,14 +212,15 @@ class MidBlockCallback(LisaCallback):
     ``peft_config=`` route, built the PEFT model): installs the truncation-keeping checkpointing methods,
     repairs whatever the trainer switched on (input-gradient hooks removed, checkpointing non-reentrant and
     only from the first trainable block up), checks the truncated backward (raises ``MidblockError`` when a
-    parameter below the band trains), and, with ``head_at_labels`` (default), installs the labelled-positions
+    parameter below the band trains), and, with ``labelled_head`` (default), installs the labelled-positions
     head. ``report`` holds the last check's result. With a ``lisa:G/K`` band it also switches the active blocks
     every step (:class:`LisaCallback`).
     """
 
-    def __init__(self, head_at_labels: bool = True) -> None:
+    @renamed_kwargs(head_at_labels="labelled_head")
+    def __init__(self, labelled_head: bool = True) -> None:
         super().__init__()
-        self.head_at_labels = head_at_labels
+        self.labelled_head = labelled_head
         self.report: dict[str, Any] | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
@@ -228,7 +230,7 @@ class MidBlockCallback(LisaCallback):
         keep_truncation(model)
         report = check_truncated_backward(model, fix=True)
         head = False
-        if self.head_at_labels:
+        if self.labelled_head:
             if getattr(args, "loss_type", "nll") not in (None, "nll"):
                 log.info("labelled-positions head left out: TRL loss_type=%s weights tokens", args.loss_type)
             else:

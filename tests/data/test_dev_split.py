@@ -92,12 +92,12 @@ def _gsm_dir(path, n=24):
 GRID = {
     "model": "random:llama-tiny",
     "protocol": "original",
-    "eval_limit": 2,
+    "eval_items": 2,
     "max_new_tokens": 2,
     "seeds": [0],
-    "train": {"steps": 1, "batch_size": 2, "max_length": 256, "eval_limit": 0},
+    "train": {"steps": 1, "batch_size": 2, "max_length": 256, "eval_loss_items": 0},
     "methods": [{"name": "lora", "method": "lora", "rank": 2}],
-    "lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_limit": 3},
+    "lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_items": 3},
 }
 
 

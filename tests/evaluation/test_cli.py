@@ -19,7 +19,7 @@ def test_eval_cli_prints_scores_and_writes_files(tmp_path):
         "lm-eval",
         "--num-fewshot",
         "0",
-        "--limit",
+        "--eval-items",
         "2",
         "--max-new-tokens",
         "4",
@@ -76,7 +76,9 @@ def _bad(tmp_path, *argv):
 def test_eval_cli_bad_input(tmp_path, no_template_model):
     assert "unknown task 'mmlu'" in _bad(tmp_path, "--model", "random:llama-tiny", "--task", "mmlu")
     assert "unknown protocol" in _bad(tmp_path, "--model", "random:llama-tiny", "--protocol", "lm-evl")
-    assert "--limit must be >= 1" in _bad(tmp_path, "--model", "random:llama-tiny", "--task", "arith", "--limit", "0")
+    assert "--eval-items must be >= 1" in _bad(
+        tmp_path, "--model", "random:llama-tiny", "--task", "arith", "--eval-items", "0"
+    )
     assert "no chat template" in _bad(tmp_path, "--model", no_template_model, "--task", "arith", "--chat-template")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')

@@ -10,11 +10,11 @@ from midblock.evaluation.evaluate import EvalConfig, evaluate
 from midblock.io import read_jsonl_tolerant
 from tests.conftest import run_cli
 
-BASE = dict(task="arith", protocol="original", limit=2, max_new_tokens=4, batch_size=2)
+BASE = dict(task="arith", protocol="original", eval_items=2, max_new_tokens=4, batch_size=2)
 
 
 def _eval(out, model="random:llama-tiny", **kw):
-    return evaluate(model, EvalConfig(**(BASE | kw)), out_dir=out, progress=False)
+    return evaluate(model, EvalConfig(**(BASE | kw)), out=out, progress=False)
 
 
 def test_another_model_into_the_same_out_is_refused(tmp_path):
@@ -24,7 +24,7 @@ def test_another_model_into_the_same_out_is_refused(tmp_path):
     with pytest.raises(MidblockError, match=r"different model\.weights"):
         _eval(out, model="random:qwen2-tiny")
     rc, _, err = run_cli(
-        "eval", "--model", "random:qwen2-tiny", "--task", "arith", "--protocol", "original", "--limit", "2",
+        "eval", "--model", "random:qwen2-tiny", "--task", "arith", "--protocol", "original", "--eval-items", "2",
         "--max-new-tokens", "4", "--out", str(out),
     )  # fmt: skip
     assert rc == 2 and "model.weights" in err and err.strip().count("\n") == 0
@@ -38,9 +38,9 @@ def test_another_max_new_tokens_is_refused(tmp_path):
 
 
 def test_another_fewshot_seed_is_refused(tmp_path):
-    _eval(tmp_path / "e", protocol="lm-eval", limit=1)
+    _eval(tmp_path / "e", protocol="lm-eval", eval_items=1)
     with pytest.raises(MidblockError, match=r"settings\.seed"):
-        _eval(tmp_path / "e", protocol="lm-eval", limit=1, seed=7)
+        _eval(tmp_path / "e", protocol="lm-eval", eval_items=1, seed=7)
 
 
 def test_a_changed_adapter_file_is_refused(tmp_path):
@@ -49,7 +49,7 @@ def test_a_changed_adapter_file_is_refused(tmp_path):
 
     run = tmp_path / "run"
     tc = TrainConfig(
-        model="random:llama-tiny", task="arith", out=str(run), steps=1, batch_size=2, limit=4, eval_limit=0,
+        model="random:llama-tiny", task="arith", out=str(run), steps=1, batch_size=2, train_rows=4, eval_loss_items=0,
         tuning=MidBlockConfig(method="lora", rank=2), progress=False,
     )  # fmt: skip
     train(tc)
@@ -71,7 +71,7 @@ def test_changed_test_data_is_refused_and_a_longer_limit_only_adds_items(tmp_pat
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     kw = dict(task="gsm8k", data=str(data))
     _eval(tmp_path / "e", **kw)
-    more = _eval(tmp_path / "e", **kw | {"limit": 3})
+    more = _eval(tmp_path / "e", **kw | {"eval_items": 3})
     assert more["generated_now"] == 1 and more["n"] == 3  # the same evaluation, extended
     rows[1]["answer"] = "1 + 1 = 3\n#### 3"  # a corrected gold answer: the stored score is stale
     (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

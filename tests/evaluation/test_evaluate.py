@@ -18,7 +18,7 @@ ev = importlib.import_module("midblock.evaluation.evaluate")  # the module (the 
 def test_lm_eval_prompts_are_the_five_shot_format():
     from midblock.data import load_rows
 
-    cfg = EvalConfig(task="arith", limit=2, offset=3)
+    cfg = EvalConfig(task="arith", eval_items=2, offset=3)
     items = ev.load_test_items(cfg)
     assert [it["index"] for it in items] == [3, 4]
     prompts = ev.build_prompts(cfg, items, tokenizer=None)
@@ -36,7 +36,7 @@ def test_lm_eval_prompts_are_the_five_shot_format():
     assert prompts[0].count("Question: ") == 6 and prompts[0].endswith(f"Question: {items[0]['question']}\nAnswer:")
     assert prompts[0].count("\n\nQuestion: ") == 5
     # the same item gets the same prompt whatever the offset
-    assert ev.build_prompts(EvalConfig(task="arith", limit=1, offset=3), items[:1], None) == prompts[:1]
+    assert ev.build_prompts(EvalConfig(task="arith", eval_items=1, offset=3), items[:1], None) == prompts[:1]
 
 
 def _model(preset: str = "llama-tiny"):
@@ -80,7 +80,7 @@ def test_scores_and_intervals_from_known_completions(monkeypatch, tmp_path):
     # every third item answered right in the '#### N' format, the others with a wrong number
     _fake_generator(monkeypatch, lambda k, g: f" So.\n#### {g}" if k % 3 == 0 else f" It is {int(g) + 1}.")
     s = evaluate_model(
-        *_model(), EvalConfig(task="arith", protocol="paper", limit=12), out_dir=tmp_path / "e", progress=False
+        *_model(), EvalConfig(task="arith", protocol="paper", eval_items=12), out=tmp_path / "e", progress=False
     )
     k = sum(1 for r in s["items"] if r["scores"]["strict-match"]["correct"])
     assert k == 4 and s["n"] == 12
@@ -107,33 +107,33 @@ def test_resume_after_a_kill_generates_only_missing_items(monkeypatch, tmp_path)
 
     _fake_generator(monkeypatch, dying)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", limit=10), out_dir=out, progress=False)
+        evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", eval_items=10), out=out, progress=False)
     assert not (out / "summary.json").exists()
     with open(out / "items.jsonl", "a") as f:
         f.write('{"index": 7, "protoc')  # a line torn by the kill
     assert len(read_jsonl_tolerant(out / "items.jsonl")) == 5
     asked = _fake_generator(monkeypatch, lambda k, g: f"#### {g}")
-    s = evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", limit=10), out_dir=out, progress=False)
+    s = evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", eval_items=10), out=out, progress=False)
     assert len(asked) == 5 and s["generated_now"] == 5
     assert s["n"] == 10 and s["scores"]["original"]["correct"] == 10
     assert len(read_jsonl_tolerant(out / "items.jsonl")) == 10
     # a third run has nothing left to do
     asked = _fake_generator(monkeypatch, lambda k, g: "#### 0")
     assert (
-        evaluate_model(*_model(), EvalConfig(task="arith", protocol="original", limit=10), out_dir=out, progress=False)[
-            "scores"
-        ]["original"]["correct"]
+        evaluate_model(
+            *_model(), EvalConfig(task="arith", protocol="original", eval_items=10), out=out, progress=False
+        )["scores"]["original"]["correct"]
         == 10
         and asked == []
     )
     # a different protocol in the same directory is refused, not mixed in
     with pytest.raises(MidblockError, match="different settings.protocol"):
-        evaluate_model(*_model(), EvalConfig(task="arith", protocol="lm-eval", limit=10), out_dir=out, progress=False)
+        evaluate_model(*_model(), EvalConfig(task="arith", protocol="lm-eval", eval_items=10), out=out, progress=False)
 
 
 def test_evaluate_real_tiny_model_end_to_end(tmp_path):
-    cfg = EvalConfig(task="arith", protocol="paper", limit=3, max_new_tokens=8, batch_size=2)
-    s = evaluate("random:llama-tiny", cfg, out_dir=tmp_path / "t", progress=False)
+    cfg = EvalConfig(task="arith", protocol="paper", eval_items=3, max_new_tokens=8, batch_size=2)
+    s = evaluate("random:llama-tiny", cfg, out=tmp_path / "t", progress=False)
     assert s["n"] == 3 and s["model"] == "random:llama-tiny" and s["max_new_tokens"] == 8
     assert s["items_per_s"] > 0 and s["wall_s"] > 0
     assert len(read_jsonl_tolerant(tmp_path / "t" / "items.jsonl")) == 3
@@ -144,19 +144,19 @@ def test_evaluate_real_tiny_model_end_to_end(tmp_path):
     [
         (dict(task="mmlu"), "unknown task"),
         (dict(protocol="harness"), "unknown protocol"),
-        (dict(limit=0), "--limit must be >= 1"),
+        (dict(eval_items=0), "--eval-items must be >= 1"),
         (dict(offset=10_000), "past the end"),
         (dict(backend="tgi"), "unknown backend"),
     ],
 )
 def test_bad_input_fails_before_loading_or_writing(kw, match, tmp_path):
     with pytest.raises(MidblockError, match=match):
-        evaluate("random:llama-tiny", EvalConfig(**({"task": "arith"} | kw)), out_dir=tmp_path / "x")
+        evaluate("random:llama-tiny", EvalConfig(**({"task": "arith"} | kw)), out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
 def test_chat_template_prompts(tokenizer):
-    cfg = EvalConfig(task="arith", limit=1, chat_template=True, num_fewshot=1)
+    cfg = EvalConfig(task="arith", eval_items=1, chat_template=True, num_fewshot=1)
     items = ev.load_test_items(cfg)
     (p,) = ev.build_prompts(cfg, items, tokenizer)
     assert p.startswith("<|im_start|>user\n") and p.endswith("<|im_start|>assistant\n")

@@ -1,7 +1,7 @@
 """Differential test against the real lm-evaluation-harness (the ``harness`` extra): its ``gsm8k`` task, built
 offline from the local GSM8K copy and run through ``lm_eval.simple_evaluate`` with a model that records what it
 is asked and answers canned completions. midblock's ``lm-eval`` protocol must give the same prompts byte for
-byte (test rows 0-7, and an ``offset=5, limit=3`` run against the harness's documents 5-7), the same stop
+byte (test rows 0-7, and an ``offset=5, eval_items=3`` run against the harness's documents 5-7), the same stop
 strings, greedy decoding and token limit, and the same strict-match / flexible-extract scores.
 
 Skips, with the reason, where lm-eval or the local GSM8K copy is absent."""
@@ -110,7 +110,7 @@ def _midblock_prompts(data: Path, **kw) -> list[str]:
 
 def test_prompts_equal_the_harness_rows_0_to_7(harness, gsm8k_path):
     mp._DRAWS.clear()
-    ours = _midblock_prompts(gsm8k_path, limit=N_DOCS)
+    ours = _midblock_prompts(gsm8k_path, eval_items=N_DOCS)
     theirs = [harness["requests"][k][0] for k in range(N_DOCS)]
     for k in range(N_DOCS):
         assert ours[k] == theirs[k], f"test row {k}: midblock's prompt differs from lm-eval's"
@@ -118,15 +118,15 @@ def test_prompts_equal_the_harness_rows_0_to_7(harness, gsm8k_path):
 
 
 def test_offset_run_gets_the_harness_prompts_of_its_documents(harness, gsm8k_path):
-    """``--offset 5 --limit 3``: items 5, 6, 7 get the harness's prompts for documents 5, 6, 7 (its 6th-8th
+    """``--offset 5 --eval-items 3``: items 5, 6, 7 get the harness's prompts for documents 5, 6, 7 (its 6th-8th
     draws), however the draw cache was filled before (empty, or by a later item first)."""
     theirs = [harness["requests"][k][0] for k in (5, 6, 7)]
     mp._DRAWS.clear()
-    assert _midblock_prompts(gsm8k_path, offset=5, limit=3) == theirs
+    assert _midblock_prompts(gsm8k_path, offset=5, eval_items=3) == theirs
     mp._DRAWS.clear()
-    _midblock_prompts(gsm8k_path, offset=7, limit=1)
-    assert _midblock_prompts(gsm8k_path, offset=5, limit=3) == theirs
-    one_by_one = [_midblock_prompts(gsm8k_path, offset=k, limit=1)[0] for k in (7, 5, 6)]
+    _midblock_prompts(gsm8k_path, offset=7, eval_items=1)
+    assert _midblock_prompts(gsm8k_path, offset=5, eval_items=3) == theirs
+    one_by_one = [_midblock_prompts(gsm8k_path, offset=k, eval_items=1)[0] for k in (7, 5, 6)]
     assert one_by_one == [theirs[2], theirs[0], theirs[1]]
 
 
@@ -138,7 +138,7 @@ def test_other_sampling_modes_are_not_the_harness(harness, gsm8k_path):
 
 
 def _prompts_with(data: Path, sampling: str) -> list[str]:
-    cfg = EvalConfig(task="gsm8k", data=str(data), limit=3, fewshot_sampling=sampling)
+    cfg = EvalConfig(task="gsm8k", data=str(data), eval_items=3, fewshot_sampling=sampling)
     return ev.build_prompts(cfg, ev.load_test_items(cfg), tokenizer=None)
 
 

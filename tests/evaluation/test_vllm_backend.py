@@ -66,8 +66,8 @@ def test_generate_vllm_sends_token_ids_greedy_settings_and_the_adapter(fake_vllm
 
 
 def test_evaluate_with_the_vllm_backend_scores_and_writes_items(fake_vllm, tmp_path):
-    cfg = EvalConfig(task="arith", protocol="original", limit=3, backend="vllm")
-    res = evaluate("random:llama-tiny", cfg, out_dir=tmp_path / "ev", progress=False)
+    cfg = EvalConfig(task="arith", protocol="original", eval_items=3, backend="vllm")
+    res = evaluate("random:llama-tiny", cfg, out=tmp_path / "ev", progress=False)
     assert res["n"] == 3 and fake_vllm["lora"] is None
     lines = [json.loads(x) for x in (tmp_path / "ev" / "items.jsonl").read_text().splitlines()]
     assert len(lines) == 3 and all("Question:" not in r["completion"] for r in lines)
@@ -82,7 +82,7 @@ def test_vllm_backend_without_vllm_is_one_line_exit_2(tmp_path, monkeypatch):
         "random:llama-tiny",
         "--task",
         "arith",
-        "--limit",
+        "--eval-items",
         "2",
         "--backend",
         "vllm",

@@ -14,10 +14,10 @@ GRID = {
     "model": "random:llama-tiny",
     "task": "arith",
     "protocol": "paper",
-    "eval_limit": 3,
+    "eval_items": 3,
     "max_new_tokens": 4,
     "seeds": [0, 1],
-    "train": {"steps": 1, "batch_size": 2, "max_length": 512, "limit": 8, "eval_limit": 2},
+    "train": {"steps": 1, "batch_size": 2, "max_length": 512, "train_rows": 8, "eval_loss_items": 2},
     "methods": [
         {"name": "lora", "method": "lora", "rank": 4},
         {"name": "mid", "method": "midblock", "band": "seg2-4/5", "budget_baseline_rank": 4},
@@ -108,10 +108,10 @@ def test_paper_segments_preset_runs_every_layout_end_to_end(tmp_path, gsm8k_path
         "model": "random:llama-8l",
         "data": str(gsm8k_path),
         "eval_data": str(gsm8k_path),
-        "eval_limit": 1,
+        "eval_items": 1,
         "max_new_tokens": 4,
         "seeds": [0],
-        "train": grid["train"] | {"limit": 4, "batch_size": 1, "grad_accum": 1, "steps": 1},
+        "train": grid["train"] | {"train_rows": 4, "batch_size": 1, "grad_accum": 1, "steps": 1},
     }
     res = compare(grid, tmp_path / "ps", progress=False)
     per_seed = [r for r in res["rows"] if r["seed"] == 0]
@@ -132,10 +132,10 @@ SMALL = {
     "model": "random:llama-tiny",
     "task": "arith",
     "protocol": "original",
-    "eval_limit": 2,
+    "eval_items": 2,
     "max_new_tokens": 2,
     "seeds": [0],
-    "train": {"steps": 1, "batch_size": 2, "max_length": 256, "limit": 4, "eval_limit": 0},
+    "train": {"steps": 1, "batch_size": 2, "max_length": 256, "train_rows": 4, "eval_loss_items": 0},
     "methods": [{"name": "lora", "method": "lora", "rank": 2}],
 }
 
@@ -209,7 +209,7 @@ def test_arms_whose_names_clean_to_the_same_text_get_their_own_cells(tmp_path):
         ("methods: 5\n", "'methods' must be a non-empty list"),
         ("seeds: abc\nmethods: [{name: a, method: lora}]\n", "'seeds' must be a non-empty list of integers"),
         ("train: 3\nmethods: [{name: a, method: lora}]\n", "'train' must be a mapping"),
-        ("eval_limit: many\nmethods: [{name: a, method: lora}]\n", "'eval_limit' must be an integer"),
+        ("eval_items: many\nmethods: [{name: a, method: lora}]\n", "'eval_items' must be an integer"),
         ("methods: [{name: a, method: midblock, bands: 6-23}]\n", "'bands' of method entry 'a' must be a list"),
     ],
 )
@@ -226,7 +226,7 @@ def test_learning_rate_search_on_dev_and_auto_band_from_the_base(tmp_path):
     resolved from an analysis of the base alone; the search's run at the chosen rate is the first seed's."""
     grid = SMALL | {
         "seeds": [0, 1],
-        "lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_limit": 2},
+        "lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_items": 2},
         "auto_analysis": {"data": "arith", "samples": 4, "max_length": 64},
         "methods": [
             {"name": "lora", "method": "lora", "rank": 2},

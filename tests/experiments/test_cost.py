@@ -13,13 +13,13 @@ from tests.conftest import run_cli
 
 
 def _grid(**over):
-    grid = preset("smoke") | {"model": "random:llama-8l", "eval_limit": 5, "seeds": [0, 1]}
+    grid = preset("smoke") | {"model": "random:llama-8l", "eval_items": 5, "seeds": [0, 1]}
     grid["forgetting"] = grid["forgetting"] | {"limit": 3, "max_length": 32}
     return CompareConfig.from_dict(grid | over)
 
 
 def test_plan_counts_runs_steps_decodes_and_texts_per_phase():
-    cc = _grid(lr_search={"lrs": [1e-3, 2e-3, 4e-3], "split": "dev", "eval_limit": 7}, include_base=True)
+    cc = _grid(lr_search={"lrs": [1e-3, 2e-3, 4e-3], "split": "dev", "eval_items": 7}, include_base=True)
     work = cost.plan(cc, ["a", "b", "c"])
     arms, seeds, steps = 2, 2, cc.train["steps"]
     assert work["search"] == {
@@ -41,7 +41,7 @@ def test_plan_counts_runs_steps_decodes_and_texts_per_phase():
 
 
 def test_plan_counts_epochs_from_the_training_rows():
-    cc = _grid(train={"epochs": 2, "batch_size": 4, "limit": 10, "lr": 1e-3})  # 20 rows / 4 per step
+    cc = _grid(train={"epochs": 2, "batch_size": 4, "train_rows": 10, "lr": 1e-3})  # 20 rows / 4 per step
     assert cost.plan(cc, None)["main"]["steps"] == 4 * 5  # 2 arms x 2 seeds, 5 steps each
 
 
@@ -54,7 +54,7 @@ def test_project_multiplies_work_by_rates():
 
 def test_estimate_writes_rates_and_compare_prints_them_first(tmp_path, caplog):
     out = tmp_path / "cmp"
-    flags = ["--preset", "smoke", "--model", "random:llama-8l", "--eval-limit", "3", "--no-progress", "--out", str(out)]
+    flags = ["--preset", "smoke", "--model", "random:llama-8l", "--eval-items", "3", "--no-progress", "--out", str(out)]
     rc, stdout, stderr = run_cli("compare", *flags, "--estimate")
     assert rc == 0, stderr
     assert "total about" in stdout and "s per optimizer step" in stdout
@@ -63,7 +63,7 @@ def test_estimate_writes_rates_and_compare_prints_them_first(tmp_path, caplog):
     assert not (out / "cells").exists()  # an estimate runs no cell
     # the same grid built in Python (what `compare` with these flags runs): hours shown; another grid: counts only
     caplog.set_level(logging.INFO, logger="midblock.experiments.runner")
-    same = CompareConfig.from_dict(preset("smoke") | {"model": "random:llama-8l", "eval_limit": 3})
+    same = CompareConfig.from_dict(preset("smoke") | {"model": "random:llama-8l", "eval_items": 3})
     work = announce_cost(same, forgetting_texts(same), out)
     assert "cost estimate:" in caplog.text and "total about" in caplog.text
     assert work == rec["work"]

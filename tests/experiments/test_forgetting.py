@@ -13,17 +13,17 @@ SMALL = {
     "model": "random:llama-tiny",
     "task": "arith",
     "protocol": "original",
-    "eval_limit": 2,
+    "eval_items": 2,
     "max_new_tokens": 2,
     "seeds": [0],
-    "train": {"steps": 1, "batch_size": 2, "max_length": 256, "limit": 4, "eval_limit": 0},
+    "train": {"steps": 1, "batch_size": 2, "max_length": 256, "train_rows": 4, "eval_loss_items": 0},
     "methods": [{"name": "lora", "method": "lora", "rank": 2}],
     "forgetting": {"data": "general", "limit": 3, "max_length": 48, "batch_size": 2},
 }
 
 
 def test_every_cell_stores_per_text_losses_including_search_cells(tmp_path):
-    grid = SMALL | {"lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_limit": 2}, "include_base": True}
+    grid = SMALL | {"lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_items": 2}, "include_base": True}
     res = compare(grid, tmp_path / "c", progress=False)
     stored = [json.loads(p.read_text()) for p in (tmp_path / "c" / "cells").glob("*/eval-*/cell.json")]
     trained = [r for r in stored if r["label"] != "base"]
@@ -67,7 +67,7 @@ def test_eval_ppl_scores_the_bundled_probe_by_name(tmp_path):
         "ppl",
         "--data",
         "general",
-        "--limit",
+        "--eval-items",
         "2",
         "--max-length",
         "32",

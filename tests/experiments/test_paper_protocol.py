@@ -27,7 +27,7 @@ def _gsm_dir(path, n=12):
 def test_the_preset_states_the_papers_protocol():
     cc = CompareConfig.from_dict(preset("paper-protocol"))
     t = cc.train
-    assert (t["limit"], t["epochs"], t["batch_size"], t["grad_accum"], t["lr"], t["warmup_steps"]) == (
+    assert (t["train_rows"], t["epochs"], t["batch_size"], t["grad_accum"], t["lr"], t["warmup_steps"]) == (
         2000,
         1,
         32,
@@ -36,7 +36,7 @@ def test_the_preset_states_the_papers_protocol():
         0,
     )
     assert (t["max_length"], t["overlong"], t["loss_on"]) == (128, "truncate", "all")
-    assert cc.eval_limit == 100 and cc.task == cc.eval_task == "gsm8k" and cc.lr_search is None
+    assert cc.eval_items == 100 and cc.task == cc.eval_task == "gsm8k" and cc.lr_search is None
     assert len(cc.seeds) > 1  # the one-seed comparison, replayed once per seed
     for m in cc.methods:
         assert (m["alpha_policy"], m["dropout"], m["target_modules"]) == ("fixed", 0.05, ["attn"])
@@ -52,10 +52,10 @@ def test_paper_protocol_end_to_end_on_a_tiny_model(tmp_path):
         "model": "random:llama-8l",
         "data": data,
         "eval_data": data,
-        "eval_limit": 2,
+        "eval_items": 2,
         "max_new_tokens": 4,
         "seeds": [0, 1],
-        "train": grid["train"] | {"limit": 8, "batch_size": 4, "max_length": 40},
+        "train": grid["train"] | {"train_rows": 8, "batch_size": 4, "max_length": 40},
         "forgetting": grid["forgetting"] | {"limit": 2, "max_length": 32},
     }
     res = compare(grid, tmp_path / "pp", progress=False)

@@ -30,10 +30,10 @@ def test_a_grid_with_every_strategy_runs_end_to_end_on_a_tiny_model(tmp_path):
     grid = g | {
         "model": "random:llama-tiny",
         "protocol": "paper",
-        "eval_limit": 2,
+        "eval_items": 2,
         "max_new_tokens": 4,
         "seeds": [0],
-        "train": {"steps": 3, "batch_size": 2, "max_length": 512, "limit": 8, "eval_limit": 2},
+        "train": {"steps": 3, "batch_size": 2, "max_length": 512, "train_rows": 8, "eval_loss_items": 2},
         "methods": methods,
         "auto_analysis": {"data": "arith", "samples": 4, "max_length": 64},
         "forgetting": None,

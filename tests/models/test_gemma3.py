@@ -39,11 +39,11 @@ def _train(out: Path, method: str, band: str = BAND, **kw):
         model=PRESET,
         task="arith",
         out=str(out),
-        limit=8,
+        train_rows=8,
         steps=2,
         batch_size=2,
         max_length=256,
-        eval_limit=2,
+        eval_loss_items=2,
         progress=False,
         tuning=MidBlockConfig(method=method, band=band, rank=4),
         lr=5e-3 if method == "midblock" else 1e-3,
@@ -120,11 +120,11 @@ def test_tied_head_gets_both_gradients_with_the_labelled_positions_head(tiny):
     from midblock.tuning.prepare import prepare_model
 
     grads = []
-    for head_at_labels in (True, False):
+    for labelled_head in (True, False):
         model, tok = tiny("gemma3-tiny")
         pm = prepare_model(model, MidBlockConfig(method="full"))
         pm.train()
-        loss, _ = causal_lm_loss(pm, _batch(tok), head_at_labels)
+        loss, _ = causal_lm_loss(pm, _batch(tok), labelled_head)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in pm.named_parameters()})
     fused, plain = grads
@@ -230,8 +230,8 @@ def test_evaluate_two_items(runs, tmp_path, request, task):
     data = str(request.getfixturevalue("gsm8k_path")) if task == "gsm8k" else None
     s = evaluate(
         runs["midblock"].run_dir,
-        EvalConfig(task=task, data=data, limit=2, max_new_tokens=8),
-        out_dir=tmp_path / "ev",
+        EvalConfig(task=task, data=data, eval_items=2, max_new_tokens=8),
+        out=tmp_path / "ev",
         progress=False,
     )
     assert s["n"] == 2 and len(s["items"]) == 2
@@ -267,11 +267,11 @@ def test_real_gemma3_270m_smoke(tmp_path):
         model="gemma3-270m",
         task="arith",
         out=str(tmp_path / "run"),
-        limit=4,
+        train_rows=4,
         steps=2,
         batch_size=2,
         max_length=128,
-        eval_limit=2,
+        eval_loss_items=2,
         progress=False,
         tuning=MidBlockConfig(method="midblock", rank=4),
         lr=1e-3,
@@ -280,6 +280,6 @@ def test_real_gemma3_270m_smoke(tmp_path):
     # a pretrained model scores the arith solutions far better than chance (ln 262144 = 12.5 nats): the
     # weights, the scaled embedding and BOS are right
     assert res.steps == 2 and res.backward_depth == 15 and res.final_loss < 6
-    s = evaluate(res.run_dir, EvalConfig(task="arith", limit=2, max_new_tokens=16), progress=False)
+    s = evaluate(res.run_dir, EvalConfig(task="arith", eval_items=2, max_new_tokens=16), progress=False)
     assert s["n"] == 2
     assert all("=" in it["completion"] for it in s["items"])  # it continues the few-shot solutions' format

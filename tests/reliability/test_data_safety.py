@@ -20,10 +20,10 @@ GRID = {
     "model": TINY,
     "task": "arith",
     "protocol": "paper",
-    "eval_limit": 2,
+    "eval_items": 2,
     "max_new_tokens": 4,
     "seeds": [0],
-    "train": {"steps": 1, "batch_size": 2, "max_length": 512, "limit": 8},
+    "train": {"steps": 1, "batch_size": 2, "max_length": 512, "train_rows": 8},
     "methods": [
         {"name": "lora", "method": "lora", "rank": 2},
         {"name": "mid", "method": "midblock", "band": "seg2-4/5", "budget_baseline_rank": 2},
@@ -51,7 +51,7 @@ def run_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("run") / "run"
     rc, _, err = run_cli(
         "train", "--model", TINY, "--method", "lora", "--rank", "2", "--steps", "1", "--batch-size", "2",
-        "--limit", "8", "--no-progress", "--out", str(d),
+        "--train-rows", "8", "--no-progress", "--out", str(d),
     )  # fmt: skip
     assert rc == 0, err
     return d
@@ -128,7 +128,7 @@ def test_1_a_cell_interrupted_before_its_first_checkpoint_resumes_in_place(tmp_p
 def _interpolate(run_dir: Path, save: Path, out: Path) -> list[str]:
     return [
         "interpolate", "--base", TINY, "--variant", str(run_dir), "--weights", "0,1,0", "--task", "arith",
-        "--limit", "2", "--save", str(save), "--out", str(out),
+        "--eval-items", "2", "--save", str(save), "--out", str(out),
     ]  # fmt: skip
 
 
@@ -286,7 +286,7 @@ def test_7_derive_refuses_an_unknown_arm_and_a_stray_cell(exported):
     [
         ({"methods": [GRID["methods"][0], {"name": "b", "method": "midblock", "band": "0.95:1.0"}]}, "no block"),
         ({"methods": [GRID["methods"][0], {"name": "b", "method": "midblock", "band": "2-40"}]}, "selects block"),
-        ({"lr_search": {"lrs": [0.001, float("inf")], "split": "dev", "eval_limit": 2}}, "finite"),
+        ({"lr_search": {"lrs": [0.001, float("inf")], "split": "dev", "eval_items": 2}}, "finite"),
         ({"seeds": [2**64]}, "seed"),
         ({"seeds": [-1]}, "seed"),
     ],
@@ -305,7 +305,7 @@ def test_8_9_grid_errors_are_caught_before_the_first_cell(tmp_path, over, fragme
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_9_a_seed_out_of_range_is_one_line(tmp_path, seed, command):
     out = tmp_path / "t"
-    more = ["--steps", "1"] if command == "train" else ["--task", "arith", "--limit", "1"]
+    more = ["--steps", "1"] if command == "train" else ["--task", "arith", "--eval-items", "1"]
     model = ["--model", TINY]
     rc, _, err = run_cli(command, *model, *more, "--seed", seed, "--out", str(out))
     _one_line(rc, err, "--seed")
@@ -469,7 +469,7 @@ def test_14_an_adapter_applied_to_another_base_warns_loudly(tmp_path, run_dir, c
         caplog.clear()
         out = tmp_path / base.replace(":", "_")
         rc, _, err = run_cli(
-            "eval", "--model", f"{base}+{adapter}", "--task", "arith", "--limit", "1", "--out", str(out)
+            "eval", "--model", f"{base}+{adapter}", "--task", "arith", "--eval-items", "1", "--out", str(out)
         )
         assert rc == 0, err
         hits = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "trained on" in r.getMessage()]

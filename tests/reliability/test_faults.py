@@ -62,7 +62,7 @@ def _hardening_files(d: Path) -> None:
     # training runs (LoRA and full-parameter), then damaged copies of them
     for name, method in (("lora_run", "midblock"), ("full_run", "midblock-full")):
         rc, _, err = run_cli(
-            "train", "--model", TINY, "--method", method, "--steps", "1", "--batch-size", "2", "--limit", "8",
+            "train", "--model", TINY, "--method", method, "--steps", "1", "--batch-size", "2", "--train-rows", "8",
             "--no-progress", "--out", str(d / name),
         )  # fmt: skip
         assert rc == 0, err
@@ -189,9 +189,9 @@ CASES = [
         "protocol",
     ),
     (
-        "eval-limit-zero",
-        lambda f: ["eval", "--model", TINY, "--task", "arith", "--limit", "0", "--out", _out(f, "e3")],
-        "limit",
+        "eval-items-zero",
+        lambda f: ["eval", "--model", TINY, "--task", "arith", "--eval-items", "0", "--out", _out(f, "e3")],
+        "--eval-items",
     ),
     (
         "eval-no-chat-template",
@@ -202,7 +202,7 @@ CASES = [
             "--task",
             "arith",
             "--chat-template",
-            "--limit",
+            "--eval-items",
             "1",
             "--out",
             _out(f, "e4"),
@@ -237,7 +237,7 @@ CASES = [
             f"{TINY}+{f / 'trunc.safetensors'}",
             "--task",
             "arith",
-            "--limit",
+            "--eval-items",
             "1",
             "--out",
             _out(f, "e7"),
@@ -350,7 +350,7 @@ CASES = [
             "0,1.5,0",
             "--task",
             "arith",
-            "--limit",
+            "--eval-items",
             "1",
             "--out",
             _out(f, "i2"),
@@ -371,7 +371,7 @@ def _train_flag(flag, value, out):
 
 
 def _eval(model, out):
-    return lambda f: ["eval", "--model", model(f), "--task", "arith", "--limit", "1", "--out", _out(f, out)]
+    return lambda f: ["eval", "--model", model(f), "--task", "arith", "--eval-items", "1", "--out", _out(f, out)]
 
 
 # Issue 15: each probe, plus its neighbours (every JSONL reader, every float flag, every command that reads a
@@ -598,7 +598,7 @@ CASES += [
             "0,1,0",
             "--task",
             "arith",
-            "--limit",
+            "--eval-items",
             "1",
             "--save",
             str(f / "a_file"),
@@ -640,7 +640,7 @@ def test_custom_code_never_runs_and_nobody_is_asked(files, monkeypatch):
 
     asked = []
     monkeypatch.setattr("builtins.input", lambda *a: asked.append(a) or "y")
-    eval_argv = ["eval", "--model", str(files / "custom_code"), "--task", "arith", "--limit", "1"]
+    eval_argv = ["eval", "--model", str(files / "custom_code"), "--task", "arith", "--eval-items", "1"]
     for check in (True, False):
         if not check:
             monkeypatch.setattr(loading, "check_remote_code", lambda path: None)

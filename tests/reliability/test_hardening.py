@@ -29,11 +29,11 @@ def _cfg(out, **kw) -> TrainConfig:
         model=BASE,
         task="arith",
         out=str(out),
-        limit=24,
+        train_rows=24,
         steps=4,
         batch_size=2,
         max_length=256,
-        eval_limit=0,
+        eval_loss_items=0,
         progress=False,
         tuning=MidBlockConfig(band="2-3", rank=4),
         lr=5e-3,
@@ -101,8 +101,8 @@ def test_resume_with_no_readable_checkpoint_is_one_line_exit_2(stopped_run, tmp_
         ck.write_bytes(b"")
     before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
     rc, _, err = run_cli(
-        "train", "--model", BASE, "--task", "arith", "--limit", "24", "--steps", "4", "--batch-size", "2",
-        "--max-length", "256", "--eval-limit", "0", "--band", "2-3", "--rank", "4", "--lr", "5e-3",
+        "train", "--model", BASE, "--task", "arith", "--train-rows", "24", "--steps", "4", "--batch-size", "2",
+        "--max-length", "256", "--eval-loss-items", "0", "--band", "2-3", "--rank", "4", "--lr", "5e-3",
         "--save-every", "1", "--no-progress", "--resume", "--out", str(run),
     )  # fmt: skip
     lines = err.strip().splitlines()
@@ -368,7 +368,9 @@ def test_run_directory_json_of_the_wrong_shape_is_one_line(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "midblock_run.json").write_text('"a string"')
-    rc, _, err = run_cli("eval", "--model", str(run), "--task", "arith", "--limit", "1", "--out", str(tmp_path / "e"))
+    rc, _, err = run_cli(
+        "eval", "--model", str(run), "--task", "arith", "--eval-items", "1", "--out", str(tmp_path / "e")
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "midblock_run.json holds str" in err, err
 
 

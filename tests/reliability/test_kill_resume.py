@@ -21,7 +21,7 @@ ARGS = [
     "random:llama-tiny",
     "--task",
     "arith",
-    "--limit",
+    "--train-rows",
     "64",
     "--steps",
     "8",

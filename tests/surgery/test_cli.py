@@ -106,7 +106,7 @@ def test_swap_into_variant_with_head_and_task(pair, tmp_path):
         "into-variant",
         "--task",
         "arith",
-        "--limit",
+        "--eval-items",
         "2",
         "--max-new-tokens",
         "4",

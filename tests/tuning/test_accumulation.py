@@ -28,11 +28,11 @@ def _cfg(out, **kw) -> TrainConfig:
         model=BASE,
         task="arith",
         out=str(out),
-        limit=24,
+        train_rows=24,
         steps=3,
         batch_size=4,
         max_length=256,
-        eval_limit=0,
+        eval_loss_items=0,
         progress=False,
         tuning=MidBlockConfig(band="2-3", rank=4),
         lr=1e-3,  # LoRA's default; the rounding-level differences grow with it (Adam, see below)

@@ -61,7 +61,7 @@ def test_accelerate_launch_fsdp_midblock_full(tmp_path):
     """The example config + the CLI: band-only delta, rest bit-identical, equal to one process."""
     out = tmp_path / "fsdp"
     args = ["--model", MODEL, "--task", "arith", "--method", "midblock-full", "--band", "2-3", "--steps", "3"]
-    args += ["--batch-size", "2", "--limit", "16", "--eval-limit", "4", "--max-length", "256", "--lr", "1e-3"]
+    args += ["--batch-size", "2", "--train-rows", "16", "--eval-loss-items", "4", "--max-length", "256", "--lr", "1e-3"]
     _launch(
         [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "examples" / "accelerate_fsdp.yaml")]
         + ["--no_python", "midblock", "train", *args, "--out", str(out), "--no-progress"]

@@ -66,7 +66,7 @@ def _train(tmp_path, method="midblock", steps=4, every=2, precision="fp32", **mo
         tuning=MidBlockConfig(method=method, band=BAND, rank=4),
         steps=steps,
         batch_size=4,
-        eval_limit=12,
+        eval_loss_items=12,
         lr=1e-2 if method == "midblock" else 1e-3,
         precision=precision,
         progress=False,
@@ -141,7 +141,7 @@ def test_monitor_needs_held_out_rows(tmp_path):
         out=str(tmp_path / "run"),
         tuning=MidBlockConfig(band=BAND, rank=4),
         steps=1,
-        eval_limit=0,
+        eval_loss_items=0,
         progress=False,
         monitor=MonitorConfig(every=1),
     )
@@ -149,7 +149,7 @@ def test_monitor_needs_held_out_rows(tmp_path):
         train(cfg)
     assert not (tmp_path / "run").exists()  # nothing half-written
     with pytest.raises(MidblockError, match="does not support --fsdp"):
-        train(TrainConfig(**{**cfg.__dict__, "eval_limit": 12, "fsdp": True}))
+        train(TrainConfig(**{**cfg.__dict__, "eval_loss_items": 12, "fsdp": True}))
     assert not (tmp_path / "run").exists()
     assert len(probe_rows([{"input_ids": [5, 6, 7, 0], "attention_mask": [1, 1, 1, 0]}] * 5, 4)[0]) == 3
     with pytest.raises(MidblockError, match="--monitor-rows"):
@@ -355,7 +355,7 @@ def test_resume_keeps_the_readings_up_to_the_checkpoint(tmp_path):
         tuning=MidBlockConfig(band=BAND, rank=4),
         steps=4,
         batch_size=4,
-        eval_limit=12,
+        eval_loss_items=12,
         lr=1e-2,
         progress=False,
         monitor=MonitorConfig(every=2),
@@ -383,7 +383,7 @@ def test_monitor_under_two_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [str(torchrun), "--nproc-per-node", "2", "--no-python", str(midblock), "train"]
     cmd += ["--model", "random:llama-tiny", "--task", "arith", "--band", BAND, "--steps", "2", "--batch-size", "2"]
-    cmd += ["--limit", "16", "--eval-limit", "6", "--monitor-every", "1", "--out", str(out), "--no-progress"]
+    cmd += ["--train-rows", "16", "--eval-loss-items", "6", "--monitor-every", "1", "--out", str(out), "--no-progress"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
         cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=240

@@ -142,13 +142,13 @@ def test_checkpointing_gives_identical_lora_grads(tiny):
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny", "gemma3-tiny", "gptneox-tiny"])
-def test_head_at_labels_loss_equals_full_loss(tiny, preset):
+def test_labelled_head_loss_equals_full_loss(tiny, preset):
     model, tok = tiny(preset)
     b = _batch(tok)
     with torch.no_grad():
         ref = model(**b).loss
-        fast, n = causal_lm_loss(model, b, head_at_labels=True)
-        slow, _ = causal_lm_loss(model, b, head_at_labels=False)
+        fast, n = causal_lm_loss(model, b, labelled_head=True)
+        slow, _ = causal_lm_loss(model, b, labelled_head=False)
     assert n == int((b["labels"][:, 1:] != -100).sum())
     torch.testing.assert_close(fast, ref, rtol=1e-6, atol=0)
     torch.testing.assert_close(slow, ref, rtol=1e-6, atol=0)

@@ -20,7 +20,7 @@ def _data(path, answer=2):
 
 def _cfg(run, data, model="random:llama-tiny", **kw):
     return TrainConfig(
-        model=model, task="jsonl", data=data, out=str(run), steps=2, batch_size=2, eval_limit=0,
+        model=model, task="jsonl", data=data, out=str(run), steps=2, batch_size=2, eval_loss_items=0,
         tuning=MidBlockConfig(method="lora", rank=2), progress=False, **kw,
     )  # fmt: skip
 

@@ -143,7 +143,7 @@ def _fresh_loss(tiny, batch):
     pm.train()
     b = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
     with torch.no_grad():
-        return float(causal_lm_loss(pm, b, head_at_labels=True)[0])
+        return float(causal_lm_loss(pm, b, labelled_head=True)[0])
 
 
 # --------------------------------------------------------------------------- transformers' Trainer
@@ -292,7 +292,7 @@ def test_trl_band_keeps_less_than_trl_lora_and_head_matches_trl(tiny, tmp_path):
     # TRL's own fused head (callback without the labelled head) gives the same first loss
     model, tok = tiny("llama-tiny")
     pm = prepare_model(model, MidBlockConfig(band=BAND, budget_baseline_rank=8))
-    t_trl_head = _trl_trainer(pm, tok, tmp_path / "trlhead", True, [MidBlockCallback(head_at_labels=False)], steps=1)
+    t_trl_head = _trl_trainer(pm, tok, tmp_path / "trlhead", True, [MidBlockCallback(labelled_head=False)], steps=1)
     t_trl_head.train()
     assert t_band.probe.losses[0] == pytest.approx(t_trl_head.probe.losses[0], rel=1e-5)
     assert t_trl_head.probe.visited == {2, 3, 4, 5}
