@@ -45,7 +45,8 @@ def grid_key(cc: CompareConfig) -> str:
 def _steps_per_run(cc: CompareConfig, cell_train: dict[str, Any]) -> int:
     from midblock.tuning.train import total_steps
 
-    tc = cc.train_config(replace(cc.cells()[0], train=cell_train), "estimate")
+    # the step count depends on the training settings only, never on the tuning (band `auto` is unresolved here)
+    tc = cc.train_config(replace(cc.cells()[0], tuning={"method": "lora"}, train=cell_train), "estimate")
     if tc.steps:
         return int(tc.steps)
     rows = load_rows(cc.task, "train", cc.data, limit=tc.train_rows, dev_size=cc.train_dev_size)
