@@ -15,7 +15,6 @@ from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
 from midblock.errors import MidblockError
 from midblock.experiments.grid import FORGETTING_DATA, PRESETS, CompareConfig, load_grid, preset
-from midblock.selection import full_only
 from midblock.tuning.config import MidBlockConfig
 from midblock.tuning.trainconfig import TrainConfig
 
@@ -101,8 +100,8 @@ def _method_entry(method: str, args: argparse.Namespace) -> dict:
     e = {"name": method, "method": method, "rank": rank}
     if method in ("midblock", "midblock-full") and args.bands:
         e["bands"] = args.bands
-    if method == "midblock" and not any(full_only(b) for b in args.bands or []):
-        e["budget_baseline_rank"] = rank  # same rank units as all-block LoRA of this rank (spectrum/lisa: none)
+    if method == "midblock":
+        e["budget_baseline_rank"] = rank  # same rank units as all-block LoRA of this rank
     if hasattr(args, "alpha_policy"):
         e["alpha_policy"] = args.alpha_policy
     return e

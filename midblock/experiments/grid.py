@@ -186,34 +186,52 @@ def band_landscape(alpha_policy: str = "constant-ratio", model: str = "smollm2-1
     }
 
 
-# The selection family: the paper's band and `auto` beside the layer-selection methods in wide use. LoRA arms
-# have the rank units of uniform r8 and equal alpha/r; Spectrum and LISA exist only with full parameters, so
-# they train at a full-parameter rate (fixed, not searched: one shared rate grid cannot serve both forms) and
-# train the embeddings and head as their reference tools do (the ':blocks' spellings leave them frozen).
-SELECTION_ARMS = {
-    "paper": PAPER_BAND,
-    "auto": "auto",
-    "cka-select:0.5": "cka-select:0.5",
-    "spectrum:50": "spectrum:50",
-    "lisa:2/20": "lisa:2/20",
+# The selection family: the paper's band and `auto` beside the layer-selection methods in wide use, in their
+# two forms, each arm at a learning rate chosen on the dev split from a grid of its own form.
+# - LoRA arms (uniform r8, the paper's band, auto, CKA-select): the rank units of uniform r8, equal alpha/r.
+# - Full-parameter arms (the paper's band, Spectrum, LISA): the same trainable parameters per step, those of
+#   full training on the paper's band (3 of 5 segments: 18 of SmolLM2-135M's 30 blocks, 63.7M parameters).
+#   Spectrum at P = 60 trains 60% of the matrices of every module type: floor(30 x 0.6) = 18 per type, the
+#   linear weights of 18 blocks (63.70M: the band's count less its 18 x 1,152 norm weights); LISA trains 18
+#   whole blocks per step (the band's 63.72M), a new draw every 20 of the 100 steps. Both in their ':blocks'
+#   forms: the reference tools also train the embeddings and the head (28.3M tied parameters on SmolLM2-135M,
+#   44% on top of the budget), which would break the match and the truncated backward. --param-budget
+#   63721728 (or the band's count on another model) chooses the same P and G; the specs are written out so the
+#   preset does not depend on one model's shapes. The table reports every arm's trainable parameters.
+# - Rate grids in factor-2 steps: LoRA the band landscape's (1e-3..8e-3, inside which its arms chose), full
+#   parameters 5e-5..4e-4. A 20-step check of paper-full on SmolLM2-135M (batch 8, fp32, seed 0; eval loss on
+#   32 train examples, dev accuracy on 32 dev problems): 1.25e-5 0.870 / -, 5e-5 0.297 / 3, 2e-4 0.079 / 7,
+#   8e-4 0.162 / 2 right: the best rate lies near 2e-4, past which the loss rises; 100 steps may prefer a
+#   lower one, so the grid spans 5e-5 to 4e-4 (the 1.25e-5 first proposed would have chosen its top).
+#   A rate chosen at either end of its grid is flagged in lr_search.md and compare.md.
+SELECTION_ARMS: dict[str, tuple[str, str]] = {  # label: (method, selection spec)
+    "paper": ("midblock", PAPER_BAND),
+    "auto": ("midblock", "auto"),
+    "cka-select:0.5": ("midblock", "cka-select:0.5"),
+    "paper-full": ("midblock-full", PAPER_BAND),
+    "spectrum:60:blocks": ("midblock-full", "spectrum:60:blocks"),
+    "lisa:18/20:blocks": ("midblock-full", "lisa:18/20:blocks"),
 }
-SELECTION_LRS = {"lora": 2e-3, "full": 5e-5}
+SELECTION_LRS = {"lora": LANDSCAPE_LRS, "full": [5e-5, 1e-4, 2e-4, 4e-4]}
 
 
 def selection_family(alpha_policy: str = "constant-ratio", model: str = "smollm2-135m") -> dict[str, Any]:
-    """The ``selection-family`` preset: uniform LoRA r8, the paper's band, ``auto``, CKA-select, Spectrum, LISA."""
-    from midblock.selection import full_only
-
-    lora = {"alpha_policy": alpha_policy, "train": {"lr": SELECTION_LRS["lora"]}}
-    methods = [{"name": "uniform", "method": "lora", "rank": 8, **lora}]
-    for name, band in SELECTION_ARMS.items():
-        if full_only(band):
-            methods.append(
-                {"name": name, "method": "midblock-full", "band": band, "train": {"lr": SELECTION_LRS["full"]}}
-            )
+    """The ``selection-family`` preset: LoRA arms (uniform r8, the paper's band, ``auto``, CKA-select) at the
+    rank units of uniform r8, full-parameter arms (the paper's band, Spectrum, LISA) at the paper band's
+    parameters, each arm's rate from a dev grid of its form; the band landscape's settings otherwise."""
+    lora = {"alpha_policy": alpha_policy, "lrs": SELECTION_LRS["lora"]}
+    methods: list[dict[str, Any]] = [{"name": "uniform", "method": "lora", "rank": 8, **lora}]
+    for name, (method, band) in SELECTION_ARMS.items():
+        if method == "midblock":
+            methods.append({"name": name, "method": method, "band": band, "budget_baseline_rank": 8, **lora})
         else:
-            methods.append({"name": name, "method": "midblock", "band": band, "budget_baseline_rank": 8, **lora})
-    return band_landscape(alpha_policy, model) | {"methods": methods, "lr_search": None}
+            methods.append({"name": name, "method": method, "band": band, "lrs": SELECTION_LRS["full"]})
+    grid = band_landscape(alpha_policy, model)
+    return grid | {
+        "methods": methods,
+        "train": grid["train"] | {"precision": "auto"},
+        "lr_search": {"split": "dev", "eval_items": 200},
+    }
 
 
 def paper_protocol(alpha_policy: str = "fixed", model: str = "smollm2-135m") -> dict[str, Any]:
@@ -348,6 +366,18 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _check_lrs(lrs: Any, what: str) -> None:
+    """A learning-rate grid: a non-empty list of distinct finite positive numbers."""
+    _require(
+        isinstance(lrs, list)
+        and bool(lrs)
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in lrs)
+        and all(math.isfinite(x) and x > 0 for x in lrs),
+        f"{what} must be a non-empty list of finite positive learning rates, got {lrs!r}",
+    )
+    _require(len(set(lrs)) == len(lrs), f"{what} lists a rate twice: {lrs!r}")
+
+
 @accepts_old_names
 @dataclass
 class CompareConfig:
@@ -380,7 +410,8 @@ class CompareConfig:
         default=None,
         metadata={
             "help": "choose each arm's learning rate first: {lrs: [...], split: dev, eval_items: N}; one seed "
-            "(the first) per rate, scored on the dev split, the best rate per arm used for every seed"
+            "(the first) per rate, scored on the dev split, the best rate per arm used for every seed; a method "
+            "entry's own 'lrs: [...]' replaces the shared grid for that arm (lr_search.lrs may then be left out)"
         },
     )
     dev_size: int | None = field(
@@ -486,14 +517,8 @@ class CompareConfig:
             _require(isinstance(ls, dict), f"'lr_search' must be a mapping, got {ls!r}")
             bad = sorted(set(ls) - {"lrs", "split", "eval_items"})
             _require(not bad, f"unknown lr_search setting '{bad[0] if bad else ''}'", "use lrs, split, eval_items")
-            lrs = ls.get("lrs")
-            _require(
-                isinstance(lrs, list)
-                and bool(lrs)
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in lrs)
-                and all(math.isfinite(x) and x > 0 for x in lrs),
-                f"'lr_search.lrs' must be a non-empty list of finite positive learning rates, got {lrs!r}",
-            )
+            if "lrs" in ls or not any(isinstance(m, dict) and "lrs" in m for m in self.methods):
+                _check_lrs(ls.get("lrs"), "'lr_search.lrs'")
             _require(ls.get("split", "dev") in ("dev", "test"), "'lr_search.split' must be dev or test")
             if ls.get("split", "dev") == "test":
                 raise MidblockError(
@@ -541,8 +566,15 @@ class CompareConfig:
     def eval_dev_size(self) -> int:
         return self.dev_size if not has_own_dev(self.eval_task) else 0
 
+    def arm_lrs(self, m: dict[str, Any]) -> list[float]:
+        """The learning-rate grid the search tries for method entry ``m``: its own ``lrs``, else the shared
+        ``lr_search.lrs`` (empty without a search)."""
+        if not self.lr_search:
+            return []
+        return list(m.get("lrs") or self.lr_search.get("lrs") or [])
+
     def _check_methods(self) -> None:
-        known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands", "train"}
+        known = set(MidBlockConfig.__dataclass_fields__) | {"name", "bands", "train", "lrs"}
         names = []
         for m in self.methods:
             _require(
@@ -562,6 +594,13 @@ class CompareConfig:
             _require(isinstance(own, dict), f"'train' of method entry '{label}' must be a mapping, got {own!r}")
             bad = sorted(set(own) - set(TRAIN_KEYS))
             _require(not bad, f"unknown train setting '{bad[0] if bad else ''}' in method entry '{label}'")
+            if "lrs" in m:
+                _check_lrs(m["lrs"], f"'lrs' of method entry '{label}'")
+                hint = "add lr_search: {split: dev, eval_items: N} to the grid"
+                _require(bool(self.lr_search), f"method entry '{label}' has 'lrs' but the grid has no lr_search", hint)
+            elif self.lr_search and not self.lr_search.get("lrs"):
+                hint = "give it 'lrs: [...]' or the grid a shared lr_search.lrs"
+                _require(False, f"method entry '{label}' has no learning-rate grid to search", hint)
             names.append(str(m.get("name") or m["method"]))
             for c in self.expand(m, 0):
                 tuning = dict(c.tuning)
@@ -594,7 +633,7 @@ class CompareConfig:
             replace(c, train=c.train | {"lr": lr})
             for m in self.methods
             for c in self.expand(m, self.seeds[0])
-            for lr in self.lr_search["lrs"]
+            for lr in self.arm_lrs(m)
         ]
 
     def check_depth(self, layout: Any) -> None:
@@ -641,7 +680,7 @@ class CompareConfig:
     def expand(m: dict[str, Any], seed: int) -> list[Cell]:
         """The arms of one method entry (one per band when it lists several) at ``seed``."""
         name = str(m.get("name") or m["method"])
-        tuning = {k: v for k, v in m.items() if k not in ("name", "bands", "train")}
+        tuning = {k: v for k, v in m.items() if k not in ("name", "bands", "train", "lrs")}
         if isinstance(tuning.get("target_modules"), list):
             tuning["target_modules"] = tuple(tuning["target_modules"])
         own = dict(m.get("train") or {})

@@ -15,9 +15,10 @@ forgetting corpus. ``cell.json`` in that directory is written last. So:
   seed's run of the main grid) is trained once and evaluated twice.
 
 Optional phases before the grid: ``auto_analysis`` analyses the base and resolves arms with band ``auto``
-to the band it recommends; ``lr_search`` trains every arm at each rate of a grid on the first seed, scores
-it on the dev split and keeps the best rate per arm. Outputs: ``compare.csv``, ``compare.md``,
-``compare.png`` and ``compare.json`` (with provenance), from :mod:`midblock.reporting.compare_report`.
+to the band it recommends; ``lr_search`` trains every arm at each rate of a grid (the arm's own ``lrs`` or
+the shared one) on the first seed, scores it on the dev split and keeps the best rate per arm. Outputs:
+``compare.csv``, ``compare.md``, ``compare.png`` and ``compare.json`` (with provenance), from
+:mod:`midblock.reporting.compare_report`.
 """
 
 from __future__ import annotations
@@ -241,16 +242,17 @@ def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dic
 def search_learning_rates(
     cc: CompareConfig, keys: Keys, out: Path, progress: bool, texts: list[str] | None = None
 ) -> tuple[CompareConfig, list]:
-    """Train each arm at every rate of ``lr_search.lrs`` on the first seed, score on the dev split (and
-    forgetting on ``texts``), and return the grid with each arm's best rate (ties: the smaller rate) and the
-    search's records."""
-    ls, seed = cc.lr_search, cc.seeds[0]
+    """Train each arm at every rate of its grid (its own ``lrs``, else ``lr_search.lrs``) on the first seed,
+    score on the dev split (and forgetting on ``texts``), and return the grid with each arm's best rate (ties:
+    the smaller rate) and the search's records. A best rate at the lowest or highest rate of a grid of several
+    is marked (``edge``) and logged: the best rate may then lie outside the grid."""
+    seed = cc.seeds[0]
     ecfg = cc.search_config()
     records, methods = [], []
     for m in cc.methods:
         (arm,) = cc.expand(m, seed)  # an arm with several bands would need a rate per band
         scores = {}
-        for lr in ls["lrs"]:
+        for lr in cc.arm_lrs(m):
             cell = replace(arm, train=arm.train | {"lr": lr})
             log.info("learning-rate search: %s at lr %g (seed %d, %s split)", arm.label, lr, seed, ecfg.split)
             # forgetting too, so accuracy against forgetting can be traced across rates
@@ -259,10 +261,21 @@ def search_learning_rates(
             scores[lr] = sum(c.values()) / len(c)
             records.append(rec | {"lr": lr, "dev_accuracy": scores[lr]})
         best = max(sorted(scores), key=lambda lr: scores[lr])  # sorted: the smaller rate wins a tie
+        edge = grid_edge(best, list(scores))
+        if edge:
+            log.warning("learning-rate search: %s chose %g, the %s rate of its grid", arm.label, best, edge)
         for r in records[-len(scores) :]:
             r["chosen"] = r["lr"] == best
+            r["edge"] = edge if r["chosen"] else None
         methods.append(m | {"train": dict(m.get("train") or {}) | {"lr": best}})
     return replace(cc, methods=methods), records
+
+
+def grid_edge(lr: float, grid: list[float]) -> str | None:
+    """``"lowest"`` or ``"highest"`` when ``lr`` is that end of a grid of several rates, else None."""
+    if len(set(grid)) < 2:
+        return None
+    return "lowest" if lr == min(grid) else "highest" if lr == max(grid) else None
 
 
 def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -358,7 +371,7 @@ def _cell_list(out: Path, search: list, base: dict[str, Any] | None, results: li
 
 
 def _search_row(rec: dict[str, Any]) -> dict[str, Any]:
-    keep = ("lr", "dev_accuracy", "chosen")
+    keep = ("lr", "dev_accuracy", "chosen", "edge")
     ppl = (rec.get("ppl") or {}).get("ppl")
     return {
         "arm": rec["label"],

@@ -87,12 +87,15 @@ def _band_text(band: list[int] | None) -> str | None:
 
 
 def selection_text(sel: dict[str, Any] | None) -> str | None:
-    """What a selection strategy trained, for the table: the spec, and for Spectrum / LISA whether the
-    embeddings and head trained and LISA's mean backward depth (the band language needs no text)."""
+    """What a selection strategy trained, for the table: the spec, and for Spectrum / LISA the LoRA form or
+    whether the full form trained the embeddings and head, and LISA's mean backward depth (the band language
+    needs no text)."""
     if not sel or sel.get("strategy") == "band":
         return None
     text = "auto" if sel.get("strategy") == "auto" else str(sel.get("spec"))
-    if "embeddings_and_head" in sel:
+    if sel.get("form") == "lora":
+        text += " LoRA"  # adapters only: the embeddings and head never train in the LoRA form
+    elif "embeddings_and_head" in sel:
         text += " +emb/head" if sel["embeddings_and_head"] else " blocks only"
     switches = (sel.get("lisa") or {}).get("switches")
     if switches:

@@ -263,7 +263,8 @@ def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extr
     from dataclasses import asdict
 
     write_csv(out / "compare.csv", csv_rows(rows), fieldnames=COLUMNS)
-    write_text(out / "compare.md", markdown(cc, rows))
+    note = edge_note((extra or {}).get("lr_search") or [])
+    write_text(out / "compare.md", markdown(cc, rows) + (f"\n{note}\n" if note else ""))
     plot_png(cc, rows, out / "compare.png")
     if (extra or {}).get("num_layers"):
         title = f"{cc.model} on {cc.eval_task}: accuracy and forgetting by trained band"
@@ -278,10 +279,24 @@ def write_lr_search(rows: list[dict[str, Any]], out: Path, metric: str) -> None:
 
     lines = [
         f"Learning-rate search on the dev split (metric `{metric}`, one seed); the chosen rate is marked.\n",
-        "| arm | lr | dev n | dev accuracy % | chosen |",
-        "|---|---:|---:|---:|:---:|",
+        "| arm | lr | dev n | dev accuracy % | chosen | chosen at the grid's edge |",
+        "|---|---:|---:|---:|:---:|:---:|",
     ]
     for r in rows:
         mark = "yes" if r["chosen"] else ""
-        lines.append(f"| {r['arm']} | {r['lr']:g} | {r['n']} | {_pct(r['dev_accuracy'])} | {mark} |")
-    write_text(out / "lr_search.md", "\n".join(lines) + "\n")
+        edge = (r.get("edge") or "") if r["chosen"] else ""
+        lines.append(f"| {r['arm']} | {r['lr']:g} | {r['n']} | {_pct(r['dev_accuracy'])} | {mark} | {edge} |")
+    note = edge_note(rows)
+    write_text(out / "lr_search.md", "\n".join(lines) + "\n" + (f"\n{note}\n" if note else ""))
+
+
+def edge_note(search: list[dict[str, Any]]) -> str:
+    """A sentence naming the arms whose chosen rate is the lowest or highest of their grid ('' when none)."""
+    hits = [f"{r['arm']} ({r['lr']:g}, the {r['edge']})" for r in search if r.get("chosen") and r.get("edge")]
+    if not hits:
+        return ""
+    return (
+        "Learning rate chosen at the edge of its arm's grid (the best rate may lie outside the grid): "
+        + ", ".join(hits)
+        + "."
+    )

@@ -377,9 +377,13 @@ def _add_monitor_section(out: Path, runs: dict[str, list[str]]) -> None:
 
 def _lr_text(grid: dict[str, Any]) -> str:
     ls = grid.get("lr_search")
-    if ls:
+    if ls and ls.get("lrs"):
         lrs = ", ".join(f"{x:g}" for x in ls["lrs"])
         return f"learning rate chosen per arm from {lrs} on {ls.get('eval_items')} dev problems (not the test set)"
+    if ls:
+        return (
+            f"learning rate chosen per arm from its own grid on {ls.get('eval_items')} dev problems (not the test set)"
+        )
     return f"learning rate {grid['train']['lr']}"
 
 

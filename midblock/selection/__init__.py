@@ -11,15 +11,19 @@ spec                strategy
 ``auto``            the band ``midblock analyze`` recommends (``--analysis DIR``)
 ``cka-select:F``    the fraction F of blocks whose input and output agree least by linear CKA
                     (Ogawa et al., arXiv 2602.05988; :mod:`midblock.selection.cka`)
-``spectrum:P``      the top P% of weight matrices by signal-to-noise ratio within each module type,
-                    trained in full (Hartford et al. 2024, arXiv 2406.06623; :mod:`midblock.selection.spectrum`)
-``lisa:G/K``        a fresh random set of G blocks every K steps, trained in full
+``spectrum:P``      the top P% of weight matrices by signal-to-noise ratio within each module type
+                    (Hartford et al. 2024, arXiv 2406.06623; :mod:`midblock.selection.spectrum`)
+``lisa:G/K``        a fresh random set of G blocks every K steps
                     (Pan et al., NeurIPS 2024, arXiv 2403.17919; :mod:`midblock.selection.lisa`)
 ==================  =====================================================================================
 
-Spectrum and LISA train the embeddings and the LM head too, as their reference tools do; a ``:blocks``
-suffix (``spectrum:50:blocks``, ``lisa:2/20:blocks``) leaves them frozen, which lets the backward stop at
-the lowest trained block.
+Every strategy has both forms: ``--method midblock`` puts LoRA adapters on what it selects (Spectrum: on
+the selected matrices only, among the ``--targets`` module types; LISA: on every block, only the active
+blocks' adapters training at each step), ``--method midblock-full`` trains the selected parameters in full.
+In the full form Spectrum and LISA train the embeddings and the LM head too, as their reference tools do; a
+``:blocks`` suffix (``spectrum:50:blocks``, ``lisa:2/20:blocks``) leaves them frozen, which lets the backward
+stop at the lowest trained block. The LoRA forms train adapters only (the embeddings and head stay frozen,
+whatever the suffix), so their backward always stops at the lowest adapted (LISA: active) block.
 
 Each strategy is a small unit with a ``parse(arg)`` that validates the spec's argument without a model and
 a ``select(arg, ctx)`` that returns a :class:`Selection`: whole blocks, or per-block module names for
@@ -72,6 +76,8 @@ class Context:
     data: list[list[int]] | None = None  # token id lists (CKA-select)
     analysis: str | None = None  # an analysis directory (auto)
     seed: int = 0  # LISA's active sets
+    form: str = "full"  # "lora" (adapters on the selection) or "full" (its parameters), one of FORMS
+    targets: list[str] | None = None  # LoRA form: the block-relative module names adapters may go on
 
     @property
     def num_layers(self) -> int:
@@ -86,6 +92,7 @@ class Context:
 class Strategy(Protocol):
     name: str
     forms: tuple[str, ...]  # which of lora / full the method has
+    param_sized: bool  # the full form's size (P, G) can be chosen to fit a parameter budget
 
     def parse(self, arg: str) -> Any: ...
 
@@ -117,15 +124,19 @@ def check_spec(spec: str) -> Strategy:
     return strategy
 
 
-def full_only(spec: str) -> bool:
-    """True for strategies that have only the full-parameter form (Spectrum, LISA)."""
-    return split_spec(spec)[0].forms == ("full",)
+def param_sized(spec: str) -> bool:
+    """True for strategies whose full form is sized to a parameter budget (Spectrum's P, LISA's G)."""
+    return split_spec(spec)[0].param_sized
 
 
 def select(spec: str, layout: Any, **ctx: Any) -> Selection:
-    """Resolve ``spec`` on a model's layout; ``ctx``: ``model``, ``data``, ``analysis``, ``seed``."""
+    """Resolve ``spec`` on a model's layout; ``ctx``: ``model``, ``data``, ``analysis``, ``seed``, ``form``
+    (``lora`` or ``full``, default full) and ``targets`` (the LoRA form's module names)."""
     strategy, arg = split_spec(spec)
-    return strategy.select(arg, Context(layout, **ctx))
+    c = Context(layout, **ctx)
+    if c.form not in strategy.forms:
+        raise MidblockError(f"'{spec}' has no {c.form} form", hint="its forms: " + ", ".join(strategy.forms))
+    return strategy.select(arg, c)
 
 
 def names() -> list[str]:

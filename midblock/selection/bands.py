@@ -24,6 +24,7 @@ class Band:
 
     name = "band"
     forms = ("lora", "full")
+    param_sized = False
 
     def parse(self, arg: str) -> str:
         if not arg.strip():
@@ -53,6 +54,7 @@ class Auto:
 
     name = "auto"
     forms = ("lora", "full")
+    param_sized = False
 
     def parse(self, arg: str) -> None:
         if arg:

@@ -71,6 +71,7 @@ class CkaSelect:
 
     name = "cka-select"
     forms = ("lora", "full")
+    param_sized = False
 
     def parse(self, arg: str) -> float:
         try:

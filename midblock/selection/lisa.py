@@ -1,15 +1,21 @@
 """LISA (Pan et al., "LISA: Layerwise Importance Sampling for Memory-Efficient Large Language Model
 Fine-Tuning", NeurIPS 2024, arXiv 2403.17919).
 
-``lisa:G/K``: every K optimizer steps a fresh random set of G blocks trains (all their parameters), the
-other blocks are frozen; the embeddings and the LM head always train (``lisa:G/K:blocks`` keeps them frozen,
-and then the backward of each step stops at the lowest active block). Only the full-parameter form exists.
+``lisa:G/K``: every K optimizer steps a fresh random set of G blocks trains, the other blocks are frozen.
 
-How it runs: every block is a candidate, so ``prepare_model`` leaves all of them trainable (an optimizer
-built afterwards, by midblock's loop or a ``Trainer``, holds every candidate); the schedule narrows
-``requires_grad`` to the active set at the start of each optimizer step and widens it again after the step
-(so checkpoints and the saved delta hold every block the run trained). A frozen block's gradient is None,
-and PyTorch's AdamW skips parameters without a gradient: no update, no weight decay, its moments kept.
+- Full form (``--method midblock-full``, the paper's): the active blocks' parameters train; the embeddings
+  and the LM head always train (``lisa:G/K:blocks`` keeps them frozen, and then the backward of each step
+  stops at the lowest active block).
+- LoRA form (``--method midblock``): LoRA adapters on every block, and only the active blocks' adapters train
+  at each step; the base weights, the embeddings and the head stay frozen (whatever the suffix), so each
+  step's backward stops at its lowest active block. Its budget is per step: G blocks' adapters.
+
+How it runs: every block is a candidate, so ``prepare_model`` leaves all of them trainable (their
+parameters, or in the LoRA form their adapters; an optimizer built afterwards, by midblock's loop or a
+``Trainer``, holds every candidate); the schedule narrows ``requires_grad`` to the active set at the start
+of each optimizer step and widens it again after the step (so checkpoints and the saved delta or adapter
+hold every block the run trained). A frozen block's gradient is None, and PyTorch's AdamW skips parameters
+without a gradient: no update, no weight decay, its moments kept.
 
 Differences from the reference callbacks (LMFlow's ``DynamicLayerActivationCallback``, axolotl's LISA
 callback), which switch ``requires_grad`` in ``on_step_begin`` at every multiple of K:
@@ -48,6 +54,7 @@ class LisaSchedule:
     num_layers: int
     seed: int = 0
     train_ends: bool = True  # embeddings and head (their requires_grad is never switched)
+    adapters_only: bool = False  # LoRA form: switch only the blocks' LoRA adapters, never their base weights
     switches: list[dict[str, Any]] = field(default_factory=list)  # one record per switch this process saw
     _period_index: int | None = None
 
@@ -65,7 +72,7 @@ class LisaSchedule:
         """Freeze every block but the active set of ``step`` (call before the step's first forward)."""
         act = set(self.active(step))
         for b, block in enumerate(get_layout(model).blocks):
-            for p in block.parameters():
+            for p in self.candidates(block):
                 p.requires_grad_(b in act)
         if step // self.period != self._period_index:
             self._period_index = step // self.period
@@ -75,18 +82,33 @@ class LisaSchedule:
     def end_step(self, model: nn.Module) -> None:
         """Every candidate block trainable again (call after the optimizer step)."""
         for block in get_layout(model).blocks:
-            for p in block.parameters():
+            for p in self.candidates(block):
                 p.requires_grad_(True)
 
+    def candidates(self, block: nn.Module) -> list[nn.Parameter]:
+        """The parameters of ``block`` the schedule switches: all of them, or its LoRA adapters (PEFT's
+        ``lora_*`` parameters) in the LoRA form."""
+        if not self.adapters_only:
+            return list(block.parameters())
+        return [p for n, p in block.named_parameters() if "lora_" in n]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "period": self.period, "seed": self.seed, "train_ends": self.train_ends}
+        return {
+            "gamma": self.gamma,
+            "period": self.period,
+            "seed": self.seed,
+            "train_ends": self.train_ends,
+            "adapters_only": self.adapters_only,
+        }
 
 
 class Lisa:
-    """``lisa:G/K[:blocks]``: G random blocks, redrawn every K steps, full parameters (arXiv 2403.17919)."""
+    """``lisa:G/K[:blocks]``: G random blocks, redrawn every K steps, trained in full or through LoRA adapters
+    on every block (arXiv 2403.17919)."""
 
     name = "lisa"
-    forms = ("full",)
+    forms = ("lora", "full")
+    param_sized = True
 
     def parse(self, arg: str) -> tuple[int, int, bool]:
         main, ends = split_suffix(arg, f"lisa:{arg}")
@@ -100,10 +122,11 @@ class Lisa:
 
     def select(self, arg: str, ctx: Context) -> Selection:
         gamma, period, ends = self.parse(arg)
+        ends = ends and ctx.form == "full"  # the LoRA form trains adapters only
         L = ctx.num_layers
         if gamma > L:
             raise MidblockError(f"lisa:{arg}: {gamma} active blocks, but the model has {L}", hint=f"use G <= {L}")
-        sched = LisaSchedule(gamma, period, L, ctx.seed, ends)
+        sched = LisaSchedule(gamma, period, L, ctx.seed, ends, adapters_only=ctx.form == "lora")
         sel = Selection(f"lisa:{arg}", self.name, list(range(L)), train_ends=ends, schedule=sched)
         sel.details = {"first_active": sched.active(0)}
         return sel

@@ -9,9 +9,18 @@ For every weight matrix W (n x m) of the blocks' linear modules, with singular v
   below the edge).
 
 Within each module type (``self_attn.q_proj``, ..., ``mlp.down_proj``) the top P% of the matrices by SNR
-(``floor(count * P / 100)`` of them, as the reference tool counts) are trained in full; everything else is
-frozen. The reference tool also always trains the input embeddings and the LM head: ``spectrum:P`` does the
-same; ``spectrum:P:blocks`` leaves them frozen, so the backward stops at the lowest selected matrix's block.
+(``floor(count * P / 100)`` of them, as the reference tool counts) are selected; everything else is frozen.
+
+- Full form (``--method midblock-full``, the reference tool's): the selected matrices train in full, over
+  every linear module type. The reference tool also always trains the input embeddings and the LM head:
+  ``spectrum:P`` does the same; ``spectrum:P:blocks`` leaves them frozen, so the backward stops at the lowest
+  selected matrix's block.
+- LoRA form (``--method midblock``): LoRA adapters on the selected matrices only, ranked among the module
+  types of ``--targets`` (the same module types a uniform LoRA arm adapts: the ranking within a type does not
+  depend on which other types are ranked). Adapters only: the embeddings and head stay frozen whatever the
+  suffix, and the backward stops at the lowest adapted matrix's block. Every type gets the same number k of
+  matrices, so the selection holds the rank units of a band of k blocks (see
+  :func:`midblock.tuning.prepare.plan`).
 
 What this estimate does and does not do, measured on synthetic matrices (``tests/selection/test_spectrum.py``):
 the IQR of the singular values measures the *width* of the noise bulk, not its position, so the edge is not
@@ -21,8 +30,7 @@ above it (nothing below: SNR infinite). With a planted rank-k signal the k signa
 edge, and the undivided ratio (``ratio``) grows with the signal's strength, but the count above the edge is
 the noise's count plus k, not k, and the SNR divided by ``max(S)`` *falls* as the signal grows (the largest
 value grows as fast as the signal sum). midblock reproduces the reference's ranking, these properties
-included, rather than a corrected estimator. Only the full-parameter form exists (Spectrum trains whole
-matrices).
+included, rather than a corrected estimator.
 """
 
 from __future__ import annotations
@@ -57,10 +65,12 @@ def snr(W: torch.Tensor) -> dict[str, float]:
     return {"snr": ratio / top if top > 0 else 0.0, "ratio": ratio, "edge": edge, "above": int(above.numel())}
 
 
-def matrix_snrs(layout, progress: bool = False) -> dict[str, list[float]]:
-    """SNR of every block's linear modules: ``{block-relative module name: [SNR of block 0, 1, ...]}``."""
-    out: dict[str, list[float]] = {name: [] for name in layout.linear_names}
-    jobs = [(b, name) for b in range(layout.num_layers) for name in layout.linear_names]
+def matrix_snrs(layout, progress: bool = False, names: list[str] | None = None) -> dict[str, list[float]]:
+    """SNR of every block's linear modules (``names``: only these block-relative modules):
+    ``{block-relative module name: [SNR of block 0, 1, ...]}``."""
+    names = list(layout.linear_names) if names is None else list(names)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    jobs = [(b, name) for b in range(layout.num_layers) for name in names]
     for b, name in tqdm(jobs, desc="spectrum SNR", unit="matrix", disable=None if progress else True):
         out[name].append(snr(layout.blocks[b].get_submodule(name).weight)["snr"])
     return out
@@ -78,10 +88,12 @@ def top_by_type(snrs: dict[str, list[float]], percent: float) -> dict[int, list[
 
 
 class Spectrum:
-    """``spectrum:P[:blocks]``: full training of the top P% matrices by SNR per module type (arXiv 2406.06623)."""
+    """``spectrum:P[:blocks]``: the top P% matrices by SNR per module type, trained in full or with LoRA
+    adapters (arXiv 2406.06623)."""
 
     name = "spectrum"
-    forms = ("full",)
+    forms = ("lora", "full")
+    param_sized = True
 
     def parse(self, arg: str) -> tuple[float, bool]:
         main, ends = split_suffix(arg, f"spectrum:{arg}")
@@ -95,14 +107,16 @@ class Spectrum:
 
     def select(self, arg: str, ctx: Context) -> Selection:
         p, ends = self.parse(arg)
+        ends = ends and ctx.form == "full"  # the LoRA form trains adapters only
         spec = f"spectrum:{arg}"
         if ctx.on_meta:  # validation on a skeleton: the weights decide, later
             return Selection(spec, self.name, list(range(ctx.num_layers)), train_ends=ends, deferred=True)
-        snrs = matrix_snrs(ctx.layout, progress=ctx.num_layers * len(ctx.layout.linear_names) > 64)
+        names = ctx.targets if ctx.form == "lora" and ctx.targets else list(ctx.layout.linear_names)
+        snrs = matrix_snrs(ctx.layout, progress=ctx.num_layers * len(names) > 64, names=names)
         modules = top_by_type(snrs, p)
         if not modules and not ends:
             raise bad_spec(spec, f"{p:g}% of {ctx.num_layers} matrices per type selects none", "a larger P")
-        details = {"percent": p, "snr": {k: [round(v, 6) for v in vals] for k, vals in snrs.items()}}
+        details = {"percent": p, "form": ctx.form, "snr": {k: [round(v, 6) for v in vals] for k, vals in snrs.items()}}
         return Selection(spec, self.name, sorted(modules), modules=modules, train_ends=ends, details=details)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from midblock.errors import MidblockError
@@ -31,6 +32,17 @@ from midblock.models.introspect import get_layout
 def rank_units(ranks: Iterable[int]) -> int:
     """The paper's budget: the sum of the per-layer ranks."""
     return int(sum(int(r) for r in ranks))
+
+
+def layout_rank_units(layout: Layout) -> int | float:
+    """Rank units of a layout: the sum of the per-block ranks, where a block with adapters on only some of the
+    target modules (per-matrix LoRA, Spectrum's LoRA form) counts that share of its rank: rank x adapted
+    matrices / target types. A block with every target counts its rank, as in the paper; Spectrum's k matrices
+    of every type at rank r count k x r, the units of a band of k blocks."""
+    if not layout.lora_modules:
+        return rank_units(layout.lora.values())
+    units = Fraction(sum(r * len(layout.lora_targets(b)) for b, r in layout.lora.items()), max(1, len(layout.targets)))
+    return int(units) if units.denominator == 1 else float(units)
 
 
 def _count(blocks: int | Sequence[int]) -> int:
@@ -169,6 +181,11 @@ class Layout:
     checkpoint_all: bool = False
     full_modules: dict[int, list[str]] = field(default_factory=dict)  # per-matrix full training (Spectrum)
     train_ends: bool = False  # embeddings and head train (Spectrum, LISA): the backward reaches block 0
+    lora_modules: dict[int, list[str]] = field(default_factory=dict)  # per-matrix LoRA: block -> its targets
+
+    def lora_targets(self, block: int) -> list[str]:
+        """The LoRA targets of ``block``: its own list (per-matrix LoRA) or the shared ``targets``."""
+        return self.lora_modules.get(block, self.targets) if self.lora_modules else self.targets
 
     @property
     def trainable_blocks(self) -> list[int]:
@@ -207,17 +224,18 @@ def step_flops(
     first = shape.num_layers if first is None else first
     if layout.act_from is not None:
         first = min(first, layout.act_from)
-    lora_per_rank = sum(2.0 * (i + o) for n, (i, o) in shape.modules.items() if n in layout.targets)
     fwd = act = wg = rec = 0.0
     for b in range(shape.num_layers):
-        f = lf + attn + lora_per_rank * layout.lora.get(b, 0)
+        targets = layout.lora_targets(b)
+        lora = sum(2.0 * (i + o) for n, (i, o) in shape.modules.items() if n in targets) * layout.lora.get(b, 0)
+        f = lf + attn + lora
         fwd += f
         if b >= first:
-            act += lf + 2 * attn + lora_per_rank * layout.lora.get(b, 0)
+            act += lf + 2 * attn + lora
         if b in layout.full:
             wg += lf
         wg += sum(2.0 * i * o for n, (i, o) in shape.modules.items() if n in layout.full_modules.get(b, ()))
-        wg += lora_per_rank * layout.lora.get(b, 0)
+        wg += lora
         if layout.checkpoint_all or (layout.checkpointing and b >= first):
             rec += f
     head = 2.0 * shape.d_model * shape.vocab
@@ -260,7 +278,8 @@ def predicted_ratios(
 
 def trainable_params(shape: ModelShape, layout: Layout) -> int:
     lora = sum(
-        r * sum(i + o for n, (i, o) in shape.modules.items() if n in layout.targets) for r in layout.lora.values()
+        r * sum(i + o for n, (i, o) in shape.modules.items() if n in layout.lora_targets(b))
+        for b, r in layout.lora.items()
     )
     full = len(layout.full) * shape.block_params + (shape.other_params if layout.train_head else 0)
     modules = sum(shape.module_params.get(n, 0) for names in layout.full_modules.values() for n in names)
@@ -283,7 +302,7 @@ def parameter_row(
         "alpha": ",".join(f"{a:g}" for a in sorted(set(alphas.values()))) if alphas else "-",
         "scaling": ",".join(f"{s:.4g}" for s in sorted(set(scalings.values()))) if scalings else "-",
         "trainable_params": n,
-        "rank_units": rank_units(layout.lora.values()),
+        "rank_units": layout_rank_units(layout),
         "share_of_model": n / shape.total_params,
         "backward_depth": shape.num_layers - layout.first_trainable if layout.first_trainable is not None else 0,
     }

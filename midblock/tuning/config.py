@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 from midblock.errors import MidblockError
 from midblock.layers import PAPER_BAND
 from midblock.lora import lora_scaling
-from midblock.selection import check_spec, full_only
+from midblock.selection import check_spec, param_sized
 from midblock.validation import check_float_fields, check_number
 
 Method = Literal["lora", "midblock", "midblock-full", "full", "freeze", "segments"]
@@ -62,8 +62,9 @@ class MidBlockConfig:
         default=PAPER_BAND,
         metadata={
             "help": "what midblock / midblock-full train: a band spec (seg2-4/5, 0.2:0.8, 6-23...), 'auto' with "
-            "--analysis, or a selection strategy: spectrum:P, cka-select:F, lisa:G/K (':blocks' after spectrum "
-            "or lisa keeps embeddings and head frozen); spectrum and lisa train full parameters"
+            "--analysis, or a selection strategy: spectrum:P, cka-select:F, lisa:G/K; midblock puts LoRA on the "
+            "selection, midblock-full trains it in full (there spectrum and lisa train embeddings and head too, "
+            "':blocks' keeps them frozen)"
         },
     )
     analysis: str | None = field(
@@ -92,9 +93,9 @@ class MidBlockConfig:
     param_budget: int | None = field(
         default=None,
         metadata={
-            "help": "spectrum / lisa: trainable block parameters per step to match; P (matrices per type) or G "
-            "(blocks) becomes the largest that fits (--match-rank-of R instead matches all-block LoRA at rank R); "
-            "embeddings and head are outside the budget"
+            "help": "spectrum / lisa with midblock-full: trainable block parameters per step to match; P "
+            "(matrices per type) or G (blocks) becomes the largest that fits (--match-rank-of R instead matches "
+            "all-block LoRA at rank R); embeddings and head are outside the budget"
         },
     )
     target_modules: tuple[str, ...] = field(
@@ -133,8 +134,11 @@ class MidBlockConfig:
         if self.param_budget is not None:
             if isinstance(self.param_budget, bool) or not isinstance(self.param_budget, int) or self.param_budget < 1:
                 raise MidblockError(f"param budget must be a positive integer, got {self.param_budget!r}")
-            if self.method not in ("midblock", "midblock-full") or not full_only(self.band):
-                raise MidblockError("--param-budget applies to spectrum and lisa bands", hint="e.g. --band lisa:2/20")
+            if self.method != "midblock-full" or not param_sized(self.band):
+                raise MidblockError(
+                    "--param-budget applies to spectrum and lisa bands with --method midblock-full",
+                    hint="e.g. --method midblock-full --band lisa:2/20; LoRA arms match --match-rank-of R",
+                )
         if self.alpha is not None:
             check_number("alpha", self.alpha, low=0, low_open=True)
         check_number("dropout", self.dropout, low=0, high=1, high_open=True)
@@ -151,9 +155,6 @@ class MidBlockConfig:
             )
         if self.method in ("midblock", "midblock-full"):
             check_spec(self.band)  # a strategy's argument; band indices are checked against the model later
-            if self.method == "midblock" and full_only(self.band):
-                # Spectrum and LISA exist only as full-parameter methods: the band method's full form
-                self.method = "midblock-full"
         if self.method == "segments":
             if not self.segments:
                 raise MidblockError("method segments needs a pattern", hint="e.g. --segments -1,113,113,113,-1")

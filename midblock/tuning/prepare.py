@@ -23,7 +23,7 @@ from torch import nn
 from midblock.errors import MidblockError
 from midblock.layers import format_indices, segment_bounds
 from midblock.models.introspect import block_of_param, get_layout, strip_peft
-from midblock.selection import full_only, select, split_spec
+from midblock.selection import select, split_spec
 from midblock.tuning.budget import Layout, in_out, match_budget
 from midblock.tuning.config import MidBlockConfig, parse_segments
 
@@ -46,6 +46,7 @@ class Plan:
     band_spec: str = ""
     budget: dict[str, Any] | None = None
     full_modules: dict[int, list[str]] = field(default_factory=dict)  # per-matrix (Spectrum): block -> names
+    lora_modules: dict[int, list[str]] = field(default_factory=dict)  # per-matrix LoRA (Spectrum): block -> names
     train_ends: bool = False  # embeddings and LM head (Spectrum, LISA), without the rest of full fine-tuning
     selection: Any = None  # the midblock.selection.Selection behind the band (strategy, evidence, schedule)
 
@@ -70,20 +71,25 @@ class Plan:
 
     def layout(self, checkpointing: bool = False) -> Layout:
         """The budget layout; for LISA the layout of one step (the active set of step 0)."""
-        full = self.schedule.active(0) if self.schedule is not None else list(self.full_blocks)
+        act = set(self.schedule.active(0)) if self.schedule is not None else None
         return Layout(
-            dict(self.lora_ranks),
-            full,
+            {b: r for b, r in self.lora_ranks.items() if act is None or b in act},
+            [b for b in self.full_blocks if act is None or b in act],
             list(self.targets),
             self.train_rest,
             checkpointing,
             full_modules={b: list(m) for b, m in self.full_modules.items()},
             train_ends=self.train_ends,
+            lora_modules={b: list(m) for b, m in self.lora_modules.items()},
         )
+
+    def block_targets(self, block: int) -> list[str]:
+        """The LoRA targets of ``block``: its own (per-matrix LoRA) or the shared ``targets``."""
+        return self.lora_modules.get(block, self.targets) if self.lora_modules else self.targets
 
     def module_names(self) -> list[str]:
         """Fully qualified LoRA target names, e.g. ``model.layers.6.self_attn.q_proj``."""
-        return [f"{self.blocks_path}.{b}.{t}" for b in sorted(self.lora_ranks) for t in self.targets]
+        return [f"{self.blocks_path}.{b}.{t}" for b in sorted(self.lora_ranks) for t in self.block_targets(b)]
 
     def to_dict(self) -> dict[str, Any]:
 
@@ -101,6 +107,7 @@ class Plan:
             "scalings": {str(k): v for k, v in self.scalings.items()},
             "budget": self.budget,
             "full_modules": {str(b): m for b, m in self.full_modules.items()},
+            "lora_modules": {str(b): m for b, m in self.lora_modules.items()},
             "train_ends": self.train_ends,
             "selection": self.selection.to_dict() if self.selection is not None else None,
         }
@@ -143,14 +150,19 @@ def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data
         band = list(range(L))
         p.band_spec = "all"
     elif m in ("midblock", "midblock-full"):
-        spec = config.band
-        if full_only(spec) and (config.param_budget or config.budget_baseline_rank):
+        spec, form = config.band, "lora" if config.is_lora else "full"
+        if form == "full" and split_spec(spec)[0].param_sized and (config.param_budget or config.budget_baseline_rank):
             spec, p.budget = budget_matched_spec(config, layout)
-        sel = select(spec, layout, model=model, data=data, analysis=config.analysis, seed=seed)
-        if config.is_lora and (sel.modules or sel.schedule is not None or sel.train_ends):
-            raise MidblockError(f"'{config.band}' trains full parameters", hint="use --method midblock-full")
+        targets = resolve_targets(config.target_modules, layout) if config.is_lora else None
+        sel = select(
+            spec, layout, model=model, data=data, analysis=config.analysis, seed=seed, form=form, targets=targets
+        )
         p.selection, p.band_spec, band = sel, sel.spec, list(sel.blocks)
-        p.full_modules, p.train_ends = {b: list(x) for b, x in sel.modules.items()}, sel.train_ends
+        modules = {b: list(x) for b, x in sel.modules.items()}
+        if config.is_lora:
+            p.lora_modules = modules  # per-matrix LoRA (Spectrum): adapters on these modules only
+        else:
+            p.full_modules, p.train_ends = modules, sel.train_ends
     elif m == "freeze":
         band = list(range(config.freeze_first, L - config.freeze_last))
         if not band:
@@ -176,10 +188,11 @@ def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data
             rank = config.rank
             if config.budget_baseline_rank is not None:
                 per_rank = _per_rank(layout, p.targets)
+                units, unit = _lora_budget_blocks(p, band)
                 bm = match_budget(
                     L,
                     config.budget_baseline_rank,
-                    band,
+                    units,
                     by=config.budget_by,
                     baseline_params_per_rank=per_rank,
                     band_params_per_rank=per_rank,
@@ -191,7 +204,7 @@ def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data
                     "units": bm.units,
                     "baseline_units": bm.baseline_units,
                     "by": bm.by,
-                }
+                } | ({"unit": unit} if unit else {})
             p.lora_ranks = {b: rank for b in band}
         p.alphas = {b: config.alpha_for(r) for b, r in p.lora_ranks.items()}
         p.scalings = {b: config.scaling_for(r) for b, r in p.lora_ranks.items()}
@@ -199,6 +212,25 @@ def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data
         p.full_blocks = [] if p.full_modules else band  # per-matrix selections train modules, not blocks
         p.train_rest = m == "full"
     return p
+
+
+def _lora_budget_blocks(p: Plan, band: list[int]) -> tuple[int, str | None]:
+    """How many blocks' worth of adapters a LoRA selection trains per step, for rank-unit matching, and what
+    that counts when it is not the band's blocks.
+
+    A band: its blocks. Spectrum's LoRA form: ``k`` = adapted matrices / target types (every type gets the same
+    number of matrices, so k matrices of each type cost what k whole blocks of adapters cost, in rank units and
+    in parameters). LISA's LoRA form: the G active blocks of a step (adapters sit on every block, but only G
+    blocks' adapters train at any step; the budget is per step, as for the full form)."""
+    if p.lora_modules:
+        n, t = sum(len(x) for x in p.lora_modules.values()), len(p.targets)
+        per_type = {name: sum(name in x for x in p.lora_modules.values()) for name in p.targets}
+        if len(set(per_type.values())) != 1:  # not Spectrum's equal counts: no block equivalent
+            raise MidblockError(f"'{p.band_spec}' selects unequal numbers of matrices per type: {per_type}")
+        return n // t, f"{n // t} matrices of each of {t} target types ({n} in all)"
+    if p.schedule is not None:
+        return p.schedule.gamma, f"{p.schedule.gamma} active blocks per step (adapters on all {p.num_layers})"
+    return len(band), None
 
 
 def budget_matched_spec(config: MidBlockConfig, layout) -> tuple[str, dict[str, Any]]:
@@ -420,7 +452,7 @@ def verify_lora_ranks(model: nn.Module, p: Plan) -> None:
     for name, mod in model.named_modules():
         if isinstance(mod, LoraLayer) and "default" in getattr(mod, "r", {}):
             built[name] = mod.r["default"]
-    expected = {f"{b}.{t}": p.lora_ranks[b] for b in p.lora_ranks for t in p.targets}
+    expected = {f"{b}.{t}": p.lora_ranks[b] for b in p.lora_ranks for t in p.block_targets(b)}
     got = {}
     for name, r in built.items():
         b = block_of_param(name, lay)
@@ -537,13 +569,14 @@ def selection_summary(p: Plan) -> dict[str, Any] | None:
     if sel is None:
         return None
     out: dict[str, Any] = {"strategy": sel.strategy, "spec": sel.spec, "blocks": format_indices(p.trainable_blocks)}
-    if p.full_modules:
+    if p.full_modules or p.lora_modules:
         per_type: dict[str, int] = {}
-        for names in p.full_modules.values():
+        for names in (p.full_modules or p.lora_modules).values():
             for n in names:
                 per_type[n] = per_type.get(n, 0) + 1
         out["matrices"] = per_type
     if sel.strategy in ("spectrum", "lisa"):
+        out["form"] = "lora" if p.lora_ranks else "full"
         out["embeddings_and_head"] = p.train_ends
     if p.schedule is not None:
         out["lisa"] = p.schedule.to_dict() | {"switches": p.schedule.switches}
@@ -553,10 +586,11 @@ def selection_summary(p: Plan) -> dict[str, Any] | None:
 
 
 def step_trainable_params(model: nn.Module, p: Plan) -> int:
-    """Parameters one optimizer step trains: those requiring grad, less LISA's inactive blocks."""
+    """Parameters one optimizer step trains: those requiring grad, less LISA's inactive blocks' (step 0's)."""
     n = sum(x.numel() for x in model.parameters() if x.requires_grad)
     if p.schedule is None:
         return n
     active = set(p.schedule.active(0))
     blocks = get_layout(model).blocks
-    return n - sum(x.numel() for b in range(len(blocks)) if b not in active for x in blocks[b].parameters())
+    idle = [x for b in range(len(blocks)) if b not in active for x in blocks[b].parameters() if x.requires_grad]
+    return n - sum(x.numel() for x in idle)

@@ -53,8 +53,10 @@ def band_lora_config(
     band's blocks, the rank matched to ``budget_baseline_rank`` all-block LoRA when given, lora_alpha from the
     alpha policy (alpha/r constant across ranks by default). ``model`` is also given truncation-keeping
     checkpointing (:func:`~midblock.tuning.prepare.keep_truncation`) and remembers the plan; add
-    :class:`MidBlockCallback` to the trainer for the rest. ``band`` may be any selection with a LoRA form
-    (a band spec, ``auto``, ``cka-select:F``, which ranks the blocks on ``data``: token id lists).
+    :class:`MidBlockCallback` to the trainer for the rest. ``band`` may be any selection in its LoRA form (a
+    band spec, ``auto``, ``cka-select:F``, which ranks the blocks on ``data``: token id lists, ``spectrum:P``,
+    whose ``target_modules`` are the selected matrices); for ``lisa:G/K`` use :func:`prepare_model`, whose
+    model carries the schedule that :class:`MidBlockCallback` switches.
     """
 
     if config is not None and fields:

@@ -52,9 +52,10 @@ def test_method_and_training_flags_fill_the_grid_only_when_given():
     assert bare["train"]["steps"] == 4 and all(m["alpha_policy"] == "constant-ratio" for m in bare["methods"])
 
 
-def test_spectrum_and_lisa_bands_from_flags_are_not_matched_to_a_lora_rank():
+def test_spectrum_and_lisa_bands_from_flags_take_the_lora_form_matched_to_the_rank():
     args = build_parser().parse_args(
-        ["compare", "--methods", "midblock", "--band", "spectrum:50", "--band", "lisa:2/20"]
+        ["compare", "--methods", "midblock,midblock-full", "--band", "spectrum:50", "--band", "lisa:2/20"]
     )
-    (entry,) = grid_from_args(args)["methods"]
-    assert entry["bands"] == ["spectrum:50", "lisa:2/20"] and "budget_baseline_rank" not in entry
+    lora, full = grid_from_args(args)["methods"]
+    assert lora["bands"] == full["bands"] == ["spectrum:50", "lisa:2/20"]
+    assert lora["budget_baseline_rank"] == 8 and "budget_baseline_rank" not in full

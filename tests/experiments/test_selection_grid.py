@@ -1,39 +1,107 @@
-"""The selection-family preset: every strategy as an arm of one compare grid, end to end on a tiny model."""
+"""The selection-family preset: LoRA and full-parameter arms in one grid, each with its own learning-rate
+grid searched on the dev split; the whole preset validates, and a scaled-down copy runs end to end."""
 
 from __future__ import annotations
 
-from midblock.experiments.grid import CompareConfig, preset
-from midblock.experiments.runner import compare
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from midblock.errors import MidblockError
+from midblock.experiments.grid import LANDSCAPE_LRS, CompareConfig, preset
+from midblock.experiments.runner import Keys, compare, grid_edge
+
+LORA_ARMS = ["uniform", "paper", "auto", "cka-select:0.5"]
+FULL_ARMS = ["paper-full", "spectrum:60:blocks", "lisa:18/20:blocks"]
 
 
-def test_selection_family_preset_lists_every_strategy_and_is_a_valid_grid():
+def test_selection_family_preset_has_lora_and_full_arms_each_with_a_factor_2_grid():
     g = preset("selection-family")
-    assert [m["name"] for m in g["methods"]] == [
-        "uniform",
-        "paper",
-        "auto",
-        "cka-select:0.5",
-        "spectrum:50",
-        "lisa:2/20",
-    ]
-    forms = {m["name"]: m["method"] for m in g["methods"]}
-    assert forms["spectrum:50"] == forms["lisa:2/20"] == "midblock-full" and forms["cka-select:0.5"] == "midblock"
-    CompareConfig.from_dict(g)
+    methods = {m["name"]: m for m in g["methods"]}
+    assert list(methods) == LORA_ARMS + FULL_ARMS
+    for name in LORA_ARMS:
+        m = methods[name]
+        assert m["method"] == ("lora" if name == "uniform" else "midblock") and m["lrs"] == LANDSCAPE_LRS
+        assert m.get("rank") == 8 or m.get("budget_baseline_rank") == 8  # the rank units of uniform r8
+    assert methods["paper-full"]["band"] == "seg2-4/5"
+    for name in FULL_ARMS:
+        m = methods[name]
+        assert m["method"] == "midblock-full" and m["lrs"] != LANDSCAPE_LRS
+    for m in methods.values():
+        assert all(math.isclose(b / a, 2.0) for a, b in zip(m["lrs"], m["lrs"][1:]))  # factor-2 steps
+    assert g["seeds"] == [0, 1, 2] and g["eval_items"] == 400 and g["train"]["precision"] == "auto"
+    assert g["forgetting"]["data"] == "general" and "lrs" not in g["lr_search"]
+    cc = CompareConfig.from_dict(g)
+    assert len(cc.cells()) == 7 * 3 and len(cc.search_cells()) == 7 * 4
+    assert {c.train["lr"] for c in cc.search_cells() if c.label == "lisa:18/20:blocks"} == set(
+        methods["lisa:18/20:blocks"]["lrs"]
+    )
 
 
-def test_a_grid_with_every_strategy_runs_end_to_end_on_a_tiny_model(tmp_path):
+def test_an_arm_grid_leaves_the_cell_keys_of_existing_grids_alone():
+    """``lrs`` is the search's, not the run's: the same entry with or without it has the same cells and keys,
+    so grids written before per-arm grids keep their results."""
+    base = {
+        "model": "random:llama-tiny",
+        "eval_items": 2,
+        "seeds": [0],
+        "train": {"steps": 1, "train_rows": 4},
+        "lr_search": {"lrs": [1e-3, 2e-3], "split": "dev", "eval_items": 2},
+        "methods": [{"name": "lora", "method": "lora", "rank": 2}],
+    }
+    own = base | {"methods": [{"name": "lora", "method": "lora", "rank": 2, "lrs": [1e-3, 2e-3]}]}
+    a, b = CompareConfig.from_dict(base), CompareConfig.from_dict(own)
+    assert a.cells() == b.cells() and a.search_cells() == b.search_cells()
+    keys = Keys(a, None)
+    assert [keys.training(c)["key"] for c in a.search_cells()] == [keys.training(c)["key"] for c in b.search_cells()]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"lr_search": None}, "has 'lrs' but the grid has no lr_search"),
+        ({"methods": [{"name": "a", "method": "lora", "lrs": [1e-3, 1e-3]}]}, "lists a rate twice"),
+        ({"methods": [{"name": "a", "method": "lora", "lrs": []}]}, "non-empty list"),
+        ({"methods": [{"name": "a", "method": "lora", "lrs": [1e-3]}, {"name": "b", "method": "lora"}]}, "'b' has no"),
+    ],
+)
+def test_bad_arm_grids_are_one_line_errors(change, match):
+    grid = {
+        "model": "random:llama-tiny",
+        "lr_search": {"split": "dev", "eval_items": 2},
+        "methods": [{"name": "a", "method": "lora", "lrs": [1e-3]}],
+    }
+    with pytest.raises(MidblockError, match=match):
+        CompareConfig.from_dict(grid | change)
+
+
+def test_grid_edge():
+    assert grid_edge(1e-3, [1e-3, 2e-3, 4e-3]) == "lowest"
+    assert grid_edge(4e-3, [1e-3, 2e-3, 4e-3]) == "highest"
+    assert grid_edge(2e-3, [1e-3, 2e-3, 4e-3]) is None and grid_edge(1e-3, [1e-3]) is None
+
+
+def test_the_selection_family_scaled_down_runs_end_to_end(tmp_path):
+    """The preset as shipped, shrunk in size: a 6-block model (the paper's band: blocks 1-3, so spectrum:60
+    selects 3 matrices per type and LISA trains 3 blocks, switching every 2 steps), 3 steps, two rates per
+    arm, one seed, one test item (the LoRA forms of Spectrum and LISA: tests/selection/test_lora_forms.py)."""
     g = preset("selection-family")
-    methods = g["methods"] + [
-        {"name": "spectrum:50:blocks", "method": "midblock-full", "band": "spectrum:50:blocks"},
-        {"name": "lisa-matched", "method": "midblock-full", "band": "lisa:2/2:blocks", "budget_baseline_rank": 64},
-    ]
+    methods = []
+    for m in g["methods"]:
+        m = dict(m)
+        m["lrs"] = [1e-3, 2e-3] if m["method"] != "midblock-full" else [1e-5, 2e-5]
+        if m["name"].startswith("lisa"):
+            m["band"] = "lisa:3/2:blocks"
+        methods.append(m)
     grid = g | {
         "model": "random:llama-tiny",
-        "protocol": "paper",
-        "eval_items": 2,
-        "max_new_tokens": 4,
+        "eval_items": 1,
+        "max_new_tokens": 2,
         "seeds": [0],
-        "train": {"steps": 3, "batch_size": 2, "max_length": 512, "train_rows": 8, "eval_loss_items": 2},
+        "train": g["train"] | {"steps": 3, "batch_size": 1, "train_rows": 4, "eval_loss_items": 0, "warmup_steps": 1},
+        "lr_search": g["lr_search"] | {"eval_items": 1},
         "methods": methods,
         "auto_analysis": {"data": "arith", "samples": 4, "max_length": 64},
         "forgetting": None,
@@ -42,25 +110,25 @@ def test_a_grid_with_every_strategy_runs_end_to_end_on_a_tiny_model(tmp_path):
     res = compare(grid, tmp_path / "c", progress=False)
     rows = {r["arm"]: r for r in res["rows"] if r["seed"] == 0}
     assert set(rows) == {m["name"] for m in methods}
-    for r in rows.values():
-        assert r["trainable_params"] > 0 and r["n"] == 2
-    # LoRA arms share uniform r4 x 6 blocks' rank units; the full-parameter arms have none
-    assert {rows[a]["rank_units"] for a in ("uniform", "paper", "auto", "cka-select:0.5")} == {48}
-    assert rows["spectrum:50"]["rank_units"] == rows["lisa:2/20"]["rank_units"] == 0
-    # which variant ran is in the table, and the blocks-only forms train fewer parameters
-    assert rows["spectrum:50"]["selection"] == "spectrum:50 +emb/head"
-    assert rows["spectrum:50:blocks"]["selection"] == "spectrum:50:blocks blocks only"
-    assert rows["spectrum:50:blocks"]["trainable_params"] < rows["spectrum:50"]["trainable_params"]
-    assert rows["lisa:2/20"]["selection"].startswith("lisa:2/20 +emb/head (depth 6/switch)")
-    assert rows["cka-select:0.5"]["selection"] == "cka-select:0.5"
-    # budget matching: G is the most whole blocks within all-block LoRA r64's parameters
-    import json
-    from pathlib import Path
-
-    cell = next(c for c in res["cells"] if c["label"] == "lisa-matched")
-    budget = json.loads((Path(cell["run_dir"]) / "train_config.json").read_text())["plan"]["budget"]
-    block = rows["lisa-matched"]["trainable_params"] // int(budget["spec"].split(":")[1].split("/")[0])
-    assert budget["params"] <= budget["baseline_params"] < budget["params"] + block
-    assert rows["lisa-matched"]["selection"].startswith(budget["spec"])
-    md = (tmp_path / "c" / "compare.md").read_text()
-    assert "spectrum:50 +emb/head" in md and "lisa:2/20" in md
+    # every arm searched its own grid and trains at a rate from it
+    for m in methods:
+        tried = [r["lr"] for r in res["lr_search"] if r["arm"] == m["name"]]
+        assert tried == m["lrs"] and rows[m["name"]]["lr"] in m["lrs"]
+        chosen = [r for r in res["lr_search"] if r["arm"] == m["name"] and r["chosen"]]
+        assert len(chosen) == 1 and chosen[0]["edge"] == grid_edge(chosen[0]["lr"], m["lrs"])
+    # LoRA arms: the rank units of uniform r8 on 6 blocks
+    assert {rows[a]["rank_units"] for a in LORA_ARMS} == {48}
+    # full arms: the paper band's parameters (Spectrum: less the band's norm weights), no rank units
+    full, spec, lisa = (rows[a] for a in ("paper-full", "spectrum:60:blocks", "lisa:18/20:blocks"))
+    assert full["trainable_params"] == lisa["trainable_params"]
+    assert 0 < full["trainable_params"] - spec["trainable_params"] < 0.01 * full["trainable_params"]
+    assert full["rank_units"] == spec["rank_units"] == lisa["rank_units"] == 0
+    assert spec["selection"] == "spectrum:60:blocks blocks only"
+    assert lisa["selection"].startswith("lisa:3/2:blocks blocks only (depth")
+    md = (tmp_path / "c" / "lr_search.md").read_text()
+    assert md.count("| yes |") == len(methods)
+    edges = [r for r in res["lr_search"] if r["chosen"] and r["edge"]]
+    assert ("at the edge of its arm's grid" in (tmp_path / "c" / "compare.md").read_text()) == bool(edges)
+    cell = next(c for c in res["cells"] if c["label"] == "lisa:18/20:blocks")
+    sel = json.loads((Path(cell["run_dir"]) / "train_config.json").read_text())["plan"]["selection"]
+    assert sel["schedule"] == {"gamma": 3, "period": 2, "seed": 0, "train_ends": False, "adapters_only": False}

@@ -102,10 +102,10 @@ def test_midblock_train_switches_logs_and_leaves_never_active_blocks_untouched(t
         lr=1e-2,
         seed=1,  # draws blocks 4 then 3: the backward never reaches blocks 0-2
         progress=False,
-        tuning=MidBlockConfig(band="lisa:1/2:blocks"),
+        tuning=MidBlockConfig(method="midblock-full", band="lisa:1/2:blocks"),
     )
     res = train(cfg)
-    assert res.method == "midblock-full"  # lisa has only the full-parameter form
+    assert res.method == "midblock-full" and res.selection["form"] == "full"
     sch = LisaSchedule(1, 2, 6, seed=1, train_ends=False)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["active_blocks"] for r in log] == [sch.active(s) for s in range(4)]
@@ -151,7 +151,7 @@ def test_a_resumed_lisa_run_draws_the_same_sets_and_ends_with_the_same_weights(t
         lr=1e-2,
         seed=2,
         progress=False,
-        tuning=MidBlockConfig(band="lisa:2/3:blocks"),
+        tuning=MidBlockConfig(method="midblock-full", band="lisa:2/3:blocks"),
     )
     train(cfg)
     cut = replace(cfg, out=str(tmp_path / "cut"))

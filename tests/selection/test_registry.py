@@ -39,18 +39,19 @@ def test_auto_reads_the_recommended_band(tiny, tmp_path):
         select("auto", get_layout(model), analysis=str(tmp_path / "nope"))
 
 
-def test_full_only_strategies_take_the_full_form_and_bad_specs_fail_at_construction():
-    assert MidBlockConfig(band="spectrum:50").method == "midblock-full"
-    assert MidBlockConfig(band="lisa:2/20").method == "midblock-full"
-    assert MidBlockConfig(band="cka-select:0.5").method == "midblock"  # LoRA, as in the paper
+def test_every_strategy_keeps_the_form_asked_for_and_bad_specs_fail_at_construction():
+    for spec in ("spectrum:50", "lisa:2/20", "cka-select:0.5"):
+        assert MidBlockConfig(band=spec).method == "midblock"  # the LoRA form
+        assert MidBlockConfig(method="midblock-full", band=spec).method == "midblock-full"
     for bad in ("spectrum:0", "lisa:2", "cka-select:2", "auto:x"):
-        with pytest.raises(MidblockError):
-            MidBlockConfig(method="midblock-full", band=bad, analysis="x")
+        for method in ("midblock", "midblock-full"):
+            with pytest.raises(MidblockError):
+                MidBlockConfig(method=method, band=bad, analysis="x")
 
 
 def test_spectrum_prepare_trains_exactly_the_selected_matrices_and_the_ends(tiny):
     model, _ = tiny("llama-tiny")
-    pm = prepare_model(model, MidBlockConfig(band="spectrum:50"))
+    pm = prepare_model(model, MidBlockConfig(method="midblock-full", band="spectrum:50"))
     p, lay = pm.midblock_plan, get_layout(pm)
     want = {f"{lay.blocks_path}.{b}.{n}.weight" for b, ns in p.full_modules.items() for n in ns}
     want |= {"model.embed_tokens.weight"} | (
@@ -62,19 +63,18 @@ def test_spectrum_prepare_trains_exactly_the_selected_matrices_and_the_ends(tiny
 
 def test_spectrum_blocks_only_truncates_the_backward_at_its_lowest_matrix(tiny):
     model, _ = tiny("llama-8l")
-    pm = prepare_model(model, MidBlockConfig(band="spectrum:25:blocks"))
+    pm = prepare_model(model, MidBlockConfig(method="midblock-full", band="spectrum:25:blocks"))
     p = pm.midblock_plan
     rep = check_truncated_backward(pm)
     assert rep["first_trainable_block"] == min(p.full_modules) == p.first_trainable
     assert not rep["embedding_trainable"]
 
 
-def test_spectrum_and_lisa_have_no_lora_form(tiny):
+def test_a_form_a_strategy_lacks_is_a_one_line_error(tiny, monkeypatch):
     model, _ = tiny("llama-tiny")
-    cfg = MidBlockConfig(band="seg2-4/5")
-    cfg.band = "spectrum:50"  # bypass the construction-time switch to the full form
-    with pytest.raises(MidblockError, match="trains full parameters"):
-        plan(cfg, get_layout(model), model=model)
+    monkeypatch.setattr(REGISTRY["lisa"], "forms", ("full",))
+    with pytest.raises(MidblockError, match="'lisa:2/5' has no lora form"):
+        plan(MidBlockConfig(band="lisa:2/5"), get_layout(model), model=model)
 
 
 def test_cka_select_lora_trains_the_selected_blocks(tiny):
@@ -101,7 +101,11 @@ def test_cli_band_flag_takes_a_strategy(tmp_path):
 
     args = build_parser().parse_args(["train", "--band", "lisa:2/20:blocks", "--out", str(tmp_path / "r")])
     cfg = config_from_args(args)
-    assert cfg.tuning.band == "lisa:2/20:blocks" and cfg.tuning.method == "midblock-full"
+    assert cfg.tuning.band == "lisa:2/20:blocks" and cfg.tuning.method == "midblock"  # LoRA, the default
+    args = build_parser().parse_args(
+        ["train", "--method", "midblock-full", "--band", "spectrum:50", "--out", str(tmp_path / "f")]
+    )
+    assert config_from_args(args).tuning.method == "midblock-full"
 
 
 def test_spectrum_and_lisa_match_a_parameter_budget(tiny):
@@ -109,17 +113,20 @@ def test_spectrum_and_lisa_match_a_parameter_budget(tiny):
     lay = get_layout(model)
     block = sum(x.numel() for x in lay.blocks[0].parameters())
     linears = sum(x.numel() for n in lay.linear_names for x in lay.blocks[0].get_submodule(n).parameters())
-    p = plan(MidBlockConfig(band="lisa:2/5:blocks", param_budget=3 * block + 1), lay, model=model)
+    full = {"method": "midblock-full"}
+    p = plan(MidBlockConfig(band="lisa:2/5:blocks", param_budget=3 * block + 1, **full), lay, model=model)
     assert p.band_spec == "lisa:3/5:blocks" and p.budget["params"] == 3 * block
-    p = plan(MidBlockConfig(band="spectrum:50", param_budget=2 * linears + 7), lay, model=model)
+    p = plan(MidBlockConfig(band="spectrum:50", param_budget=2 * linears + 7, **full), lay, model=model)
     per_type = {n: sum(n in m for m in p.full_modules.values()) for n in lay.linear_names}
     assert set(per_type.values()) == {2} and p.budget["outside_budget"] == "embeddings and head"
     # matched to all-block LoRA: the budget is that arm's parameter count
     lora = prepare_model(tiny("llama-8l")[0], MidBlockConfig(method="lora", rank=64))
     n_lora = sum(x.numel() for x in lora.parameters() if x.requires_grad)
-    p = plan(MidBlockConfig(band="lisa:1/5", budget_baseline_rank=64), lay, model=model)
+    p = plan(MidBlockConfig(band="lisa:1/5", budget_baseline_rank=64, **full), lay, model=model)
     assert p.budget["baseline_params"] == n_lora and p.budget["params"] <= n_lora < p.budget["params"] + block
     with pytest.raises(MidblockError, match="smaller than one block"):
-        plan(MidBlockConfig(band="lisa:1/5", param_budget=block - 1), lay, model=model)
+        plan(MidBlockConfig(band="lisa:1/5", param_budget=block - 1, **full), lay, model=model)
     with pytest.raises(MidblockError, match="applies to spectrum and lisa"):
-        MidBlockConfig(band="seg2-4/5", param_budget=10)
+        MidBlockConfig(band="seg2-4/5", param_budget=10, **full)
+    with pytest.raises(MidblockError, match="with --method midblock-full"):  # the LoRA forms match rank units
+        MidBlockConfig(band="lisa:1/5", param_budget=10)
