@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         print(describe(cc, rec["work"], rec["hours"]))
         rates = rec["rates"]
         print(
-            f"  measured: {rates['step_s']:.2f} s per optimizer step (baseline arm), {rates['decode_item_s']:.2f} s "
+            f"  measured: {rates['step_s']:.2f} s per optimizer step (baseline arm), {rates['full_step_s']:.2f} s "
+            f"(first full-parameter arm, or the baseline's), {rates['decode_item_s']:.2f} s "
             f"per decoded item, {rates['forgetting_text_s']:.2f} s per forgetting text"
         )
         return 0

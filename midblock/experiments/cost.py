@@ -32,6 +32,7 @@ from midblock.tuning.precision import resolve_precision
 log = logging.getLogger(__name__)
 
 ESTIMATE_FILE = "cost_estimate.json"
+FULL_METHODS = ("midblock-full", "full")
 _TIMED_STEPS = 4  # the first is warm-up; the summary's median step is taken over the rest
 
 
@@ -53,6 +54,11 @@ def _steps_per_run(cc: CompareConfig, cell_train: dict[str, Any]) -> int:
     return total_steps(tc, len(rows), 1)
 
 
+def _full(cell) -> bool:
+    """Whether a cell trains full parameters (its steps are timed apart from LoRA's)."""
+    return cell.tuning.get("method") in FULL_METHODS
+
+
 def _eval_items(cc: CompareConfig, split: str, limit: int | None) -> int:
     dev_size = cc.eval_dev_size if split == "dev" else 0
     return len(load_rows(cc.eval_task, split, cc.eval_data, limit=limit, dev_size=dev_size))
@@ -60,7 +66,8 @@ def _eval_items(cc: CompareConfig, split: str, limit: int | None) -> int:
 
 def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     """The grid's work, phase by phase: ``{"search", "main", "base", "totals"}``, each with ``runs``,
-    ``steps`` (optimizer steps), ``decoded`` (items generated) and ``forgetting_texts``."""
+    ``steps`` (optimizer steps), ``full_steps`` (those of full-parameter runs), ``decoded`` (items generated)
+    and ``forgetting_texts``."""
     n_texts = len(texts or [])
     search_cells, cells = cc.search_cells(), cc.cells()
     search_items = _eval_items(cc, "dev", (cc.lr_search or {}).get("eval_items", cc.eval_items)) if search_cells else 0
@@ -68,6 +75,7 @@ def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     search = {
         "runs": len(search_cells),
         "steps": sum(_steps_per_run(cc, c.train) for c in search_cells),
+        "full_steps": sum(_steps_per_run(cc, c.train) for c in search_cells if _full(c)),
         "decoded": search_items * len(search_cells),
         "forgetting_texts": n_texts * len(search_cells),
     }
@@ -76,6 +84,7 @@ def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     main = {
         "runs": len(cells) - shared,
         "steps": sum(_steps_per_run(cc, c.train) for c in cells[shared:]),
+        "full_steps": sum(_steps_per_run(cc, c.train) for c in cells[shared:] if _full(c)),
         "decoded": test_items * len(cells),
         "forgetting_texts": n_texts * (len(cells) - shared),
     }
@@ -83,6 +92,7 @@ def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     base = {
         "runs": 0,
         "steps": 0,
+        "full_steps": 0,
         "decoded": test_items if cc.include_base else 0,
         "forgetting_texts": n_texts if with_base else 0,
     }
@@ -90,24 +100,32 @@ def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     return {"search": search, "main": main, "base": base, "totals": totals, "test_items": test_items}
 
 
+def _time_steps(cc: CompareConfig, cell, progress: bool) -> float:
+    """The median optimizer step of ``cell``'s training, over a few steps in a scratch directory."""
+    from midblock.tuning.train import train
+
+    with tempfile.TemporaryDirectory(prefix="midblock-estimate-") as tmp:
+        timed = replace(cell, train=cell.train | {"steps": _TIMED_STEPS, "warmup_steps": 0, "monitor": {}})
+        return float(train(cc.train_config(timed, Path(tmp) / "train", progress=progress)).to_dict()["median_step_s"])
+
+
 def measure(cc: CompareConfig, texts: list[str] | None, progress: bool = True) -> dict[str, float]:
-    """Seconds per optimizer step, per decoded item and per forgetting text, measured here (see the module)."""
+    """Seconds per optimizer step (the baseline arm's; ``full_step_s``: the first full-parameter arm's, when
+    the grid has one), per decoded item and per forgetting text, measured here (see the module)."""
     from midblock.evaluation.evaluate import evaluate_model
     from midblock.evaluation.ppl import token_loss
     from midblock.models import load_model
-    from midblock.tuning.train import train
 
-    baseline = next(c for c in cc.cells() if c.label == cc.baseline)
-    with tempfile.TemporaryDirectory(prefix="midblock-estimate-") as tmp:
-        timed = replace(baseline, train=baseline.train | {"steps": _TIMED_STEPS, "warmup_steps": 0, "monitor": {}})
-        tc = cc.train_config(timed, Path(tmp) / "train", progress=progress)
-        summary = train(tc).to_dict()
+    cells = cc.cells()
+    rates = {"step_s": _time_steps(cc, next(c for c in cells if c.label == cc.baseline), progress)}
+    full = next((c for c in cells if _full(c) and c.tuning.get("band") != "auto"), None)
+    rates["full_step_s"] = _time_steps(cc, full, progress) if full is not None else rates["step_s"]
     model, tok = load_model(cc.model)
     ecfg = replace(cc.eval_config(), eval_items=min(cc.eval_batch_size, _eval_items(cc, "test", cc.eval_items)))
     t0 = time.perf_counter()
     evaluate_model(model, tok, ecfg, progress=progress)
-    decode_s = (time.perf_counter() - t0) / ecfg.eval_items
-    text_s = 0.0
+    rates["decode_item_s"] = (time.perf_counter() - t0) / ecfg.eval_items
+    rates["forgetting_text_s"] = 0.0
     if texts:
         sample = texts[: min(8, len(texts))]
         fm = cc.forgetting or {}
@@ -115,8 +133,8 @@ def measure(cc: CompareConfig, texts: list[str] | None, progress: bool = True) -
         token_loss(
             model, tok, sample, batch_size=int(fm.get("batch_size", 8)), max_length=int(fm.get("max_length", 512))
         )
-        text_s = (time.perf_counter() - t0) / len(sample)
-    return {"step_s": float(summary["median_step_s"]), "decode_item_s": decode_s, "forgetting_text_s": text_s}
+        rates["forgetting_text_s"] = (time.perf_counter() - t0) / len(sample)
+    return rates
 
 
 def project(work: dict[str, Any], rates: dict[str, float]) -> dict[str, float]:
@@ -124,7 +142,9 @@ def project(work: dict[str, Any], rates: dict[str, float]) -> dict[str, float]:
     hours = {}
     for phase in ("search", "main", "base"):
         w = work[phase]
-        s = w["steps"] * rates["step_s"] + w["decoded"] * rates["decode_item_s"]
+        full = w.get("full_steps", 0)
+        s = (w["steps"] - full) * rates["step_s"] + full * rates.get("full_step_s", rates["step_s"])
+        s += w["decoded"] * rates["decode_item_s"]
         hours[phase] = (s + w["forgetting_texts"] * rates["forgetting_text_s"]) / 3600
     hours["total"] = sum(hours.values())
     return hours

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from midblock.errors import MidblockError
+from midblock.validation import check_number
 
 ExportMode = Literal["raw", "state", "derive", "replay"]
 EXPORT_MODES = ("raw", "state", "derive", "replay")
@@ -63,5 +64,7 @@ class ExportConfig:
                 raise MidblockError("--mode replay needs the arm to replay", hint="pass --arm ARM")
             if self.replay_items < 1 or self.draws < 1:
                 raise MidblockError("--replay-items and --draws must be >= 1")
+            if self.reported is not None:
+                check_number("--reported", self.reported, low=-1, high=1, hint="a difference as a fraction, e.g. 0.102")
         elif self.arm or self.controlled or self.reported is not None:
             raise MidblockError("--arm, --controlled and --reported apply to --mode replay only", hint="drop them")

@@ -25,6 +25,7 @@ def test_plan_counts_runs_steps_decodes_and_texts_per_phase():
     assert work["search"] == {
         "runs": 3 * arms,
         "steps": 3 * arms * steps,
+        "full_steps": 0,
         "decoded": 7 * 3 * arms,
         "forgetting_texts": 18,
     }
@@ -33,11 +34,19 @@ def test_plan_counts_runs_steps_decodes_and_texts_per_phase():
     assert work["main"] == {
         "runs": main_runs,
         "steps": main_runs * steps,
+        "full_steps": 0,
         "decoded": 5 * arms * seeds,
         "forgetting_texts": 3 * main_runs,
     }
-    assert work["base"] == {"runs": 0, "steps": 0, "decoded": 5, "forgetting_texts": 3}
+    assert work["base"] == {"runs": 0, "steps": 0, "full_steps": 0, "decoded": 5, "forgetting_texts": 3}
     assert work["totals"]["steps"] == work["search"]["steps"] + work["main"]["steps"]
+
+
+def test_plan_counts_full_parameter_steps_apart():
+    grid = preset("smoke") | {"model": "random:llama-8l", "eval_items": 5}
+    grid["methods"] = grid["methods"] + [{"name": "full", "method": "midblock-full", "band": "seg2-4/5"}]
+    work = cost.plan(CompareConfig.from_dict(grid), None)
+    assert work["main"]["full_steps"] == grid["train"]["steps"] and work["main"]["steps"] == 3 * grid["train"]["steps"]
 
 
 def test_plan_counts_epochs_from_the_training_rows():
@@ -46,9 +55,13 @@ def test_plan_counts_epochs_from_the_training_rows():
 
 
 def test_project_multiplies_work_by_rates():
-    work = {p: {"runs": 1, "steps": 100, "decoded": 36, "forgetting_texts": 10} for p in ("search", "main", "base")}
-    hours = cost.project(work, {"step_s": 18.0, "decode_item_s": 100.0, "forgetting_text_s": 0.0})
-    assert hours["main"] == pytest.approx((1800 + 3600) / 3600)
+    work = {
+        p: {"runs": 1, "steps": 100, "full_steps": 40, "decoded": 36, "forgetting_texts": 10}
+        for p in ("search", "main", "base")
+    }
+    rates = {"step_s": 18.0, "full_step_s": 36.0, "decode_item_s": 100.0, "forgetting_text_s": 0.0}
+    hours = cost.project(work, rates)
+    assert hours["main"] == pytest.approx((60 * 18 + 40 * 36 + 3600) / 3600)
     assert hours["total"] == pytest.approx(3 * hours["main"])
 
 

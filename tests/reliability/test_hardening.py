@@ -183,8 +183,15 @@ def _config_classes() -> list[type]:
 
 # values for the required fields of configs that have float fields (by field name), and for fields that
 # have a default but are required in fact (by class)
-REQUIRED = {"out": "unused-out", "base": BASE, "variant": BASE, "layers": [0], "methods": [{"method": "lora"}]}
-NEEDED = {"TrainConfig": {"out": "unused-out"}}
+REQUIRED = {
+    "out": "unused-out",
+    "dest": "unused-dest",
+    "base": BASE,
+    "variant": BASE,
+    "layers": [0],
+    "methods": [{"method": "lora"}],
+}
+NEEDED = {"TrainConfig": {"out": "unused-out"}, "ExportConfig": {"dest": "unused-dest", "mode": "replay", "arm": "x"}}
 
 
 def _float_fields(cls) -> list[str]:
