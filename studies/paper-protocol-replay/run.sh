@@ -7,6 +7,13 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/paper-protocol-replay}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${THREADS:-1}
 MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
-ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400 --seeds 0,1,2,3,4,5,6,7,8,9)
-[ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
-exec "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
+PYTHON=${PYTHON:-.venv/bin/python}
+ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400)
+# 1. the one shared learning rate: chosen for uniform LoRA on 200 dev problems (seed 0), see search.yaml
+"$MIDBLOCK" compare "${ARGS[@]}" --config studies/paper-protocol-replay/search.yaml --out "$OUT" --no-progress
+[ -d "$OUT.search" ] || "$MIDBLOCK" export --from "$OUT" --dest "$OUT.search"
+LR=$("$PYTHON" -c 'import json,sys; print(next(r["lr"] for r in json.load(open(sys.argv[1]))["lr_search"] if r["chosen"]))' \
+  "$OUT.search/compare.json")
+echo "shared learning rate: $LR"
+# 2. both arms at that rate, 10 seeds (the search's seed-0 run at the chosen rate is reused, not retrained)
+exec "$MIDBLOCK" compare "${ARGS[@]}" --lr "$LR" --seeds 0,1,2,3,4,5,6,7,8,9 --out "$OUT" --no-progress

@@ -1,0 +1,14 @@
+#!/bin/bash
+# The second study, part 2 (issue #24): the paper's band against the layer-selection methods in use (LoRA:
+# uniform, paper, auto, CKA-select; full parameters: the paper's band, Spectrum, LISA), each arm's learning
+# rate from its own dev grid, 3 seeds, 400 `arith` test items, forgetting on the bundled probe.
+# Resumable: rerun to continue. OUT: the compare directory; THREADS: torch threads (default 1).
+# arms.yaml: the preset's arms less `paper-full`, dropped on the cost estimate (see README.md).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-runs/selection-landscape}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${THREADS:-1}
+MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
+ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml)
+[ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
+exec "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
