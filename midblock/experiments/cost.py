@@ -4,12 +4,12 @@ measured on this machine.
 :func:`plan` counts the work (training runs and optimizer steps per phase, test and dev items decoded,
 forgetting texts scored) from the grid alone, in milliseconds. :func:`measure` times the three kinds of work
 on this machine with the grid's own model, precision and settings: a few optimizer steps of the baseline arm
-(all blocks train, so the backward runs full depth: an upper bound for arms that stop it earlier), one decoding
-batch of the base model on the grid's test items (the base often decodes to the token limit, where tuned arms
-stop at the answer: again an upper bound), and the forgetting probe's loss on a few texts. :func:`project`
-multiplies the two. ``midblock compare --estimate`` prints all three and writes them to ``cost_estimate.json``
-in ``--out``; every ``compare`` prints the plan before its first cell, with the projection when that file
-exists for the same grid.
+(all blocks train, so the backward runs full depth: an upper bound for LoRA arms that stop it earlier) and of
+the first full-parameter arm, one decoding batch of the base model on the grid's test items (its time scaled
+from the batch's longest completion to the token limit: an upper bound whether an arm stops early or not),
+and the forgetting probe's loss on a few texts. :func:`project` multiplies the two. ``midblock compare
+--estimate`` prints all three and writes them to ``cost_estimate.json`` in ``--out``; every ``compare``
+prints the plan before its first cell, with the projection when that file exists for the same grid.
 """
 
 from __future__ import annotations
@@ -123,8 +123,13 @@ def measure(cc: CompareConfig, texts: list[str] | None, progress: bool = True) -
     model, tok = load_model(cc.model)
     ecfg = replace(cc.eval_config(), eval_items=min(cc.eval_batch_size, _eval_items(cc, "test", cc.eval_items)))
     t0 = time.perf_counter()
-    evaluate_model(model, tok, ecfg, progress=progress)
-    rates["decode_item_s"] = (time.perf_counter() - t0) / ecfg.eval_items
+    items = evaluate_model(model, tok, ecfg, progress=progress)["items"]
+    elapsed = time.perf_counter() - t0
+    # a batch decodes for as many steps as its longest completion (end-of-text counted): scaled to the token
+    # limit, an upper bound whether the base stops early (a base model often does) or runs to the limit
+    longest = max(len(tok(it["completion"], add_special_tokens=False)["input_ids"]) + 1 for it in items)
+    limit = ecfg.decode_config(False).max_new_tokens
+    rates["decode_item_s"] = elapsed / len(items) * max(1.0, limit / longest)
     rates["forgetting_text_s"] = 0.0
     if texts:
         sample = texts[: min(8, len(texts))]

