@@ -121,6 +121,12 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interval_bar(ax, x: float, d: dict[str, Any], marker: str, color: str) -> None:
+    """A difference and its interval (fractions, drawn in points) as one marker with error bars."""
+    est = 100 * d["estimate"]
+    ax.errorbar(x, est, yerr=[[est - 100 * d["lo"]], [100 * d["hi"] - est]], fmt=marker, color=color, capsize=4)
+
+
 def plot(res: dict[str, Any], path: str | Path) -> None:
     """One-seed differences as dots (one column per training seed), each seed's full-test difference as a
     bar, the pooled interval, and the controlled protocol's interval where given."""
@@ -136,26 +142,10 @@ def plot(res: dict[str, Any], path: str | Path) -> None:
         ax.scatter(k + rng.uniform(-0.3, 0.3, row.size), row, s=4, alpha=0.25, color="tab:blue", lw=0)
         ax.hlines(100 * res["per_seed_full_test"][k], k - 0.35, k + 0.35, color="black", lw=2)
     n = len(diffs)
-    p = res["pooled"]
-    ax.errorbar(
-        n + 0.5,
-        100 * p["estimate"],
-        yerr=[[100 * (p["estimate"] - p["lo"])], [100 * (p["hi"] - p["estimate"])]],
-        fmt="o",
-        color="black",
-        capsize=4,
-    )
+    _interval_bar(ax, n + 0.5, res["pooled"], "o", "black")
     ticks, labels = list(range(n)) + [n + 0.5], [str(s) for s in res["seeds"]] + ["pooled"]
     if "controlled" in res:
-        cp = res["controlled"]["pooled"]
-        ax.errorbar(
-            n + 1.5,
-            100 * cp["estimate"],
-            yerr=[[100 * (cp["estimate"] - cp["lo"])], [100 * (cp["hi"] - cp["estimate"])]],
-            fmt="s",
-            color="tab:red",
-            capsize=4,
-        )
+        _interval_bar(ax, n + 1.5, res["controlled"]["pooled"], "s", "tab:red")
         ticks.append(n + 1.5)
         labels.append("controlled")
     if "reported" in res["replays"]:
