@@ -147,11 +147,14 @@ def plot(res: dict[str, Any], path: str | Path) -> None:
     if "controlled" in res:
         _interval_bar(ax, n + 1.5, res["controlled"]["pooled"], "s", "tab:red")
         ticks.append(n + 1.5)
-        labels.append("controlled")
+        c = res["controlled"]
+        same = (c["arm"], c["baseline"]) == (res["arm"], res["baseline"])
+        labels.append("controlled" if same else f"controlled\n{c['arm']} - {c['baseline']}")
     if "reported" in res["replays"]:
         ax.axhline(100 * res["replays"]["reported"], color="tab:orange", ls="--", lw=1, label="reported gain")
         ax.legend(loc="upper left", fontsize=8)
     ax.axhline(0, color="grey", lw=0.8)
+    ax.margins(y=0.08)
     ax.set_xticks(ticks, labels, fontsize=8)
     ax.set_xlabel("training seed (dots: one-seed replays on drawn items; bar: all items)")
     ax.set_ylabel(f"{res['arm']} minus {res['baseline']} (points)")
