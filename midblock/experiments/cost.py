@@ -14,11 +14,13 @@ prints the plan before its first cell, with the projection when that file exists
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +40,26 @@ _TIMED_STEPS = 4  # the first is warm-up; the summary's median step is taken ove
 
 def grid_key(cc: CompareConfig) -> str:
     """The key of a grid's settings: an estimate is shown only for the grid it was measured for."""
-    from dataclasses import asdict
-
     return make(grid=asdict(cc), threads=torch.get_num_threads())["key"]
 
 
-def _steps_per_run(cc: CompareConfig, cell_train: dict[str, Any]) -> int:
+def _steps_per_run(cc: CompareConfig) -> Callable[[dict[str, Any]], int]:
+    """Optimizer steps of a run with a cell's own training settings; the training rows are read once per
+    distinct ``train_rows`` (the step count depends on the training settings only, never on the tuning: band
+    ``auto`` is unresolved here)."""
     from midblock.tuning.train import total_steps
 
-    # the step count depends on the training settings only, never on the tuning (band `auto` is unresolved here)
-    tc = cc.train_config(replace(cc.cells()[0], tuning={"method": "lora"}, train=cell_train), "estimate")
-    if tc.steps:
-        return int(tc.steps)
-    rows = load_rows(cc.task, "train", cc.data, limit=tc.train_rows, dev_size=cc.train_dev_size)
-    return total_steps(tc, len(rows), 1)
+    first = replace(cc.cells()[0], tuning={"method": "lora"})
+
+    @functools.cache
+    def rows(train_rows: int | None) -> int:
+        return len(load_rows(cc.task, "train", cc.data, limit=train_rows, dev_size=cc.train_dev_size))
+
+    def steps(cell_train: dict[str, Any]) -> int:
+        tc = cc.train_config(replace(first, train=cell_train), "estimate")
+        return int(tc.steps) if tc.steps else total_steps(tc, rows(tc.train_rows), 1)
+
+    return steps
 
 
 def _full(cell) -> bool:
@@ -64,6 +72,19 @@ def _eval_items(cc: CompareConfig, split: str, limit: int | None) -> int:
     return len(load_rows(cc.eval_task, split, cc.eval_data, limit=limit, dev_size=dev_size))
 
 
+def _phase_work(cells: list, steps: Callable[[dict[str, Any]], int], items: int, n_texts: int) -> dict[str, int]:
+    """The training runs, optimizer steps (all, and full-parameter ones), decoded items and forgetting texts of
+    ``cells``, each trained once and evaluated on ``items`` items."""
+    per_cell = [(steps(c.train), _full(c)) for c in cells]
+    return {
+        "runs": len(cells),
+        "steps": sum(n for n, _ in per_cell),
+        "full_steps": sum(n for n, full in per_cell if full),
+        "decoded": items * len(cells),
+        "forgetting_texts": n_texts * len(cells),
+    }
+
+
 def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     """The grid's work, phase by phase: ``{"search", "main", "base", "totals"}``, each with ``runs``,
     ``steps`` (optimizer steps), ``full_steps`` (those of full-parameter runs), ``decoded`` (items generated)
@@ -72,22 +93,11 @@ def plan(cc: CompareConfig, texts: list[str] | None) -> dict[str, Any]:
     search_cells, cells = cc.search_cells(), cc.cells()
     search_items = _eval_items(cc, "dev", (cc.lr_search or {}).get("eval_items", cc.eval_items)) if search_cells else 0
     test_items = _eval_items(cc, "test", cc.eval_items)
-    search = {
-        "runs": len(search_cells),
-        "steps": sum(_steps_per_run(cc, c.train) for c in search_cells),
-        "full_steps": sum(_steps_per_run(cc, c.train) for c in search_cells if _full(c)),
-        "decoded": search_items * len(search_cells),
-        "forgetting_texts": n_texts * len(search_cells),
-    }
+    steps = _steps_per_run(cc)
+    search = _phase_work(search_cells, steps, search_items, n_texts)
     # the search's run at the chosen rate is the first seed's main run: trained once, evaluated twice
     shared = len(cc.methods) if search_cells else 0
-    main = {
-        "runs": len(cells) - shared,
-        "steps": sum(_steps_per_run(cc, c.train) for c in cells[shared:]),
-        "full_steps": sum(_steps_per_run(cc, c.train) for c in cells[shared:] if _full(c)),
-        "decoded": test_items * len(cells),
-        "forgetting_texts": n_texts * (len(cells) - shared),
-    }
+    main = _phase_work(cells[shared:], steps, test_items, n_texts) | {"decoded": test_items * len(cells)}
     with_base = cc.include_base or bool(texts)
     base = {
         "runs": 0,
@@ -113,7 +123,7 @@ def measure(cc: CompareConfig, texts: list[str] | None, progress: bool = True) -
     """Seconds per optimizer step (the baseline arm's; ``full_step_s``: the first full-parameter arm's, when
     the grid has one), per decoded item and per forgetting text, measured here (see the module)."""
     from midblock.evaluation.evaluate import evaluate_model
-    from midblock.evaluation.ppl import token_loss
+    from midblock.experiments.runner import forgetting_loss  # runner imports this module
     from midblock.models import load_model
 
     cells = cc.cells()
@@ -133,11 +143,8 @@ def measure(cc: CompareConfig, texts: list[str] | None, progress: bool = True) -
     rates["forgetting_text_s"] = 0.0
     if texts:
         sample = texts[: min(8, len(texts))]
-        fm = cc.forgetting or {}
         t0 = time.perf_counter()
-        token_loss(
-            model, tok, sample, batch_size=int(fm.get("batch_size", 8)), max_length=int(fm.get("max_length", 512))
-        )
+        forgetting_loss(cc, model, tok, sample, progress=False)
         rates["forgetting_text_s"] = (time.perf_counter() - t0) / len(sample)
     return rates
 

@@ -176,7 +176,7 @@ def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress) -> dic
     summary = {"items": []}
     if ecfg is not None:
         summary = evaluate_model(model, tok, ecfg, out=edir / "eval", model_spec=spec, progress=progress)
-    ppl = _perplexity(cc, model, tok, texts, progress) if texts else None
+    ppl = forgetting_loss(cc, model, tok, texts, progress) if texts else None
     items = summary.pop("items")
     rec = {
         "label": cell.label if cell else "base",
@@ -197,7 +197,8 @@ def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress) -> dic
     return rec
 
 
-def _perplexity(cc: CompareConfig, model, tok, texts: list[str], progress: bool) -> dict[str, Any]:
+def forgetting_loss(cc: CompareConfig, model, tok, texts: list[str], progress: bool) -> dict[str, Any]:
+    """The loss of ``model`` on the forgetting ``texts`` with the grid's forgetting settings."""
     fm = cc.forgetting or {}
     bs, length = int(fm.get("batch_size", 8)), int(fm.get("max_length", 512))
     return token_loss(model, tok, texts, batch_size=bs, max_length=length, progress=progress)
