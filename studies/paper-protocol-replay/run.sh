@@ -8,7 +8,9 @@ OUT=${OUT:-runs/paper-protocol-replay}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${THREADS:-1}
 MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 PYTHON=${PYTHON:-.venv/bin/python}
-ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400)
+# precision fp32, not auto: sessions land on CPUs with and without native bf16, and auto would resolve to bf16 on
+# some of them, which keys a different grid (the study started in fp32, on AVX2 without avx512_bf16)
+ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400 --precision fp32)
 # 1. the one shared learning rate: chosen for uniform LoRA on 200 dev problems (seed 0), see search.yaml
 "$MIDBLOCK" compare "${ARGS[@]}" --config studies/paper-protocol-replay/search.yaml --out "$OUT" --no-progress
 [ -d "$OUT.search" ] || "$MIDBLOCK" export --from "$OUT" --dest "$OUT.search"
