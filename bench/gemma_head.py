@@ -34,47 +34,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from procstats import Sampler, cpu_line, gib, uptime  # bench/procstats.py
 
 ARMS = ["trl-lora", "trl-lora+head", "midblock-lora", "midblock-band"]
 BASELINE = "trl-lora"
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-class Sampler:
-    """RSS every 2 ms on a thread (torch releases the GIL), with the time of each sample."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self._stop = False
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop:
-            self.samples.append((time.perf_counter(), rss()))
-            time.sleep(0.002)
-
-    def __enter__(self) -> Sampler:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop = True
-        self._t.join()
-
-    def rise(self, start: float, end: float) -> int:
-        """Peak RSS between ``start`` and ``end`` minus the RSS at ``start``."""
-        inside = [r for t, r in self.samples if start <= t <= end]
-        before = [r for t, r in self.samples if t <= start] or inside[:1]
-        return max(inside) - before[-1] if inside else 0
 
 
 # --------------------------------------------------------------------------- one arm (a worker)
@@ -206,27 +173,6 @@ def _rows(args: argparse.Namespace, path: Path) -> int:
     return len(chosen)
 
 
-def _cpu() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "CPU unknown"
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
-    return f"{model}, {os.cpu_count()} cores, avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}"
-
-
-def _uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return "uptime unavailable"
-
-
-def _gib(b: float | None) -> str:
-    return "" if b is None else f"{b / 2**30:.2f}"
-
-
 def _paired(per: dict, n: str, key: str) -> float | None:
     pairs = [a[key] / b[key] for a, b in zip(per[n], per.get(BASELINE, [])) if a[key] and b[key]]
     return statistics.median(pairs) if pairs else None
@@ -246,7 +192,7 @@ def render(args, results: list[dict], rounds: int, up: tuple[str, str], wall: fl
         "",
         machine_line() + "  ",
         f"Command: `{' '.join(['python', 'bench/gemma_head.py', *_shown_args(args)])}`  ",
-        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {_cpu()}; torch threads per worker: "
+        f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {cpu_line()}; torch threads per worker: "
         f"{args.threads}; wall {wall / 60:.1f} min  ",
         f"Load before: `{up[0]}`  ",
         f"Load after: `{up[1]}`",
@@ -269,7 +215,7 @@ def render(args, results: list[dict], rounds: int, up: tuple[str, str], wall: fl
         loss = per[n][0]["first_loss"]
         lines.append(
             f"| `{n}` | {med['median_s']:.2f} | {fmt[0]} | {med['cpu_median_s']:.2f} | {fmt[1]} | "
-            f"{_gib(med['step_rise'])} | {fmt[2]} | {_gib(statistics.median(r['max_rss'] for r in per[n]))} | "
+            f"{gib(med['step_rise'])} | {fmt[2]} | {gib(statistics.median(r['max_rss'] for r in per[n]))} | "
             f"{'' if loss is None else f'{loss:.4f}'} |"
         )
     return "\n".join(lines) + "\n"
@@ -295,7 +241,7 @@ def main() -> int:
         return 0
     if not args.data:
         ap.error("pass --data DIR (a GSM8K copy with train.jsonl) or set MIDBLOCK_GSM8K")
-    up_start, t0 = _uptime(), time.perf_counter()
+    up_start, t0 = uptime(), time.perf_counter()
     results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         rows = Path(tmp) / "rows.jsonl"
@@ -313,10 +259,10 @@ def main() -> int:
                 results.append(r)
                 print(
                     f"round {rnd + 1} {name}: {r['median_s']:.2f} s/step (CPU {r['cpu_median_s']:.2f}), "
-                    f"rise {_gib(r['step_rise'])} GiB, max RSS {_gib(r['max_rss'])} GiB, loss {r['first_loss']}",
+                    f"rise {gib(r['step_rise'])} GiB, max RSS {gib(r['max_rss'])} GiB, loss {r['first_loss']}",
                     flush=True,
                 )
-    report = render(args, results, args.rounds, (up_start, _uptime()), time.perf_counter() - t0)
+    report = render(args, results, args.rounds, (up_start, uptime()), time.perf_counter() - t0)
     print(report)
     if args.out:
         Path(args.out).write_text(report)

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/selection-landscape}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${THREADS:-1}
 MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
-ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml)
+# precision fp32, not the preset's auto: sessions land on CPUs with and without native bf16, and auto would key
+# a bf16 grid on some of them (fp32 is what auto chose on the CPU the estimate was made on: AVX2, no avx512_bf16)
+ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml --precision fp32)
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 exec "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress

@@ -37,10 +37,10 @@ def test_the_committed_raw_results_rederive_the_published_table():
 B = 10_000
 
 
-def _matrices():
-    """arm -> (seeds x items) 0/1 matrix of the main phase, items in index order; and the baseline arm."""
+def _matrices(raw=RAW):
+    """arm -> (seeds x items) 0/1 matrix of the main phase, items in index order."""
     cells = defaultdict(dict)
-    with open(RAW / "items.csv", newline="") as f:
+    with open(raw / "items.csv", newline="") as f:
         for r in csv.DictReader(f):
             if r["phase"] == "main":
                 cells[r["arm"]].setdefault(int(r["seed"]), {})[int(r["index"])] = int(r["correct"])
@@ -98,6 +98,54 @@ def test_an_independent_two_level_bootstrap_reproduces_the_published_intervals()
         row = published[arm]
         assert row["diff_p"] == pytest.approx(ps[arm]) and row["diff_p_holm"] == pytest.approx(holm[arm])
         assert (row["diff_sim_low"], row["diff_sim_high"]) == pytest.approx(sims[arm], abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- one-seed replays
+# From the protocol in docs/evaluation.md: for each training seed in increasing order, `draws` subsets of
+# `n_items` test items (positions among the items both arms scored, in index order), each from
+# default_rng(0).choice(n, n_items, replace=False) on one generator shared by all draws; the replay's
+# difference is the mean over the subset of arm minus baseline. Percentiles are numpy's default (linear).
+
+
+def _replays(ys, arm, baseline, n_items, draws):
+    d = ys[arm] - ys[baseline]
+    rng = np.random.default_rng(0)
+    return np.array([[d[s, rng.choice(d.shape[1], n_items, replace=False)].mean() for _ in range(draws)]
+                     for s in range(d.shape[0])])  # fmt: skip
+
+
+def _check_replay(raw, res):
+    ys = _matrices(raw)
+    diffs = _replays(ys, res["arm"], res["baseline"], res["n_items_per_replay"], res["draws_per_seed"])
+    assert np.asarray(res["diffs"]) == pytest.approx(diffs, abs=1e-12)
+    flat, r = diffs.ravel(), res["replays"]
+    assert r["n_replays"] == flat.size and r["mean"] == pytest.approx(flat.mean(), abs=1e-12)
+    assert r["sd"] == pytest.approx(np.std(flat, ddof=1), abs=1e-12)
+    assert (r["q025"], r["q975"]) == pytest.approx(tuple(np.percentile(flat, [2.5, 97.5])), abs=1e-12)
+    assert r["share_win"] == pytest.approx(np.mean(flat >= r["win"] - 1e-12))
+    if "reported" in r:
+        assert r["share_at_least_reported"] == pytest.approx(np.mean(flat >= r["reported"] - 1e-12))
+    d = ys[res["arm"]] - ys[res["baseline"]]
+    assert res["per_seed_full_test"] == pytest.approx(d.mean(axis=1).tolist(), abs=1e-12)
+    pooled = res["pooled"]
+    assert pooled["estimate"] == pytest.approx(d.mean(), abs=1e-12)
+    assert (pooled["lo"], pooled["hi"]) == pytest.approx(_percentile(_resampled_means(d), 0.95), abs=1e-12)
+
+
+def test_an_independent_replay_reproduces_the_engines(tmp_path):
+    """The engine's replay of the published first study (paper minus uniform) equals the one written here."""
+    import shutil
+
+    from midblock.experiments.replay import replay
+
+    raw = tmp_path / "export"
+    shutil.copytree(RAW, raw)
+    _check_replay(raw, replay(raw, "paper", n_items=100, draws_per_seed=50, reported=0.102))
+
+
+@pytest.mark.parametrize("raw", sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/replay.json")))
+def test_every_published_replay_rederives_from_its_raw_items(raw):
+    _check_replay(raw, json.loads((raw / "replay.json").read_text()))
 
 
 # ----------------------------------------------------------------------------- what the docs quote
