@@ -113,6 +113,41 @@ def test_every_method_trains_its_blocks_and_the_backward_stops_below(tiny, metho
     assert _visited_blocks(pm, tok) == set(range(first, 6))
 
 
+SELECTIONS = [  # the layer-selection strategies in both forms (method, spec)
+    ("midblock", "spectrum:50"),
+    ("midblock-full", "spectrum:50:blocks"),
+    ("midblock", "lisa:2/2"),
+    ("midblock-full", "lisa:2/2:blocks"),
+    ("midblock", "cka-select:0.5"),
+    ("midblock-full", "cka-select:0.5"),
+]
+
+
+@pytest.mark.parametrize("method,spec", SELECTIONS)
+def test_every_selection_strategy_trains_what_it_selects_and_stops_the_backward_below(tiny, method, spec):
+    """Spectrum, LISA and CKA-select on Gemma-3's structure (four norms per block, tied scaled embedding): at
+    every step the blocks with a gradient are the selected (LISA: active) ones, the embedding = head gets
+    none, and the backward visits blocks from the lowest selected one up."""
+    from midblock.tuning.prepare import prepare_model
+
+    model, tok = tiny("gemma3-tiny")
+    data = [tok(f"{a} plus {b} is {a + b}")["input_ids"] for a in range(6) for b in range(4)]
+    pm = prepare_model(model, MidBlockConfig(method=method, band=spec, rank=4), data=data, seed=0)
+    with torch.no_grad():  # B starts at 0: make the LoRA path live so every factor gets a gradient
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    plan, lay = pm.midblock_plan, get_layout(pm)
+    for step in range(3):
+        selected = set(plan.schedule.begin_step(pm, step) if plan.schedule else plan.trainable_blocks)
+        assert selected and _visited_blocks(pm, tok) == set(range(min(selected), 6)), step
+        trained = {block_of_param(n, lay) for n, p in pm.named_parameters() if p.grad is not None and p.grad.any()}
+        assert trained == selected, step  # no None: the tied embedding = head stays frozen
+        pm.zero_grad(set_to_none=True)
+        if plan.schedule:
+            plan.schedule.end_step(pm)
+
+
 def test_tied_head_gets_both_gradients_with_the_labelled_positions_head(tiny):
     """Full fine-tuning trains the embedding, which is also the head: the fused head (logits at labelled
     positions only, chunked) must give the tied weight the same gradient as the model's own full head."""
