@@ -133,7 +133,14 @@ def test_bad_specs_and_too_many_blocks_are_one_line_errors(tiny):
         prepare_model(model, MidBlockConfig(method="midblock-full", band="lisa:7/2"))
 
 
-def test_a_resumed_lisa_run_draws_the_same_sets_and_ends_with_the_same_weights(tmp_path):
+@pytest.mark.parametrize(
+    "tuning",
+    [MidBlockConfig(method="midblock-full", band="lisa:2/3:blocks"), MidBlockConfig(band="lisa:2/3", rank=2)],
+    ids=["full", "lora"],
+)
+def test_a_resumed_lisa_run_draws_the_same_sets_and_ends_with_the_same_weights(tmp_path, tuning):
+    """Stopped inside the first period and resumed: the same active sets, and weights (the full form's delta,
+    the LoRA form's adapters) bit-equal to an uninterrupted run's, the second period's draw included."""
     from dataclasses import replace
 
     from safetensors.torch import load_file
@@ -151,15 +158,16 @@ def test_a_resumed_lisa_run_draws_the_same_sets_and_ends_with_the_same_weights(t
         lr=1e-2,
         seed=2,
         progress=False,
-        tuning=MidBlockConfig(method="midblock-full", band="lisa:2/3:blocks"),
+        tuning=tuning,
     )
     train(cfg)
     cut = replace(cfg, out=str(tmp_path / "cut"))
     assert train(cut, on_step=lambda step, loss: step == 2).stopped  # stopped inside the first period
     res = train(replace(cut, resume=True))
     assert not res.stopped and res.steps == 4
-    a = load_file(str(tmp_path / "straight" / "delta.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "delta.safetensors"))
+    name = "delta.safetensors" if tuning.method == "midblock-full" else "adapter_model.safetensors"
+    a = load_file(str(next((tmp_path / "straight").rglob(name))))
+    b = load_file(str(next((tmp_path / "cut").rglob(name))))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line) for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
     assert [r["active_blocks"] for r in log] == [LisaSchedule(2, 3, 6, seed=2).active(s) for s in range(4)]
