@@ -31,13 +31,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from procstats import Sampler, cpu_line, gib, uptime  # bench/procstats.py
+from procstats import Sampler, cpu_line, gib, run_worker, uptime, write_report  # bench/procstats.py
 
 ARMS = ["trl-lora", "trl-lora+head", "midblock-lora", "midblock-band"]
 BASELINE = "trl-lora"
@@ -250,12 +249,7 @@ def main() -> int:
         base = [sys.executable, __file__, *sys.argv[1:], "--rows", str(rows)]
         for rnd in range(args.rounds):
             for name in ARMS:
-                proc = subprocess.run([*base, "--worker", name], capture_output=True, text=True, check=False)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if line is None:
-                    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-                    raise SystemExit(f"worker {name} failed (exit {proc.returncode})")
-                r = json.loads(line[len("RESULT ") :]) | {"round": rnd}
+                r = run_worker([*base, "--worker", name], name) | {"round": rnd}
                 results.append(r)
                 print(
                     f"round {rnd + 1} {name}: {r['median_s']:.2f} s/step (CPU {r['cpu_median_s']:.2f}), "
@@ -263,10 +257,7 @@ def main() -> int:
                     flush=True,
                 )
     report = render(args, results, args.rounds, (up_start, uptime()), time.perf_counter() - t0)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    write_report(args.out, report, results)
     return 0
 
 

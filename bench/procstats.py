@@ -67,3 +67,27 @@ def uptime() -> str:
 
 def gib(b: float | None) -> str:
     return "" if b is None else f"{b / 2**30:.2f}"
+
+
+def run_worker(cmd: list[str], name: str) -> dict:
+    """Run one worker process (``cmd``) and return the JSON it printed on its ``RESULT `` line; a worker
+    that printed none stops the benchmark with the tail of its output."""
+    import json
+    import sys
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"worker {name} failed (exit {proc.returncode})")
+    return json.loads(line[len("RESULT ") :])
+
+
+def write_report(out: str | None, report: str, results: list[dict]) -> None:
+    """Print the markdown report; with ``out``, write it there and the raw results beside it as ``.json``."""
+    import json
+
+    print(report)
+    if out:
+        Path(out).write_text(report)
+        Path(out).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")

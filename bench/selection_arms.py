@@ -30,14 +30,13 @@ import datetime as dt
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from procstats import Sampler, cpu_line, gib, uptime  # bench/procstats.py
+from procstats import Sampler, cpu_line, gib, run_worker, uptime, write_report  # bench/procstats.py
 
 
 def _grid(compare_argv: list[str]):
@@ -194,12 +193,7 @@ def main() -> int:
     for rnd in range(args.rounds):
         for name in labels:
             cmd = [*head, "--cache", args.cache, "--worker", name, "--", *args.compare]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-                raise SystemExit(f"worker {name} failed (exit {proc.returncode})")
-            r = json.loads(line[len("RESULT ") :]) | {"round": rnd}
+            r = run_worker(cmd, name) | {"round": rnd}
             results.append(r)
             print(
                 f"round {rnd + 1} {name}: {r['median_s']:.2f} s/step (CPU {r['cpu_median_s']:.2f}), peak "
@@ -207,10 +201,7 @@ def main() -> int:
                 flush=True,
             )
     report = render(args, cc, labels, results, (up_start, uptime()), time.perf_counter() - t0)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    write_report(args.out, report, results)
     return 0
 
 
