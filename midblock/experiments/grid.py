@@ -230,7 +230,9 @@ def selection_family(alpha_policy: str = "constant-ratio", model: str = "smollm2
     return grid | {
         "methods": methods,
         "train": grid["train"] | {"precision": "auto"},
-        "lr_search": {"split": "dev", "eval_items": 200},
+        # a best rate at an end of its arm's grid tries up to two more rates beyond it (issue #24: the chosen
+        # rate must lie inside the grid); each such step is one more search run of that arm
+        "lr_search": {"split": "dev", "eval_items": 200, "extend": 2},
     }
 
 
@@ -409,9 +411,10 @@ class CompareConfig:
     lr_search: dict[str, Any] | None = field(
         default=None,
         metadata={
-            "help": "choose each arm's learning rate first: {lrs: [...], split: dev, eval_items: N}; one seed "
-            "(the first) per rate, scored on the dev split, the best rate per arm used for every seed; a method "
-            "entry's own 'lrs: [...]' replaces the shared grid for that arm (lr_search.lrs may then be left out)"
+            "help": "choose each arm's learning rate first: {lrs: [...], split: dev, eval_items: N, extend: K}; one "
+            "seed (the first) per rate, scored on the dev split, the best rate per arm used for every seed; a "
+            "method entry's own 'lrs: [...]' replaces the shared grid for that arm (lr_search.lrs may then be "
+            "left out); extend: a best rate at an end of its grid tries the next rate beyond it, up to K times"
         },
     )
     dev_size: int | None = field(
@@ -515,8 +518,11 @@ class CompareConfig:
         if self.lr_search is not None:
             ls = self.lr_search
             _require(isinstance(ls, dict), f"'lr_search' must be a mapping, got {ls!r}")
-            bad = sorted(set(ls) - {"lrs", "split", "eval_items"})
-            _require(not bad, f"unknown lr_search setting '{bad[0] if bad else ''}'", "use lrs, split, eval_items")
+            bad = sorted(set(ls) - {"lrs", "split", "eval_items", "extend"})
+            hint = "use lrs, split, eval_items, extend"
+            _require(not bad, f"unknown lr_search setting '{bad[0] if bad else ''}'", hint)
+            ext = ls.get("extend", 0)
+            _require(_is_int(ext) and ext >= 0, f"'lr_search.extend' must be an integer >= 0, got {ext!r}")
             if "lrs" in ls or not any(isinstance(m, dict) and "lrs" in m for m in self.methods):
                 _check_lrs(ls.get("lrs"), "'lr_search.lrs'")
             _require(ls.get("split", "dev") in ("dev", "test"), "'lr_search.split' must be dev or test")

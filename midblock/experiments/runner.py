@@ -246,30 +246,57 @@ def search_learning_rates(
     """Train each arm at every rate of its grid (its own ``lrs``, else ``lr_search.lrs``) on the first seed,
     score on the dev split (and forgetting on ``texts``), and return the grid with each arm's best rate (ties:
     the smaller rate) and the search's records. A best rate at the lowest or highest rate of a grid of several
-    is marked (``edge``) and logged: the best rate may then lie outside the grid."""
+    goes one rate further out (the grid's own step at that end, marked ``extended``), up to
+    ``lr_search.extend`` times per arm; a best rate still at an end is marked (``edge``) and logged: it may
+    then lie outside the grid."""
     seed = cc.seeds[0]
     ecfg = cc.search_config()
+    extend = int((cc.lr_search or {}).get("extend", 0))
     records, methods = [], []
     for m in cc.methods:
         (arm,) = cc.expand(m, seed)  # an arm with several bands would need a rate per band
-        scores = {}
-        for lr in cc.arm_lrs(m):
-            cell = replace(arm, train=arm.train | {"lr": lr})
+
+        def at(lr: float, extended: bool, arm: Cell = arm) -> dict[str, Any]:
             log.info("learning-rate search: %s at lr %g (seed %d, %s split)", arm.label, lr, seed, ecfg.split)
             # forgetting too, so accuracy against forgetting can be traced across rates
-            rec = run_cell(cc, keys, cell, out, ecfg, texts, progress)
+            rec = run_cell(cc, keys, replace(arm, train=arm.train | {"lr": lr}), out, ecfg, texts, progress)
             c = correctness(rec, cc.metric)
-            scores[lr] = sum(c.values()) / len(c)
-            records.append(rec | {"lr": lr, "dev_accuracy": scores[lr]})
-        best = max(sorted(scores), key=lambda lr: scores[lr])  # sorted: the smaller rate wins a tie
-        edge = grid_edge(best, list(scores))
+            return rec | {"lr": lr, "dev_accuracy": sum(c.values()) / len(c), "extended": extended}
+
+        mine = [at(lr, False) for lr in cc.arm_lrs(m)]
+        for _ in range(extend):  # the best rate at an end of the grid: one rate further out, then look again
+            nxt = beyond_edge(best_rate(mine), [r["lr"] for r in mine])
+            if nxt is None:
+                break
+            log.info("learning-rate search: %s is best at an end of its grid; trying %g", arm.label, nxt)
+            mine.append(at(nxt, True))
+        best = best_rate(mine)
+        edge = grid_edge(best, [r["lr"] for r in mine])
         if edge:
             log.warning("learning-rate search: %s chose %g, the %s rate of its grid", arm.label, best, edge)
-        for r in records[-len(scores) :]:
+        for r in mine:
             r["chosen"] = r["lr"] == best
             r["edge"] = edge if r["chosen"] else None
+        records += mine
         methods.append(m | {"train": dict(m.get("train") or {}) | {"lr": best}})
     return replace(cc, methods=methods), records
+
+
+def best_rate(searched: list[dict[str, Any]]) -> float:
+    """The rate with the highest dev accuracy among search records; a tie goes to the smaller rate."""
+    scores = {r["lr"]: r["dev_accuracy"] for r in searched}
+    return max(sorted(scores), key=lambda lr: scores[lr])
+
+
+def beyond_edge(lr: float, grid: list[float]) -> float | None:
+    """The next rate past the end of ``grid`` that ``lr`` sits at, one step of the grid's own ratio at that
+    end (factor-2 grids go on in factor 2), to 6 significant digits; None when ``lr`` is inside the grid."""
+    edge = grid_edge(lr, grid)
+    if edge is None:
+        return None
+    g = sorted(set(grid))
+    nxt = g[0] * g[0] / g[1] if edge == "lowest" else g[-1] * g[-1] / g[-2]
+    return float(f"{nxt:.6g}")
 
 
 def grid_edge(lr: float, grid: list[float]) -> str | None:
@@ -372,7 +399,7 @@ def _cell_list(out: Path, search: list, base: dict[str, Any] | None, results: li
 
 
 def _search_row(rec: dict[str, Any]) -> dict[str, Any]:
-    keep = ("lr", "dev_accuracy", "chosen", "edge")
+    keep = ("lr", "dev_accuracy", "chosen", "edge", "extended")
     ppl = (rec.get("ppl") or {}).get("ppl")
     return {
         "arm": rec["label"],

@@ -277,15 +277,18 @@ def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extr
 def write_lr_search(rows: list[dict[str, Any]], out: Path, metric: str) -> None:
     """The learning-rate search: each arm's dev accuracy at each rate, the chosen rate marked."""
 
+    extended = any(r.get("extended") for r in rows)
+    why = "; (extended): a rate tried past the end of the arm's grid (lr_search.extend)" if extended else ""
     lines = [
-        f"Learning-rate search on the dev split (metric `{metric}`, one seed); the chosen rate is marked.\n",
+        f"Learning-rate search on the dev split (metric `{metric}`, one seed); the chosen rate is marked{why}.\n",
         "| arm | lr | dev n | dev accuracy % | chosen | chosen at the grid's edge |",
         "|---|---:|---:|---:|:---:|:---:|",
     ]
     for r in rows:
         mark = "yes" if r["chosen"] else ""
         edge = (r.get("edge") or "") if r["chosen"] else ""
-        lines.append(f"| {r['arm']} | {r['lr']:g} | {r['n']} | {_pct(r['dev_accuracy'])} | {mark} | {edge} |")
+        lr = f"{r['lr']:g}" + (" (extended)" if r.get("extended") else "")
+        lines.append(f"| {r['arm']} | {lr} | {r['n']} | {_pct(r['dev_accuracy'])} | {mark} | {edge} |")
     note = edge_note(rows)
     write_text(out / "lr_search.md", "\n".join(lines) + "\n" + (f"\n{note}\n" if note else ""))
 

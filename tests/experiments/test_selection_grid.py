@@ -11,7 +11,7 @@ import pytest
 
 from midblock.errors import MidblockError
 from midblock.experiments.grid import LANDSCAPE_LRS, CompareConfig, preset
-from midblock.experiments.runner import Keys, compare, grid_edge
+from midblock.experiments.runner import Keys, beyond_edge, compare, grid_edge, search_learning_rates
 
 LORA_ARMS = ["uniform", "paper", "auto", "cka-select:0.5"]
 FULL_ARMS = ["paper-full", "spectrum:60:blocks", "lisa:18/20:blocks"]
@@ -32,7 +32,7 @@ def test_selection_family_preset_has_lora_and_full_arms_each_with_a_factor_2_gri
     for m in methods.values():
         assert all(math.isclose(b / a, 2.0) for a, b in zip(m["lrs"], m["lrs"][1:]))  # factor-2 steps
     assert g["seeds"] == [0, 1, 2] and g["eval_items"] == 400 and g["train"]["precision"] == "auto"
-    assert g["forgetting"]["data"] == "general" and "lrs" not in g["lr_search"]
+    assert g["forgetting"]["data"] == "general" and "lrs" not in g["lr_search"] and g["lr_search"]["extend"] == 2
     cc = CompareConfig.from_dict(g)
     assert len(cc.cells()) == 7 * 3 and len(cc.search_cells()) == 7 * 4
     assert {c.train["lr"] for c in cc.search_cells() if c.label == "lisa:18/20:blocks"} == set(
@@ -83,6 +83,72 @@ def test_grid_edge():
     assert grid_edge(2e-3, [1e-3, 2e-3, 4e-3]) is None and grid_edge(1e-3, [1e-3]) is None
 
 
+def test_beyond_edge_steps_out_by_the_grids_own_ratio():
+    assert beyond_edge(8e-3, [1e-3, 2e-3, 4e-3, 8e-3]) == 0.016
+    assert beyond_edge(1e-3, [1e-3, 2e-3, 4e-3, 8e-3]) == 0.0005
+    assert beyond_edge(5e-5, [4e-4, 2e-4, 1e-4, 5e-5]) == 2.5e-5  # order does not matter
+    assert beyond_edge(2e-3, [1e-3, 2e-3, 4e-3]) is None and beyond_edge(1e-3, [1e-3]) is None
+
+
+def _fake_search(monkeypatch, peak: float, extend: int, lrs=(1e-3, 2e-3, 4e-3, 8e-3)):
+    """search_learning_rates with run_cell replaced: dev accuracy rises towards ``peak`` (in log2 steps) and
+    falls past it, on 16 items; returns (tried rates in order, records, chosen rate)."""
+    import midblock.experiments.runner as runner
+
+    def fake_run_cell(cc, keys, cell, out, ecfg, texts, progress):
+        lr = cell.train["lr"]
+        right = max(0, 16 - 3 * round(abs(math.log2(lr / peak))))
+        items = [{"index": i, "scores": {cc.metric: {"correct": i < right}}} for i in range(16)]
+        return {"label": cell.label, "seed": cell.seed, "items": items, "run_dir": "-", "eval_dir": "-"}
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    cc = CompareConfig.from_dict(
+        {
+            "model": "random:llama-tiny",
+            "seeds": [0],
+            "lr_search": {"split": "dev", "eval_items": 16, "extend": extend},
+            "methods": [{"name": "a", "method": "lora", "lrs": list(lrs)}],
+        }
+    )
+    new, recs = search_learning_rates(cc, keys=None, out=Path("."), progress=False)
+    return [r["lr"] for r in recs], recs, new.methods[0]["train"]["lr"]
+
+
+@pytest.mark.parametrize(
+    ("peak", "extend", "tried", "chosen", "edge"),
+    [
+        (4e-3, 2, [1e-3, 2e-3, 4e-3, 8e-3], 4e-3, None),  # inside: nothing added
+        (0.016, 2, [1e-3, 2e-3, 4e-3, 8e-3, 0.016, 0.032], 0.016, None),  # one step out, then inside
+        (0.064, 2, [1e-3, 2e-3, 4e-3, 8e-3, 0.016, 0.032], 0.032, "highest"),  # still at the end: flagged
+        (2.5e-4, 2, [1e-3, 2e-3, 4e-3, 8e-3, 5e-4, 2.5e-4], 2.5e-4, "lowest"),  # downwards too
+        (0.016, 0, [1e-3, 2e-3, 4e-3, 8e-3], 8e-3, "highest"),  # extend 0: the grid as given, flagged
+    ],
+)
+def test_a_best_rate_at_an_end_extends_the_grid_until_it_is_inside(
+    monkeypatch, tmp_path, peak, extend, tried, chosen, edge
+):
+    got, recs, lr = _fake_search(monkeypatch, peak, extend)
+    assert got == tried and lr == chosen
+    assert [r["extended"] for r in recs] == [False] * 4 + [True] * (len(tried) - 4)
+    assert [(r["lr"], r["edge"]) for r in recs if r["chosen"]] == [(chosen, edge)]
+    from midblock.experiments.runner import _search_row
+    from midblock.reporting.compare_report import write_lr_search
+
+    write_lr_search([_search_row(r) for r in recs], tmp_path, "original")
+    md = (tmp_path / "lr_search.md").read_text()
+    assert md.count("(extended)") == len(tried) - 4 + (len(tried) > 4)  # the rows, and the legend once
+
+
+def test_bad_extend_is_a_one_line_error():
+    grid = {
+        "model": "random:llama-tiny",
+        "lr_search": {"lrs": [1e-3, 2e-3], "extend": -1},
+        "methods": [{"method": "lora"}],
+    }
+    with pytest.raises(MidblockError, match="'lr_search.extend' must be an integer >= 0"):
+        CompareConfig.from_dict(grid)
+
+
 def test_the_selection_family_scaled_down_runs_end_to_end(tmp_path):
     """The preset as shipped, shrunk in size: a 6-block model (the paper's band: blocks 1-3, so spectrum:60
     selects 3 matrices per type and LISA trains 3 blocks, switching every 2 steps), 3 steps, two rates per
@@ -101,7 +167,7 @@ def test_the_selection_family_scaled_down_runs_end_to_end(tmp_path):
         "max_new_tokens": 2,
         "seeds": [0],
         "train": g["train"] | {"steps": 3, "batch_size": 1, "train_rows": 4, "eval_loss_items": 0, "warmup_steps": 1},
-        "lr_search": g["lr_search"] | {"eval_items": 1},
+        "lr_search": g["lr_search"] | {"eval_items": 1, "extend": 0},  # extension: the tests above
         "methods": methods,
         "auto_analysis": {"data": "arith", "samples": 4, "max_length": 64},
         "forgetting": None,
