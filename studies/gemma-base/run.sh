@@ -11,14 +11,4 @@ ARGS=(--preset band-landscape --config studies/gemma-base/grid.yaml)
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
 # the layer-wise analysis of base against tuned (each arm's seed-0 run of the main grid), as for SmolLM2
-PYTHON=${PYTHON:-.venv/bin/python}
-"$PYTHON" - "$OUT" <<'PY' | while read -r arm run; do
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-for c in json.loads((out / "compare.json").read_text())["table_cells"]:
-    rec = json.loads((out / c["dir"] / "cell.json").read_text())
-    if c["phase"] == "main" and rec["seed"] == 0:
-        print(rec["label"], rec["run_dir"])
-PY
-  [ -f "$OUT/analysis-$arm/COMPLETED" ] || "$MIDBLOCK" analyze --base gemma3-270m --variant "$run" --out "$OUT/analysis-$arm"
-done
+MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" bash studies/analyze-arms.sh "$OUT" gemma3-270m

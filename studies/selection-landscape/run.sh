@@ -13,4 +13,7 @@ MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 # a bf16 grid on some of them (fp32 is what auto chose on the CPU the estimate was made on: AVX2, no avx512_bf16)
 ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml --precision fp32)
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
-exec "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
+"$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
+# the layer-wise analysis of base against tuned (each arm's seed-0 run), the instruct-model side of the
+# base-model study's comparison (studies/gemma-base runs the same on Gemma-3-270m)
+MIDBLOCK="$MIDBLOCK" PYTHON="${PYTHON:-.venv/bin/python}" bash studies/analyze-arms.sh "$OUT" smollm2-135m
