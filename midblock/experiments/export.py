@@ -5,6 +5,8 @@
 - ``cells.jsonl``: one line per evaluated cell (phase ``main``, ``search`` or ``base``): arm, seed,
   learning rate, trained blocks, tuning settings, training summary, scores, perplexity and fingerprints;
 - ``items.csv``: one line per (cell, test item): whether each extractor scored it correct;
+- ``compute.md``: where the cells ran (CPU, native bf16, threads, precision) and for how long
+  (:func:`compute_ledger`; a study that spans sessions on different machines records each);
 - copies of ``compare.md``, ``compare.json``, ``lr_search.md`` and the figure.
 
 ``save_state(out, dest)`` copies what a partly finished comparison needs to resume elsewhere without
@@ -51,7 +53,8 @@ _KEEP_TRAIN = (
 
 # The files ``export`` writes into DEST; anything else there (a README, notes) is never touched.
 _EXPORT_FILES = ("cells.jsonl", "items.csv", "compare.md", "compare.json", "lr_search.md", "compare.png")
-_EXPORT_FILES += ("landscape.png",)
+_EXPORT_FILES += ("landscape.png", "compute.md")
+_COPIED = ("compare.md", "compare.json", "lr_search.md", "compare.png", "landscape.png")  # the rest are written
 _ITEM_COLUMNS = ["phase", "arm", "seed", "lr", "index", "correct"]
 _PHASES = ("main", "search", "base")
 
@@ -130,6 +133,7 @@ def export(out: str | Path, dest: str | Path) -> Path:
         slim = {k: rec.get(k) for k in ("label", "seed", "lr", "band", "tuning", "fingerprint", "ppl")}
         slim["train"] = {k: (rec.get("train") or {}).get(k) for k in _KEEP_TRAIN} if rec.get("train") else None
         slim["scores"] = (rec.get("eval") or {}).get("scores")
+        slim["computed"] = computed_on(rec)
         try:
             pairs = [(int(it["index"]), int(bool(it["scores"][metric]["correct"]))) for it in rec["items"]]
         except (KeyError, TypeError, ValueError) as e:
@@ -150,10 +154,95 @@ def export(out: str | Path, dest: str | Path) -> Path:
     with RunDir(dest):  # one writer at a time
         write_text(dest / "cells.jsonl", "\n".join(lines) + "\n")
         write_text(dest / "items.csv", buf.getvalue())
-        for name in _EXPORT_FILES[2:]:
+        write_text(dest / "compute.md", render_ledger(compute_ledger([json.loads(line) for line in lines])))
+        for name in _COPIED:
             if (out / name).exists():
                 write_bytes(dest / name, (out / name).read_bytes())
     return dest
+
+
+def computed_on(rec: dict[str, Any]) -> dict[str, Any] | None:
+    """Where and when a cell was evaluated (its evaluation's provenance: CPU model, native bf16, GPUs, torch
+    threads), the training precision, and the evaluation's wall time; None for a record without provenance."""
+    ev = rec.get("eval") or {}
+    prov = ev.get("provenance") or {}
+    hw = prov.get("hardware") or {}
+    if not hw:
+        return None
+    cpu = hw.get("cpu") or {}
+    return {
+        "cpu": cpu.get("model") or hw.get("machine"),
+        "native_bf16": cpu.get("native_bf16"),
+        "gpus": hw.get("cuda_devices"),
+        "torch_threads": hw.get("torch_threads"),
+        "precision": (rec.get("train") or {}).get("precision"),
+        "time_utc": prov.get("time_utc"),
+        "eval_wall_s": ev.get("wall_s"),
+    }
+
+
+LEDGER_FIELDS = ("cpu", "native_bf16", "gpus", "torch_threads", "precision")
+
+
+def compute_ledger(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Exported cells grouped by where they ran (:data:`LEDGER_FIELDS` of their ``computed`` record; cells
+    exported without one form a group of ``None``): the number of cells, training hours (a training that
+    two evaluations share, such as the rate search's run at the chosen rate, counted once), evaluation hours
+    (decoding; forgetting texts are not timed), and the first and last evaluation time."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    trained: set[str] = set()
+    for c in cells:
+        comp = c.get("computed") or {}
+        key = tuple(tuple(v) if isinstance(v, list) else v for v in (comp.get(f) for f in LEDGER_FIELDS))
+        g = groups.setdefault(key, {"cells": 0, "train_h": 0.0, "eval_h": 0.0, "times": []})
+        g["cells"] += 1
+        fp = (c.get("fingerprint") or {}).get("training")
+        if c.get("train") and fp not in trained:
+            trained.add(fp)
+            g["train_h"] += float(c["train"].get("wall_s") or 0.0) / 3600
+        g["eval_h"] += float(comp.get("eval_wall_s") or 0.0) / 3600
+        if comp.get("time_utc"):
+            g["times"].append(comp["time_utc"])
+    out = []
+    for key, g in groups.items():
+        times = sorted(g.pop("times"))
+        out.append(
+            dict(zip(LEDGER_FIELDS, key))
+            | g
+            | {"first": times[0] if times else None, "last": times[-1] if times else None}
+        )
+    return out
+
+
+def render_ledger(ledger: list[dict[str, Any]]) -> str:
+    """``compute.md``: one row per machine and setting, and the total."""
+    lines = [
+        "# Where the cells ran",
+        "",
+        "From each cell's evaluation record; a cell's training ran on the same machine unless it was reused from "
+        "an earlier run. Training hours count a shared training once; evaluation hours are decoding time "
+        "(forgetting texts are not timed).",
+        "",
+        "| CPU | native bf16 | GPUs | torch threads | precision | cells | training h | evaluation h | first | last |",
+        "|---|---|---|---:|---|---:|---:|---:|---|---|",
+    ]
+    for r in ledger:
+        gpus = ", ".join(r["gpus"]) if r["gpus"] else "-"
+        shown = ["not recorded" if r["cpu"] is None else r["cpu"], _yes_no(r["native_bf16"]), gpus]
+        shown += [_dash(r["torch_threads"]), _dash(r["precision"]), str(r["cells"])]
+        shown += [f"{r['train_h']:.2f}", f"{r['eval_h']:.2f}", _dash(r["first"]), _dash(r["last"])]
+        lines.append("| " + " | ".join(shown) + " |")
+    total = [sum(r[k] for r in ledger) for k in ("cells", "train_h", "eval_h")]
+    lines.append(f"| total | | | | | {total[0]} | {total[1]:.2f} | {total[2]:.2f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _yes_no(v: Any) -> str:
+    return "-" if v is None else "yes" if v else "no"
+
+
+def _dash(v: Any) -> str:
+    return "-" if v is None else str(v)
 
 
 _STATE_FILES = ("fingerprint.json", "cell.json", "items.jsonl", "summary.json", "results.json", "COMPLETED")

@@ -308,7 +308,18 @@ def test_exported_raw_results_rederive_the_table(tmp_path):
     res = compare(grid, tmp_path / "c", progress=False)
     assert (tmp_path / "c" / "landscape.png").read_bytes()[:4] == b"\x89PNG"
     dest = export(tmp_path / "c", tmp_path / "raw")
-    assert {p.name for p in dest.iterdir()} >= {"cells.jsonl", "items.csv", "compare.md", "landscape.png"}
+    assert {p.name for p in dest.iterdir()} >= {"cells.jsonl", "items.csv", "compare.md", "landscape.png", "compute.md"}
+    # where the cells ran: this machine, every cell (2 arms x 2 seeds + the base), its precision and threads
+    import torch
+
+    from midblock.tuning.precision import cpu_capability, resolve_precision
+
+    exported = [json.loads(line) for line in (dest / "cells.jsonl").read_text().splitlines()]
+    assert {c["computed"]["cpu"] for c in exported} == {cpu_capability()["model"]}
+    assert {c["computed"]["torch_threads"] for c in exported} == {torch.get_num_threads()}
+    assert {c["computed"]["precision"] for c in exported if c["phase"] != "base"} == {resolve_precision("auto")}
+    ledger = (dest / "compute.md").read_text()
+    assert "| total | | | | | 5 |" in ledger
     again = derive(dest)
     keys = ("arm", "seed", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "seed_sd")
     keys += ("diff_vs_baseline", "diff_low", "diff_high", "ppl", "ppl_change_pct", "rank_units")
@@ -446,3 +457,27 @@ def test_compare_cli_precision_overrides_the_preset():
 
     args = build_parser().parse_args(["compare", "--preset", "band-landscape", "--precision", "fp32", "--out", "x"])
     assert grid_from_args(args)["train"]["precision"] == "fp32"
+
+
+def test_compute_ledger_groups_by_machine_and_counts_a_shared_training_once():
+    from midblock.experiments.export import compute_ledger, render_ledger
+
+    def cell(phase, fp, cpu, threads, t, train_s=3600.0, eval_s=1800.0):
+        comp = {"cpu": cpu, "native_bf16": cpu == "B", "gpus": None, "torch_threads": threads, "precision": "fp32"}
+        comp |= {"time_utc": t, "eval_wall_s": eval_s}
+        return {"phase": phase, "fingerprint": {"training": fp}, "train": {"wall_s": train_s}, "computed": comp}
+
+    cells = [
+        cell("search", "x", "A", 2, "2026-12-01T10:00:00"),
+        cell("main", "x", "A", 2, "2026-12-01T11:00:00"),  # the search's training, evaluated on test
+        cell("main", "y", "B", 1, "2026-12-02T09:00:00"),
+        {"phase": "base", "fingerprint": {}, "train": None, "computed": None},  # exported before it was kept
+    ]
+    a, b, old = compute_ledger(cells)
+    assert (a["cpu"], a["cells"], a["train_h"], a["eval_h"]) == ("A", 2, 1.0, 1.0)
+    assert (a["first"], a["last"]) == ("2026-12-01T10:00:00", "2026-12-01T11:00:00")
+    assert (b["cpu"], b["native_bf16"], b["torch_threads"], b["cells"], b["train_h"]) == ("B", True, 1, 1, 1.0)
+    assert old["cpu"] is None and old["cells"] == 1 and old["train_h"] == 0
+    md = render_ledger([a, b, old])
+    assert "| A | no | - | 2 | fp32 | 2 | 1.00 | 1.00 |" in md and "| not recorded |" in md
+    assert "| total | | | | | 4 | 2.00 | 1.50 | | |" in md
