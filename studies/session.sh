@@ -1,0 +1,64 @@
+#!/bin/bash
+# One working session of the long studies (see README.md).
+#
+#   bash studies/session.sh start [STUDY ...]   restore each study's saved state into runs/STUDY and run it in
+#                                              the background at one torch thread (default: the first two
+#                                              studies here, in the order below), logging to runs/STUDY.log
+#   bash studies/session.sh save                save the finished cells of every study under runs/ into
+#                                              studies/STUDY/state (commit them before the session ends)
+#   bash studies/session.sh status              what each study has finished and is training now
+#
+# Two studies at one thread each get through more work than one at two threads on a 2-core machine (README.md).
+# The code a study imports is read as it runs: edit the package in another checkout while studies run, or
+# run them from a frozen one (RUN_FROM=/path/to/worktree; its studies/ and runs/ are used). MIDBLOCK and
+# PYTHON name the commands (default: .venv/bin/ of the checkout this script is in).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=${RUN_FROM:-$HERE}
+MIDBLOCK=${MIDBLOCK:-$HERE/.venv/bin/midblock}
+PYTHON=${PYTHON:-$HERE/.venv/bin/python}
+ORDER=(paper-protocol-replay selection-landscape gemma-base)
+cd "$ROOT"
+
+present() { for s in "${ORDER[@]}"; do [ -f "studies/$s/run.sh" ] && echo "$s"; done; }
+
+case "${1:-}" in
+start)
+    shift
+    studies=("$@")
+    [ ${#studies[@]} -gt 0 ] || mapfile -t studies < <(present | head -n 2)
+    if [ -z "${FORCE:-}" ] && pgrep -f "midblock compare" >/dev/null; then
+        echo "session: a compare is already running (pgrep -af 'midblock compare'); stop it first, or FORCE=1" >&2
+        exit 2
+    fi
+    free -g | sed -n 1,2p
+    for s in "${studies[@]}"; do
+        [ -f "studies/$s/run.sh" ] || { echo "session: no study '$s' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
+        mkdir -p "runs/$s"
+        [ ! -d "studies/$s/state" ] || cp -r "studies/$s/state/." "runs/$s/"
+        OUT="runs/$s" THREADS=1 MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" PYTHONPATH="$ROOT" \
+            setsid nohup bash "studies/$s/run.sh" >>"runs/$s.log" 2>&1 &
+        echo "started $s (pid $!): runs/$s, log runs/$s.log"
+    done
+    ;;
+save)
+    for s in $(present); do
+        [ -d "runs/$s/cells" ] || [ -L "runs/$s" ] || continue
+        "$MIDBLOCK" export --mode state --from "runs/$s" --dest "$HERE/studies/$s/state"
+    done
+    ;;
+status)
+    for s in $(present); do
+        [ -d "runs/$s/cells" ] || { echo "$s: not started here"; continue; }
+        echo "$s: $(find -L "runs/$s/cells" -name cell.json | wc -l) evaluated cells"
+        for log in $(find -L "runs/$s/cells" -path '*/train/train_log.jsonl'); do
+            run=$(dirname "$log")
+            [ -f "$run/COMPLETED" ] || echo "  unfinished: $(basename "$(dirname "$run")"), step $(wc -l <"$log")"
+        done
+    done
+    ;;
+*)
+    sed -n 2,14p "$0" >&2
+    exit 2
+    ;;
+esac
