@@ -3,8 +3,10 @@ sampled on a thread, the CPU in one line, the machine's load. Times nothing itse
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -72,9 +74,6 @@ def gib(b: float | None) -> str:
 def run_worker(cmd: list[str], name: str) -> dict:
     """Run one worker process (``cmd``) and return the JSON it printed on its ``RESULT `` line; a worker
     that printed none stops the benchmark with the tail of its output."""
-    import json
-    import sys
-
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
@@ -85,8 +84,6 @@ def run_worker(cmd: list[str], name: str) -> dict:
 
 def write_report(out: str | None, report: str, results: list[dict]) -> None:
     """Print the markdown report; with ``out``, write it there and the raw results beside it as ``.json``."""
-    import json
-
     print(report)
     if out:
         Path(out).write_text(report)

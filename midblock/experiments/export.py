@@ -52,9 +52,8 @@ _KEEP_TRAIN = (
 
 
 # The files ``export`` writes into DEST; anything else there (a README, notes) is never touched.
-_EXPORT_FILES = ("cells.jsonl", "items.csv", "compare.md", "compare.json", "lr_search.md", "compare.png")
-_EXPORT_FILES += ("landscape.png", "compute.md")
-_COPIED = ("compare.md", "compare.json", "lr_search.md", "compare.png", "landscape.png")  # the rest are written
+_COPIED = ("compare.md", "compare.json", "lr_search.md", "compare.png", "landscape.png")  # from the comparison
+_EXPORT_FILES = ("cells.jsonl", "items.csv", *_COPIED, "compute.md")
 _ITEM_COLUMNS = ["phase", "arm", "seed", "lr", "index", "correct"]
 _PHASES = ("main", "search", "base")
 
@@ -126,7 +125,8 @@ def export(out: str | Path, dest: str | Path) -> Path:
     if not isinstance(metric, str):
         raise MidblockError(f"{out / 'compare.json'} names no metric", hint="rerun compare")
     _check_dest(out, dest)
-    lines, buf = [], io.StringIO()
+    cells: list[dict[str, Any]] = []
+    buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(_ITEM_COLUMNS)
     for phase, rec in _records(out, meta):
@@ -147,14 +147,14 @@ def export(out: str | Path, dest: str | Path) -> Path:
                 hint="rerun the same compare command to finish it",
             )
         slim["items_digest"] = _items_digest(pairs)
-        lines.append(json.dumps({"phase": phase, **slim}))
+        cells.append({"phase": phase, **slim})
         for index, correct in pairs:
             w.writerow([phase, rec["label"], rec.get("seed"), rec.get("lr"), index, correct])
     dest.mkdir(parents=True, exist_ok=True)
     with RunDir(dest):  # one writer at a time
-        write_text(dest / "cells.jsonl", "\n".join(lines) + "\n")
+        write_text(dest / "cells.jsonl", "".join(json.dumps(c) + "\n" for c in cells))
         write_text(dest / "items.csv", buf.getvalue())
-        write_text(dest / "compute.md", render_ledger(compute_ledger([json.loads(line) for line in lines])))
+        write_text(dest / "compute.md", render_ledger(compute_ledger(cells)))
         for name in _COPIED:
             if (out / name).exists():
                 write_bytes(dest / name, (out / name).read_bytes())
