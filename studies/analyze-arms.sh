@@ -16,5 +16,8 @@ for c in json.loads((out / "compare.json").read_text())["table_cells"]:
     if c["phase"] == "main" and rec["seed"] == 0:
         print(rec["label"], rec["run_dir"])
 PY
-  [ -f "$OUT/analysis-$arm/COMPLETED" ] || "$MIDBLOCK" analyze --base "$BASE" --variant "$run" --data arith --out "$OUT/analysis-$arm"
+  [ ! -f "$OUT/analysis-$arm/COMPLETED" ] || continue
+  resume=()  # an analysis stopped part way (session.sh stop) continues from its cached accumulators
+  [ ! -d "$OUT/analysis-$arm" ] || resume=(--resume)
+  "$MIDBLOCK" analyze --base "$BASE" --variant "$run" --data arith --out "$OUT/analysis-$arm" "${resume[@]}"
 done

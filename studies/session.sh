@@ -7,18 +7,30 @@
 #   bash studies/session.sh save                save the finished cells of every study under runs/ into
 #                                              studies/STUDY/state (commit them before the session ends)
 #   bash studies/session.sh status              what each study has finished and is training now
+#   bash studies/session.sh stop                stop the running studies with a checkpoint (SIGTERM) before the
+#                                              session ends: a later `start` on the same runs/ resumes the
+#                                              cell in progress from it (state/ holds finished cells only)
 #
 # Two studies at one thread each get through more work than one at two threads on a 2-core machine (README.md).
 # The code a study imports is read as it runs: edit the package in another checkout while studies run, or
 # run them from a frozen one (RUN_FROM=/path/to/worktree; its studies/ and runs/ are used). MIDBLOCK and
-# PYTHON name the commands (default: .venv/bin/ of the checkout this script is in).
+# PYTHON name the commands (default: .venv/bin/ of the checkout this script is in). Each cell's training is
+# also checkpointed every SAVE_EVERY steps (default 10; run.sh), so a hard stop loses at most that many.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-ROOT=${RUN_FROM:-$HERE}
+ROOT=$(cd "${RUN_FROM:-$HERE}" && pwd -P)
 MIDBLOCK=${MIDBLOCK:-$HERE/.venv/bin/midblock}
 PYTHON=${PYTHON:-$HERE/.venv/bin/python}
 ORDER=(paper-protocol-replay selection-landscape gemma-base)
 cd "$ROOT"
+
+# the studies' commands running in this tree (their working directory is ROOT): other trees' are left alone
+study_pids() {
+    local p
+    for p in $(pgrep -f "midblock (compare|analyze) " || true); do  # analyze: analyze-arms.sh, a study's last step
+        [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" != "$ROOT" ] || echo "$p"
+    done
+}
 
 present() { for s in "${ORDER[@]}"; do [ -f "studies/$s/run.sh" ] && echo "$s"; done; }
 
@@ -47,6 +59,16 @@ save)
         "$MIDBLOCK" export --mode state --from "runs/$s" --dest "$HERE/studies/$s/state"
     done
     ;;
+stop)
+    pids=$(study_pids)
+    [ -n "$pids" ] || { echo "session: no study of $ROOT is running"; exit 0; }
+    # the training loop checkpoints after the step in progress and compare exits; a decode or an analysis
+    # stops at once and resumes from its per-item file
+    kill -TERM $pids
+    for _ in $(seq 1 600); do [ -n "$(study_pids)" ] || break; sleep 1; done
+    if [ -n "$(study_pids)" ]; then echo "session: still running after 10 min: $(study_pids)" >&2; exit 1; fi
+    echo "stopped: $(echo $pids | wc -w) process(es)"
+    ;;
 status)
     for s in $(present); do
         [ -d "runs/$s/cells" ] || { echo "$s: not started here"; continue; }
@@ -58,7 +80,7 @@ status)
     done
     ;;
 *)
-    sed -n 2,14p "$0" >&2
+    sed -n 2,19p "$0" >&2
     exit 2
     ;;
 esac

@@ -22,7 +22,9 @@ from midblock.tuning.trainconfig import TrainConfig
 # flags below give the common cases (one method per name, bands, a rank, shared training settings).
 _FILE_ONLY = ("methods", "train", "forgetting", "lr_search", "auto_analysis")
 _METHOD_FLAGS = ("rank", "alpha_policy")  # MidBlockConfig fields given to every arm built from --methods
-_TRAIN_FLAGS = ("steps", "lr", "batch_size", "precision")  # TrainConfig fields shared by every cell
+# TrainConfig fields shared by every cell; save_every is run control: it never enters a cell's key, so a long
+# grid can checkpoint its cells periodically and still reuse the ones finished without it
+_TRAIN_FLAGS = ("steps", "lr", "batch_size", "precision", "save_every")
 
 
 def _csv(s: str | None, kind=str) -> list | None:

@@ -44,6 +44,7 @@ TRAIN_KEYS = (
     "labelled_head",
     "eval_loss_items",
     "monitor",
+    "save_every",  # run control, like monitor: not in a cell's key (TrainConfig.fingerprint leaves it out)
 )
 FORGETTING_KEYS = ("data", "limit", "max_length", "batch_size")
 FORGETTING_DATA = "general, " + ", ".join(builtin_tasks()) + " or a file"  # what forgetting's `data` names

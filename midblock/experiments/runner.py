@@ -24,6 +24,7 @@ the shared one) on the first seed, scores it on the dev split and keeps the best
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -48,7 +49,7 @@ from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import write_lr_search, write_outputs
 from midblock.reporting.pareto import pareto_point, plot_pareto
 from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
-from midblock.tuning.train import SUMMARY_FILE, train
+from midblock.tuning.train import CKPT_DIR, SUMMARY_FILE, train
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,10 @@ def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> di
     another process is training is refused ("in use by process N"), never removed."""
     if (tdir / "COMPLETED").exists() and (tdir / SUMMARY_FILE).exists():
         return read_json(tdir / SUMMARY_FILE)
-    return train(cc.train_config(cell, tdir, tdir.exists(), progress)).to_dict()
+    res = train(cc.train_config(cell, tdir, tdir.exists(), progress)).to_dict()
+    if not res.get("stopped"):  # finished: its checkpoints (up to two, a full-parameter arm's ~GB) resume nothing
+        shutil.rmtree(tdir / CKPT_DIR, ignore_errors=True)
+    return res
 
 
 def run_cell(

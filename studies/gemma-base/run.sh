@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-runs/gemma-base}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${THREADS:-1}
 MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
-ARGS=(--preset band-landscape --config studies/gemma-base/grid.yaml)
+# --save-every: each cell's training checkpoints every N steps (run control, in no key: finished cells are reused)
+ARGS=(--preset band-landscape --config studies/gemma-base/grid.yaml --save-every "${SAVE_EVERY:-10}")
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
 # the layer-wise analysis of base against tuned (each arm's seed-0 run of the main grid), as for SmolLM2

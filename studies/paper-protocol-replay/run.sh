@@ -10,7 +10,8 @@ MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 PYTHON=${PYTHON:-.venv/bin/python}
 # precision fp32, not auto: sessions land on CPUs with and without native bf16, and auto would resolve to bf16 on
 # some of them, which keys a different grid (the study started in fp32, on AVX2 without avx512_bf16)
-ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400 --precision fp32)
+# --save-every: each cell's training checkpoints every N steps (run control, in no key: finished cells are reused)
+ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400 --precision fp32 --save-every "${SAVE_EVERY:-10}")
 # 1. the one shared learning rate: chosen for uniform LoRA on 200 dev problems (seed 0), see search.yaml
 "$MIDBLOCK" compare "${ARGS[@]}" --config studies/paper-protocol-replay/search.yaml --out "$OUT" --no-progress
 [ -d "$OUT.search" ] || "$MIDBLOCK" export --from "$OUT" --dest "$OUT.search"

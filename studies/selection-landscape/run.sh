@@ -11,7 +11,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_N
 MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 # precision fp32, not the preset's auto: sessions land on CPUs with and without native bf16, and auto would key
 # a bf16 grid on some of them (fp32 is what auto chose on the CPU the estimate was made on: AVX2, no avx512_bf16)
-ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml --precision fp32)
+# --save-every: each cell's training checkpoints every N steps (run control, in no key: finished cells are reused)
+ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml --precision fp32 --save-every "${SAVE_EVERY:-10}")
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
 # the layer-wise analysis of base against tuned (each arm's seed-0 run), the instruct-model side of the

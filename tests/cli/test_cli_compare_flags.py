@@ -42,9 +42,10 @@ def test_method_and_training_flags_fill_the_grid_only_when_given():
     args = p.parse_args(
         ["compare", "--methods", "lora,midblock", "--rank", "4", "--alpha-policy", "fixed", "--band", "2-3"]
         + ["--band", "seg2-4/5", "--steps", "3", "--lr", "0.01", "--batch-size", "2", "--model", "random:llama-tiny"]
+        + ["--save-every", "5"]
     )
     g = grid_from_args(args)
-    assert g["train"] == {"steps": 3, "lr": 0.01, "batch_size": 2}
+    assert g["train"] == {"steps": 3, "lr": 0.01, "batch_size": 2, "save_every": 5}
     lora, mid = g["methods"]
     assert lora == {"name": "lora", "method": "lora", "rank": 4, "alpha_policy": "fixed"}
     assert mid["bands"] == ["2-3", "seg2-4/5"] and mid["budget_baseline_rank"] == 4

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -395,6 +396,33 @@ def test_a_training_stopped_by_a_signal_stops_the_grid_without_evaluating(tmp_pa
     monkeypatch.setattr(runner, "train", real)
     res = compare(grid, tmp_path / "c", progress=False)  # resumes from the checkpoint and finishes
     assert res["cells"][0]["train"]["steps"] == 2
+
+
+def test_periodic_checkpoints_are_run_control_a_grid_with_them_reuses_cells_finished_without(tmp_path, monkeypatch):
+    """``save_every`` (compare --save-every) checkpoints each cell's training every N steps, so a long study
+    loses at most N steps to a hard stop; it is not part of a cell's key: finished cells are reused."""
+    import midblock.experiments.runner as runner
+
+    grid = SMALL | {"train": SMALL["train"] | {"steps": 2}}
+    periodic = grid | {"train": grid["train"] | {"save_every": 1}}
+    real, saved = runner.train, []
+
+    def train_and_list(cfg):
+        res = real(cfg)
+        saved.append(sorted(c.name for c in (Path(cfg.out) / "checkpoints").glob("step-*.pt")))
+        return res
+
+    monkeypatch.setattr(runner, "train", train_and_list)
+    res = compare(periodic, tmp_path / "p", progress=False)
+    compare(grid, tmp_path / "c", progress=False)
+    assert saved == [["step-0000001.pt", "step-0000002.pt"], []]  # every step, the newest two kept; none without
+    # a finished cell's checkpoints go (they resume nothing; a full-parameter arm's are the size of its model)
+    assert not list((tmp_path / "p" / "cells").glob("*/train/checkpoints/*"))
+    names = [sorted(p.name for p in (tmp_path / d / "cells").iterdir()) for d in ("p", "c")]
+    assert names[0] == names[1]  # the same cell keys
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    again = compare(periodic, tmp_path / "c", progress=False)
+    assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in res["rows"]]
 
 
 def _simulate_cpu(monkeypatch, native: bool) -> None:
