@@ -32,6 +32,7 @@ COMMANDS = [
     "interpolate",
     "earlyexit",
     "correlate",
+    "profiles",
     "demo",
 ]
 

@@ -245,11 +245,19 @@ def _dash(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-_STATE_FILES = ("fingerprint.json", "cell.json", "items.jsonl", "summary.json", "results.json", "COMPLETED")
+_STATE_FILES = (
+    "fingerprint.json",
+    "cell.json",
+    "items.jsonl",
+    "summary.json",
+    "results.json",
+    "metrics.csv",
+    "COMPLETED",
+)
 
 
 def save_state(out: str | Path, dest: str | Path) -> int:
-    """Copy the finished cells' small files (and the base analysis) of ``out`` into ``dest``; returns the
+    """Copy the finished cells' small files (and the finished analyses) of ``out`` into ``dest``; returns the
     number of finished cells. Training runs (adapters, checkpoints) are not copied: a finished cell never
     needs its training run again."""
     out, dest = Path(out), Path(dest)
@@ -262,6 +270,10 @@ def save_state(out: str | Path, dest: str | Path) -> int:
     keep = [d / n for d in finished for n in ("cell.json", "fingerprint.json", "eval/items.jsonl", "eval/summary.json")]
     keep += [d.parent / "fingerprint.json" for d in finished]
     keep += [a / n for a in out.glob("analysis-base-*") for n in ("results.json", "COMPLETED", "fingerprint.json")]
+    # the finished analyses of tuned runs (studies/analyze-arms.sh): their tables, not their caches
+    tuned = [a for a in out.glob("analysis-*") if not a.name.startswith("analysis-base-")]
+    done = [a for a in tuned if (a / "COMPLETED").is_file()]
+    keep += [a / n for a in done for n in ("results.json", "metrics.csv", "COMPLETED", "fingerprint.json")]
     for f in keep:
         if f.exists() and f.name in _STATE_FILES:
             write_bytes(dest / f.relative_to(out), f.read_bytes())  # only these names, each replaced atomically

@@ -24,7 +24,6 @@ the shared one) on the first seed, scores it on the dev split and keeps the best
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -49,7 +48,7 @@ from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import write_lr_search, write_outputs
 from midblock.reporting.pareto import pareto_point, plot_pareto
 from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
-from midblock.tuning.train import CKPT_DIR, SUMMARY_FILE, train
+from midblock.tuning.train import SUMMARY_FILE, remove_checkpoints, train
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> di
         return read_json(tdir / SUMMARY_FILE)
     res = train(cc.train_config(cell, tdir, tdir.exists(), progress)).to_dict()
     if not res.get("stopped"):  # finished: its checkpoints (up to two, a full-parameter arm's ~GB) resume nothing
-        shutil.rmtree(tdir / CKPT_DIR, ignore_errors=True)
+        remove_checkpoints(tdir)
     return res
 
 

@@ -241,6 +241,15 @@ def _checkpoints(run: Path) -> list[Path]:
     return sorted(cks, key=_ckpt_step)
 
 
+def remove_checkpoints(run: Path) -> None:
+    """Delete a finished run's checkpoints (``checkpoints/step-<digits>.pt`` only, then the folder if that
+    leaves it empty): the caller's choice once the run's adapter or delta is all it needs (compare does)."""
+    for ck in _checkpoints(run):
+        ck.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # anything else in it stays, and so does the folder
+        (run / CKPT_DIR).rmdir()
+
+
 def _latest_checkpoint(run: Path) -> Path | None:
     cks = _checkpoints(run)
     return cks[-1] if cks else None

@@ -377,6 +377,23 @@ def test_saved_state_resumes_elsewhere_without_recomputing(tmp_path, monkeypatch
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
 
 
+def test_saved_state_keeps_finished_analyses_of_tuned_runs_without_their_caches(tmp_path):
+    from midblock.experiments.export import save_state
+
+    compare(SMALL, tmp_path / "c", progress=False)
+    for name, done in (("analysis-lora-s0", True), ("analysis-lora-s1", False)):  # studies/analyze-arms.sh
+        a = tmp_path / "c" / name
+        a.mkdir()
+        for f in ("results.json", "metrics.csv", "fingerprint.json", "cache.safetensors"):
+            (a / f).write_text("x")
+        if done:
+            (a / "COMPLETED").write_text("t")
+    save_state(tmp_path / "c", tmp_path / "state")
+    kept = sorted(p.name for p in (tmp_path / "state" / "analysis-lora-s0").iterdir())
+    assert kept == ["COMPLETED", "fingerprint.json", "metrics.csv", "results.json"]
+    assert not (tmp_path / "state" / "analysis-lora-s1").exists()  # unfinished: resumable only from its caches
+
+
 def test_a_training_stopped_by_a_signal_stops_the_grid_without_evaluating(tmp_path, monkeypatch):
     """SIGINT/SIGTERM stop a cell's training with a checkpoint: compare stops too (the same command resumes),
     instead of trying to evaluate a run that has no adapter yet."""
