@@ -7,7 +7,11 @@
 - ``items.csv``: one line per (cell, test item): whether each extractor scored it correct;
 - ``compute.md``: where the cells ran (CPU, native bf16, threads, precision) and for how long
   (:func:`compute_ledger`; a study that spans sessions on different machines records each);
-- copies of ``compare.md``, ``compare.json``, ``lr_search.md`` and the figure.
+- copies of ``compare.md``, ``compare.json``, ``lr_search.md`` and the figure;
+- ``analyses/NAME.metrics.csv`` and ``NAME.results.json`` of every finished layer-wise analysis in the
+  comparison (``analysis-*``: the base analysis of band ``auto``, and the analyses of tuned runs that
+  ``studies/analyze-arms.sh`` adds), and ``profiles.md``, ``profiles.json``, ``profiles.png`` from
+  ``profiles/`` (``midblock profiles`` over those analyses), where they exist.
 
 ``save_state(out, dest)`` copies what a partly finished comparison needs to resume elsewhere without
 redoing its finished cells (their fingerprints, records and per-item results, and the base analysis of
@@ -53,7 +57,9 @@ _KEEP_TRAIN = (
 
 # The files ``export`` writes into DEST; anything else there (a README, notes) is never touched.
 _COPIED = ("compare.md", "compare.json", "lr_search.md", "compare.png", "landscape.png")  # from the comparison
-_EXPORT_FILES = ("cells.jsonl", "items.csv", *_COPIED, "compute.md")
+_PROFILES = ("profiles.md", "profiles.json", "profiles.png")  # from the comparison's profiles/
+_ANALYSES = "analyses"  # a folder: NAME.metrics.csv and NAME.results.json of each finished analysis-NAME
+_EXPORT_FILES = ("cells.jsonl", "items.csv", *_COPIED, "compute.md", *_PROFILES, _ANALYSES)
 _ITEM_COLUMNS = ["phase", "arm", "seed", "lr", "index", "correct"]
 _PHASES = ("main", "search", "base")
 
@@ -158,7 +164,21 @@ def export(out: str | Path, dest: str | Path) -> Path:
         for name in _COPIED:
             if (out / name).exists():
                 write_bytes(dest / name, (out / name).read_bytes())
+        _export_analyses(out, dest)
     return dest
+
+
+def _export_analyses(out: Path, dest: Path) -> None:
+    """The finished layer-wise analyses' tables (not their caches or figures) and the profiles over them."""
+    for a in sorted(out.glob("analysis-*")):
+        if (a / "COMPLETED").is_file():
+            (dest / _ANALYSES).mkdir(exist_ok=True)
+            for name in ("metrics.csv", "results.json"):
+                if (a / name).is_file():
+                    write_bytes(dest / _ANALYSES / f"{a.name}.{name}", (a / name).read_bytes())
+    for name in _PROFILES:
+        if (out / "profiles" / name).is_file():
+            write_bytes(dest / name, (out / "profiles" / name).read_bytes())
 
 
 def computed_on(rec: dict[str, Any]) -> dict[str, Any] | None:

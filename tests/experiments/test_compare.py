@@ -394,6 +394,28 @@ def test_saved_state_keeps_finished_analyses_of_tuned_runs_without_their_caches(
     assert not (tmp_path / "state" / "analysis-lora-s1").exists()  # unfinished: resumable only from its caches
 
 
+def test_export_carries_finished_analyses_and_their_profiles(tmp_path):
+    from midblock.experiments.export import export
+    from tests.reporting.test_profiles import write_run
+
+    compare(SMALL, tmp_path / "c", progress=False)
+    runs = []
+    for seed, top in enumerate((0.3, 0.5)):  # what studies/analyze-arms.sh leaves: analyses, then profiles
+        a = write_run(tmp_path / "c" / f"analysis-lora-s{seed}", top)
+        (a / "results.json").write_text("{}")
+        (a / "cache.pt").write_text("x")
+        (a / "COMPLETED").write_text("t")
+        runs.append(f"lora={a}")
+    write_run(tmp_path / "c" / "analysis-lora-s2", 0.1)  # unfinished
+    assert run_cli("profiles", *runs, "--out", str(tmp_path / "c" / "profiles"))[0] == 0
+    dest = export(tmp_path / "c", tmp_path / "raw")
+    assert sorted(p.name for p in (dest / "analyses").iterdir()) == [
+        f"analysis-lora-s{s}.{n}" for s in (0, 1) for n in ("metrics.csv", "results.json")
+    ]
+    assert {"profiles.md", "profiles.json", "profiles.png"} <= {p.name for p in dest.iterdir()}
+    export(tmp_path / "c", tmp_path / "raw")  # a second export replaces its own files
+
+
 def test_a_training_stopped_by_a_signal_stops_the_grid_without_evaluating(tmp_path, monkeypatch):
     """SIGINT/SIGTERM stop a cell's training with a checkpoint: compare stops too (the same command resumes),
     instead of trying to evaluate a run that has no adapter yet."""

@@ -185,3 +185,52 @@ def test_the_docs_quote_the_derived_numbers(doc):
             p = "<0.001" if r["diff_p_holm"] < 0.001 else f"{r['diff_p_holm']:.3f}"
             assert sim in text and p in text, f"{doc}, {r['arm']}: {sim} / Holm p {p} is not quoted"
             assert f"{r['ppl_change_pct']:+.1f}%" in text, f"{doc}, {r['arm']}"
+
+
+# ----------------------------------------------------------------------------- layer profiles by depth region
+# Written from docs/metrics.md ("Depth regions"), not from midblock.analysis.regions: block b is read at layer
+# b + 1; the paper's floor rule cuts L blocks into fifths at floor(i L / 5); 1 - CKA for `cka`, the LoRA or
+# full weight change for `weight_delta_rel`; means over datasets, then over each region's blocks; over the
+# seeds of one arm a mean and a t-interval with the 0.975 quantiles below (df = seeds - 1).
+
+PROFILED = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/profiles.json"))
+T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 5: 2.570581836, 6: 2.446911851}
+T975 |= {7: 2.364624252, 8: 2.306004135, 9: 2.262157163}
+SOURCES = {"1-cka": ("cka",), "mean_shift_rel": ("mean_shift_rel",), "logit_kl": ("logit_kl",)}
+SOURCES["weight_delta_rel"] = ("weight_delta_rel", "lora_delta_rel")
+
+
+def _region_means(metrics_csv, profile):
+    values = defaultdict(list)
+    with open(metrics_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["variant"] != "base"]
+    L = max(int(r["layer"]) for r in rows)
+    for r in rows:
+        if r["metric"] in SOURCES[profile] and int(r["layer"]) >= 1 and math.isfinite(float(r["value"])):
+            v = float(r["value"])
+            values[int(r["layer"]) - 1].append(1 - v if profile == "1-cka" else v)
+    cut = [i * L // 5 for i in range(6)]
+    regions = {"bottom": range(cut[0], cut[1]), "middle": range(cut[1], cut[4]), "top": range(cut[4], cut[5])}
+    out = {}
+    for name, blocks in regions.items():
+        per_block = [sum(values[b]) / len(values[b]) for b in blocks if values[b]]
+        out[name] = sum(per_block) / len(per_block)
+    out["top/middle"] = out["top"] / out["middle"]
+    return out
+
+
+@pytest.mark.parametrize("raw", PROFILED, ids=lambda p: p.name)
+def test_the_published_profiles_rederive_from_the_committed_analyses(raw):
+    groups = json.loads((raw / "profiles.json").read_text())["groups"]
+    for label, g in groups.items():
+        for profile, summary in g["summary"].items():
+            per_run = [_region_means(raw / "analyses" / f"{Path(r).name}.metrics.csv", profile) for r in g["runs"]]
+            for region in ("bottom", "middle", "top", "top/middle"):
+                vals = [m[region] for m in per_run]
+                mean = sum(vals) / len(vals)
+                assert summary[region]["mean"] == pytest.approx(mean, rel=1e-9, abs=1e-15), (label, profile)
+                if len(vals) > 1:
+                    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+                    half = T975[len(vals) - 1] * sd / math.sqrt(len(vals))
+                    got = (summary[region]["lo"], summary[region]["hi"])
+                    assert got == pytest.approx((mean - half, mean + half), rel=1e-8, abs=1e-12)
