@@ -6,7 +6,8 @@
 #                                              studies here, in the order below), logging to runs/STUDY.log
 #   bash studies/session.sh save                save the finished cells of every study under runs/ into
 #                                              studies/STUDY/state (commit them before the session ends)
-#   bash studies/session.sh status              what each study has finished and is training now
+#   bash studies/session.sh status              what each study has finished (arm, rate, seed, score, perplexity)
+#                                              and is training now
 #   bash studies/session.sh stop                stop the running studies with a checkpoint (SIGTERM) before the
 #                                              session ends: a later `start` on the same runs/ resumes the
 #                                              cell in progress from it (state/ holds finished cells only)
@@ -73,6 +74,19 @@ status)
     for s in $(present); do
         [ -d "runs/$s/cells" ] || { echo "$s: not started here"; continue; }
         echo "$s: $(find -L "runs/$s/cells" -name cell.json | wc -l) evaluated cells"
+        "$PYTHON" - "runs/$s" <<'PY'
+import json, pathlib, sys
+rows = []
+for f in pathlib.Path(sys.argv[1]).glob("cells/*/eval-*/cell.json"):
+    d = json.loads(f.read_text())
+    e, ppl = d.get("eval") or {}, (d.get("ppl") or {}).get("ppl")
+    p = e.get("primary")
+    s = (e.get("scores") or {}).get(p[0] if isinstance(p, list) else p) or {}
+    rows.append((d["label"], d.get("lr") or 0, d.get("seed") or 0, e.get("n"), s.get("correct"), ppl))
+for label, lr, seed, n, k, ppl in sorted(rows, key=lambda r: (r[0] != "base", r[0], r[1], r[2])):
+    acc = f"{100 * k / n:5.1f}%" if n else "     -"
+    print(f"  {label:<22} lr {lr:<8g} seed {seed:<2} {k}/{n} = {acc}  ppl {ppl and round(ppl, 1)}")
+PY
         for log in $(find -L "runs/$s/cells" -path '*/train/train_log.jsonl'); do
             run=$(dirname "$log")
             [ -f "$run/COMPLETED" ] || echo "  unfinished: $(basename "$(dirname "$run")"), step $(wc -l <"$log")"
@@ -80,7 +94,7 @@ status)
     done
     ;;
 *)
-    sed -n 2,19p "$0" >&2
+    sed -n 2,20p "$0" >&2
     exit 2
     ;;
 esac
