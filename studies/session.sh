@@ -94,7 +94,7 @@ PY
     done
     ;;
 *)
-    sed -n 2,20p "$0" >&2
+    sed -n 2,19p "$0" >&2
     exit 2
     ;;
 esac
