@@ -1,9 +1,9 @@
 #!/bin/bash
 # The layer-wise analysis of base against tuned for a finished study: `midblock analyze` on every run of the
 # main grid (each arm, each seed), on the arith test problems (the task the studies tune on; the same data for
-# every model), into OUT/analysis-ARM-sSEED (ARM with ':' and '/' as '_') (skipped when finished, resumed when stopped part way), then
-# `midblock profiles` over them into OUT/profiles: each arm's change profile by depth region, with an interval
-# over its seeds. Used by the studies' run.sh.
+# every model), into OUT/analysis-ARM-sSEED (ARM as the cell directories spell it; skipped when finished,
+# resumed when stopped part way), then `midblock profiles` over them into OUT/profiles: each arm's change
+# profile by depth region, with an interval over its seeds. Used by the studies' run.sh.
 # Usage: analyze-arms.sh OUT BASE_MODEL   (MIDBLOCK, PYTHON: as in run.sh)
 set -euo pipefail
 OUT=$1
@@ -19,13 +19,13 @@ while read -r arm slug seed run; do
   [ ! -d "$dir" ] || resume=(--resume)
   "$MIDBLOCK" analyze --base "$BASE" --variant "$run" --data arith --out "$dir" "${resume[@]}"
 done < <("$PYTHON" - "$OUT" <<'PY'
-import json, pathlib, re, sys
+import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 for c in json.loads((out / "compare.json").read_text())["table_cells"]:
     rec = json.loads((out / c["dir"] / "cell.json").read_text())
-    if c["phase"] == "main":  # the directory names the arm by a slug: labels hold ':' and '/'
-        print(rec["label"], re.sub(r"[^A-Za-z0-9_.-]+", "_", rec["label"]), rec["seed"], rec["run_dir"])
+    if c["phase"] == "main":  # labels hold ':' and '/': the cell directory (SLUG__sSEED-KEY) names it safely
+        slug = pathlib.Path(c["dir"]).parent.name.rsplit("__s", 1)[0]
+        print(rec["label"], slug, rec["seed"], rec["run_dir"])
 PY
 )
-rm -rf "$OUT/profiles"  # a summary of the analyses above, rebuilt from them in seconds
 "$MIDBLOCK" profiles "${runs[@]}" --out "$OUT/profiles"

@@ -42,6 +42,7 @@ from midblock.analysis.inputs import (
     tokenize,
 )
 from midblock.analysis.recommend import RecommendConfig, recommend_band
+from midblock.analysis.regions import CHANGE_METRICS
 from midblock.analysis.report import analysis_section
 from midblock.analysis.rows import pair_rows, per_model_rows
 from midblock.analysis.sequential import remove_spill
@@ -383,6 +384,10 @@ def _weight_rows(models: dict[str, Any], fams: set[str]) -> dict[str, dict]:
     return out
 
 
+# the band rule's per-block signals when variants are analysed (docs/metrics.md, "The recommended band")
+VARIANT_SIGNALS = ("1-cka", "weight_delta_rel", "logit_kl")
+
+
 def _recommend(rows: list[dict], L: int, names: list[str], cfg: RecommendConfig) -> dict:
     """Per-block signals (averaged over datasets) per variant, or the base's own profile, -> the band rule."""
     from collections import defaultdict
@@ -395,12 +400,10 @@ def _recommend(rows: list[dict], L: int, names: list[str], cfg: RecommendConfig)
             continue
         b = layer - 1  # block b's output
         if variant_mode and who != "base":
-            if metric == "cka":
-                acc[who]["1-cka"][b].append(1.0 - v)
-            elif metric in ("weight_delta_rel", "lora_delta_rel"):
-                acc[who]["weight_delta_rel"][b].append(v)
-            elif metric == "logit_kl":
-                acc[who]["logit_kl"][b].append(v)
+            for name in VARIANT_SIGNALS:  # read as midblock profiles reads them (midblock.analysis.regions)
+                sources, similarity = CHANGE_METRICS[name]
+                if metric in sources:
+                    acc[who][name][b].append(1.0 - v if similarity else v)
         elif not variant_mode and who == "base":
             if metric == "grad_norm_rel":
                 acc[who]["grad_norm_rel"][b].append(v)

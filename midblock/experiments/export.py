@@ -168,14 +168,19 @@ def export(out: str | Path, dest: str | Path) -> Path:
     return dest
 
 
+def _finished_analyses(out: Path) -> list[Path]:
+    """The comparison's finished layer-wise analyses: the base analysis of band ``auto`` and the analyses of
+    tuned runs that ``studies/analyze-arms.sh`` adds (``analysis-*`` holding ``COMPLETED``)."""
+    return sorted(a for a in out.glob("analysis-*") if (a / "COMPLETED").is_file())
+
+
 def _export_analyses(out: Path, dest: Path) -> None:
     """The finished layer-wise analyses' tables (not their caches or figures) and the profiles over them."""
-    for a in sorted(out.glob("analysis-*")):
-        if (a / "COMPLETED").is_file():
-            (dest / _ANALYSES).mkdir(exist_ok=True)
-            for name in ("metrics.csv", "results.json"):
-                if (a / name).is_file():
-                    write_bytes(dest / _ANALYSES / f"{a.name}.{name}", (a / name).read_bytes())
+    for a in _finished_analyses(out):
+        (dest / _ANALYSES).mkdir(exist_ok=True)
+        for name in ("metrics.csv", "results.json"):
+            if (a / name).is_file():
+                write_bytes(dest / _ANALYSES / f"{a.name}.{name}", (a / name).read_bytes())
     for name in _PROFILES:
         if (out / "profiles" / name).is_file():
             write_bytes(dest / name, (out / "profiles" / name).read_bytes())
@@ -289,11 +294,9 @@ def save_state(out: str | Path, dest: str | Path) -> int:
     finished = [f.parent for f in (out / "cells").glob("*/eval-*/cell.json")]
     keep = [d / n for d in finished for n in ("cell.json", "fingerprint.json", "eval/items.jsonl", "eval/summary.json")]
     keep += [d.parent / "fingerprint.json" for d in finished]
-    keep += [a / n for a in out.glob("analysis-base-*") for n in ("results.json", "COMPLETED", "fingerprint.json")]
-    # the finished analyses of tuned runs (studies/analyze-arms.sh): their tables, not their caches
-    tuned = [a for a in out.glob("analysis-*") if not a.name.startswith("analysis-base-")]
-    done = [a for a in tuned if (a / "COMPLETED").is_file()]
-    keep += [a / n for a in done for n in ("results.json", "metrics.csv", "COMPLETED", "fingerprint.json")]
+    # the finished analyses: their tables, not their caches (an unfinished one starts again)
+    tables = ("results.json", "metrics.csv", "COMPLETED", "fingerprint.json")
+    keep += [a / n for a in _finished_analyses(out) for n in tables]
     for f in keep:
         if f.exists() and f.name in _STATE_FILES:
             write_bytes(dest / f.relative_to(out), f.read_bytes())  # only these names, each replaced atomically

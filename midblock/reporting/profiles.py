@@ -145,13 +145,14 @@ def plot(groups: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         for i, (label, g) in enumerate(groups.items()):
-            runs = [p[name] for p in g["profiles"] if name in p]
-            if not runs:
+            mean = mean_profile(g["profiles"], name)
+            if mean is None:
                 continue
             x = (torch.arange(g["num_blocks"], dtype=torch.float64) + 0.5) / g["num_blocks"]
+            runs = [p[name] for p in g["profiles"] if name in p]
             for r in runs if len(runs) > 1 else []:
                 ax.plot(x, r, color=f"C{i % 10}", lw=0.6, alpha=0.35)
-            ax.plot(x, torch.stack(runs).nanmean(0), color=f"C{i % 10}", lw=1.6, marker=".", ms=3, label=label)
+            ax.plot(x, mean, color=f"C{i % 10}", lw=1.6, marker=".", ms=3, label=label)
         for edge in (0.2, 0.8):
             ax.axvline(edge, color="0.5", ls="--", lw=0.8)
         ax.set_title(name, fontsize=10)

@@ -11,5 +11,5 @@ MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 ARGS=(--preset band-landscape --config studies/gemma-base/grid.yaml --save-every "${SAVE_EVERY:-10}")
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
-# the layer-wise analysis of base against tuned (each arm's seed-0 run of the main grid), as for SmolLM2
+# the layer-wise analysis of base against tuned (every arm and seed of the main grid), as for SmolLM2
 MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" bash studies/analyze-arms.sh "$OUT" gemma3-270m

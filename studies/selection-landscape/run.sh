@@ -15,6 +15,6 @@ MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml --precision fp32 --save-every "${SAVE_EVERY:-10}")
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
-# the layer-wise analysis of base against tuned (each arm's seed-0 run), the instruct-model side of the
+# the layer-wise analysis of base against tuned (every arm and seed), the instruct-model side of the
 # base-model study's comparison (studies/gemma-base runs the same on Gemma-3-270m)
 MIDBLOCK="$MIDBLOCK" PYTHON="${PYTHON:-.venv/bin/python}" bash studies/analyze-arms.sh "$OUT" smollm2-135m
