@@ -56,7 +56,7 @@ _KEEP_TRAIN = (
 
 
 # The files ``export`` writes into DEST; anything else there (a README, notes) is never touched.
-_COPIED = ("compare.md", "compare.json", "lr_search.md", "compare.png", "landscape.png")  # from the comparison
+_COPIED = ("compare.md", "compare.json", "lr_search.md", "compare.png", "landscape.png", "pareto.png")  # from compare
 _PROFILES = ("profiles.md", "profiles.json", "profiles.png")  # from the comparison's profiles/
 _ANALYSES = "analyses"  # a folder: NAME.metrics.csv and NAME.results.json of each finished analysis-NAME
 _EXPORT_FILES = ("cells.jsonl", "items.csv", *_COPIED, "compute.md", *_PROFILES, _ANALYSES)

@@ -40,6 +40,13 @@ def test_every_cell_stores_per_text_losses_including_search_cells(tmp_path):
     assert all(p["ppl_change_pct"] is not None for p in pts)
     assert (tmp_path / "c" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "c" / "compare.json").read_text())["pareto"] == pts
+    # ... and an export publishes it, with the raw files its points re-derive from
+    from midblock.experiments.export import export
+    from tests.experiments.test_published_results import check_pareto
+
+    dest = export(tmp_path / "c", tmp_path / "raw")
+    assert (dest / "pareto.png").read_bytes() == (tmp_path / "c" / "pareto.png").read_bytes()
+    check_pareto(dest)
 
 
 def test_the_probe_version_and_contents_are_in_the_evaluation_fingerprint():

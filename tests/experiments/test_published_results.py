@@ -163,6 +163,44 @@ def test_every_published_compute_ledger_totals_its_cells(raw):
     assert total in (raw / "compute.md").read_text()
 
 
+# ----------------------------------------------------------------------------- accuracy against forgetting
+# One point per cell with a perplexity: search cells on the dev split, the grid's cells on the test split; the
+# accuracy is the cell's share of correct items, forgetting its perplexity as a % change from the base's.
+
+
+def check_pareto(raw):
+    """compare.json's accuracy-against-forgetting points equal those re-derived from the export's raw files."""
+    correct = defaultdict(list)
+    with open(raw / "items.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            correct[(r["phase"], r["arm"], r["seed"], float(r["lr"]) if r["lr"] else None)].append(int(r["correct"]))
+    cells = [json.loads(line) for line in (raw / "cells.jsonl").read_text().splitlines()]
+    base = [c["ppl"]["ppl"] for c in cells if c["phase"] == "base" and c.get("ppl")]
+    points = []
+    for c in cells:
+        if c["phase"] == "base" or not c.get("ppl"):
+            continue
+        ys = correct[(c["phase"], c["label"], str(c["seed"]), c["lr"])]
+        ppl = c["ppl"]["ppl"]
+        change = 100 * (ppl / base[0] - 1) if base else None
+        points.append((c["label"], c["seed"], c["lr"], "dev" if c["phase"] == "search" else "test", sum(ys) / len(ys)))
+        points[-1] += (ppl, change)
+    published = json.loads((raw / "compare.json").read_text())["pareto"]
+    keys = ("arm", "seed", "lr", "split", "accuracy", "ppl", "ppl_change_pct")
+    published = sorted((tuple(p[k] for k in keys) for p in published), key=lambda t: str(t[:4]))
+    assert len(published) == len(points)
+    for mine, theirs in zip(sorted(points, key=lambda t: str(t[:4])), published):
+        assert mine[:4] == theirs[:4] and mine[4:6] == pytest.approx(theirs[4:6], rel=1e-12)
+        assert (mine[6] is None and theirs[6] is None) or mine[6] == pytest.approx(theirs[6], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "raw", [p for p in PUBLISHED if "pareto" in json.loads((p / "compare.json").read_text())], ids=lambda p: p.name
+)
+def test_every_published_accuracy_against_forgetting_rederives(raw):
+    check_pareto(raw)
+
+
 # ----------------------------------------------------------------------------- what the docs quote
 
 
