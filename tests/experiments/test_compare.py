@@ -64,8 +64,10 @@ def test_compare_two_methods_two_seeds_end_to_end_and_resume(tmp_path, monkeypat
     import midblock.experiments.runner as runner
 
     monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a finished cell was retrained"))
+    tables = {f: (out / f).read_bytes() for f in ("compare.md", "compare.csv")}
     again = compare(GRID, out, progress=False)
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in rows]
+    assert {f: (out / f).read_bytes() for f in tables} == tables  # ... and writes the same tables
 
 
 def test_bad_grids_fail_before_any_work(tmp_path):

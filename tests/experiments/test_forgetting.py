@@ -22,7 +22,7 @@ SMALL = {
 }
 
 
-def test_every_cell_stores_per_text_losses_including_search_cells(tmp_path):
+def test_every_cell_stores_per_text_losses_including_search_cells(tmp_path, monkeypatch):
     grid = SMALL | {"lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_items": 2}, "include_base": True}
     res = compare(grid, tmp_path / "c", progress=False)
     stored = [json.loads(p.read_text()) for p in (tmp_path / "c" / "cells").glob("*/eval-*/cell.json")]
@@ -47,6 +47,15 @@ def test_every_cell_stores_per_text_losses_including_search_cells(tmp_path):
     dest = export(tmp_path / "c", tmp_path / "raw")
     assert (dest / "pareto.png").read_bytes() == (tmp_path / "c" / "pareto.png").read_bytes()
     check_pareto(dest)
+    # a rerun on the finished directory (search, base and grid cells all stored) trains nothing and writes
+    # the same tables
+    import midblock.experiments.runner as runner
+
+    for step in ("train", "evaluate_model", "token_loss"):
+        monkeypatch.setattr(runner, step, lambda *a, _s=step, **k: pytest.fail(f"a finished cell ran {_s} again"))
+    tables = {f: (tmp_path / "c" / f).read_bytes() for f in ("compare.md", "compare.csv", "lr_search.md")}
+    compare(grid, tmp_path / "c", progress=False)
+    assert {f: (tmp_path / "c" / f).read_bytes() for f in tables} == tables
 
 
 def test_the_probe_version_and_contents_are_in_the_evaluation_fingerprint():
