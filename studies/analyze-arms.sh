@@ -4,7 +4,7 @@
 # every model), into OUT/analysis-ARM-sSEED (ARM as the cell directories spell it; skipped when finished,
 # resumed when stopped part way), then `midblock profiles` over them into OUT/profiles: each arm's change
 # profile by depth region, with an interval over its seeds. Used by the studies' run.sh.
-# Usage: analyze-arms.sh OUT BASE_MODEL   (MIDBLOCK, PYTHON: as in run.sh)
+# Usage: analyze-arms.sh OUT BASE_MODEL   (MIDBLOCK, PYTHON, REUSE_ONLY: as in run.sh)
 set -euo pipefail
 OUT=$1
 BASE=$2
@@ -15,6 +15,7 @@ while read -r arm slug seed run; do
   dir="$OUT/analysis-$slug-s$seed"
   runs+=("$arm=$dir")
   [ ! -f "$dir/COMPLETED" ] || continue
+  if [ -n "${REUSE_ONLY:-}" ]; then echo "analyze-arms: --reuse-only: $dir is not finished" >&2; exit 2; fi
   resume=()  # an analysis stopped part way (session.sh stop) continues from its cached accumulators
   [ ! -d "$dir" ] || resume=(--resume)
   "$MIDBLOCK" analyze --base "$BASE" --variant "$run" --data arith --out "$dir" "${resume[@]}"

@@ -11,6 +11,10 @@
 #   bash studies/session.sh stop                stop the running studies with a checkpoint (SIGTERM) before the
 #                                              session ends: a later `start` on the same runs/ resumes the
 #                                              cell in progress from it (state/ holds finished cells only)
+#   bash studies/session.sh publish STUDY       a finished study: the rerun check (its run.sh with REUSE_ONLY=1
+#                                              computes nothing and writes byte-identical tables), then its
+#                                              export into docs/results/STUDY (part 1 adds its one-seed replays,
+#                                              which need part 2 published first for the controlled contrast)
 #
 # Two studies at one thread each get through more work than one at two threads on a 2-core machine (README.md).
 # The code a study imports is read as it runs: edit the package in another checkout while studies run, or
@@ -70,6 +74,38 @@ stop)
     if [ -n "$(study_pids)" ]; then echo "session: still running after 10 min: $(study_pids)" >&2; exit 1; fi
     echo "stopped: $(echo $pids | wc -w) process(es)"
     ;;
+publish)
+    s=${2:-}
+    [ -f "studies/$s/run.sh" ] || { echo "session: no study '$s' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
+    [ -z "$(study_pids)" ] || { echo "session: a study of $ROOT is running; stop it first" >&2; exit 2; }
+    out=runs/$s
+    dest=$HERE/docs/results/$s
+    if [ "$s" = paper-protocol-replay ] && [ ! -f "$HERE/docs/results/selection-landscape/compare.json" ]; then
+        echo "session: publish selection-landscape first (part 1's controlled contrast reads its export)" >&2
+        exit 2
+    fi
+    # 1. the rerun check: the same commands on the finished directory compute nothing, write the same tables
+    keep=$(mktemp -d)
+    tables=(compare.md compare.csv lr_search.md profiles/profiles.md)
+    for t in "${tables[@]}"; do [ ! -f "$out/$t" ] || cp "$out/$t" "$keep/${t//\//_}"; done
+    if ! OUT="$out" THREADS=2 REUSE_ONLY=1 MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" PYTHONPATH="$ROOT" \
+        bash "studies/$s/run.sh" >"$keep/rerun.log" 2>&1; then
+        tail -3 "$keep/rerun.log" >&2
+        echo "session: the rerun check failed ($keep/rerun.log): $s is not finished" >&2
+        exit 1
+    fi
+    for t in "${tables[@]}"; do
+        [ ! -f "$keep/${t//\//_}" ] || cmp "$keep/${t//\//_}" "$out/$t" || { echo "session: $t changed" >&2; exit 1; }
+    done
+    echo "rerun check: nothing recomputed; $(ls "$keep" | grep -vc rerun.log) tables byte-identical ($keep/rerun.log)"
+    # 2. the raw per-item and per-text results, tables, figures, analyses and profiles
+    "$MIDBLOCK" export --from "$out" --dest "$dest"
+    if [ "$s" = paper-protocol-replay ]; then  # 3. the one-seed replays beside the controlled contrast
+        "$MIDBLOCK" export --mode replay --dest "$dest" --arm mid-seg2-4 --reported 0.102 \
+            --controlled "$HERE/docs/results/selection-landscape,paper,uniform"
+    fi
+    echo "published: $dest (commit it; then quote its numbers in docs/results.md)"
+    ;;
 status)
     for s in $(present); do
         [ -d "runs/$s/cells" ] || { echo "$s: not started here"; continue; }
@@ -94,7 +130,7 @@ PY
     done
     ;;
 *)
-    sed -n 2,19p "$0" >&2
+    sed -n 2,23p "$0" >&2
     exit 2
     ;;
 esac

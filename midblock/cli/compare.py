@@ -66,6 +66,12 @@ def register(sub) -> None:
         help="run nothing: count the grid's work, time a few steps and decodes here, print the projected hours "
         "and write them to --out/cost_estimate.json (every later compare on that --out prints them first)",
     )
+    p.add_argument(
+        "--reuse-only",
+        action="store_true",
+        help="compute nothing: rewrite the tables from the finished cells in --out (exit 2 naming the first "
+        "cell that is not finished); checks that a finished study reruns without recomputing",
+    )
     common_args(p, seed=False)
     p.set_defaults(func=run)
 
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             f"per decoded item, {rates['forgetting_text_s']:.2f} s per forgetting text"
         )
         return 0
-    res = compare(cc, args.out, progress=not args.no_progress)
+    res = compare(cc, args.out, progress=not args.no_progress, reuse_only=args.reuse_only)
     print((Path(args.out) / "compare.md").read_text(), end="")
     print(f"table: {args.out}/compare.csv, compare.md, compare.png ({len(res['rows'])} rows)")
     return 0

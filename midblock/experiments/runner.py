@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from midblock.analysis.analyze import AnalyzeConfig, analyze
 from midblock.data import load_rows
 from midblock.data.general import corpus_name, general_texts, is_bundled
 from midblock.data.tasks import builtin_tasks, check_dev_disjoint, data_version
+from midblock.errors import MidblockError
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model
 from midblock.evaluation.ppl import load_texts, token_loss
 from midblock.experiments import cost
@@ -123,6 +124,20 @@ class Keys:
         return self._rows[(split, limit, dev_size)]
 
 
+@dataclass(frozen=True)
+class RunControl:
+    """How a comparison runs, never what it computes (in no key)."""
+
+    progress: bool = True  # progress bars
+    reuse_only: bool = False  # read finished cells only: a cell that would train or evaluate is an error
+
+
+def _unfinished(what: str) -> MidblockError:
+    return MidblockError(
+        f"--reuse-only: {what} is not finished", hint="run the same compare without --reuse-only to finish it"
+    )
+
+
 def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> dict[str, Any]:
     """The cell's training run, finished or resumed. Nothing is deleted: an interrupted run resumes in place
     (``train --resume`` starts from step 0 when it stopped before its first checkpoint, and refuses a
@@ -143,7 +158,7 @@ def run_cell(
     root: Path,
     ecfg: EvalConfig | None,
     texts: list[str] | None,
-    progress: bool,
+    ctl: RunControl,
 ) -> dict[str, Any]:
     """Train (unless ``cell`` is None: the base model), evaluate with ``ecfg`` (None: skip) and measure
     forgetting on ``texts``; returns the cell's record, cached in its evaluation directory."""
@@ -153,13 +168,15 @@ def run_cell(
     else:
         tfp = keys.training(cell)
         run_dir = root / "cells" / f"{cell.slug}__s{cell.seed}-{tfp['key'][:10]}"
+    if ctl.reuse_only and not (run_dir / f"eval-{keys.evaluation(ecfg)['key'][:10]}" / CELL_FILE).exists():
+        raise _unfinished(f"cell {run_dir.name}")  # before its directory is created or locked
     # One process per cell: the cell's lock is held while its fingerprint is checked, it trains and it is
     # evaluated, so a second compare on the same --out is refused here before it touches the cell.
     with RunDir(run_dir):
-        return _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress)
+        return _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, ctl)
 
 
-def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress) -> dict[str, Any]:
+def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, ctl: RunControl) -> dict[str, Any]:
     check_or_record(run_dir, tfp, "a comparison cell", has_results=(run_dir / "train").exists())
     efp = keys.evaluation(ecfg)
     edir = run_dir / f"eval-{efp['key'][:10]}"
@@ -169,6 +186,7 @@ def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, progress) -> dic
         rec = read_json(done)
         rec["items"] = read_jsonl_tolerant(edir / "eval" / "items.jsonl")
         return rec | {"label": cell.label if cell else "base", "eval_dir": str(edir)}
+    progress = ctl.progress
     tres = _train_cell(cc, cell, run_dir / "train", progress) if cell is not None else None
     if tres and tres.get("stopped"):  # SIGINT/SIGTERM: the run checkpointed; the same command resumes it
         log.warning("stopped in cell %s; rerun the same command to resume", run_dir.name)
@@ -226,7 +244,9 @@ def auto_analysis_config(cc: CompareConfig) -> AnalyzeConfig:
     )
 
 
-def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dict[str, Any] | None]:
+def resolve_auto_bands(
+    cc: CompareConfig, out: Path, ctl: RunControl = RunControl()
+) -> tuple[CompareConfig, dict[str, Any] | None]:
     """Arms with band ``auto`` and no analysis of their own: analyse the base (once, resumable) and train
     the band it recommends. The analysis directory is keyed on its settings, the model's files and the
     data, so a changed input analyses anew and a finished analysis is read back, not measured again."""
@@ -237,6 +257,8 @@ def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dic
     data = [file_digest(d) if Path(d).is_file() else d for d in acfg.datasets]
     adir = out / f"analysis-base-{make(model=spec_identity(cc.model), data=data, analysis=asdict(acfg))['key'][:10]}"
     done = RunDir(adir).completed and (adir / "results.json").exists()
+    if not done and ctl.reuse_only:
+        raise _unfinished(f"the base analysis behind band 'auto' ({adir.name})")
     res = read_json(adir / "results.json") if done else analyze(acfg, adir, resume=True)
     rec = res["recommended_band"]
     methods = [m | {"band": rec["spec"]} if m in auto else m for m in cc.methods]
@@ -244,7 +266,7 @@ def resolve_auto_bands(cc: CompareConfig, out: Path) -> tuple[CompareConfig, dic
 
 
 def search_learning_rates(
-    cc: CompareConfig, keys: Keys, out: Path, progress: bool, texts: list[str] | None = None
+    cc: CompareConfig, keys: Keys, out: Path, ctl: RunControl, texts: list[str] | None = None
 ) -> tuple[CompareConfig, list]:
     """Train each arm at every rate of its grid (its own ``lrs``, else ``lr_search.lrs``) on the first seed,
     score on the dev split (and forgetting on ``texts``), and return the grid with each arm's best rate (ties:
@@ -262,7 +284,7 @@ def search_learning_rates(
         def at(lr: float, extended: bool, arm: Cell = arm) -> dict[str, Any]:
             log.info("learning-rate search: %s at lr %g (seed %d, %s split)", arm.label, lr, seed, ecfg.split)
             # forgetting too, so accuracy against forgetting can be traced across rates
-            rec = run_cell(cc, keys, replace(arm, train=arm.train | {"lr": lr}), out, ecfg, texts, progress)
+            rec = run_cell(cc, keys, replace(arm, train=arm.train | {"lr": lr}), out, ecfg, texts, ctl)
             c = correctness(rec, cc.metric)
             return rec | {"lr": lr, "dev_accuracy": sum(c.values()) / len(c), "extended": extended}
 
@@ -309,8 +331,11 @@ def grid_edge(lr: float, grid: list[float]) -> str | None:
     return "lowest" if lr == min(grid) else "highest" if lr == max(grid) else None
 
 
-def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every cell of the grid and write the comparison table.
+def compare(
+    config: CompareConfig | dict[str, Any], out: str | Path, progress: bool = True, reuse_only: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) every cell of the grid and write the comparison table. ``reuse_only``: compute
+    nothing; rewrite the table from finished cells, and raise naming the first cell that is not finished.
 
     Returns ``{"rows", "out", "config", "cells", "base", "lr_search", "auto_band"}``: the table rows, every
     cell's record (label, seed, run directory, trained blocks, train summary, evaluation summary with
@@ -326,7 +351,7 @@ def compare(config: CompareConfig | dict[str, Any], out: str | Path, progress: b
     warn_fixed_bf16(cc)  # before any work starts
     with RunDir(out):  # one compare per --out at a time ("in use by process N"); each cell has its own lock too
         announce_cost(cc, texts, out)
-        return _run_grid(cc, keys, texts, ecfg, out, progress)
+        return _run_grid(cc, keys, texts, ecfg, out, RunControl(progress, reuse_only))
 
 
 def announce_cost(cc: CompareConfig, texts: list[str] | None, out: Path) -> dict[str, Any]:
@@ -356,22 +381,22 @@ def estimate(config: CompareConfig | dict[str, Any], out: str | Path, progress: 
     return rec
 
 
-def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, progress: bool) -> dict[str, Any]:
+def _run_grid(cc: CompareConfig, keys: Keys, texts, ecfg, out: Path, ctl: RunControl) -> dict[str, Any]:
     """The phases of :func:`compare` (auto band, learning-rate search, base, cells, table), under its lock."""
     t0 = time.perf_counter()
-    cc, auto_band = resolve_auto_bands(cc, out)
+    cc, auto_band = resolve_auto_bands(cc, out, ctl)
     search = []
     if cc.lr_search:
-        cc, search = search_learning_rates(cc, keys, out, progress, texts)
+        cc, search = search_learning_rates(cc, keys, out, ctl, texts)
         write_lr_search([_search_row(r) for r in search], out, cc.metric)
     base = None
     if cc.include_base or texts:
-        base = run_cell(cc, keys, None, out, ecfg if cc.include_base else None, texts, progress)
+        base = run_cell(cc, keys, None, out, ecfg if cc.include_base else None, texts, ctl)
     cells = cc.cells()
     results = []
     for k, cell in enumerate(cells):
         log.info("cell %d/%d: %s (seed %d)", k + 1, len(cells), cell.label, cell.seed)
-        results.append(run_cell(cc, keys, cell, out, ecfg, texts, progress))
+        results.append(run_cell(cc, keys, cell, out, ecfg, texts, ctl))
     rows = build_rows(results, base, baseline=cc.baseline, metric=cc.metric)
     extra = {"lr_search": [_search_row(r) for r in search], "auto_band": auto_band, "num_layers": _num_layers(cc)}
     # the cells this table was made from: export reads these, never whatever else lies under cells/

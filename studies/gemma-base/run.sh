@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_N
 MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 # --save-every: each cell's training checkpoints every N steps (run control, in no key: finished cells are reused)
 ARGS=(--preset band-landscape --config studies/gemma-base/grid.yaml --save-every "${SAVE_EVERY:-10}")
+# REUSE_ONLY=1: the rerun check of a finished study: compute nothing, rewrite the tables from the finished
+# cells and analyses (exit 2 naming the first one that is not finished)
+[ -z "${REUSE_ONLY:-}" ] || ARGS+=(--reuse-only)
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
 # the layer-wise analysis of base against tuned (every arm and seed of the main grid), as for SmolLM2

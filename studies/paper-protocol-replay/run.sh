@@ -12,6 +12,9 @@ PYTHON=${PYTHON:-.venv/bin/python}
 # some of them, which keys a different grid (the study started in fp32, on AVX2 without avx512_bf16)
 # --save-every: each cell's training checkpoints every N steps (run control, in no key: finished cells are reused)
 ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400 --precision fp32 --save-every "${SAVE_EVERY:-10}")
+# REUSE_ONLY=1: the rerun check of a finished study: compute nothing, rewrite the tables from the finished
+# cells and analyses (exit 2 naming the first one that is not finished)
+[ -z "${REUSE_ONLY:-}" ] || ARGS+=(--reuse-only)
 # 1. the one shared learning rate: chosen for uniform LoRA on 200 dev problems (seed 0), see search.yaml
 "$MIDBLOCK" compare "${ARGS[@]}" --config studies/paper-protocol-replay/search.yaml --out "$OUT" --no-progress
 [ -d "$OUT.search" ] || "$MIDBLOCK" export --from "$OUT" --dest "$OUT.search"

@@ -13,6 +13,9 @@ MIDBLOCK=${MIDBLOCK:-.venv/bin/midblock}
 # a bf16 grid on some of them (fp32 is what auto chose on the CPU the estimate was made on: AVX2, no avx512_bf16)
 # --save-every: each cell's training checkpoints every N steps (run control, in no key: finished cells are reused)
 ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml --precision fp32 --save-every "${SAVE_EVERY:-10}")
+# REUSE_ONLY=1: the rerun check of a finished study: compute nothing, rewrite the tables from the finished
+# cells and analyses (exit 2 naming the first one that is not finished)
+[ -z "${REUSE_ONLY:-}" ] || ARGS+=(--reuse-only)
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
 # the layer-wise analysis of base against tuned (every arm and seed), the instruct-model side of the

@@ -290,6 +290,9 @@ def test_band_auto_is_chosen_on_the_train_split_and_its_analysis_is_keyed_on_its
     assert compare(grid, tmp_path / "c", progress=False)["auto_band"] == first["auto_band"]
     monkeypatch.undo()
     grid["auto_analysis"] = grid["auto_analysis"] | {"samples": 6}
+    with pytest.raises(MidblockError, match="--reuse-only: the base analysis behind band 'auto'"):
+        compare(grid, tmp_path / "c", progress=False, reuse_only=True)
+    assert len(list((tmp_path / "c").glob("analysis-base-*"))) == 1
     compare(grid, tmp_path / "c", progress=False)
     assert len(list((tmp_path / "c").glob("analysis-base-*"))) == 2
     with pytest.raises(MidblockError, match="'auto_analysis.split' must be train or dev"):

@@ -54,8 +54,17 @@ def test_every_cell_stores_per_text_losses_including_search_cells(tmp_path, monk
     for step in ("train", "evaluate_model", "token_loss"):
         monkeypatch.setattr(runner, step, lambda *a, _s=step, **k: pytest.fail(f"a finished cell ran {_s} again"))
     tables = {f: (tmp_path / "c" / f).read_bytes() for f in ("compare.md", "compare.csv", "lr_search.md")}
-    compare(grid, tmp_path / "c", progress=False)
+    compare(grid, tmp_path / "c", progress=False, reuse_only=True)
     assert {f: (tmp_path / "c" / f).read_bytes() for f in tables} == tables
+    # ... and one more seed is a cell that is not finished: one line, exit 2, nothing created
+    from tests.conftest import run_cli
+
+    (tmp_path / "g.yaml").write_text(json.dumps(grid))  # YAML reads JSON
+    cells = sorted((tmp_path / "c" / "cells").iterdir())
+    argv = ["compare", "--config", str(tmp_path / "g.yaml"), "--out", str(tmp_path / "c"), "--no-progress"]
+    rc, _, err = run_cli(*argv, "--seeds", "0,1", "--reuse-only")
+    assert rc == 2 and "--reuse-only: cell lora__s1-" in err and "is not finished" in err and err.count("\n") == 1
+    assert sorted((tmp_path / "c" / "cells").iterdir()) == cells
 
 
 def test_the_probe_version_and_contents_are_in_the_evaluation_fingerprint():

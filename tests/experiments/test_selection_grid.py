@@ -95,7 +95,7 @@ def _fake_search(monkeypatch, peak: float, extend: int, lrs=(1e-3, 2e-3, 4e-3, 8
     falls past it, on 16 items; returns (tried rates in order, records, chosen rate)."""
     import midblock.experiments.runner as runner
 
-    def fake_run_cell(cc, keys, cell, out, ecfg, texts, progress):
+    def fake_run_cell(cc, keys, cell, out, ecfg, texts, ctl):
         lr = cell.train["lr"]
         right = max(0, 16 - 3 * round(abs(math.log2(lr / peak))))
         items = [{"index": i, "scores": {cc.metric: {"correct": i < right}}} for i in range(16)]
@@ -110,7 +110,7 @@ def _fake_search(monkeypatch, peak: float, extend: int, lrs=(1e-3, 2e-3, 4e-3, 8
             "methods": [{"name": "a", "method": "lora", "lrs": list(lrs)}],
         }
     )
-    new, recs = search_learning_rates(cc, keys=None, out=Path("."), progress=False)
+    new, recs = search_learning_rates(cc, keys=None, out=Path("."), ctl=runner.RunControl(progress=False))
     return [r["lr"] for r in recs], recs, new.methods[0]["train"]["lr"]
 
 
