@@ -186,8 +186,7 @@ def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, ctl: RunControl)
         rec = read_json(done)
         rec["items"] = read_jsonl_tolerant(edir / "eval" / "items.jsonl")
         return rec | {"label": cell.label if cell else "base", "eval_dir": str(edir)}
-    progress = ctl.progress
-    tres = _train_cell(cc, cell, run_dir / "train", progress) if cell is not None else None
+    tres = _train_cell(cc, cell, run_dir / "train", ctl.progress) if cell is not None else None
     if tres and tres.get("stopped"):  # SIGINT/SIGTERM: the run checkpointed; the same command resumes it
         log.warning("stopped in cell %s; rerun the same command to resume", run_dir.name)
         raise KeyboardInterrupt
@@ -196,8 +195,8 @@ def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, ctl: RunControl)
     model, tok = load_model(spec, merge=True)
     summary = {"items": []}
     if ecfg is not None:
-        summary = evaluate_model(model, tok, ecfg, out=edir / "eval", model_spec=spec, progress=progress)
-    ppl = forgetting_loss(cc, model, tok, texts, progress) if texts else None
+        summary = evaluate_model(model, tok, ecfg, out=edir / "eval", model_spec=spec, progress=ctl.progress)
+    ppl = forgetting_loss(cc, model, tok, texts, ctl.progress) if texts else None
     items = summary.pop("items")
     rec = {
         "label": cell.label if cell else "base",
