@@ -30,6 +30,7 @@ from midblock.data import load_rows
 from midblock.experiments.grid import CompareConfig
 from midblock.fingerprint import make
 from midblock.tuning.precision import resolve_precision
+from midblock.tuning.trainconfig import RUN_CONTROL
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,19 @@ _TIMED_STEPS = 4  # the first is warm-up; the summary's median step is taken ove
 
 
 def grid_key(cc: CompareConfig) -> str:
-    """The key of a grid's settings: an estimate is shown only for the grid it was measured for."""
-    return make(grid=asdict(cc), threads=torch.get_num_threads())["key"]
+    """The key of a grid's settings: an estimate is shown only for the grid it was measured for. Run control
+    (``save_every``, ``monitor``...: how a run is watched and checkpointed, in no cell's key) is left out, so a
+    study that adds ``--save-every`` keeps its estimate."""
+    grid = asdict(cc)
+    grid["train"] = _settings(grid["train"])
+    grid["methods"] = [
+        m | {"train": _settings(m["train"])} if isinstance(m.get("train"), dict) else m for m in grid["methods"]
+    ]
+    return make(grid=grid, threads=torch.get_num_threads())["key"]
+
+
+def _settings(train: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train.items() if k not in RUN_CONTROL}
 
 
 def _steps_per_run(cc: CompareConfig) -> Callable[[dict[str, Any]], int]:
@@ -174,8 +186,9 @@ def machine() -> str:
     )
 
 
-def describe(cc: CompareConfig, work: dict[str, Any], hours: dict[str, float] | None) -> str:
-    """The plan (and projection) as the lines ``compare`` prints before it starts."""
+def describe(cc: CompareConfig, work: dict[str, Any], hours: dict[str, float] | None, other_grid: bool = False) -> str:
+    """The plan (and projection) as the lines ``compare`` prints before it starts. ``other_grid``: the
+    ``--out`` holds an estimate measured for other settings (said, not shown)."""
     precisions = sorted({resolve_precision((cc.train | c.train).get("precision", "auto")) for c in cc.cells()})
     lines = [f"cost estimate: {machine()}; training precision {', '.join(precisions)}"]
     for phase in ("search", "base", "main"):
@@ -191,6 +204,11 @@ def describe(cc: CompareConfig, work: dict[str, Any], hours: dict[str, float] | 
         lines.append(line)
     if hours:
         lines.append(f"  total about {hours['total']:.1f} h on this machine (finished cells are skipped on a rerun)")
+    elif other_grid:
+        lines.append(
+            f"  (hours: {ESTIMATE_FILE} here was measured for other settings; run `midblock compare "
+            "--estimate` with this grid to measure it)"
+        )
     else:
         lines.append("  (hours: run `midblock compare --estimate` with the same grid and --out)")
     return "\n".join(lines)

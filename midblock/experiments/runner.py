@@ -359,8 +359,8 @@ def announce_cost(cc: CompareConfig, texts: list[str] | None, out: Path) -> dict
     work = cost.plan(cc, texts)
     est = out / cost.ESTIMATE_FILE
     saved = read_json(est) if est.is_file() else None
-    hours = saved["hours"] if saved and saved.get("grid") == cost.grid_key(cc) else None
-    log.info("%s", cost.describe(cc, work, hours))
+    same = bool(saved) and saved.get("grid") == cost.grid_key(cc)
+    log.info("%s", cost.describe(cc, work, saved["hours"] if same else None, other_grid=bool(saved) and not same))
     return work
 
 

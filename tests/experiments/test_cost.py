@@ -80,6 +80,10 @@ def test_estimate_writes_rates_and_compare_prints_them_first(tmp_path, caplog):
     work = announce_cost(same, forgetting_texts(same), out)
     assert "cost estimate:" in caplog.text and "total about" in caplog.text
     assert work == rec["work"]
+    caplog.clear()  # run control (periodic checkpoints) is in no key: the estimate still holds
+    announce_cost(replace(same, train=same.train | {"save_every": 10}), forgetting_texts(same), out)
+    assert "total about" in caplog.text
     caplog.clear()
     announce_cost(replace(same, seeds=[0, 1]), forgetting_texts(same), out)
     assert "cost estimate:" in caplog.text and "total about" not in caplog.text
+    assert "cost_estimate.json here was measured for other settings" in caplog.text
