@@ -30,7 +30,7 @@ from midblock.data import load_rows
 from midblock.experiments.grid import CompareConfig
 from midblock.fingerprint import make
 from midblock.tuning.precision import resolve_precision
-from midblock.tuning.trainconfig import RUN_CONTROL
+from midblock.tuning.trainconfig import without_run_control
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,12 @@ def grid_key(cc: CompareConfig) -> str:
     (``save_every``, ``monitor``...: how a run is watched and checkpointed, in no cell's key) is left out, so a
     study that adds ``--save-every`` keeps its estimate."""
     grid = asdict(cc)
-    grid["train"] = _settings(grid["train"])
+    grid["train"] = without_run_control(grid["train"])
     grid["methods"] = [
-        m | {"train": _settings(m["train"])} if isinstance(m.get("train"), dict) else m for m in grid["methods"]
+        m | {"train": without_run_control(m["train"])} if isinstance(m.get("train"), dict) else m
+        for m in grid["methods"]
     ]
     return make(grid=grid, threads=torch.get_num_threads())["key"]
-
-
-def _settings(train: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train.items() if k not in RUN_CONTROL}
 
 
 def _steps_per_run(cc: CompareConfig) -> Callable[[dict[str, Any]], int]:

@@ -168,17 +168,17 @@ def run_cell(
     else:
         tfp = keys.training(cell)
         run_dir = root / "cells" / f"{cell.slug}__s{cell.seed}-{tfp['key'][:10]}"
-    if ctl.reuse_only and not (run_dir / f"eval-{keys.evaluation(ecfg)['key'][:10]}" / CELL_FILE).exists():
+    efp = keys.evaluation(ecfg)
+    if ctl.reuse_only and not (run_dir / f"eval-{efp['key'][:10]}" / CELL_FILE).exists():
         raise _unfinished(f"cell {run_dir.name}")  # before its directory is created or locked
     # One process per cell: the cell's lock is held while its fingerprint is checked, it trains and it is
     # evaluated, so a second compare on the same --out is refused here before it touches the cell.
     with RunDir(run_dir):
-        return _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, ctl)
+        return _run_locked_cell(cc, cell, run_dir, tfp, efp, ecfg, texts, ctl)
 
 
-def _run_locked_cell(cc, keys, cell, run_dir, tfp, ecfg, texts, ctl: RunControl) -> dict[str, Any]:
+def _run_locked_cell(cc, cell, run_dir, tfp, efp, ecfg, texts, ctl: RunControl) -> dict[str, Any]:
     check_or_record(run_dir, tfp, "a comparison cell", has_results=(run_dir / "train").exists())
-    efp = keys.evaluation(ecfg)
     edir = run_dir / f"eval-{efp['key'][:10]}"
     done = edir / CELL_FILE
     check_or_record(edir, efp, "a comparison cell's evaluation", has_results=done.exists())

@@ -23,6 +23,11 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 RUN_CONTROL = ("out", "resume", "progress", "save_every", "eval_every", "log_every", "monitor")
 
 
+def without_run_control(settings: dict[str, Any]) -> dict[str, Any]:
+    """Training settings (a whole config or a grid's partial overrides) less run control: what keys a run."""
+    return {k: v for k, v in settings.items() if k not in RUN_CONTROL}
+
+
 @accepts_old_names
 @dataclass
 class TrainConfig:
@@ -141,7 +146,7 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What must be equal for ``--resume`` to continue the same run, in the spelling runs were first keyed
         under (``limit``, ``head_at_labels``, ``eval_limit``: see :mod:`midblock.aliases`)."""
-        return stored({k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}, TrainConfig)
+        return stored(without_run_control(self.to_dict()), TrainConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, warn: bool = True) -> TrainConfig:
