@@ -65,11 +65,14 @@ def replay(
     nothing. ``controlled``: (another export, its arm, its baseline) whose pooled difference is shown beside."""
     a, b, meta = arm_matrices(dest, arm, baseline)
     diffs = one_seed_replays(a, b, n_items, draws_per_seed, seed)
+    per_seed = (a - b).mean(axis=1)
     out = meta | {
         "n_items_per_replay": n_items,
         "draws_per_seed": draws_per_seed,
         "replays": replay_summary(diffs, win, reported),
-        "per_seed_full_test": list(map(float, (a - b).mean(axis=1))),
+        "per_seed_full_test": list(map(float, per_seed)),
+        # the issue's "share of seeds in which the band wins": each training seed on the whole test set
+        "seeds_win": int((per_seed >= win - 1e-12).sum()),
         "pooled": paired_two_level(a, b, seed=seed),
         "diffs": diffs.tolist(),
     }
@@ -108,6 +111,8 @@ def render(res: dict[str, Any]) -> str:
     per_seed = ", ".join(_pts(x) for x in res["per_seed_full_test"])
     lines += [
         f"| each seed on all {res['items']} items | {per_seed} |",
+        f"| seeds in which the arm wins by {100 * r['win']:.0f} points or more on all {res['items']} items "
+        f"| {res['seeds_win']} of {len(res['seeds'])} |",
         f"| pooled, {len(res['seeds'])} seeds x {res['items']} items (95% interval covers {p['covers']}) | "
         f"{_pts(p['estimate'])} [{_pts(p['lo'])}, {_pts(p['hi'])}] |",
     ]

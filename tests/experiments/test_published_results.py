@@ -131,6 +131,7 @@ def _check_replay(raw, res):
         assert r["share_at_least_reported"] == pytest.approx(np.mean(flat >= r["reported"] - 1e-12))
     d = ys[res["arm"]] - ys[res["baseline"]]
     assert res["per_seed_full_test"] == pytest.approx(d.mean(axis=1).tolist(), abs=1e-12)
+    assert res["seeds_win"] == int((d.mean(axis=1) >= r["win"] - 1e-12).sum())
     pooled = res["pooled"]
     assert pooled["estimate"] == pytest.approx(d.mean(), abs=1e-12)
     assert (pooled["lo"], pooled["hi"]) == pytest.approx(_percentile(_resampled_means(d), 0.95), abs=1e-12)
@@ -239,11 +240,12 @@ def test_the_docs_quote_the_derived_numbers(raw, doc):
 @pytest.mark.parametrize("raw", REPLAYED, ids=lambda p: p.name)
 def test_the_docs_quote_every_published_replay(raw):
     """What replay.md states (its own formats), docs/results.md quotes: the replays' mean, middle 95%, share
-    of wins and of the reported gain or more, the pooled difference and the controlled contrast."""
+    of wins and of the reported gain or more, the seeds that win on the whole test set, the pooled difference and the controlled contrast."""
     res, text = json.loads((raw / "replay.json").read_text()), _doc_text("docs/results.md")
     r, p = res["replays"], res["pooled"]
     quoted = [_pts(r["mean"]), f"[{_pts(r['q025'])}, {_pts(r['q975'])}]", f"{100 * r['share_win']:.1f}%"]
     quoted.append(f"{_pts(p['estimate'])} [{_pts(p['lo'])}, {_pts(p['hi'])}]")
+    quoted.append(f"{res['seeds_win']} of {len(res['seeds'])}")
     if "reported" in r:
         quoted.append(f"{100 * r['share_at_least_reported']:.1f}%")
     if "controlled" in res:

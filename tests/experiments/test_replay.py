@@ -40,6 +40,8 @@ def test_replay_of_the_published_study_agrees_with_items_csv(tmp_path):
     by_hand = _by_hand(dest, "paper", "uniform")
     assert res["seeds"] == sorted(by_hand) and res["items"] == 400
     assert res["per_seed_full_test"] == pytest.approx([by_hand[s] for s in res["seeds"]], abs=1e-12)
+    assert res["seeds_win"] == sum(by_hand[s] >= 0.05 - 1e-12 for s in res["seeds"])
+    assert f"| {res['seeds_win']} of 3 |" in (dest / "replay.md").read_text()
     diffs = np.array(res["diffs"])
     assert diffs.shape == (3, 50)
     # a 100-item subset's mean is unbiased for the seed's full-test mean; 50 draws: within 4 standard errors
