@@ -240,7 +240,8 @@ def test_the_docs_quote_the_derived_numbers(raw, doc):
 @pytest.mark.parametrize("raw", REPLAYED, ids=lambda p: p.name)
 def test_the_docs_quote_every_published_replay(raw):
     """What replay.md states (its own formats), docs/results.md quotes: the replays' mean, middle 95%, share
-    of wins and of the reported gain or more, the seeds that win on the whole test set, the pooled difference and the controlled contrast."""
+    of wins and of the reported gain or more, the seeds that win on the whole test set, the pooled difference
+    and the controlled contrast."""
     res, text = json.loads((raw / "replay.json").read_text()), _doc_text("docs/results.md")
     r, p = res["replays"], res["pooled"]
     quoted = [_pts(r["mean"]), f"[{_pts(r['q025'])}, {_pts(r['q975'])}]", f"{100 * r['share_win']:.1f}%"]
