@@ -206,8 +206,11 @@ def _rng_state() -> dict[str, Any]:
     return st
 
 
-def _save_checkpoint(run: Path, step: int, model, opt, sched, gathered: tuple | None = None, world: int = 1) -> Path:
-    """``gathered`` = (trainable, optimizer) full states under FSDP (gathered on every rank beforehand)."""
+def _save_checkpoint(
+    run: Path, step: int, model, opt, sched, gathered: tuple | None = None, world: int = 1, wall_s: float = 0.0
+) -> Path:
+    """``gathered`` = (trainable, optimizer) full states under FSDP (gathered on every rank beforehand);
+    ``wall_s``: the run's training wall time so far (earlier segments of a resumed run included)."""
     ckdir = run / CKPT_DIR
     ckdir.mkdir(exist_ok=True)
     path = ckdir / f"step-{step:07d}.pt"
@@ -218,6 +221,7 @@ def _save_checkpoint(run: Path, step: int, model, opt, sched, gathered: tuple | 
         "scheduler": sched.state_dict(),
         "rng": _rng_state(),
         "world_size": world,  # the data order and the step count depend on it
+        "wall_s": float(wall_s),  # a resumed run's wall time adds the segments before it
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -405,6 +409,9 @@ class _Run:
     params: list = field(default_factory=list)
     n_steps: int = 0
     start: int = 0  # the step a resumed run continues from
+    prior_wall_s: float = 0.0  # a resumed run: the wall time of its segments up to the checkpoint it resumed from
+    prior_step_times: list[float] = field(default_factory=list)  # a resumed run: the logged step seconds before
+    prior_tok_rates: list[float] = field(default_factory=list)  # ... and the logged tokens per second
     last_ckpt: Path | None = None
     step_times: list[float] = field(default_factory=list)
     tok_rates: list[float] = field(default_factory=list)
@@ -618,11 +625,21 @@ def _resume(st: _Run) -> None:
         else:
             st.start = _load_checkpoint(found[0], st.inner, st.opt, st.sched, st.config.fsdp, st.world, st=found[1])
     if st.start:
-        if st.main:  # drop log lines written after the checkpoint: they will be written again
-            rows = [r for r in read_jsonl_tolerant(st.out / LOG_FILE) if r.get("step", 0) <= st.start]
+        # the log's lines up to the checkpoint stay; those after it will be written again
+        rows = [r for r in read_jsonl_tolerant(st.out / LOG_FILE) if r.get("step", 0) <= st.start]
+        if st.main:
             write_text(st.out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+        # the timings of the steps before the checkpoint count: the result describes the whole run. A checkpoint
+        # written before midblock stored its wall time gets the sum of the logged step seconds instead.
+        st.prior_step_times = _logged(rows, "step_s")
+        st.prior_tok_rates = _logged(rows, "tokens_per_s")
+        st.prior_wall_s = float(found[1].get("wall_s", sum(st.prior_step_times)))
         log.info("resumed at step %d", st.start)
     st.last_ckpt = found[0] if found else _latest_checkpoint(st.out)  # the one resumed from, not a damaged newer
+
+
+def _logged(rows: list[dict[str, Any]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
 
 
 def _step(st: _Run, step: int) -> tuple[float, int, float]:
@@ -721,7 +738,7 @@ def _checkpoint_or_stop(st: _Run, done: int, callback_says_stop: bool, stop: _St
         fsdp = st.config.fsdp
         gathered = (full_trainable_state(st.inner), full_optimizer_state(st.inner, st.opt)) if fsdp else None
         if st.main:
-            st.last_ckpt = _save_checkpoint(st.out, done, st.inner, st.opt, st.sched, gathered, st.world)
+            st.last_ckpt = _save_checkpoint(st.out, done, st.inner, st.opt, st.sched, gathered, st.world, _wall_s(st))
     if st.stopped:
         log.warning("stopped at step %d; continue with --resume (checkpoint %s)", done, st.last_ckpt)
     return st.stopped
@@ -761,8 +778,8 @@ def _result(st: _Run) -> TrainResult:
         stopped=st.stopped,
         final_loss=st.last_loss,
         eval_loss=st.eval_loss,
-        median_step_s=statistics.median(st.step_times) if st.step_times else None,
-        tokens_per_s=statistics.median(st.tok_rates) if st.tok_rates else None,
+        median_step_s=statistics.median(times) if (times := st.prior_step_times + st.step_times) else None,
+        tokens_per_s=statistics.median(rates) if (rates := st.prior_tok_rates + st.tok_rates) else None,
         peak_mem_bytes=mem,
         peak_mem_kind=mem_kind,
         trainable_params=st.row["trainable_params"],
@@ -772,11 +789,16 @@ def _result(st: _Run) -> TrainResult:
         selection=selection_summary(p),
         predicted_vs_lora=st.pred["vs_lora"],
         predicted_vs_full=st.pred["vs_full"],
-        wall_s=time.perf_counter() - st.t_start,
+        wall_s=_wall_s(st),
         world_size=st.world,
         fsdp=st.config.fsdp,
         precision=resolve_precision(st.config.precision, st.acc.device.type),
     )
+
+
+def _wall_s(st: _Run) -> float:
+    """The run's wall time: this segment's, plus, for a resumed run, its earlier segments' up to the checkpoint."""
+    return st.prior_wall_s + time.perf_counter() - st.t_start
 
 
 def _backward_depth(st: _Run) -> int:

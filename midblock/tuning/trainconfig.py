@@ -165,8 +165,8 @@ class TrainResult:
     stopped: bool  # True when interrupted (signal or callback) before the last step; a checkpoint exists
     final_loss: float | None
     eval_loss: float | None
-    median_step_s: float | None
-    tokens_per_s: float | None
+    median_step_s: float | None  # over every logged step, a resumed run's earlier segments included
+    tokens_per_s: float | None  # the same steps' median
     peak_mem_bytes: int
     peak_mem_kind: str  # "rss" (CPU, process peak) or "cuda_max_allocated"
     trainable_params: int
@@ -175,7 +175,7 @@ class TrainResult:
     backward_depth: int
     predicted_vs_lora: float
     predicted_vs_full: float
-    wall_s: float
+    wall_s: float  # set-up and training; a resumed run adds its earlier segments up to the checkpoint it resumed from
     world_size: int = 1  # processes that trained together (DDP or FSDP)
     fsdp: bool = False  # parameters were sharded with FSDP
     precision: str | None = None  # the resolved precision it computed in: fp32 or bf16 (never "auto")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -142,6 +143,38 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(x)["step"] for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4, 5, 6]
+
+
+def _resume_timings(tmp_path, drop_wall: bool):
+    """A run stopped after step 3 and resumed; ``drop_wall``: its checkpoint is made to look like one written
+    before midblock stored the wall time. Returns (the resumed result, the checkpoint's state, the log rows)."""
+    kw = dict(steps=6, warmup_steps=2, save_every=3)
+    part = train(_cfg(tmp_path, **kw), on_step=lambda step, loss: step == 3)  # the callback stops the run
+    assert part.stopped and part.steps == 3
+    ck = tmp_path / "checkpoints" / "step-0000003.pt"
+    state = torch.load(ck, weights_only=True)
+    if drop_wall:
+        del state["wall_s"]
+        torch.save(state, ck)
+    done = train(_cfg(tmp_path, resume=True, **kw))
+    return done, state, [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("drop_wall", [False, True], ids=["checkpoint-with-wall", "older-checkpoint"])
+def test_a_resumed_runs_timings_cover_every_segment(tmp_path, drop_wall):
+    """A resumed run's wall time adds the wall time before its checkpoint (the checkpoint's, or for an older
+    checkpoint the logged step seconds), and its median step time is over all six logged steps."""
+    done, state, log = _resume_timings(tmp_path, drop_wall)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    steps_before = sum(r["step_s"] for r in log[:3])
+    if drop_wall:
+        before = steps_before
+    else:  # set-up included: the first segment's wall time is more than its steps'
+        before = state["wall_s"]
+        assert before > steps_before
+    assert done.wall_s >= before + sum(r["step_s"] for r in log[3:])
+    assert done.median_step_s == pytest.approx(statistics.median(r["step_s"] for r in log))
+    assert done.tokens_per_s == pytest.approx(statistics.median(r["tokens_per_s"] for r in log))
 
 
 def test_nan_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
