@@ -95,7 +95,7 @@ def selection_text(sel: dict[str, Any] | None) -> str | None:
     text = "auto" if sel.get("strategy") == "auto" else str(sel.get("spec"))
     if sel.get("form") == "lora":
         text += " LoRA"  # adapters only: the embeddings and head never train in the LoRA form
-    elif "embeddings_and_head" in sel:
+    elif "embeddings_and_head" in sel and not text.endswith(":blocks"):  # the spec may say so already
         text += " +emb/head" if sel["embeddings_and_head"] else " blocks only"
     switches = (sel.get("lisa") or {}).get("switches")
     if switches:
@@ -114,7 +114,7 @@ def _train_cols(rec: dict[str, Any]) -> dict[str, Any]:
         "lr": rec.get("lr"),
         "precision": tr.get("precision"),
         "trainable_params": tr.get("trainable_params"),
-        "rank_units": tr.get("rank_units"),
+        "rank_units": tr.get("rank_units") or None,  # full-parameter arms have none (0), not a budget of 0
         "alpha_over_r": tr.get("scaling"),
         "backward_depth": tr.get("backward_depth"),
         "median_step_s": tr.get("median_step_s"),

@@ -12,7 +12,7 @@ from midblock.evaluation.stats import (
     two_level_interval,
     wilson_interval,
 )
-from midblock.experiments.table import build_rows, pooled_rows
+from midblock.experiments.table import build_rows, pooled_rows, selection_text
 
 
 def _rec(label, seed, correct, ppl=None):
@@ -140,3 +140,23 @@ def test_the_markdown_table_says_what_each_interval_covers():
     assert lines[("a", "mean(5)")].count("|  |") >= 3  # the baseline's difference, Holm p and simultaneous CI
     three = build_rows([r for r in results if r["seed"] < 3], None, baseline="a", metric="m")
     assert "seeds x items (approx., 3 seeds)" in markdown(cc, three)
+
+
+@pytest.mark.parametrize(
+    "sel, text",
+    [
+        (None, None),
+        ({"strategy": "band"}, None),
+        ({"strategy": "auto"}, "auto"),
+        ({"strategy": "spectrum", "spec": "spectrum:60", "form": "lora"}, "spectrum:60 LoRA"),
+        ({"strategy": "spectrum", "spec": "spectrum:60", "embeddings_and_head": True}, "spectrum:60 +emb/head"),
+        ({"strategy": "spectrum", "spec": "spectrum:60:blocks", "embeddings_and_head": False}, "spectrum:60:blocks"),
+        (
+            {"strategy": "lisa", "spec": "lisa:2/20", "embeddings_and_head": False,
+             "lisa": {"switches": [{"backward_depth": 3}, {"backward_depth": 4}]}},
+            "lisa:2/20 blocks only (depth 3.5/switch)",
+        ),
+    ],
+)  # fmt: skip
+def test_selection_text_names_the_form_once(sel, text):
+    assert selection_text(sel) == text
