@@ -103,16 +103,17 @@ def resolve_layers(spec: str | int | list[int] | tuple[int, ...], num_layers: in
     return out
 
 
+def index_runs(idx: list[int]) -> list[tuple[int, int]]:
+    """The maximal runs of consecutive indices, first and last of each: [0,1,2,5,7,8] -> [(0,2),(5,5),(7,8)]."""
+    runs: list[tuple[int, int]] = []
+    for i in idx:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
 def format_indices(idx: list[int]) -> str:
     """Compact form of an index list: [0,1,2,5,7,8] -> '0-2,5,7-8' (itself a valid spec)."""
-    if not idx:
-        return ""
-    parts, start, prev = [], idx[0], idx[0]
-    for i in idx[1:] + [None]:  # type: ignore[list-item]
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if i is not None:
-            start = prev = i
-    return ",".join(parts)
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in index_runs(idx))

@@ -1,7 +1,7 @@
 import pytest
 
 from midblock.errors import MidblockError
-from midblock.layers import format_indices, resolve_layers, segment_bounds
+from midblock.layers import format_indices, index_runs, resolve_layers, segment_bounds
 
 
 def r(a, b):
@@ -69,6 +69,12 @@ def test_segments_partition_every_block():
             assert b[0][0] == 0 and b[-1][1] == L
             assert all(b[i][1] == b[i + 1][0] for i in range(K - 1))
             assert all(e > s for s, e in b)
+
+
+def test_index_runs():
+    assert index_runs([0, 1, 2, 5, 7, 8]) == [(0, 2), (5, 5), (7, 8)]
+    assert index_runs([3]) == [(3, 3)] and index_runs([]) == []
+    assert index_runs(list(range(6, 24))) == [(6, 23)]
 
 
 def test_format_indices_roundtrip():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from midblock.io import atomic_path, provenance, write_csv, write_json, write_text
-from midblock.layers import resolve_layers
+from midblock.layers import index_runs, resolve_layers
 
 COLUMNS = [
     "arm",
@@ -233,19 +233,23 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
     import matplotlib.pyplot as plt
 
     arms = [r for r in rows if str(r["seed"]).startswith("mean(") and r.get("band")]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 5.6), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.0, 6.4), sharex=True)
     for k, r in enumerate(arms):
-        idx = resolve_layers(r["band"], num_layers)
-        x0, x1 = idx[0] / num_layers, (idx[-1] + 1) / num_layers
         color = f"C{k}"
-        top.fill_between([x0, x1], 100 * r["ci_low"], 100 * r["ci_high"], color=color, alpha=0.15)
-        top.plot([x0, x1], [100 * r["accuracy"]] * 2, color=color, lw=2.5, label=f"{r['arm']} (blocks {r['band']})")
-        if r.get("ppl_change_pct") is not None:
-            bottom.plot([x0, x1], [r["ppl_change_pct"]] * 2, color=color, lw=2.5)
-            if r.get("ppl_change_low") is not None:
-                bottom.fill_between([x0, x1], r["ppl_change_low"], r["ppl_change_high"], color=color, alpha=0.15)
+        # one segment per run of consecutive trained blocks: a scattered selection (CKA-select) shows its gaps
+        for j, (a, b) in enumerate(index_runs(resolve_layers(r["band"], num_layers))):
+            x = [a / num_layers, (b + 1) / num_layers]
+            top.fill_between(x, 100 * r["ci_low"], 100 * r["ci_high"], color=color, alpha=0.15)
+            label = f"{r['arm']} (blocks {r['band']})" if j == 0 else None
+            top.plot(x, [100 * r["accuracy"]] * 2, color=color, lw=2.5, label=label)
+            if r.get("ppl_change_pct") is not None:
+                bottom.plot(x, [r["ppl_change_pct"]] * 2, color=color, lw=2.5)
+                if r.get("ppl_change_low") is not None:
+                    bottom.fill_between(x, r["ppl_change_low"], r["ppl_change_high"], color=color, alpha=0.15)
     top.set_ylabel("accuracy % (95% interval,\n" + (arms[0].get("ci_covers") if arms else "items") + ")")
-    top.legend(fontsize=7, loc="best")
+    # below the axes: inside them the legend hid the intervals it names
+    fig.legend(fontsize=7, loc="lower center", ncol=2, frameon=False)
+    legend_h = 0.035 * ((len(arms) + 1) // 2) + 0.01
     bottom.axhline(0, color="grey", lw=0.8, ls="--")
     shown = "95% interval" if any(r.get("ppl_change_low") is not None for r in arms) else "no interval"
     bottom.set_ylabel(f"perplexity change %\n(general text, {shown})")
@@ -253,7 +257,7 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
     bottom.set_xlim(0, 1)
     if title:
         top.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_h, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
