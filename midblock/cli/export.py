@@ -3,10 +3,11 @@ re-derived from them.
 
 ``--mode raw --from COMPARE_DIR --dest DEST`` writes ``cells.jsonl`` (one line per evaluated cell of the grid)
 and ``items.csv`` (one line per cell and test item) with copies of the tables and figures; ``--mode derive
---dest DEST [--baseline ARM]`` recomputes the comparison's pooled rows from those two files alone and prints
-them (tab-separated); ``--mode state --from COMPARE_DIR --dest DEST`` saves what a partly finished comparison
-needs to resume elsewhere; ``--mode replay --dest DEST --arm ARM`` replays an arm against the baseline as
-many one-seed, small-test studies (``replay.md``, ``replay.json``, ``replay.png`` in DEST).
+--dest DEST [--baseline ARM] [--format markdown]`` recomputes the comparison's pooled rows from those two files
+alone and prints them (tab-separated, or the short markdown table a report quotes); ``--mode state --from
+COMPARE_DIR --dest DEST`` saves what a partly finished comparison needs to resume elsewhere; ``--mode replay
+--dest DEST --arm ARM`` replays an arm against the baseline as many one-seed, small-test studies
+(``replay.md``, ``replay.json``, ``replay.png`` in DEST).
 """
 
 from __future__ import annotations
@@ -49,8 +50,15 @@ def run(args: argparse.Namespace) -> int:
         )
         write_replay(cfg.dest, res)
         print(render(res), end="")
-    else:
-        print_derived(pooled_rows(derive(cfg.dest, cfg.baseline)))  # checked and computed before printing
+    else:  # derive: checked and computed before anything is printed
+        rows = derive(cfg.dest, cfg.baseline)
+        if cfg.format == "markdown":
+            from midblock.experiments.export import read_export
+            from midblock.reporting.compare_report import summary_markdown
+
+            print(summary_markdown(rows, cfg.baseline or read_export(cfg.dest)[0]["baseline"]), end="")
+        else:
+            print_derived(pooled_rows(rows))
     return 0
 
 

@@ -10,6 +10,7 @@ from midblock.validation import check_number
 
 ExportMode = Literal["raw", "state", "derive", "replay"]
 EXPORT_MODES = ("raw", "state", "derive", "replay")
+DERIVE_FORMATS = ("tsv", "markdown")
 
 
 @dataclass
@@ -34,6 +35,14 @@ class ExportConfig:
         default=None,
         metadata={"help": "derive, replay: the arm the differences are taken against (default: the grid's)"},
     )
+    format: Literal["tsv", "markdown"] = field(
+        default="tsv",
+        metadata={
+            "help": "derive: tsv (every pooled column, four decimals) or markdown (the short table a report "
+            "quotes: accuracy, differences with Holm p and simultaneous intervals, forgetting, each interval's "
+            "coverage)"
+        },
+    )
     arm: str | None = field(default=None, metadata={"help": "replay: the arm replayed against the baseline"})
     replay_items: int = field(default=100, metadata={"help": "replay: test items each one-seed replay scores"})
     draws: int = field(default=200, metadata={"help": "replay: item draws per training seed"})
@@ -55,6 +64,10 @@ class ExportConfig:
             raise MidblockError("--mode derive reads an export, not a comparison", hint="drop --from")
         if self.mode in ("raw", "state") and not self.compare_dir:
             raise MidblockError(f"--mode {self.mode} needs the comparison", hint="pass --from COMPARE_DIR")
+        if self.format not in DERIVE_FORMATS:
+            raise MidblockError(f"unknown --format '{self.format}'", hint="use " + " or ".join(DERIVE_FORMATS))
+        if self.format != "tsv" and self.mode != "derive":
+            raise MidblockError("--format applies to --mode derive only", hint="drop --format")
         if self.baseline and self.mode not in ("derive", "replay"):
             raise MidblockError("--baseline applies to --mode derive and replay only", hint="drop --baseline")
         if self.mode == "replay":

@@ -188,6 +188,54 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def summary_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
+    """The pooled rows as a short table for a report (what `export --mode derive --format markdown` prints):
+    accuracy and forgetting with their intervals, the differences against ``baseline`` with the multiplicity
+    adjustment, and a sentence saying what each interval covers."""
+    pooled = [r for r in rows if r["seed"] == "-" or str(r["seed"]).startswith("mean(")]
+    arms = [r for r in pooled if r["arm"] != "base"]
+    cover = _covers(arms[0]) if arms else "items"
+    m = max((r.get("n_comparisons") or 0 for r in arms), default=0)
+    lines = [
+        f"95% intervals over {cover}"
+        + (f"; {m} arm(s) against `{baseline}`: Holm-adjusted p, Bonferroni simultaneous intervals" if m else "")
+        + "; forgetting: general-text perplexity change against the base model"
+        + (
+            f", interval over seeds x {arms[0]['ppl_covers']}"
+            if arms and arms[0].get("ppl_covers")
+            else ", no interval (the cells hold no per-text log-likelihoods)"
+        )
+        + ".",
+        "",
+        f"| arm | trained blocks | trainable params | accuracy % [95% CI] | vs {baseline}, points [95% CI] | Holm p "
+        f"| simultaneous 95% CI | perplexity change [95% CI] | vs {baseline}, points [95% CI] |",
+        "|---|---|---:|---|---|---:|---|---|---|",
+    ]
+    for r in pooled:
+        sim = r.get("diff_sim_low")
+        cells = [
+            str(r["arm"]),
+            " ".join(x for x in (r.get("selection"), r.get("band")) if x),
+            _num(r.get("trainable_params"), "{:,.0f}"),
+            f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
+            interval_text(r, "diff_vs_baseline", "diff_low", "diff_high"),
+            _p(r.get("diff_p_holm")),
+            "" if sim is None else f"[{100 * sim:+.1f}, {100 * r['diff_sim_high']:+.1f}]",
+            "" if r["arm"] == "base" else _ppl_change_text(r),
+            interval_text(r, "ppl_diff", "ppl_diff_low", "ppl_diff_high", scale=1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ppl_change_text(r: dict[str, Any]) -> str:
+    """``+38.4% [+35.5, +41.5]`` (the interval where the row has one; empty without a measurement)."""
+    if r.get("ppl_change_pct") is None:
+        return ""
+    low, high = r.get("ppl_change_low"), r.get("ppl_change_high")
+    return f"{r['ppl_change_pct']:+.1f}%" + ("" if low is None else f" [{low:+.1f}, {high:+.1f}]")
+
+
 def csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows with per-seed lists written as space-separated numbers (one CSV cell each)."""
     return [{k: " ".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
