@@ -1,9 +1,11 @@
 #!/bin/bash
 # One working session of the long studies (see README.md).
 #
-#   bash studies/session.sh start [STUDY ...]   restore each study's saved state into runs/STUDY and run it in
-#                                              the background at one torch thread (default: the first two
-#                                              studies here, in the order below), logging to runs/STUDY.log
+#   bash studies/session.sh start [LANE ...]    restore each study's saved state into runs/STUDY and run the
+#                                              lanes in the background, each at one torch thread; a lane is
+#                                              STUDY or STUDY+STUDY+... (run in turn: the next starts when one
+#                                              finishes). Default: the first study here (order below) in one
+#                                              lane, the others in turn in a second. Logs: runs/STUDY.log
 #   bash studies/session.sh save                save the finished cells of every study under runs/ into
 #                                              studies/STUDY/state (commit them before the session ends)
 #   bash studies/session.sh status              what each study has finished (arm, rate, seed, score, perplexity)
@@ -42,20 +44,38 @@ present() { for s in "${ORDER[@]}"; do [ -f "studies/$s/run.sh" ] && echo "$s"; 
 case "${1:-}" in
 start)
     shift
-    studies=("$@")
-    [ ${#studies[@]} -gt 0 ] || mapfile -t studies < <(present | head -n 2)
+    lanes=("$@")
+    if [ ${#lanes[@]} -eq 0 ]; then  # the first study alone, the others one after another beside it
+        mapfile -t found < <(present)
+        lanes=("${found[0]}")
+        [ ${#found[@]} -lt 2 ] || lanes+=("$(IFS=+; echo "${found[*]:1}")")
+    fi
     if [ -z "${FORCE:-}" ] && pgrep -f "midblock compare" >/dev/null; then
         echo "session: a compare is already running (pgrep -af 'midblock compare'); stop it first, or FORCE=1" >&2
         exit 2
     fi
+    for lane in "${lanes[@]}"; do
+        for s in ${lane//+/ }; do
+            [ -f "studies/$s/run.sh" ] || { echo "session: no study '$s' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
+        done
+    done
     free -g | sed -n 1,2p
-    for s in "${studies[@]}"; do
-        [ -f "studies/$s/run.sh" ] || { echo "session: no study '$s' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
-        mkdir -p "runs/$s"
-        [ ! -d "studies/$s/state" ] || cp -r "studies/$s/state/." "runs/$s/"
-        OUT="runs/$s" THREADS=1 MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" PYTHONPATH="$ROOT" \
-            setsid nohup bash "studies/$s/run.sh" >>"runs/$s.log" 2>&1 &
-        echo "started $s (pid $!): runs/$s, log runs/$s.log"
+    for lane in "${lanes[@]}"; do
+        for s in ${lane//+/ }; do
+            mkdir -p "runs/$s"
+            [ ! -d "studies/$s/state" ] || cp -r "studies/$s/state/." "runs/$s/"
+            # the committed estimate is the one the study's design quotes: run.sh measures again only without it
+            [ -f "runs/$s/cost_estimate.json" ] || [ ! -f "studies/$s/cost_estimate.json" ] \
+                || cp "studies/$s/cost_estimate.json" "runs/$s/"
+        done
+        # a lane runs its studies in turn; a stopped or failed study (exit != 0) ends the lane, the next
+        # study never starts on an unfinished one
+        LANE="${lane//+/ }" THREADS=1 MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" PYTHONPATH="$ROOT" setsid nohup bash -c '
+            for s in $LANE; do
+                echo "session: $s starts $(date -u +%FT%TZ)" >>"runs/$s.log"
+                OUT="runs/$s" bash "studies/$s/run.sh" >>"runs/$s.log" 2>&1 || exit
+            done' >/dev/null 2>&1 &
+        echo "started ${lane//+/, then } (pid $!): runs/STUDY, log runs/STUDY.log"
     done
     ;;
 save)
@@ -68,8 +88,10 @@ stop)
     pids=$(study_pids)
     [ -n "$pids" ] || { echo "session: no study of $ROOT is running"; exit 0; }
     # the training loop checkpoints after the step in progress and compare exits; a decode or an analysis
-    # stops at once and resumes from its per-item file
-    kill -TERM $pids
+    # stops at once and resumes from its per-item file. The signal goes to each study's whole process group
+    # (its lane and run.sh too, started with setsid), so no later step or study starts after the stop.
+    groups=$(for p in $pids; do ps -o pgid= -p "$p"; done | tr -d ' ' | sort -u)
+    for g in $groups; do kill -TERM -- "-$g" 2>/dev/null || true; done
     for _ in $(seq 1 600); do [ -n "$(study_pids)" ] || break; sleep 1; done
     if [ -n "$(study_pids)" ]; then echo "session: still running after 10 min: $(study_pids)" >&2; exit 1; fi
     echo "stopped: $(echo $pids | wc -w) process(es)"
