@@ -1,0 +1,140 @@
+"""``studies/session.sh``, the script the long studies run under, on fake studies: a stand-in ``midblock``
+that sleeps as ``compare`` and records ``export``, so the lanes, the stop and the publish checks run in
+seconds. The real commands the studies call are tested in tests/experiments."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="session.sh finds its processes under /proc")
+
+# compare --out DIR [--reuse-only]: DIR/seconds long (SIGTERM: exit 130, as midblock after a checkpoint), then
+# DIR/done; with --reuse-only, exit 2 unless done. export: one line of its arguments in $FAKE_LOG.
+FAKE = r"""#!/bin/bash
+cmd=$1; shift
+if [ "$cmd" = export ]; then echo "export $*" >>"$FAKE_LOG"; exit 0; fi
+out=; reuse=
+while [ $# -gt 0 ]; do case $1 in --out) out=$2; shift;; --reuse-only) reuse=1;; esac; shift; done
+[ -f "$out/done" ] && exit 0
+[ -z "$reuse" ] || { echo "--reuse-only: $out is not finished" >&2; exit 2; }
+trap 'exit 130' TERM
+end=$(( $(date +%s%N) + $(cat "$out/seconds") * 1000000 ))
+while [ "$(date +%s%N)" -lt "$end" ]; do sleep 0.05; done
+touch "$out/done"
+"""
+RUN = """#!/bin/bash
+set -e
+cd "$(dirname "$0")/../.."
+"$MIDBLOCK" compare --out "$OUT" ${REUSE_ONLY:+--reuse-only}
+"""
+STUDIES = {"paper-protocol-replay": 1.5, "selection-landscape": 0.3, "gemma-base": 0.3}  # seconds as compare
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A checkout with session.sh and the three studies as fakes; returns (root, env)."""
+    (tmp_path / "studies").mkdir()
+    shutil.copy(REPO / "studies" / "session.sh", tmp_path / "studies" / "session.sh")
+    fake = tmp_path / "bin" / "midblock"
+    fake.parent.mkdir()
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    for name, seconds in STUDIES.items():
+        d = tmp_path / "studies" / name
+        d.mkdir()
+        (d / "run.sh").write_text(RUN)
+        (d / "state").mkdir()
+        _set_seconds(tmp_path, name, seconds)  # restored into runs/NAME by start
+    env = os.environ | {"MIDBLOCK": str(fake), "PYTHON": sys.executable, "FORCE": "1"}
+    return tmp_path, env | {"FAKE_LOG": str(tmp_path / "fake.log")}
+
+
+def _set_seconds(root, name, seconds):
+    (root / "studies" / name / "state" / "seconds").write_text(str(int(seconds * 1000)))
+
+
+def _session(root, env, *args):
+    return subprocess.run(["bash", "studies/session.sh", *args], cwd=root, env=env, capture_output=True, text=True)
+
+
+def _wait(cond, timeout=30.0):
+    t = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def _started(root, name):
+    log = root / "runs" / f"{name}.log"
+    return log.exists() and "starts" in log.read_text()
+
+
+def test_lanes_run_part1_beside_part2_then_gemma(tree):
+    root, env = tree
+    r = _session(root, env, "start")
+    assert r.returncode == 0, r.stderr
+    assert "started paper-protocol-replay" in r.stdout and "started selection-landscape, then gemma-base" in r.stdout
+    _wait(lambda: all((root / "runs" / n / "done").exists() for n in STUDIES))
+    done = {n: (root / "runs" / n / "done").stat().st_mtime for n in STUDIES}
+    gemma_log = (root / "runs" / "gemma-base.log").stat().st_mtime
+    assert done["selection-landscape"] <= gemma_log  # Gemma started after part 2 finished ...
+    assert done["paper-protocol-replay"] > done["selection-landscape"]  # ... while part 1 still ran beside it
+
+
+def test_stop_ends_every_lane_and_no_later_study_starts(tree):
+    root, env = tree
+    for name in STUDIES:  # long enough that the stop comes first, whatever the load
+        _set_seconds(root, name, 30)
+    assert _session(root, env, "start").returncode == 0
+    _wait(lambda: _started(root, "selection-landscape") and _started(root, "paper-protocol-replay"))
+    time.sleep(0.1)  # both fakes are in compare now
+    r = _session(root, env, "stop")
+    assert r.returncode == 0 and "stopped: 2 process(es)" in r.stdout, r.stdout + r.stderr
+    time.sleep(0.5)  # a lane that survived the stop would start Gemma as soon as part 2 ends: it ends now
+    assert not _started(root, "gemma-base") and not (root / "runs" / "gemma-base" / "done").exists()
+    assert not (root / "runs" / "selection-landscape" / "done").exists()
+    assert "no study" in _session(root, env, "stop").stdout
+    assert not _processes_in(root)  # the lanes and run.sh went with their studies
+
+
+def _processes_in(root: Path) -> list[int]:
+    """The processes whose working directory is ``root`` (the lanes, run.sh and the fake compare run there)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and Path(os.readlink(p / "cwd")) == root.resolve():
+                pids.append(int(p.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_publish_refuses_an_unfinished_study_and_part1_before_part2(tree):
+    root, env = tree
+    (root / "runs" / "selection-landscape").mkdir(parents=True)
+    r = _session(root, env, "publish", "selection-landscape")
+    assert r.returncode == 1 and "rerun check failed" in r.stderr and "not finished" in r.stderr
+    r = _session(root, env, "publish", "paper-protocol-replay")
+    assert r.returncode == 2 and "publish selection-landscape first" in r.stderr
+    assert not (root / "fake.log").exists()  # nothing exported
+
+
+def test_publish_a_finished_study_exports_it(tree):
+    root, env = tree
+    out = root / "runs" / "selection-landscape"
+    out.mkdir(parents=True)
+    (out / "done").touch()
+    (out / "compare.md").write_text("table\n")
+    r = _session(root, env, "publish", "selection-landscape")
+    assert r.returncode == 0, r.stderr
+    assert "1 tables byte-identical" in r.stdout
+    dest = root / "docs" / "results" / "selection-landscape"
+    assert (root / "fake.log").read_text() == f"export --from runs/selection-landscape --dest {dest}\n"
