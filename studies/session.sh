@@ -59,7 +59,7 @@ start)
             [ -f "studies/$s/run.sh" ] || { echo "session: no study '$s' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
         done
     done
-    free -g | sed -n 1,2p
+    free -g 2>/dev/null | sed -n 1,2p || true  # memory first: part 1 alone holds about 9.5 GB
     for lane in "${lanes[@]}"; do
         for s in ${lane//+/ }; do
             mkdir -p "runs/$s"

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="session.sh finds its processes under /proc")
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or not (shutil.which("pgrep") and shutil.which("ps")),
+    reason="session.sh finds its processes with pgrep and ps (procps) under /proc",
+)
 
 # compare --out DIR [--reuse-only]: DIR/seconds long (SIGTERM: exit 130, as midblock after a checkpoint), then
 # DIR/done; with --reuse-only, exit 2 unless done. export: one line of its arguments in $FAKE_LOG.
