@@ -90,8 +90,12 @@ stop)
     # the training loop checkpoints after the step in progress and compare exits; a decode or an analysis
     # stops at once and resumes from its per-item file. The signal goes to each study's whole process group
     # (its lane and run.sh too, started with setsid), so no later step or study starts after the stop.
-    groups=$(for p in $pids; do ps -o pgid= -p "$p"; done | tr -d ' ' | sort -u)
-    for g in $groups; do kill -TERM -- "-$g" 2>/dev/null || true; done
+    # A study started some other way may share this shell's group: that one gets the signal to itself only.
+    self=$(ps -o pgid= -p $$ | tr -d ' ')
+    for p in $pids; do
+        g=$(ps -o pgid= -p "$p" | tr -d ' ')
+        if [ -n "$g" ] && [ "$g" != "$self" ]; then kill -TERM -- "-$g" 2>/dev/null || true; else kill -TERM "$p" 2>/dev/null || true; fi
+    done
     for _ in $(seq 1 600); do [ -n "$(study_pids)" ] || break; sleep 1; done
     if [ -n "$(study_pids)" ]; then echo "session: still running after 10 min: $(study_pids)" >&2; exit 1; fi
     echo "stopped: $(echo $pids | wc -w) process(es)"
