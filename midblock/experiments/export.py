@@ -87,8 +87,18 @@ def _records(out: Path, meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]
             raise MidblockError(f"{edir / 'cell.json'} is missing", hint="rerun the same compare command")
         rec = read_json(edir / "cell.json", dict)
         rec["items"] = read_jsonl_tolerant(edir / "eval" / "items.jsonl")
+        rec["logged_step_s"] = _logged_step_s(edir.parent / "train")
         recs.append((c["phase"], rec))
     return recs
+
+
+def _logged_step_s(run: Path) -> float | None:
+    """The summed step seconds of a training run's log (every segment of a resumed run), or None without one
+    (a cell reused from a saved state has no training run here)."""
+    log = run / "train_log.jsonl"
+    if not log.is_file():
+        return None
+    return float(sum(r["step_s"] for r in read_jsonl_tolerant(log) if isinstance(r.get("step_s"), (int, float))))
 
 
 def _items_digest(pairs: list[tuple[int, int]]) -> str:
@@ -138,6 +148,8 @@ def export(out: str | Path, dest: str | Path) -> Path:
     for phase, rec in _records(out, meta):
         slim = {k: rec.get(k) for k in ("label", "seed", "lr", "band", "tuning", "fingerprint", "ppl")}
         slim["train"] = {k: (rec.get("train") or {}).get(k) for k in _KEEP_TRAIN} if rec.get("train") else None
+        if slim["train"] is not None and rec.get("logged_step_s") is not None:
+            slim["train"]["logged_step_s"] = rec["logged_step_s"]
         slim["scores"] = (rec.get("eval") or {}).get("scores")
         slim["computed"] = computed_on(rec)
         try:
@@ -212,7 +224,9 @@ LEDGER_FIELDS = ("cpu", "native_bf16", "gpus", "torch_threads", "precision")
 def compute_ledger(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Exported cells grouped by where they ran (:data:`LEDGER_FIELDS` of their ``computed`` record; cells
     exported without one form a group of ``None``): the number of cells, training hours (a training that
-    two evaluations share, such as the rate search's run at the chosen rate, counted once), evaluation hours
+    two evaluations share, such as the rate search's run at the chosen rate, counted once; its wall time, or its
+    logged step seconds where they are more: a run resumed by an earlier midblock kept only its last segment's
+    wall time), evaluation hours
     (decoding; forgetting texts are not timed), and the first and last evaluation time."""
     groups: dict[tuple, dict[str, Any]] = {}
     trained: set[str] = set()
@@ -224,7 +238,7 @@ def compute_ledger(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fp = (c.get("fingerprint") or {}).get("training")
         if c.get("train") and fp not in trained:
             trained.add(fp)
-            g["train_h"] += float(c["train"].get("wall_s") or 0.0) / 3600
+            g["train_h"] += train_seconds(c["train"]) / 3600
         g["eval_h"] += float(comp.get("eval_wall_s") or 0.0) / 3600
         if comp.get("time_utc"):
             g["times"].append(comp["time_utc"])
@@ -239,13 +253,21 @@ def compute_ledger(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def train_seconds(train: dict[str, Any]) -> float:
+    """An exported training's hours for the ledger, in seconds: its wall time, or the sum of its logged step
+    times where that is larger (a resumed run whose summary kept only its last segment)."""
+    return max(float(train.get("wall_s") or 0.0), float(train.get("logged_step_s") or 0.0))
+
+
 def render_ledger(ledger: list[dict[str, Any]]) -> str:
     """``compute.md``: one row per machine and setting, and the total."""
     lines = [
         "# Where the cells ran",
         "",
         "From each cell's evaluation record; a cell's training ran on the same machine unless it was reused from "
-        "an earlier run. Training hours count a shared training once; evaluation hours are decoding time "
+        "an earlier run. Training hours count a shared training once (its wall time, or its logged step times "
+        "where more: a run resumed by an earlier midblock kept only its last segment's wall time); evaluation "
+        "hours are decoding time "
         "(forgetting texts are not timed).",
         "",
         "| CPU | native bf16 | GPUs | torch threads | precision | cells | training h | evaluation h | first | last |",

@@ -326,6 +326,9 @@ def test_exported_raw_results_rederive_the_table(tmp_path):
     assert {c["computed"]["precision"] for c in exported if c["phase"] != "base"} == {resolve_precision("auto")}
     ledger = (dest / "compute.md").read_text()
     assert "| total | | | | | 5 |" in ledger
+    # each training's logged step seconds (every segment; here one): within its wall time, which adds set-up
+    trained = [c["train"] for c in exported if c["train"]]
+    assert len(trained) == 4 and all(0 < t["logged_step_s"] <= t["wall_s"] for t in trained)
     again = derive(dest)
     keys = ("arm", "seed", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "seed_sd")
     keys += ("diff_vs_baseline", "diff_low", "diff_high", "ppl", "ppl_change_pct", "rank_units")
@@ -545,6 +548,11 @@ def test_compute_ledger_groups_by_machine_and_counts_a_shared_training_once():
         cell("main", "y", "B", 1, "2026-12-02T09:00:00"),
         {"phase": "base", "fingerprint": {}, "train": None, "computed": None},  # exported before it was kept
     ]
+    # a run resumed by an earlier midblock: its summary's wall time is the last segment's, its log has them all
+    resumed = cell("main", "z", "B", 1, "2026-12-02T10:00:00", train_s=600.0)
+    resumed["train"]["logged_step_s"] = 1800.0
+    assert compute_ledger([resumed])[0]["train_h"] == 0.5
+    cells[2]["train"]["logged_step_s"] = 3000.0  # set-up outside the steps: the wall time stays
     a, b, old = compute_ledger(cells)
     assert (a["cpu"], a["cells"], a["train_h"], a["eval_h"]) == ("A", 2, 1.0, 1.0)
     assert (a["first"], a["last"]) == ("2026-12-01T10:00:00", "2026-12-01T11:00:00")

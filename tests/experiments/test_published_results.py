@@ -155,10 +155,17 @@ def test_every_published_replay_rederives_from_its_raw_items(raw):
 
 @pytest.mark.parametrize("raw", [p for p in PUBLISHED if (p / "compute.md").exists()], ids=lambda p: p.name)
 def test_every_published_compute_ledger_totals_its_cells(raw):
-    """compute.md's total: every exported cell, training hours once per training fingerprint, evaluation
+    """compute.md's total: every exported cell, training hours once per training fingerprint (wall time or
+    logged step time, the larger), evaluation
     hours from each cell's record (summed here from cells.jsonl with this file's own code)."""
     cells = [json.loads(line) for line in (raw / "cells.jsonl").read_text().splitlines()]
-    train = {c["fingerprint"]["training"]: c["train"]["wall_s"] for c in cells if c.get("train")}
+    # a training's hours: its wall time, or its logged step seconds where more (a run resumed by an earlier
+    # midblock kept only its last segment's wall time)
+    train = {
+        c["fingerprint"]["training"]: max(c["train"]["wall_s"] or 0, c["train"].get("logged_step_s") or 0)
+        for c in cells
+        if c.get("train")
+    }
     evals = sum((c.get("computed") or {}).get("eval_wall_s") or 0 for c in cells)
     total = f"| total | | | | | {len(cells)} | {sum(train.values()) / 3600:.2f} | {evals / 3600:.2f} | | |"
     assert total in (raw / "compute.md").read_text()
