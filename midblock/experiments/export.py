@@ -52,6 +52,8 @@ _KEEP_TRAIN = (
     "scaling",
     "backward_depth",
     "wall_s",
+    "precision",  # fp32 or bf16, as the run computed
+    "selection",  # what a selection strategy trained (the table's blocks column names it, as compare's does)
 )
 
 
