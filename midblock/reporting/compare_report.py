@@ -201,7 +201,7 @@ def summary_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
         + (f"; {m} arm(s) against `{baseline}`: Holm-adjusted p, Bonferroni simultaneous intervals" if m else "")
         + "; forgetting: general-text perplexity change against the base model"
         + (
-            f", interval over seeds x {arms[0]['ppl_covers']}"
+            f", interval over {arms[0]['ppl_covers']}"
             if arms and arms[0].get("ppl_covers")
             else ", no interval (the cells hold no per-text log-likelihoods)"
         )
