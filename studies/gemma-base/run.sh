@@ -12,7 +12,10 @@ ARGS=(--preset band-landscape --config studies/gemma-base/grid.yaml --save-every
 # REUSE_ONLY=1: the rerun check of a finished study: compute nothing, rewrite the tables from the finished
 # cells and analyses (exit 2 naming the first one that is not finished)
 [ -z "${REUSE_ONLY:-}" ] || ARGS+=(--reuse-only)
+# the committed estimate is the one the design quotes: measured again only where there is none
+mkdir -p "$OUT"
+[ -f "$OUT/cost_estimate.json" ] || [ ! -f studies/gemma-base/cost_estimate.json ] || cp studies/gemma-base/cost_estimate.json "$OUT/"
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
 # the layer-wise analysis of base against tuned (every arm and seed of the main grid), as for SmolLM2
-MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" bash studies/analyze-arms.sh "$OUT" gemma3-270m
+MIDBLOCK="$MIDBLOCK" PYTHON="${PYTHON:-.venv/bin/python}" bash studies/analyze-arms.sh "$OUT" gemma3-270m

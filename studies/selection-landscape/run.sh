@@ -16,6 +16,9 @@ ARGS=(--preset selection-family --config studies/selection-landscape/arms.yaml -
 # REUSE_ONLY=1: the rerun check of a finished study: compute nothing, rewrite the tables from the finished
 # cells and analyses (exit 2 naming the first one that is not finished)
 [ -z "${REUSE_ONLY:-}" ] || ARGS+=(--reuse-only)
+# the committed estimate is the one the design quotes: measured again only where there is none
+mkdir -p "$OUT"
+[ -f "$OUT/cost_estimate.json" ] || [ ! -f studies/selection-landscape/cost_estimate.json ] || cp studies/selection-landscape/cost_estimate.json "$OUT/"
 [ -f "$OUT/cost_estimate.json" ] || "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --estimate --no-progress
 "$MIDBLOCK" compare "${ARGS[@]}" --out "$OUT" --no-progress
 # the layer-wise analysis of base against tuned (every arm and seed), the instruct-model side of the
