@@ -39,8 +39,8 @@ class ExportConfig:
         default="tsv",
         metadata={
             "help": "derive: tsv (every pooled column, four decimals) or markdown (the short table a report "
-            "quotes: accuracy, differences with Holm p and simultaneous intervals, forgetting, each interval's "
-            "coverage)"
+            "quotes: accuracy, differences with Holm p and simultaneous intervals, forgetting and its differences "
+            "with Holm p, each interval's coverage)"
         },
     )
     arm: str | None = field(default=None, metadata={"help": "replay: the arm replayed against the baseline"})

@@ -196,20 +196,22 @@ def summary_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
     arms = [r for r in pooled if r["arm"] != "base"]
     cover = _covers(arms[0]) if arms else "items"
     m = max((r.get("n_comparisons") or 0 for r in arms), default=0)
+    mf = sum(r.get("ppl_diff_p_holm") is not None for r in arms)
     lines = [
         f"95% intervals over {cover}"
         + (f"; {m} arm(s) against `{baseline}`: Holm-adjusted p, Bonferroni simultaneous intervals" if m else "")
         + "; forgetting: general-text perplexity change against the base model"
         + (
             f", interval over {arms[0]['ppl_covers']}"
+            + (f"; its differences against `{baseline}`: Holm-adjusted p over {mf} arm(s)" if mf else "")
             if arms and arms[0].get("ppl_covers")
             else ", no interval (the cells hold no per-text log-likelihoods)"
         )
         + ".",
         "",
         f"| arm | trained blocks | trainable params | accuracy % [95% CI] | vs {baseline}, points [95% CI] | Holm p "
-        f"| simultaneous 95% CI | perplexity change [95% CI] | vs {baseline}, points [95% CI] |",
-        "|---|---|---:|---|---|---:|---|---|---|",
+        f"| simultaneous 95% CI | perplexity change [95% CI] | vs {baseline}, points [95% CI] | Holm p |",
+        "|---|---|---:|---|---|---:|---|---|---|---:|",
     ]
     for r in pooled:
         sim = r.get("diff_sim_low")
@@ -223,6 +225,7 @@ def summary_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
             "" if sim is None else f"[{100 * sim:+.1f}, {100 * r['diff_sim_high']:+.1f}]",
             "" if r["arm"] == "base" else _ppl_change_text(r),
             interval_text(r, "ppl_diff", "ppl_diff_low", "ppl_diff_high", scale=1),
+            _p(r.get("ppl_diff_p_holm")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -33,3 +33,34 @@ def test_rows_without_per_text_loglikelihoods_say_there_is_no_forgetting_interva
     intro, _, header, _, line = summary_markdown([_row("uniform", ppl_change_low=None)], "uniform").splitlines()
     assert "no interval (the cells hold no per-text log-likelihoods)" in intro
     assert "| vs uniform, points [95% CI] |" in header and "| +38.8% |" in line
+
+
+def test_forgetting_differences_carry_their_holm_p():
+    rows = [
+        _row("uniform", ppl_covers="seeds x texts"),
+        _row(
+            "paper",
+            ppl_covers="seeds x texts",
+            ppl_diff=-5.2,
+            ppl_diff_low=-8.5,
+            ppl_diff_high=-1.8,
+            ppl_diff_p_holm=0.0064,
+            n_comparisons=2,
+            diff_p_holm=0.9,
+        ),
+        _row(
+            "auto",
+            ppl_covers="seeds x texts",
+            ppl_diff=2.5,
+            ppl_diff_low=0.6,
+            ppl_diff_high=4.8,
+            ppl_diff_p_holm=0.0004,
+            n_comparisons=2,
+            diff_p_holm=1.0,
+        ),
+    ]
+    intro, _, header, _, uniform, paper, auto = summary_markdown(rows, "uniform").splitlines()
+    assert "its differences against `uniform`: Holm-adjusted p over 2 arm(s)" in intro
+    assert header.endswith("| vs uniform, points [95% CI] | Holm p |")
+    assert paper.endswith("| -5.2 [-8.5, -1.8] | 0.006 |") and auto.endswith("| +2.5 [+0.6, +4.8] | <0.001 |")
+    assert uniform.endswith("|  |  |")
