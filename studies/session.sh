@@ -4,8 +4,9 @@
 #   bash studies/session.sh start [LANE ...]    restore each study's saved state into runs/STUDY and run the
 #                                              lanes in the background, each at one torch thread; a lane is
 #                                              STUDY or STUDY+STUDY+... (run in turn: the next starts when one
-#                                              finishes). Default: the first study here (order below) in one
-#                                              lane, the others in turn in a second. Logs: runs/STUDY.log
+#                                              finishes). Default: the first unpublished study here (order
+#                                              below) in one lane, the other unpublished ones in turn in a
+#                                              second. Logs: runs/STUDY.log
 #   bash studies/session.sh save                save the finished cells of every study under runs/ into
 #                                              studies/STUDY/state (commit them before the session ends)
 #   bash studies/session.sh status              what each study has finished (arm, rate, seed, score, perplexity)
@@ -40,13 +41,17 @@ study_pids() {
 }
 
 present() { for s in "${ORDER[@]}"; do [ -f "studies/$s/run.sh" ] && echo "$s"; done; }
+# the studies `start` runs by default: a published one (docs/results/STUDY holds its export) is not started again
+# (its analyses would need the trained weights, which only runs/ of the machine that trained it holds)
+unpublished() { for s in $(present); do [ -f "$HERE/docs/results/$s/compare.json" ] || echo "$s"; done; }
 
 case "${1:-}" in
 start)
     shift
     lanes=("$@")
     if [ ${#lanes[@]} -eq 0 ]; then  # the first study alone, the others one after another beside it
-        mapfile -t found < <(present)
+        mapfile -t found < <(unpublished)
+        [ ${#found[@]} -gt 0 ] || { echo "session: every study here is published; nothing to start" >&2; exit 2; }
         lanes=("${found[0]}")
         [ ${#found[@]} -lt 2 ] || lanes+=("$(IFS=+; echo "${found[*]:1}")")
     fi

@@ -92,6 +92,19 @@ def test_lanes_run_part1_beside_part2_then_gemma(tree):
     assert done["paper-protocol-replay"] > done["selection-landscape"]  # ... while part 1 still ran beside it
 
 
+def test_a_published_study_is_not_started_again(tree):
+    """Part 2 published (its export in docs/results/): the default lanes are part 1 and Gemma, side by side."""
+    root, env = tree
+    (root / "docs" / "results" / "selection-landscape").mkdir(parents=True)
+    (root / "docs" / "results" / "selection-landscape" / "compare.json").write_text("{}")
+    r = _session(root, env, "start")
+    assert r.returncode == 0, r.stderr
+    assert "started paper-protocol-replay" in r.stdout and "started gemma-base (" in r.stdout
+    _wait(lambda: (root / "runs" / "gemma-base" / "done").exists())
+    assert not (root / "runs" / "selection-landscape").exists()
+    _wait(lambda: (root / "runs" / "paper-protocol-replay" / "done").exists())
+
+
 def test_stop_ends_every_lane_and_no_later_study_starts(tree):
     root, env = tree
     for name in STUDIES:  # long enough that the stop comes first, whatever the load
