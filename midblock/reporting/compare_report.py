@@ -165,7 +165,7 @@ def markdown(cc, rows: list[dict[str, Any]]) -> str:
         cells = [
             str(r["arm"]),
             str(r["seed"]),
-            " ".join(x for x in (r.get("selection"), r.get("band")) if x),
+            _blocks_text(r),
             str(r["n"]),
             f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
             interval_text(r, "diff_vs_baseline", "diff_low", "diff_high"),
@@ -217,7 +217,7 @@ def summary_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
         sim = r.get("diff_sim_low")
         cells = [
             str(r["arm"]),
-            " ".join(x for x in (r.get("selection"), r.get("band")) if x),
+            _blocks_text(r),
             _num(r.get("trainable_params"), "{:,.0f}"),
             f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
             interval_text(r, "diff_vs_baseline", "diff_low", "diff_high"),
@@ -229,6 +229,15 @@ def summary_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _blocks_text(r: dict[str, Any]) -> str:
+    """The trained blocks, after what the selection says beyond the arm's own name (``cka-select:0.5`` arm:
+    ``0-1,3-4,...``; ``lisa:18/20:blocks``: ``(depth 29.6/switch) 0-29``)."""
+    sel = r.get("selection") or ""
+    if sel.startswith(str(r["arm"])):
+        sel = sel[len(str(r["arm"])) :].strip()
+    return " ".join(x for x in (sel, r.get("band")) if x)
 
 
 def _ppl_change_text(r: dict[str, Any]) -> str:

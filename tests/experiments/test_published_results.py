@@ -217,7 +217,7 @@ def _pts(x):
 
 
 # docs/results.md quotes every published study; the README's headline table quotes one (HEADLINE).
-HEADLINE = RAW
+HEADLINE = ROOT / "docs" / "results" / "selection-landscape"  # the second study, part 2
 QUOTES = [(p, "docs/results.md") for p in PUBLISHED] + [(HEADLINE, "README.md")]
 REPLAYED = [p for p in PUBLISHED if (p / "replay.json").exists()]
 

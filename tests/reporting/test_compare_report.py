@@ -64,3 +64,19 @@ def test_forgetting_differences_carry_their_holm_p():
     assert header.endswith("| vs uniform, points [95% CI] | Holm p |")
     assert paper.endswith("| -5.2 [-8.5, -1.8] | 0.006 |") and auto.endswith("| +2.5 [+0.6, +4.8] | <0.001 |")
     assert uniform.endswith("|  |  |")
+
+
+def test_trained_blocks_do_not_repeat_the_arm_name():
+    rows = [
+        _row("uniform"),
+        _row("cka-select:0.5", selection="cka-select:0.5", band="0-1,3-4"),
+        _row("lisa:18/20:blocks", selection="lisa:18/20:blocks (depth 29.6/switch)", band="0-29"),
+        _row("mine", selection="spectrum:60:blocks", band="0-29"),
+    ]
+    lines = summary_markdown(rows, "uniform").splitlines()[4:]
+    assert [line.split(" | ")[1] for line in lines] == [
+        "0-29",
+        "0-1,3-4",
+        "(depth 29.6/switch) 0-29",
+        "spectrum:60:blocks 0-29",
+    ]
