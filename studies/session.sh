@@ -69,9 +69,6 @@ start)
         for s in ${lane//+/ }; do
             mkdir -p "runs/$s"
             [ ! -d "studies/$s/state" ] || cp -r "studies/$s/state/." "runs/$s/"
-            # the committed estimate is the one the study's design quotes: run.sh measures again only without it
-            [ -f "runs/$s/cost_estimate.json" ] || [ ! -f "studies/$s/cost_estimate.json" ] \
-                || cp "studies/$s/cost_estimate.json" "runs/$s/"
         done
         # a lane runs its studies in turn; a stopped or failed study (exit != 0) ends the lane, the next
         # study never starts on an unfinished one

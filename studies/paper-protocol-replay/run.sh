@@ -16,6 +16,9 @@ ARGS=(--preset paper-protocol --task arith --eval-task arith --eval-items 400 --
 # cells and analyses (exit 2 naming the first one that is not finished)
 [ -z "${REUSE_ONLY:-}" ] || ARGS+=(--reuse-only)
 # 1. the one shared learning rate: chosen for uniform LoRA on 200 dev problems (seed 0), see search.yaml
+# the committed estimate is the one the design quotes (this study never measures again: compare prints it)
+mkdir -p "$OUT"
+[ -f "$OUT/cost_estimate.json" ] || cp studies/paper-protocol-replay/cost_estimate.json "$OUT/"
 "$MIDBLOCK" compare "${ARGS[@]}" --config studies/paper-protocol-replay/search.yaml --out "$OUT" --no-progress
 [ -d "$OUT.search" ] || "$MIDBLOCK" export --from "$OUT" --dest "$OUT.search"
 LR=$("$PYTHON" -c 'import json,sys; print(next(r["lr"] for r in json.load(open(sys.argv[1]))["lr_search"] if r["chosen"]))' \

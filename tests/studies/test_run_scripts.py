@@ -16,7 +16,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = sorted(p.parent.name for p in (REPO / "studies").glob("*/run.sh"))
-pytestmark = pytest.mark.skipif(sys.platform != "linux" or not shutil.which("bash"), reason="the scripts are bash")
+pytestmark = pytest.mark.skipif(
+    os.name == "nt" or not shutil.which("bash"),
+    reason="runs the studies' bash scripts against a POSIX .venv/bin layout: needs bash on a POSIX system",
+)
 
 # compare: one main cell in DIR/compare.json (and the chosen rate a search reads); its cell.json names the run
 # analyze-arms.sh analyses. export: copies compare.json. Every call: one line in $FAKE_LOG.
@@ -52,16 +55,17 @@ def tree(tmp_path):
     return tmp_path, env | {"FAKE_LOG": str(tmp_path / "calls.log")}
 
 
-def _run(root, env, study, **extra):
-    r = subprocess.run(["bash", f"studies/{study}/run.sh"], cwd=root, env=env | extra, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return [line.split() for line in (root / "calls.log").read_text().splitlines()]
+def _run(root, env, study):
+    """The script's result and the stand-in's calls so far, one list of arguments each."""
+    r = subprocess.run(["bash", f"studies/{study}/run.sh"], cwd=root, env=env, capture_output=True, text=True)
+    return r, [line.split() for line in (root / "calls.log").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_run_sh_runs_alone_with_its_defaults(tree, study):
     root, env = tree
-    calls = _run(root, env, study)
+    r, calls = _run(root, env, study)
+    assert r.returncode == 0, r.stderr
     commands = [c[0] for c in calls]
     analyses = "analyze-arms.sh" in (REPO / "studies" / study / "run.sh").read_text()
     assert commands[-2:] == ["analyze", "profiles"] if analyses else commands[-1] == "compare"
@@ -86,14 +90,13 @@ def test_the_rerun_check_computes_nothing(tree, study):
     """REUSE_ONLY=1: every compare gets --reuse-only, and an analysis not finished stops the script (exit 2)."""
     root, env = tree
     env = env | {"REUSE_ONLY": "1"}
-    r = subprocess.run(["bash", f"studies/{study}/run.sh"], cwd=root, env=env, capture_output=True, text=True)
-    calls = [line.split() for line in (root / "calls.log").read_text().splitlines()]
+    r, calls = _run(root, env, study)
     assert all("--reuse-only" in c for c in calls if c[0] == "compare")
     assert "analyze" not in [c[0] for c in calls]
     if "analyze-arms.sh" in (REPO / "studies" / study / "run.sh").read_text():
         assert r.returncode == 2 and "analysis-uniform-s0 is not finished" in r.stderr
         (root / "runs" / study / "analysis-uniform-s0").mkdir(parents=True)
         (root / "runs" / study / "analysis-uniform-s0" / "COMPLETED").touch()
-        r = subprocess.run(["bash", f"studies/{study}/run.sh"], cwd=root, env=env, capture_output=True, text=True)
+        r, _ = _run(root, env, study)
     assert r.returncode == 0, r.stderr
     assert json.loads((root / "runs" / study / "compare.json").read_text())["table_cells"]
