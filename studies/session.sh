@@ -2,7 +2,8 @@
 # One working session of the long studies (see README.md).
 #
 #   bash studies/session.sh start [LANE ...]    restore each study's saved state into runs/STUDY and run the
-#                                              lanes in the background, each at one torch thread; a lane is
+#                                              lanes in the background, each at THREADS torch threads (default
+#                                              1; 2 for a study alone on the machine); a lane is
 #                                              STUDY or STUDY+STUDY+... (run in turn: the next starts when one
 #                                              finishes). Default: the first unpublished study here (order
 #                                              below) in one lane, the other unpublished ones in turn in a
@@ -72,12 +73,12 @@ start)
         done
         # a lane runs its studies in turn; a stopped or failed study (exit != 0) ends the lane, the next
         # study never starts on an unfinished one
-        LANE="${lane//+/ }" THREADS=1 MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" PYTHONPATH="$ROOT" setsid nohup bash -c '
+        LANE="${lane//+/ }" THREADS="${THREADS:-1}" MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" PYTHONPATH="$ROOT" setsid nohup bash -c '
             for s in $LANE; do
                 echo "session: $s starts $(date -u +%FT%TZ)" >>"runs/$s.log"
                 OUT="runs/$s" bash "studies/$s/run.sh" >>"runs/$s.log" 2>&1 || exit
             done' >/dev/null 2>&1 &
-        echo "started ${lane//+/, then } (pid $!): runs/STUDY, log runs/STUDY.log"
+        echo "started ${lane//+/, then } at ${THREADS:-1} thread(s) (pid $!): runs/STUDY, log runs/STUDY.log"
     done
     ;;
 save)

@@ -36,6 +36,7 @@ touch "$out/done"
 RUN = """#!/bin/bash
 set -e
 cd "$(dirname "$0")/../.."
+echo "$THREADS" >"$OUT/threads"
 "$MIDBLOCK" compare --out "$OUT" ${REUSE_ONLY:+--reuse-only}
 """
 STUDIES = {"paper-protocol-replay": 1.5, "selection-landscape": 0.3, "gemma-base": 0.3}  # seconds as compare
@@ -99,10 +100,23 @@ def test_a_published_study_is_not_started_again(tree):
     (root / "docs" / "results" / "selection-landscape" / "compare.json").write_text("{}")
     r = _session(root, env, "start")
     assert r.returncode == 0, r.stderr
-    assert "started paper-protocol-replay" in r.stdout and "started gemma-base (" in r.stdout
+    assert "started paper-protocol-replay" in r.stdout and "started gemma-base at 1 thread(s)" in r.stdout
     _wait(lambda: (root / "runs" / "gemma-base" / "done").exists())
     assert not (root / "runs" / "selection-landscape").exists()
     _wait(lambda: (root / "runs" / "paper-protocol-replay" / "done").exists())
+
+
+def test_threads_reach_every_study_of_a_lane(tree):
+    """THREADS=2: one lane alone on the machine runs each of its studies at two torch threads (default 1)."""
+    root, env = tree
+    r = _session(root, env | {"THREADS": "2"}, "start", "paper-protocol-replay+gemma-base")
+    assert r.returncode == 0, r.stderr
+    assert "started paper-protocol-replay, then gemma-base at 2 thread(s)" in r.stdout
+    _wait(lambda: (root / "runs" / "gemma-base" / "done").exists())
+    assert [(root / "runs" / n / "threads").read_text() for n in ("paper-protocol-replay", "gemma-base")] == ["2\n"] * 2
+    r = _session(root, env, "start", "selection-landscape")
+    _wait(lambda: (root / "runs" / "selection-landscape" / "done").exists())
+    assert (root / "runs" / "selection-landscape" / "threads").read_text() == "1\n"
 
 
 def test_stop_ends_every_lane_and_no_later_study_starts(tree):
