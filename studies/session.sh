@@ -18,7 +18,8 @@
 #   bash studies/session.sh publish STUDY       a finished study: the rerun check (its run.sh with REUSE_ONLY=1
 #                                              computes nothing and writes byte-identical tables), then its
 #                                              export into docs/results/STUDY (part 1 adds its one-seed replays,
-#                                              which need part 2 published first for the controlled contrast)
+#                                              which need part 2 published first for the controlled contrast);
+#                                              the other studies may go on running beside it
 #
 # Two studies at one thread each get through more work than one at two threads on a 2-core machine (README.md).
 # The code a study imports is read as it runs: edit the package in another checkout while studies run, or
@@ -33,11 +34,14 @@ PYTHON=${PYTHON:-$HERE/.venv/bin/python}
 ORDER=(paper-protocol-replay selection-landscape gemma-base)
 cd "$ROOT"
 
-# the studies' commands running in this tree (their working directory is ROOT): other trees' are left alone
+# the studies' commands running in this tree (their working directory is ROOT): other trees' are left alone;
+# with STUDY, only the ones that read or write runs/STUDY (compare --out runs/STUDY, analyze --variant runs/STUDY/...)
 study_pids() {
     local p
     for p in $(pgrep -f "midblock (compare|analyze) " || true); do  # analyze: analyze-arms.sh, a study's last step
-        [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" != "$ROOT" ] || echo "$p"
+        [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$ROOT" ] || continue
+        [ -z "${1:-}" ] || tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qE -- "runs/$1[/ ]" || continue
+        echo "$p"
     done
 }
 
@@ -106,7 +110,8 @@ stop)
 publish)
     s=${2:-}
     [ -f "studies/$s/run.sh" ] || { echo "session: no study '$s' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
-    [ -z "$(study_pids)" ] || { echo "session: a study of $ROOT is running; stop it first" >&2; exit 2; }
+    # another study may go on beside the publish (it never touches runs/STUDY); this one must be stopped
+    [ -z "$(study_pids "$s")" ] || { echo "session: $s is running in $ROOT; stop it first" >&2; exit 2; }
     out=runs/$s
     dest=$HERE/docs/results/$s
     if [ "$s" = paper-protocol-replay ] && [ ! -f "$HERE/docs/results/selection-landscape/compare.json" ]; then

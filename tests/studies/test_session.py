@@ -168,3 +168,27 @@ def test_publish_a_finished_study_exports_it(tree):
     assert "1 tables byte-identical" in r.stdout
     dest = root / "docs" / "results" / "selection-landscape"
     assert (root / "fake.log").read_text() == f"export --from runs/selection-landscape --dest {dest}\n"
+
+
+def test_publish_goes_on_beside_another_study_but_not_the_running_one(tree):
+    """Gemma running does not hold up part 2's publish; part 2 running does."""
+    root, env = tree
+    for name in ("gemma-base", "selection-landscape"):
+        _set_seconds(root, name, 30)
+    out = root / "runs" / "paper-protocol-replay"
+    out.mkdir(parents=True)
+    (out / "done").touch()
+    (root / "docs" / "results" / "selection-landscape").mkdir(parents=True)
+    (root / "docs" / "results" / "selection-landscape" / "compare.json").write_text("{}")
+    assert _session(root, env, "start", "gemma-base").returncode == 0
+    _wait(lambda: _started(root, "gemma-base"))
+    time.sleep(0.1)
+    r = _session(root, env, "publish", "paper-protocol-replay")
+    assert r.returncode == 0 and "published" in r.stdout, r.stderr
+    assert _session(root, env, "start", "selection-landscape").returncode == 0
+    _wait(lambda: _started(root, "selection-landscape"))
+    time.sleep(0.1)
+    (root / "runs" / "selection-landscape" / "done").unlink(missing_ok=True)
+    r = _session(root, env, "publish", "selection-landscape")
+    assert r.returncode == 2 and "selection-landscape is running" in r.stderr
+    assert "stopped: 2 process(es)" in _session(root, env, "stop").stdout
