@@ -234,9 +234,9 @@ def summary_markdown(rows: list[dict[str, Any]], baseline: str) -> str:
 def _blocks_text(r: dict[str, Any]) -> str:
     """The trained blocks, after what the selection says beyond the arm's own name (``cka-select:0.5`` arm:
     ``0-1,3-4,...``; ``lisa:18/20:blocks``: ``(depth 29.6/switch) 0-29``)."""
-    sel = r.get("selection") or ""
-    if sel.startswith(str(r["arm"])):
-        sel = sel[len(str(r["arm"])) :].strip()
+    sel, arm = r.get("selection") or "", str(r["arm"])
+    if sel == arm or sel.startswith(arm + " "):  # the whole name only: arm `lisa` keeps `lisa:18/20:blocks`
+        sel = sel[len(arm) :].strip()
     return " ".join(x for x in (sel, r.get("band")) if x)
 
 

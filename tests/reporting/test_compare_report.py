@@ -72,6 +72,7 @@ def test_trained_blocks_do_not_repeat_the_arm_name():
         _row("cka-select:0.5", selection="cka-select:0.5", band="0-1,3-4"),
         _row("lisa:18/20:blocks", selection="lisa:18/20:blocks (depth 29.6/switch)", band="0-29"),
         _row("mine", selection="spectrum:60:blocks", band="0-29"),
+        _row("lisa", selection="lisa:18/20:blocks", band="0-29"),
     ]
     lines = summary_markdown(rows, "uniform").splitlines()[4:]
     assert [line.split(" | ")[1] for line in lines] == [
@@ -79,4 +80,5 @@ def test_trained_blocks_do_not_repeat_the_arm_name():
         "0-1,3-4",
         "(depth 29.6/switch) 0-29",
         "spectrum:60:blocks 0-29",
+        "lisa:18/20:blocks 0-29",
     ]
