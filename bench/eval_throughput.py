@@ -5,7 +5,7 @@ Both decode the same lm-eval 5-shot GSM8K prompts (first N test items) greedily 
 own `stop_strings` and cuts the text the way the harness does. Chunks of items alternate between the two
 (A B, then B A, ...) in one process so machine noise hits both; completions must be identical.
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 MIDBLOCK_GSM8K=/work/shared/data/gsm8k .venv/bin/python \
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 MIDBLOCK_GSM8K=$GSM8K_DIR .venv/bin/python \
         bench/eval_throughput.py --limit 64 --chunk 16 --batch-size 16 --out bench/results/eval_throughput.md
 """
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the Markdown record here")
     args = ap.parse_args(argv)
 
-    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+    from machine import machine_line, shown_argv  # bench/machine.py: the CPU capability next to every timing
 
     from midblock.evaluation.evaluate import EvalConfig, build_prompts, load_test_items
     from midblock.evaluation.generate import DecodeConfig, generate_completions
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "    "
         + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else "")
-        + "HF_HUB_OFFLINE=1 MIDBLOCK_GSM8K=/work/shared/data/gsm8k .venv/bin/python bench/eval_throughput.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        + "HF_HUB_OFFLINE=1 MIDBLOCK_GSM8K=$GSM8K_DIR .venv/bin/python bench/eval_throughput.py "
+        + " ".join(shown_argv(sys.argv[1:] if argv is None else argv, os.environ.get("MIDBLOCK_GSM8K"))),
         "",
         f"Model `{args.model}`, first {n} GSM8K test items, protocol lm-eval (5-shot, fixed seeded exemplars, "
         f"256 new tokens, stop strings), fp32 on CPU ({torch.get_num_threads()} threads), batch size "

@@ -177,20 +177,15 @@ def _paired(per: dict, n: str, key: str) -> float | None:
     return statistics.median(pairs) if pairs else None
 
 
-def _shown_args(args) -> list[str]:
-    """The command line as recorded: the local GSM8K path written as ``$GSM8K_DIR``."""
-    return ["$GSM8K_DIR" if a == args.data else a for a in sys.argv[1:]]
-
-
 def render(args, results: list[dict], rounds: int, up: tuple[str, str], wall: float) -> str:
-    from machine import machine_line  # bench/machine.py: the CPU capability next to every timing
+    from machine import machine_line, shown_argv  # bench/machine.py: the CPU capability next to every timing
 
     per = {n: [r for r in results if r["name"] == n] for n in ARMS}
     lines = [
         "# Gemma-3-270m: one LoRA step, midblock against TRL SFTTrainer + PEFT",
         "",
         machine_line() + "  ",
-        f"Command: `{' '.join(['python', 'bench/gemma_head.py', *_shown_args(args)])}`  ",
+        f"Command: `{' '.join(['python', 'bench/gemma_head.py', *shown_argv(sys.argv[1:], args.data)])}`  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {cpu_line()}; torch threads per worker: "
         f"{args.threads}; wall {wall / 60:.1f} min  ",
         f"Load before: `{up[0]}`  ",

@@ -43,6 +43,12 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
     )
 
 
+def shown_argv(argv: list[str], data: str | None) -> list[str]:
+    """A command line as recorded in a results file: the local GSM8K directory written as ``$GSM8K_DIR``, so
+    that the record names no path of the machine it ran on."""
+    return ["$GSM8K_DIR" if data and a == data else a for a in argv]
+
+
 if __name__ == "__main__":  # pragma: no cover
     info = machine_info()
     print(machine_line(info))

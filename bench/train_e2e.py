@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info, machine_line  # bench/machine.py: the CPU capability next to every timing
+from machine import machine_info, machine_line, shown_argv  # bench/machine.py: the CPU capability next to every timing
 
 CONFIGS = [
     "trl-lora",
@@ -219,7 +219,7 @@ def render(args, names, results, rounds_done, up_start, up_end, wall) -> str:
     lines = [
         "# End-to-end training step: TRL + PEFT against midblock",
         "",
-        f"Command: `{' '.join(['python', 'bench/train_e2e.py', *sys.argv[1:]])}`  ",
+        f"Command: `{' '.join(['python', 'bench/train_e2e.py', *shown_argv(sys.argv[1:], args.data)])}`  ",
         f"Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch threads per worker: {args.threads}; wall {wall / 60:.1f} min  ",
         f"{machine_line()}  ",

@@ -1,4 +1,4 @@
-"""Properties of the pure metric functions (spec: shared/spec/metrics.md)."""
+"""Properties of the pure metric functions (their definitions: docs/metrics.md)."""
 
 from __future__ import annotations
 
