@@ -114,8 +114,8 @@ publish)
     [ -z "$(study_pids "$s")" ] || { echo "session: $s is running in $ROOT; stop it first" >&2; exit 2; }
     out=runs/$s
     dest=$HERE/docs/results/$s
-    if [ "$s" = paper-protocol-replay ] && [ ! -f "$HERE/docs/results/selection-landscape/compare.json" ]; then
-        echo "session: publish selection-landscape first (part 1's controlled contrast reads its export)" >&2
+    if [ "$s" != selection-landscape ] && [ ! -f "$HERE/docs/results/selection-landscape/compare.json" ]; then
+        echo "session: publish selection-landscape first ($s is set against its export)" >&2
         exit 2
     fi
     # 1. the rerun check: the same commands on the finished directory compute nothing, write the same tables
@@ -137,6 +137,10 @@ publish)
     if [ "$s" = paper-protocol-replay ]; then  # 3. the one-seed replays beside the controlled contrast
         "$MIDBLOCK" export --mode replay --dest "$dest" --arm mid-seg2-4 --reported 0.102 \
             --controlled "$HERE/docs/results/selection-landscape,paper,uniform"
+        "$MIDBLOCK" export --mode across --dest "$dest" --arm mid-seg2-4 \
+            --other "$HERE/docs/results/selection-landscape,paper,uniform"
+    elif [ "$s" = gemma-base ]; then  # 3. the bands' differences on the base model against the instruct model's
+        "$MIDBLOCK" export --mode across --dest "$dest" --other "$HERE/docs/results/selection-landscape"
     fi
     echo "published: $dest (commit it; then quote its numbers in docs/results.md)"
     ;;

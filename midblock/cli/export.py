@@ -7,7 +7,9 @@ and ``items.csv`` (one line per cell and test item) with copies of the tables an
 alone and prints them (tab-separated, or the short markdown table a report quotes); ``--mode state --from
 COMPARE_DIR --dest DEST`` saves what a partly finished comparison needs to resume elsewhere; ``--mode replay
 --dest DEST --arm ARM`` replays an arm against the baseline as many one-seed, small-test studies
-(``replay.md``, ``replay.json``, ``replay.png`` in DEST).
+(``replay.md``, ``replay.json``, ``replay.png`` in DEST); ``--mode across --dest DEST --other OTHER``
+sets each arm's difference against the baseline beside the same arm's in another export (another model or
+protocol), with an interval of the difference between the two (``across-OTHER.md`` and ``.json`` in DEST).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def run(args: argparse.Namespace) -> int:
             cfg.dest, cfg.arm, cfg.baseline, cfg.replay_items, cfg.draws, reported=cfg.reported, controlled=controlled
         )
         write_replay(cfg.dest, res)
+        print(render(res), end="")
+    elif cfg.mode == "across":
+        from midblock.experiments.across import across, render, write_across
+
+        other, *named = cfg.other.split(",")
+        its_arm, its_baseline = named if len(named) == 2 else (None, None)
+        arms = [cfg.arm] if cfg.arm else None
+        res = across(cfg.dest, other, arms, cfg.baseline, its_baseline, [its_arm] if its_arm else None)
+        write_across(cfg.dest, res)
         print(render(res), end="")
     else:  # derive: checked and computed before anything is printed
         rows = derive(cfg.dest, cfg.baseline)

@@ -300,6 +300,59 @@ def compare_to_baseline(
     return out
 
 
+def difference_between(
+    d1: Any,
+    d2: Any,
+    shared_items: bool = False,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    level: float = 0.95,
+    n_comparisons: int = 1,
+) -> dict[str, Any]:
+    """``mean(d1) - mean(d2)`` for two studies' (seeds x items) per-(seed, item) differences (e.g. an arm
+    minus its baseline on two models): whether an effect differs between the studies. Each study's training
+    seeds are resampled on their own (its runs are its own, whatever their seed numbers); test items are
+    resampled jointly when both studies scored the same items in the same order (``shared_items``: an item's
+    difficulty then counts once, for both) and on their own otherwise. Returns the estimate, the percentile
+    interval, ``se``, ``covers`` (which variation the interval includes), ``approximate`` (a study with 2-4
+    seeds), ``n_seeds`` and ``n_items`` (both studies'), the two-sided bootstrap ``p`` and the Bonferroni
+    interval over ``n_comparisons`` (``sim_lo``/``sim_hi``, from the same draws)."""
+    d1, d2 = _matrix(d1, "d1"), _matrix(d2, "d2")
+    (s1, n1), (s2, n2) = d1.shape, d2.shape
+    if shared_items and n1 != n2:
+        raise ValueError(f"shared items need the same item count in both studies, got {n1} and {n2}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    step = max(1, 2_000_000 // max(n1, n2, s1, s2))
+    w1, v1 = _count_chunks(s1, n_boot, seed, 0, step), _count_chunks(n1, n_boot, seed, 1, step)
+    w2 = _count_chunks(s2, n_boot, seed, 2, step)
+    parts = []
+    if shared_items:
+        for a, v, b in zip(w1, v1, w2):
+            parts.append(((a @ d1 / s1 - b @ d2 / s2) * v).sum(axis=1) / n1)
+    else:
+        v2 = _count_chunks(n2, n_boot, seed, 3, step)
+        for a, v, b, u in zip(w1, v1, w2, v2):
+            parts.append(((a @ d1) * v).sum(axis=1) / (s1 * n1) - ((b @ d2) * u).sum(axis=1) / (s2 * n2))
+    draws = np.concatenate(parts)
+    lo, hi = _order_stat_interval(draws, level)
+    seeds = "each study's seeds" if max(s1, s2) > 1 else ""
+    items = "items, shared by both" if shared_items else "each study's items"
+    return {
+        "estimate": float(d1.mean() - d2.mean()),
+        "lo": lo,
+        "hi": hi,
+        "se": float(draws.std(ddof=1)) if len(draws) > 1 else float("nan"),
+        "level": level,
+        "covers": f"{seeds} x {items}" if seeds else items,
+        "shared_items": shared_items,
+        "approximate": any(1 < s < APPROXIMATE_BELOW_SEEDS for s in (s1, s2)),
+        "n_seeds": [s1, s2],
+        "n_items": [n1, n2],
+        "n_boot": len(draws),
+    } | _multiplicity(draws, level, n_comparisons)
+
+
 # --------------------------------------------------------------------------- forgetting: seeds x texts
 
 

@@ -8,8 +8,8 @@ from typing import Literal
 from midblock.errors import MidblockError
 from midblock.validation import check_number
 
-ExportMode = Literal["raw", "state", "derive", "replay"]
-EXPORT_MODES = ("raw", "state", "derive", "replay")
+ExportMode = Literal["raw", "state", "derive", "replay", "across"]
+EXPORT_MODES = ("raw", "state", "derive", "replay", "across")
 DERIVE_FORMATS = ("tsv", "markdown")
 
 
@@ -25,7 +25,9 @@ class ExportConfig:
         metadata={
             "help": "raw: cells.jsonl + items.csv + the tables, small enough to commit; derive: the table "
             "re-computed from an export; state: what a partly finished comparison needs to resume elsewhere; "
-            "replay: an export's arm against its baseline replayed as many one-seed, small-test studies"
+            "replay: an export's arm against its baseline replayed as many one-seed, small-test studies; across: "
+            "each arm's difference against the baseline set against the same in another export (--other), with "
+            "an interval of the difference between the two"
         },
     )
     compare_dir: str | None = field(
@@ -33,7 +35,7 @@ class ExportConfig:
     )
     baseline: str | None = field(
         default=None,
-        metadata={"help": "derive, replay: the arm the differences are taken against (default: the grid's)"},
+        metadata={"help": "derive, replay, across: the arm the differences are taken against (default: the grid's)"},
     )
     format: Literal["tsv", "markdown"] = field(
         default="tsv",
@@ -43,7 +45,13 @@ class ExportConfig:
             "with Holm p, each interval's coverage)"
         },
     )
-    arm: str | None = field(default=None, metadata={"help": "replay: the arm replayed against the baseline"})
+    arm: str | None = field(
+        default=None,
+        metadata={
+            "help": "replay: the arm replayed against the baseline; across: the one arm compared (default: "
+            "every arm both exports ran)"
+        },
+    )
     replay_items: int = field(default=100, metadata={"help": "replay: test items each one-seed replay scores"})
     draws: int = field(default=200, metadata={"help": "replay: item draws per training seed"})
     reported: float | None = field(
@@ -54,6 +62,14 @@ class ExportConfig:
         metadata={
             "help": "replay: another export shown beside, as EXPORT_DIR or EXPORT_DIR,ARM,BASELINE (default: the "
             "same arm names)"
+        },
+    )
+
+    other: str | None = field(
+        default=None,
+        metadata={
+            "help": "across: the other export, as EXPORT_DIR or EXPORT_DIR,ARM,BASELINE (its names for --arm and "
+            "the baseline; default: the same arm names, its grid's baseline)"
         },
     )
 
@@ -68,8 +84,21 @@ class ExportConfig:
             raise MidblockError(f"unknown --format '{self.format}'", hint="use " + " or ".join(DERIVE_FORMATS))
         if self.format != "tsv" and self.mode != "derive":
             raise MidblockError("--format applies to --mode derive only", hint="drop --format")
-        if self.baseline and self.mode not in ("derive", "replay"):
-            raise MidblockError("--baseline applies to --mode derive and replay only", hint="drop --baseline")
+        if self.baseline and self.mode not in ("derive", "replay", "across"):
+            raise MidblockError("--baseline applies to --mode derive, replay and across only", hint="drop --baseline")
+        if (self.other is not None) != (self.mode == "across"):
+            raise MidblockError(
+                "--mode across needs --other EXPORT_DIR"
+                if self.mode == "across"
+                else "--other applies to --mode across only",
+                hint="pass --other EXPORT_DIR" if self.mode == "across" else "drop --other",
+            )
+        if self.other is not None and self.other.count(",") not in (0, 2):
+            raise MidblockError(f"--other '{self.other}' is not EXPORT_DIR or EXPORT_DIR,ARM,BASELINE")
+        if self.other is not None and self.other.count(",") == 2 and not self.arm:
+            raise MidblockError("--other names the other export's arm", hint="pass --arm ARM: the arm of this export")
+        if self.mode == "across" and self.compare_dir:
+            raise MidblockError("--mode across reads exports, not a comparison", hint="drop --from")
         if self.mode == "replay":
             if self.compare_dir:
                 raise MidblockError("--mode replay reads an export, not a comparison", hint="drop --from")
@@ -79,5 +108,7 @@ class ExportConfig:
                 raise MidblockError("--replay-items and --draws must be >= 1")
             if self.reported is not None:
                 check_number("--reported", self.reported, low=-1, high=1, hint="a difference as a fraction, e.g. 0.102")
-        elif self.arm or self.controlled or self.reported is not None:
-            raise MidblockError("--arm, --controlled and --reported apply to --mode replay only", hint="drop them")
+        elif self.controlled or self.reported is not None or (self.arm and self.mode != "across"):
+            raise MidblockError(
+                "--controlled and --reported apply to --mode replay only, --arm to replay and across", hint="drop them"
+            )

@@ -32,6 +32,13 @@ REPLAY_FILES = ("replay.json", "replay.md", "replay.png")
 def arm_matrices(dest: str | Path, arm: str, baseline: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Aligned (seeds x items) 0/1 matrices of ``arm`` and ``baseline`` from an export (only the seeds both
     have, the items every one of those cells scored), and ``{"arm", "baseline", "seeds", "items", "metric"}``."""
+    a, b, meta, _ = arm_items(dest, arm, baseline)
+    return a, b, {k: v for k, v in meta.items() if k != "evaluation"}
+
+
+def arm_items(dest: str | Path, arm: str, baseline: str | None = None) -> tuple[np.ndarray, np.ndarray, dict, list]:
+    """:func:`arm_matrices`, with the test item indices of the matrices' columns, and ``evaluation`` in the
+    meta: the evaluation fingerprints of those cells (one when they scored the same items the same way)."""
     config, recs, _, order = read_export(dest)
     baseline = baseline or config.get("baseline")
     for name in (arm, baseline):
@@ -47,7 +54,10 @@ def arm_matrices(dest: str | Path, arm: str, baseline: str | None = None) -> tup
     items = sorted(set.intersection(*(set(by[(a, s)]) for a in (arm, baseline) for s in seeds)))
     a = seed_matrix([by[(arm, s)] for s in seeds], items)
     b = seed_matrix([by[(baseline, s)] for s in seeds], items)
-    return a, b, {"arm": arm, "baseline": baseline, "seeds": seeds, "items": len(items), "metric": metric}
+    used = {(name, s) for name in (arm, baseline) for s in seeds}
+    fps = sorted({str((r.get("fingerprint") or {}).get("evaluation")) for r in recs if (r["label"], r["seed"]) in used})
+    meta = {"arm": arm, "baseline": baseline, "seeds": seeds, "items": len(items), "metric": metric}
+    return a, b, meta | {"evaluation": fps}, items
 
 
 def replay(

@@ -7,6 +7,7 @@ import pytest
 from midblock.evaluation.stats import (
     bootstrap_p,
     compare_to_baseline,
+    difference_between,
     holm,
     mean_ci,
     paired_bootstrap,
@@ -231,6 +232,52 @@ def test_two_level_intervals_cover_the_truth_and_item_only_intervals_do_not():
     assert 0.93 <= acc / reps <= 0.97, acc / reps
     assert 0.93 <= diff / reps <= 0.97, diff / reps
     assert old / reps < 0.85, old / reps  # visibly under-covers: the seeds' variation is left out
+
+
+def _plugin_parts(y: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """var(row means)/S, the column means, sum(residual^2)/(S I)^2: the two-level bootstrap's variance parts."""
+    S, I = y.shape
+    res = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    return y.mean(1).var() / S, y.mean(0), (res**2).sum() / (S * I) ** 2
+
+
+def test_difference_between_studies_has_the_closed_form_variance_of_its_resampling():
+    """Independent items: the variance is each study's two-level variance, summed. Shared items: the seed
+    parts of both, var(column means of d1 - column means of d2)/I, and both residual parts: an item that is
+    hard for both studies' differences alike counts once, so correlated studies get a narrower interval."""
+    rng = np.random.default_rng(8)
+    item = rng.normal(size=(1, 40))
+    d1 = item + rng.normal(0, 0.5, (3, 40)) + rng.normal(0, 0.3, (3, 1))
+    d2 = item + rng.normal(0, 0.5, (4, 40)) + rng.normal(0, 0.3, (4, 1))
+    (r1, c1, e1), (r2, c2, e2) = _plugin_parts(d1), _plugin_parts(d2)
+    own = difference_between(d1, d2, shared_items=False, n_boot=20_000, seed=2)
+    assert own["se"] ** 2 == pytest.approx(r1 + c1.var() / 40 + e1 + r2 + c2.var() / 40 + e2, rel=0.06)
+    shared = difference_between(d1, d2, shared_items=True, n_boot=20_000, seed=2)
+    assert shared["se"] ** 2 == pytest.approx(r1 + r2 + (c1 - c2).var() / 40 + e1 + e2, rel=0.06)
+    assert shared["se"] < 0.8 * own["se"]
+    assert own["estimate"] == shared["estimate"] == pytest.approx(d1.mean() - d2.mean())
+    assert (shared["n_seeds"], shared["n_items"], shared["approximate"]) == ([3, 4], [40, 40], True)
+    assert shared["covers"] == "each study's seeds x items, shared by both"
+    assert own["covers"] == "each study's seeds x each study's items"
+
+
+def test_difference_between_degenerate_cases_and_bad_input():
+    rng = np.random.default_rng(1)
+    d = rng.integers(-1, 2, (1, 30)).astype(float)
+    same = difference_between(d, d, shared_items=True, n_boot=500)  # one seed each, the same items: nothing varies
+    assert (same["estimate"], same["lo"], same["hi"], same["p"], same["covers"]) == (
+        0,
+        0,
+        0,
+        1,
+        "items, shared by both",
+    )
+    up = difference_between(np.ones((3, 20)), np.zeros((5, 30)), n_boot=999, n_comparisons=3)
+    assert (up["lo"], up["hi"], up["p"], up["sim_level"]) == (1.0, 1.0, 2 / 1000, 1 - 0.05 / 3)
+    with pytest.raises(ValueError, match="same item count"):
+        difference_between(np.ones((3, 20)), np.ones((3, 21)), shared_items=True)
+    with pytest.raises(ValueError):
+        difference_between(np.ones((3, 20)), [[float("nan")]])
 
 
 def test_one_seed_replays_follow_the_hypergeometric_law():

@@ -263,6 +263,51 @@ def test_the_docs_quote_every_published_replay(raw):
         assert q in text, f"docs/results.md does not quote {q} of {raw.name}/replay.json"
 
 
+# ----------------------------------------------------------------------------- an effect across two studies
+# Written from docs/evaluation.md ("Whether an effect differs between two studies"): the first study's seed
+# counts from default_rng([0, 0]) and item counts from default_rng([0, 1]), the second's seed counts from
+# default_rng([0, 2]) and, unless both scored the same items, item counts from default_rng([0, 3]).
+
+ACROSS = sorted((ROOT / "docs" / "results").glob("*/across-*.json"))
+
+
+def _draws(n, stream):
+    return np.random.default_rng([0, stream]).multinomial(n, [1 / n] * n, size=B)
+
+
+def _diff_matrix(raw, arm, baseline):
+    cells = defaultdict(dict)
+    with open(raw / "items.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["phase"] == "main" and r["arm"] in (arm, baseline):
+                cells[(r["arm"], int(r["seed"]))][int(r["index"])] = int(r["correct"])
+    seeds = sorted(s for (a, s) in cells if a == arm)
+    items = sorted(cells[(arm, seeds[0])])
+    return np.array([[cells[(arm, s)][i] - cells[(baseline, s)][i] for i in items] for s in seeds], float), items
+
+
+@pytest.mark.parametrize("path", ACROSS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_published_across_rederives_and_is_quoted(path):
+    res, text = json.loads(path.read_text()), _doc_text("docs/results.md")
+    here, there = path.parent, path.parent.parent / res["other"]["export"]
+    for row in res["rows"]:
+        d1, i1 = _diff_matrix(here, row["this"]["arm"], row["this"]["baseline"])
+        d2, i2 = _diff_matrix(there, row["other"]["arm"], row["other"]["baseline"])
+        got, shared = row["difference"], row["difference"]["shared_items"]
+        if shared:
+            common = sorted(set(i1) & set(i2))
+            d1, d2 = d1[:, [i1.index(i) for i in common]], d2[:, [i2.index(i) for i in common]]
+        (s1, n1), (s2, n2) = d1.shape, d2.shape
+        v1 = _draws(n1, 1)
+        v2 = v1 if shared else _draws(n2, 3)
+        means = np.einsum("bs,si,bi->b", _draws(s1, 0), d1, v1) / (s1 * n1)
+        means -= np.einsum("bs,si,bi->b", _draws(s2, 2), d2, v2) / (s2 * n2)
+        assert got["estimate"] == pytest.approx(d1.mean() - d2.mean(), abs=1e-12)
+        assert (got["lo"], got["hi"]) == pytest.approx(_percentile(means, 0.95), abs=1e-12)
+        quoted = f"{_pts(got['estimate'])} [{_pts(got['lo'])}, {_pts(got['hi'])}]"
+        assert quoted in text, f"docs/results.md does not quote {quoted} of {path.parent.name}/{path.name}"
+
+
 # ----------------------------------------------------------------------------- layer profiles by depth region
 # Written from docs/metrics.md ("Depth regions"), not from midblock.analysis.regions: block b is read at layer
 # b + 1; the paper's floor rule cuts L blocks into fifths at floor(i L / 5); 1 - CKA for `cka`, the LoRA or

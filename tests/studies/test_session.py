@@ -152,8 +152,9 @@ def test_publish_refuses_an_unfinished_study_and_part1_before_part2(tree):
     (root / "runs" / "selection-landscape").mkdir(parents=True)
     r = _session(root, env, "publish", "selection-landscape")
     assert r.returncode == 1 and "rerun check failed" in r.stderr and "not finished" in r.stderr
-    r = _session(root, env, "publish", "paper-protocol-replay")
-    assert r.returncode == 2 and "publish selection-landscape first" in r.stderr
+    for study in ("paper-protocol-replay", "gemma-base"):  # both are set against part 2's export
+        r = _session(root, env, "publish", study)
+        assert r.returncode == 2 and "publish selection-landscape first" in r.stderr
     assert not (root / "fake.log").exists()  # nothing exported
 
 
@@ -168,6 +169,23 @@ def test_publish_a_finished_study_exports_it(tree):
     assert "1 tables byte-identical" in r.stdout
     dest = root / "docs" / "results" / "selection-landscape"
     assert (root / "fake.log").read_text() == f"export --from runs/selection-landscape --dest {dest}\n"
+
+
+def test_publish_the_base_model_study_sets_its_bands_against_the_instruct_models(tree):
+    root, env = tree
+    out = root / "runs" / "gemma-base"
+    out.mkdir(parents=True)
+    (out / "done").touch()
+    part2 = root / "docs" / "results" / "selection-landscape"
+    part2.mkdir(parents=True)
+    (part2 / "compare.json").write_text("{}")
+    r = _session(root, env, "publish", "gemma-base")
+    assert r.returncode == 0, r.stderr
+    dest = root / "docs" / "results" / "gemma-base"
+    assert (root / "fake.log").read_text().splitlines() == [
+        f"export --from runs/gemma-base --dest {dest}",
+        f"export --mode across --dest {dest} --other {part2}",
+    ]
 
 
 def test_publish_goes_on_beside_another_study_but_not_the_running_one(tree):
