@@ -23,6 +23,7 @@ the shared one) on the first seed, scores it on the dev split and keeps the best
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -277,11 +278,14 @@ def search_learning_rates(
     ecfg = cc.search_config()
     extend = int((cc.lr_search or {}).get("extend", 0))
     records, methods = [], []
+    planned = sum(len(cc.arm_lrs(m)) for m in cc.methods)  # runs an extension adds are counted past it
+    number = itertools.count(1)
     for m in cc.methods:
         (arm,) = cc.expand(m, seed)  # an arm with several bands would need a rate per band
 
         def at(lr: float, extended: bool, arm: Cell = arm) -> dict[str, Any]:
-            log.info("learning-rate search: %s at lr %g (seed %d, %s split)", arm.label, lr, seed, ecfg.split)
+            k = f"{next(number)}/{planned}" + ("+" if extended else "")
+            log.info("learning-rate search %s: %s at lr %g (seed %d, %s split)", k, arm.label, lr, seed, ecfg.split)
             # forgetting too, so accuracy against forgetting can be traced across rates
             rec = run_cell(cc, keys, replace(arm, train=arm.train | {"lr": lr}), out, ecfg, texts, ctl)
             c = correctness(rec, cc.metric)

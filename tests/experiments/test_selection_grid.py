@@ -125,10 +125,16 @@ def _fake_search(monkeypatch, peak: float, extend: int, lrs=(1e-3, 2e-3, 4e-3, 8
     ],
 )
 def test_a_best_rate_at_an_end_extends_the_grid_until_it_is_inside(
-    monkeypatch, tmp_path, peak, extend, tried, chosen, edge
+    monkeypatch, tmp_path, caplog, peak, extend, tried, chosen, edge
 ):
-    got, recs, lr = _fake_search(monkeypatch, peak, extend)
+    with caplog.at_level("INFO", logger="midblock.experiments.runner"):
+        got, recs, lr = _fake_search(monkeypatch, peak, extend)
     assert got == tried and lr == chosen
+    # each run says where the search stands: its number of the grid's planned runs, "+" past them
+    said = [m for m in caplog.messages if m.startswith("learning-rate search ") and " at lr " in m]
+    assert [m.split(":")[0] for m in said] == [
+        f"learning-rate search {k}/4" + ("+" if k > 4 else "") for k in range(1, len(tried) + 1)
+    ]
     assert [r["extended"] for r in recs] == [False] * 4 + [True] * (len(tried) - 4)
     assert [(r["lr"], r["edge"]) for r in recs if r["chosen"]] == [(chosen, edge)]
     from midblock.experiments.runner import _search_row
