@@ -165,6 +165,10 @@ PY
             run=$(dirname "$log")
             [ -f "$run/COMPLETED" ] || echo "  unfinished: $(basename "$(dirname "$run")"), step $(wc -l <"$log")"
         done
+        # where the grid stands: compare logs each search run and each cell as its number of the planned ones
+        at=$(grep -oE "(learning-rate search [0-9]+/[0-9]+\+?|cell [0-9]+/[0-9]+): [^ ]+( at lr [^ ]+)?" \
+            "runs/$s.log" 2>/dev/null | tail -1)
+        [ -z "$at" ] || echo "  last started: $at"
     done
     ;;
 *)

@@ -4,6 +4,7 @@ seconds. The real commands the studies call are tested in tests/experiments."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -209,3 +210,21 @@ def test_publish_goes_on_beside_another_study_but_not_the_running_one(tree):
     r = _session(root, env, "publish", "selection-landscape")
     assert r.returncode == 2 and "selection-landscape is running" in r.stderr
     assert "stopped: 2 process(es)" in _session(root, env, "stop").stdout
+
+
+def test_status_shows_finished_cells_and_where_the_grid_stands(tree):
+    root, env = tree
+    cell = root / "runs" / "gemma-base" / "cells" / "uniform__s0-abc" / "eval-def"
+    cell.mkdir(parents=True)
+    record = {"label": "uniform", "lr": 0.001, "seed": 0, "ppl": {"ppl": 103.4}}
+    record["eval"] = {"n": 200, "primary": "original", "scores": {"original": {"correct": 82}}}
+    (cell / "cell.json").write_text(json.dumps(record))
+    (root / "runs" / "gemma-base.log").write_text(
+        "INFO midblock.experiments.runner: learning-rate search 2/12: uniform at lr 0.002 (seed 0, dev split)\n"
+        "INFO midblock.experiments.runner: learning-rate search 3/12: uniform at lr 0.004 (seed 0, dev split)\n"
+    )
+    r = _session(root, env, "status")
+    assert r.returncode == 0, r.stderr
+    assert "gemma-base: 1 evaluated cells" in r.stdout and "82/200 =  41.0%  ppl 103.4" in r.stdout
+    assert "last started: learning-rate search 3/12: uniform at lr 0.004" in r.stdout
+    assert "selection-landscape: not started here" in r.stdout
