@@ -139,8 +139,9 @@ publish)
             --controlled "$HERE/docs/results/selection-landscape,paper,uniform"
         "$MIDBLOCK" export --mode across --dest "$dest" --arm mid-seg2-4 \
             --other "$HERE/docs/results/selection-landscape,paper,uniform"
-    elif [ "$s" = gemma-base ]; then  # 3. the bands' differences on the base model against the instruct model's
+    elif [ "$s" = gemma-base ]; then  # 3. the bands' differences and profiles on the base model beside the instruct's
         "$MIDBLOCK" export --mode across --dest "$dest" --other "$HERE/docs/results/selection-landscape"
+        (cd "$HERE" && MIDBLOCK="$MIDBLOCK" bash studies/gemma-base/instruct-vs-base.sh)
     fi
     echo "published: $dest (commit it; then quote its numbers in docs/results.md)"
     ;;

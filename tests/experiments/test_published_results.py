@@ -314,7 +314,9 @@ def test_every_published_across_rederives_and_is_quoted(path):
 # full weight change for `weight_delta_rel`; means over datasets, then over each region's blocks; over the
 # seeds of one arm a mean and a t-interval with the 0.975 quantiles below (df = seeds - 1).
 
-PROFILED = sorted(p.parent for p in (ROOT / "docs" / "results").glob("*/profiles.json"))
+# every profiles.json: a study's own (its runs are its analyses/), and those set across studies (e.g.
+# gemma-base/instruct-vs-base/, whose runs name committed metrics.csv files relative to the repository root)
+PROFILED = sorted(p.parent for p in (ROOT / "docs" / "results").glob("**/profiles.json"))
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 5: 2.570581836, 6: 2.446911851}
 T975 |= {7: 2.364624252, 8: 2.306004135, 9: 2.262157163}
 SOURCES = {"1-cka": ("cka",), "mean_shift_rel": ("mean_shift_rel",), "logit_kl": ("logit_kl",)}
@@ -340,12 +342,21 @@ def _region_means(metrics_csv, profile):
     return out
 
 
-@pytest.mark.parametrize("raw", PROFILED, ids=lambda p: p.name)
+def _metrics_csv(raw, run):
+    """A run of a profiles.json: a committed metrics.csv named from the repository root, else the analysis
+    directory of the study's run, exported as analyses/NAME.metrics.csv."""
+    if run.endswith(".metrics.csv"):
+        assert (ROOT / run).is_file(), f"{run} is not committed"
+        return ROOT / run
+    return raw / "analyses" / f"{Path(run).name}.metrics.csv"
+
+
+@pytest.mark.parametrize("raw", PROFILED, ids=lambda p: str(p.relative_to(ROOT / "docs" / "results")))
 def test_the_published_profiles_rederive_from_the_committed_analyses(raw):
     groups = json.loads((raw / "profiles.json").read_text())["groups"]
     for label, g in groups.items():
         for profile, summary in g["summary"].items():
-            per_run = [_region_means(raw / "analyses" / f"{Path(r).name}.metrics.csv", profile) for r in g["runs"]]
+            per_run = [_region_means(_metrics_csv(raw, r), profile) for r in g["runs"]]
             for region in ("bottom", "middle", "top", "top/middle"):
                 vals = [m[region] for m in per_run]
                 mean = sum(vals) / len(vals)

@@ -21,10 +21,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 # compare --out DIR [--reuse-only]: DIR/seconds long (SIGTERM: exit 130, as midblock after a checkpoint), then
-# DIR/done; with --reuse-only, exit 2 unless done. export: one line of its arguments in $FAKE_LOG.
+# DIR/done; with --reuse-only, exit 2 unless done. export, profiles: one line of its arguments in $FAKE_LOG.
 FAKE = r"""#!/bin/bash
 cmd=$1; shift
-if [ "$cmd" = export ]; then echo "export $*" >>"$FAKE_LOG"; exit 0; fi
+if [ "$cmd" = export ] || [ "$cmd" = profiles ]; then echo "$cmd $*" >>"$FAKE_LOG"; exit 0; fi
 out=; reuse=
 while [ $# -gt 0 ]; do case $1 in --out) out=$2; shift;; --reuse-only) reuse=1;; esac; shift; done
 [ -f "$out/done" ] && exit 0
@@ -180,12 +180,27 @@ def test_publish_the_base_model_study_sets_its_bands_against_the_instruct_models
     part2 = root / "docs" / "results" / "selection-landscape"
     part2.mkdir(parents=True)
     (part2 / "compare.json").write_text("{}")
+    script = Path("studies") / "gemma-base" / "instruct-vs-base.sh"
+    shutil.copy(REPO / script, root / script)
+    r = _session(root, env, "publish", "gemma-base")
+    assert r.returncode == 2 and "no analyses of uniform in docs/results/selection-landscape" in r.stderr
+    dest = root / "docs" / "results" / "gemma-base"
+    for study in ("selection-landscape", "gemma-base"):  # what the exports hold: each arm's analyses
+        (root / "docs" / "results" / study / "analyses").mkdir(parents=True, exist_ok=True)
+        for arm in ("uniform", "paper", "auto", "lisa"):
+            (root / "docs" / "results" / study / "analyses" / f"analysis-{arm}-s0.metrics.csv").touch()
+    (root / "fake.log").unlink()
     r = _session(root, env, "publish", "gemma-base")
     assert r.returncode == 0, r.stderr
-    dest = root / "docs" / "results" / "gemma-base"
+    runs = [
+        f"{m} {a}=docs/results/{s}/analyses/analysis-{a}-s0.metrics.csv"
+        for a in ("uniform", "paper", "auto")
+        for m, s in (("instruct", "selection-landscape"), ("base", "gemma-base"))
+    ]
     assert (root / "fake.log").read_text().splitlines() == [
         f"export --from runs/gemma-base --dest {dest}",
         f"export --mode across --dest {dest} --other {part2}",
+        "profiles " + " ".join(runs) + " --out docs/results/gemma-base/instruct-vs-base",
     ]
 
 
