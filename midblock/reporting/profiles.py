@@ -3,7 +3,9 @@ axis, with their means over the paper's depth regions (:mod:`midblock.analysis.r
 table), ``profiles.json`` (the numbers, per-block mean profiles and provenance) and ``profiles.png``.
 
 Each run is ``[LABEL=]DIR`` (a ``midblock analyze`` directory, or its ``metrics.csv``); runs under one label are
-the seeds of one arm, and their region means get a 95% t-interval over those seeds.
+the seeds of one arm, and their region means get a 95% t-interval over those seeds. Labels ``GROUP ARM`` (one
+space) where several groups share arms (``instruct uniform``, ``base uniform``...) are drawn one colour per arm
+and one line style per group, so the same arm on two models reads as a pair.
 """
 
 from __future__ import annotations
@@ -133,6 +135,20 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def line_styles(labels: list[str]) -> dict[str, tuple[str, str]]:
+    """{label: (colour, line style)}: one colour per label; but where every label is ``GROUP ARM`` (one space),
+    there are several groups and fewer arms than labels, one colour per arm and one style per group."""
+    parts = [label.split(" ") for label in labels]
+    groups = list(dict.fromkeys(p[0] for p in parts))
+    arms = list(dict.fromkeys(p[-1] for p in parts))
+    if all(len(p) == 2 for p in parts) and 1 < len(groups) <= len(LINE_STYLES) and len(arms) < len(labels):
+        return {lb: (f"C{arms.index(p[1]) % 10}", LINE_STYLES[groups.index(p[0])]) for lb, p in zip(labels, parts)}
+    return {lb: (f"C{i % 10}", "-") for i, lb in enumerate(labels)}
+
+
 def plot(groups: dict[str, dict[str, Any]], path: Path) -> None:
     """One panel per change metric: each label's mean profile over relative depth (block b at (b + 0.5) / L),
     its single runs as thin lines, the middle region's nominal edges (0.2, 0.8) dashed."""
@@ -142,17 +158,19 @@ def plot(groups: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in CHANGE_METRICS if any(n in p for g in groups.values() for p in g["profiles"])]
+    style = line_styles(list(groups))
     fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for i, (label, g) in enumerate(groups.items()):
+        for label, g in groups.items():
             mean = mean_profile(g["profiles"], name)
             if mean is None:
                 continue
             x = (torch.arange(g["num_blocks"], dtype=torch.float64) + 0.5) / g["num_blocks"]
             runs = [p[name] for p in g["profiles"] if name in p]
+            color, ls = style[label]
             for r in runs if len(runs) > 1 else []:
-                ax.plot(x, r, color=f"C{i % 10}", lw=0.6, alpha=0.35)
-            ax.plot(x, mean, color=f"C{i % 10}", lw=1.6, marker=".", ms=3, label=label)
+                ax.plot(x, r, color=color, ls=ls, lw=0.6, alpha=0.35)
+            ax.plot(x, mean, color=color, ls=ls, lw=1.6, marker=".", ms=3, label=label)
         for edge in (0.2, 0.8):
             ax.axvline(edge, color="0.5", ls="--", lw=0.8)
         ax.set_title(name, fontsize=10)

@@ -77,3 +77,15 @@ def test_a_published_analysis_re_derives_independently(tmp_path):
     for name, (middle, top, ratio) in quoted.items():
         assert f"{got[name]['middle']['mean']:.2g}" == middle and f"{got[name]['top']['mean']:.2g}" == top
         assert f"{got[name]['top/middle']['mean']:.2g}" == ratio
+
+
+def test_two_models_share_a_colour_per_arm_and_a_line_style_per_model():
+    from midblock.reporting.profiles import line_styles
+
+    labels = ["instruct uniform", "base uniform", "instruct paper", "base paper"]
+    st = line_styles(labels)
+    assert st["instruct uniform"][0] == st["base uniform"][0] != st["instruct paper"][0] == st["base paper"][0]
+    assert st["instruct uniform"][1] == st["instruct paper"][1] == "-" and st["base paper"][1] == "--"
+    # anything else: one colour per label, solid
+    for other in (["uniform", "paper"], ["a x", "b y"], ["instruct uniform", "instruct paper"], ["a b c", "d b c"]):
+        assert line_styles(other) == {lb: (f"C{i}", "-") for i, lb in enumerate(other)}
