@@ -18,7 +18,11 @@ class ExportConfig:
     """Raw results of a finished comparison, their re-derived table, or a resumable state."""
 
     dest: str = field(
-        metadata={"help": "the export directory: written by raw and state, read by derive", "flag": "--dest"}
+        metadata={
+            "help": "the export directory: written by raw and state; read by derive, replay and across (these "
+            "two add their tables to it)",
+            "flag": "--dest",
+        }
     )
     mode: ExportMode = field(
         default="raw",
