@@ -88,7 +88,10 @@ def replay(
     }
     if controlled is not None:
         ca, cb, cmeta = arm_matrices(*controlled)
-        out["controlled"] = cmeta | {"pooled": paired_two_level(ca, cb, seed=seed), "export": str(controlled[0])}
+        out["controlled"] = cmeta | {
+            "pooled": paired_two_level(ca, cb, seed=seed),
+            "export": Path(controlled[0]).resolve().name,
+        }
     return out
 
 
