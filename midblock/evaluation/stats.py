@@ -312,8 +312,8 @@ def difference_between(
     """``mean(d1) - mean(d2)`` for two studies' (seeds x items) per-(seed, item) differences (e.g. an arm
     minus its baseline on two models): whether an effect differs between the studies. Each study's training
     seeds are resampled on their own (its runs are its own, whatever their seed numbers); test items are
-    resampled jointly when both studies scored the same items in the same order (``shared_items``: an item's
-    difficulty then counts once, for both) and on their own otherwise. Returns the estimate, the percentile
+    resampled jointly when both studies scored the same items in the same order (``shared_items``: an item
+    then moves both differences in the same resample) and on their own otherwise. Returns the estimate, the percentile
     interval, ``se``, ``covers`` (which variation the interval includes), ``approximate`` (a study with 2-4
     seeds), ``n_seeds`` and ``n_items`` (both studies'), the two-sided bootstrap ``p`` and the Bonferroni
     interval over ``n_comparisons`` (``sim_lo``/``sim_hi``, from the same draws)."""
