@@ -1,6 +1,5 @@
 """``export --mode across``: an effect in one study set against the same effect in another."""
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -10,19 +9,9 @@ import pytest
 
 from midblock.experiments.across import across
 from tests.conftest import run_cli
+from tests.experiments.by_hand import seed_differences
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
-
-
-def _seed_diffs(dest: Path, arm: str, baseline: str) -> np.ndarray:
-    """Each seed's mean difference over every test item, read from items.csv with the csv module alone."""
-    rows: dict[tuple[str, int], dict[int, int]] = {}
-    with open(dest / "items.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if r["phase"] == "main" and r["arm"] in (arm, baseline):
-                rows.setdefault((r["arm"], int(r["seed"])), {})[int(r["index"])] = int(r["correct"])
-    seeds = sorted({s for (_, s) in rows})
-    return np.array([np.mean([rows[(arm, s)][i] - rows[(baseline, s)][i] for i in rows[(arm, s)]]) for s in seeds])
 
 
 @pytest.fixture
@@ -40,7 +29,8 @@ def test_across_two_published_studies_agrees_with_items_csv(exports):
     res = json.loads((sl / "across-band-landscape.json").read_text())
     assert [r["arm"] for r in res["rows"]] == ["paper", "auto"]  # the arms both ran, in this table's order
     for r in res["rows"]:
-        want = _seed_diffs(sl, r["arm"], "uniform").mean() - _seed_diffs(bl, r["arm"], "uniform").mean()
+        here, there = seed_differences(sl, r["arm"], "uniform"), seed_differences(bl, r["arm"], "uniform")
+        want = np.mean(list(here.values())) - np.mean(list(there.values()))
         d = r["difference"]
         assert d["estimate"] == pytest.approx(want, abs=1e-12)
         assert d["estimate"] == pytest.approx(r["this"]["pooled"]["estimate"] - r["other"]["pooled"]["estimate"])

@@ -1,6 +1,5 @@
 """``export --mode replay``: one-seed, small-test studies replayed from an export with many seeds."""
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -10,23 +9,9 @@ import pytest
 
 from midblock.experiments.replay import replay
 from tests.conftest import run_cli
+from tests.experiments.by_hand import seed_differences
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "docs" / "results" / "band-landscape"
-
-
-def _by_hand(dest: Path, arm: str, baseline: str) -> dict[int, float]:
-    """Each seed's difference on every test item, read from items.csv with the csv module alone."""
-    rows: dict[tuple[str, int], dict[int, int]] = {}
-    with open(dest / "items.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if r["phase"] == "main" and r["arm"] in (arm, baseline):
-                rows.setdefault((r["arm"], int(r["seed"])), {})[int(r["index"])] = int(r["correct"])
-    seeds = sorted({s for (_, s) in rows})
-    out = {}
-    for s in seeds:
-        a, b = rows[(arm, s)], rows[(baseline, s)]
-        out[s] = sum(a[i] - b[i] for i in a) / len(a)
-    return out
 
 
 def test_replay_of_the_published_study_agrees_with_items_csv(tmp_path):
@@ -37,7 +22,7 @@ def test_replay_of_the_published_study_agrees_with_items_csv(tmp_path):
     )
     assert rc == 0, stderr
     res = json.loads((dest / "replay.json").read_text())
-    by_hand = _by_hand(dest, "paper", "uniform")
+    by_hand = seed_differences(dest, "paper", "uniform")
     assert res["seeds"] == sorted(by_hand) and res["items"] == 400
     assert res["per_seed_full_test"] == pytest.approx([by_hand[s] for s in res["seeds"]], abs=1e-12)
     assert res["seeds_win"] == sum(by_hand[s] >= 0.05 - 1e-12 for s in res["seeds"])
