@@ -28,10 +28,10 @@ from midblock.experiments.replay import arm_items
 from midblock.io import RunDir, write_json, write_text
 
 
-def shared_arms(dest: str | Path, other: str | Path, baseline: str | None, other_baseline: str | None) -> list[str]:
-    """The arms of ``dest``'s table (in its order) that ``other`` ran too, the baselines left out."""
-    cfg, _, _, order = read_export(dest)
-    ocfg, _, _, oorder = read_export(other)
+def shared_arms(one: tuple, two: tuple, baseline: str | None, other_baseline: str | None) -> list[str]:
+    """The arms of the first export's table (in its order) that the second ran too, the baselines left out
+    (``one``, ``two``: what ``read_export`` returned for each)."""
+    (cfg, _, _, order), (ocfg, _, _, oorder) = one, two
     skip = {baseline or cfg.get("baseline"), other_baseline or ocfg.get("baseline")}
     return [a for a in order if a in oorder and a not in skip]
 
@@ -43,11 +43,11 @@ def _aligned(one: tuple, two: tuple) -> tuple[np.ndarray, np.ndarray, bool]:
     d1, d2 = a1 - b1, a2 - b2
     if len(m1["evaluation"]) != 1 or m1["evaluation"] != m2["evaluation"]:
         return d1, d2, False
-    common = sorted(set(i1) & set(i2))
+    at1, at2 = {i: k for k, i in enumerate(i1)}, {i: k for k, i in enumerate(i2)}
+    common = sorted(at1.keys() & at2.keys())
     if not common:
         return d1, d2, False
-    c1, c2 = [i1.index(i) for i in common], [i2.index(i) for i in common]
-    return d1[:, c1], d2[:, c2], True
+    return d1[:, [at1[i] for i in common]], d2[:, [at2[i] for i in common]], True
 
 
 def across(
@@ -61,16 +61,17 @@ def across(
 ) -> dict[str, Any]:
     """Each arm's difference against the baseline in ``dest`` and in ``other``, and the difference between
     them (see the module); writes nothing. ``other_arms``: the arms' names in ``other`` (default: the same)."""
-    arms = arms or shared_arms(dest, other, baseline, other_baseline)
+    ex1, ex2 = read_export(dest), read_export(other)  # each export read once, for every arm
+    arms = arms or shared_arms(ex1, ex2, baseline, other_baseline)
     if not arms:
         raise MidblockError(f"{dest} and {other} share no arm besides their baselines", hint="pass --arm ARM")
     other_arms = other_arms or arms
     if len(other_arms) != len(arms):
         raise MidblockError(f"{len(arms)} arm(s) here but {len(other_arms)} in the other export")
-    names = _names(dest, other)
+    names = _names(dest, other, ex1[0].get("model"), ex2[0].get("model"))
     rows = []
     for arm, its in zip(arms, other_arms):
-        one, two = arm_items(dest, arm, baseline), arm_items(other, its, other_baseline)
+        one, two = arm_items(dest, arm, baseline, ex1), arm_items(other, its, other_baseline, ex2)
         d1, d2, shared = _aligned(one, two)
         rows.append(
             {
@@ -87,9 +88,8 @@ def across(
     return {"this": {"export": here, "name": names[0]}, "other": {"export": there, "name": names[1]}, "rows": rows}
 
 
-def _names(dest: str | Path, other: str | Path) -> tuple[str, str]:
+def _names(dest: str | Path, other: str | Path, m1: str | None, m2: str | None) -> tuple[str, str]:
     """Each export's model, or its directory name where both ran the same model."""
-    m1, m2 = read_export(dest)[0].get("model"), read_export(other)[0].get("model")
     if m1 and m2 and m1 != m2:
         return str(m1), str(m2)
     return Path(dest).resolve().name, Path(other).resolve().name

@@ -36,10 +36,13 @@ def arm_matrices(dest: str | Path, arm: str, baseline: str | None = None) -> tup
     return a, b, {k: v for k, v in meta.items() if k != "evaluation"}
 
 
-def arm_items(dest: str | Path, arm: str, baseline: str | None = None) -> tuple[np.ndarray, np.ndarray, dict, list]:
+def arm_items(
+    dest: str | Path, arm: str, baseline: str | None = None, export: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray, dict, list]:
     """:func:`arm_matrices`, with the test item indices of the matrices' columns, and ``evaluation`` in the
-    meta: the evaluation fingerprints of those cells (one when they scored the same items the same way)."""
-    config, recs, _, order = read_export(dest)
+    meta: the evaluation fingerprints of those cells (one when they scored the same items the same way).
+    ``export``: ``read_export(dest)`` when the caller has it already."""
+    config, recs, _, order = export or read_export(dest)
     baseline = baseline or config.get("baseline")
     for name in (arm, baseline):
         if name not in order:
