@@ -281,7 +281,7 @@ def _per_rank(layout, targets: list[str]) -> int:
 # --------------------------------------------------------------------------- building the model
 
 
-def lora_config(p: Plan, config: MidBlockConfig, base_name: str | None = None, fan_in_fan_out: bool = False):
+def lora_config(p: Plan, config: MidBlockConfig, fan_in_fan_out: bool = False):
     """The PEFT ``LoraConfig``: explicit module names; per-rank-group patterns when ranks differ."""
     from peft import LoraConfig
 
@@ -308,7 +308,6 @@ def lora_config(p: Plan, config: MidBlockConfig, base_name: str | None = None, f
         fan_in_fan_out=fan_in_fan_out,  # GPT-2's Conv1D stores (in, out)
         bias="none",
         task_type="CAUSAL_LM",
-        base_model_name_or_path=base_name,
     )
 
 
@@ -340,7 +339,13 @@ def prepare_model(
         from peft import get_peft_model
 
         conv1d = any(type(layout.blocks[0].get_submodule(t)).__name__ == "Conv1D" for t in p.targets)
-        model = get_peft_model(model, lora_config(p, config, base_name, conv1d))
+        model = get_peft_model(model, lora_config(p, config, conv1d))
+        if base_name is not None:
+            # set after get_peft_model, which overwrites the config's base with the model's own path (and warns
+            # when that differs from the one given): a midblock spec is not what from_pretrained can load
+            from midblock.models.loading import loadable_base
+
+            model.peft_config["default"].base_model_name_or_path = loadable_base(base_name)
         verify_lora_ranks(model, p)
     else:
         for b in p.full_blocks:

@@ -43,7 +43,6 @@ def band_lora_config(
     model: nn.Module,
     config: MidBlockConfig | None = None,
     *,
-    base_name: str | None = None,
     data: list[list[int]] | None = None,
     **fields: Any,
 ) -> LoraConfig:
@@ -77,7 +76,7 @@ def band_lora_config(
     conv1d = any(type(layout.blocks[0].get_submodule(t)).__name__ == "Conv1D" for t in p.targets)
     model.midblock_plan = p  # PEFT wrappers forward attribute look-ups here: the checks find the band
     keep_truncation(model)
-    return lora_config(p, cfg, base_name, conv1d)
+    return lora_config(p, cfg, conv1d)
 
 
 def use_labelled_head(model: nn.Module) -> bool:

@@ -198,3 +198,20 @@ def test_refuses_trainable_params_below_the_band(tiny):
     get_layout(pm).blocks[1].mlp.up_proj.weight.requires_grad_(True)
     with pytest.raises(MidblockError, match="below the band"):
         check_truncated_backward(pm, fix=True)
+
+
+def test_base_name_is_recorded_as_loadable_without_peft_rename_warning(tiny, tmp_path, monkeypatch):
+    """PEFT overwrites a LoraConfig's base with the model's own path and warns when they differ: the base is
+    set after get_peft_model instead, as what from_pretrained can load (None for a ``random:`` preset)."""
+    import warnings
+
+    model, _ = tiny("llama-tiny")
+    model.save_pretrained(tmp_path / "base")  # a local directory, named below relative to the working directory
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*base_model_name_or_path.*")
+        pm = prepare_model(model, MidBlockConfig(band="2-3", rank=4), base_name="random:llama-tiny")
+    assert pm.peft_config["default"].base_model_name_or_path is None
+    monkeypatch.chdir(tmp_path)
+    plain, _ = tiny("llama-tiny")
+    pm = prepare_model(plain, MidBlockConfig(band="2-3", rank=4), base_name="base")
+    assert pm.peft_config["default"].base_model_name_or_path == str((tmp_path / "base").resolve())
