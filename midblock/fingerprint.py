@@ -24,12 +24,16 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock import __version__
 from midblock.errors import MidblockError
 from midblock.io import read_json, write_json
 from midblock.models.loading import EMBEDDED, cache_dir, embedded_gguf, parse_spec
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 FINGERPRINT_FILE = "fingerprint.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -116,7 +120,7 @@ def dir_digest(path: str | os.PathLike, suffixes: tuple[str, ...] = _WEIGHT_SUFF
 # --------------------------------------------------------------------------- models
 
 
-def tensors_digest(model) -> str:
+def tensors_digest(model: nn.Module) -> str:
     """A hash of every tensor of a loaded model (names, dtypes, shapes and bytes).
 
     CPU tensors are hashed byte for byte. Tensors on an accelerator are summarised on the device (sum,
@@ -140,7 +144,7 @@ def tensors_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenizer_digest(tok) -> str:
+def tokenizer_digest(tok: PreTrainedTokenizerBase) -> str:
     """The identity of a tokenizer: vocabulary, special tokens, padding side and chat template."""
     vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
     return digest(
@@ -153,7 +157,7 @@ def tokenizer_digest(tok) -> str:
     )
 
 
-def model_identity(model, tokenizer) -> dict[str, str]:
+def model_identity(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
     return {"weights": tensors_digest(model), "tokenizer": tokenizer_digest(tokenizer)}
 
 

@@ -17,9 +17,9 @@ exactly (``ModelStats.merge``; ``reduce_across_processes`` under ``torch.distrib
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from midblock.analysis import metrics as M
 from midblock.errors import MidblockError
 from midblock.models.introspect import get_layout
 from midblock.validation import check_number
+
+if TYPE_CHECKING:
+    from midblock.analysis.sequential import BasePair
 
 TOKEN_STATS = ("prompt_entropy", "prompt_entropy_centered", "curvature", "sparsity", "token_norm")
 DEFAULT_TOKEN_STATS = ("prompt_entropy", "curvature", "sparsity", "token_norm")
@@ -171,7 +174,7 @@ class Tap:
                 self.handles.append(self.layout.blocks[layer - 1].register_forward_hook(hook))
 
     def _pre_hook(self, is_last: bool):
-        def hook(module, args, kwargs):
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             h = args[0] if args else kwargs["hidden_states"]
             self.callback(0, h)
             if is_last and self.stop_early:
@@ -180,7 +183,7 @@ class Tap:
         return hook
 
     def _post_hook(self, layer: int, is_last: bool):
-        def hook(module, args, output):
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             h = output[0] if isinstance(output, (tuple, list)) else output
             self.callback(layer, h)
             if is_last and self.stop_early:
@@ -365,9 +368,9 @@ def collect(
     spec: CaptureSpec,
     stats: dict[str, ModelStats] | None = None,
     stop_early: bool = True,
-    on_batch=None,
-    paired=None,
-    on_keep=None,
+    on_batch: Callable[[int, dict[str, ModelStats]], None] | None = None,
+    paired: Callable[[Batch], StatsCollector | BasePair] | None = None,
+    on_keep: Callable[[Batch, dict[int, torch.Tensor]], None] | None = None,
 ) -> dict[str, ModelStats]:
     """Feed every batch to every model (the first is the base), accumulating ``ModelStats`` per model.
 

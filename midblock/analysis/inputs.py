@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.analysis.sequential import release_memory
 from midblock.analysis.weights import is_lora_model
@@ -17,6 +17,12 @@ from midblock.errors import MidblockError
 from midblock.fingerprint import package_version, tensors_digest
 from midblock.io import read_json
 from midblock.models.introspect import get_layout, strip_peft
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from midblock.analysis.config import AnalyzeConfig
 
 FINGERPRINT = "fingerprint.json"
 
@@ -33,7 +39,7 @@ def dataset_arg(ds: str) -> tuple[str, str | None, str]:
     return resolve_task(None, ds), ds, p.stem
 
 
-def load_texts(ds: str, cfg, warnings: list[str]) -> tuple[str, list[str]]:
+def load_texts(ds: str, cfg: AnalyzeConfig, warnings: list[str]) -> tuple[str, list[str]]:
     """(display name, analysis texts) of one --data value; fewer samples than asked add a warning."""
 
     task, data, name = dataset_arg(ds)
@@ -46,7 +52,7 @@ def load_texts(ds: str, cfg, warnings: list[str]) -> tuple[str, list[str]]:
     return name, [e.text for e in exs]
 
 
-def tokenize(texts: list[str], tok, max_length: int) -> tuple[list[list[int]], int]:
+def tokenize(texts: list[str], tok: PreTrainedTokenizerBase, max_length: int) -> tuple[list[list[int]], int]:
     """Token ids of each text (cut at ``max_length``) and how many were cut."""
     seqs, cut = [], 0
     for t in texts:
@@ -71,7 +77,7 @@ def model_name(spec: str, taken: set[str]) -> str:
     return out
 
 
-def signature(model, tok) -> dict[str, Any]:
+def signature(model: nn.Module, tok: PreTrainedTokenizerBase) -> dict[str, Any]:
     """What base and variant must share (kept, so one-model-at-a-time runs check without both loaded)."""
 
     lay = get_layout(model)
@@ -98,14 +104,14 @@ def check_compatible(base: dict[str, Any], var: dict[str, Any], name: str) -> No
         raise MidblockError(f"variant {name} uses a different tokenizer from the base (vocabularies differ)")
 
 
-def model_identity(model) -> str:
+def model_identity(model: nn.Module) -> str:
     """A content hash of a model's tensors (see :func:`midblock.fingerprint.tensors_digest`), so a changed
     checkpoint is noticed. Weights that a ``device_map`` offloaded (left on the meta device) enter by shape."""
 
     return tensors_digest(model)
 
 
-def fingerprint(cfg, identities: dict[str, str], seqs: dict[str, list[list[int]]]) -> dict[str, Any]:
+def fingerprint(cfg: AnalyzeConfig, identities: dict[str, str], seqs: dict[str, list[list[int]]]) -> dict[str, Any]:
 
     data_hash = {k: hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16] for k, v in seqs.items()}
     # where and how the models run does not change the numbers (sequential = lockstep is tested)
@@ -132,7 +138,7 @@ def check_cache(out: Path, fp: dict[str, Any]) -> None:
     )
 
 
-def load_models(cfg, seed: int, load_kw: dict) -> tuple[dict[str, Any], Any, list[dict], dict]:
+def load_models(cfg: AnalyzeConfig, seed: int, load_kw: dict) -> tuple[dict[str, Any], Any, list[dict], dict]:
     """Load and check the models. Returns ({'base': model, variants...}, tokenizer, variant info, identities).
 
     Lockstep: every model stays loaded. One model at a time: each variant is loaded alone to check it
@@ -141,7 +147,7 @@ def load_models(cfg, seed: int, load_kw: dict) -> tuple[dict[str, Any], Any, lis
     """
     from midblock.models import load_model  # looked up when called: tests count the loads
 
-    def load(spec: str):
+    def load(spec: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
         return load_model(spec, dtype=cfg.dtype, device=cfg.device, seed=seed, **load_kw)
 
     taken = {"base"}

@@ -108,7 +108,7 @@ class BasePair:
         return _param_device(self.head)
 
 
-def save_base_weights(model, path: str | Path) -> None:
+def save_base_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Save what ``weights.weight_delta`` reads from the base (``weights.base_weights``) as safetensors."""
     from safetensors.torch import save_file
 

@@ -7,7 +7,7 @@ so they line up with the representation metrics in ``metrics.csv``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -79,7 +79,7 @@ def weight_key(block: int, rel: str) -> str:
 EMBEDDING_KEY = "embedding"
 
 
-def base_weights(model) -> dict[str, torch.Tensor]:
+def base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every weight ``weight_delta`` reads from the base (block linears and the embedding), by ``weight_key``.
 
     The one-model-at-a-time mode saves these (safetensors) before the base is freed and passes them back as
@@ -92,7 +92,9 @@ def base_weights(model) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def weight_delta(base, variant) -> dict[tuple[int, str], float]:
+def weight_delta(
+    base: torch.nn.Module | Mapping[str, torch.Tensor], variant: torch.nn.Module
+) -> dict[tuple[int, str], float]:
     """||W_var - W_base||_F per block over its linear weights, per attention/MLP group, and relative.
 
     Also the embedding (layer 0). ``base`` is a model or a mapping like ``base_weights(model)`` (tensors
@@ -124,12 +126,12 @@ def weight_delta(base, variant) -> dict[tuple[int, str], float]:
     return rows
 
 
-def is_lora_model(model) -> bool:
+def is_lora_model(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and any(hasattr(m, "lora_A") for m in model.modules())
 
 
 @torch.no_grad()
-def lora_delta(model) -> dict[tuple[int, str], float]:
+def lora_delta(model: torch.nn.Module) -> dict[tuple[int, str], float]:
     """||s B A||_F per block/group of a PEFT LoRA model, without materialising any Delta W.
 
     s is the layer's own scaling (alpha / r, or alpha / sqrt(r) under rsLoRA, as PEFT set it);
@@ -152,7 +154,7 @@ def lora_delta(model) -> dict[tuple[int, str], float]:
     return _rows(_group_sums(named), "lora_delta")
 
 
-def grad_norm(model, batches: Iterable[dict[str, torch.Tensor]]) -> dict[tuple[int, str], float]:
+def grad_norm(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> dict[tuple[int, str], float]:
     """||dLoss/dW||_F of the model per block (over every parameter of the block) and relative to ||W||_F.
 
     Each batch (``input_ids``, ``attention_mask``, ``labels``) gets its own backward pass; the per-batch

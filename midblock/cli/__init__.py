@@ -15,8 +15,12 @@ import logging
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 from midblock.errors import MidblockError
+
+if TYPE_CHECKING:
+    from typing import TextIO
 
 # Subcommand modules under midblock.cli; each defines register(subparsers).
 COMMANDS = [
@@ -95,7 +99,14 @@ def _show_renamed(show):
     """``warnings.showwarning`` that prints an old setting name's warning as one line (others as before)."""
     from midblock.aliases import RenamedWarning
 
-    def display(message, category, filename, lineno, file=None, line=None):
+    def display(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if issubclass(category, RenamedWarning):
             print(f"midblock: warning: {message}", file=sys.stderr)
         else:

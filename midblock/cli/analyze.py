@@ -14,7 +14,7 @@ from midblock.errors import MidblockError
 _CLI_OWN = ("seed",)  # from common_args
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "analyze", help="layer-wise metrics of base vs variants, and a recommended band", doc=__doc__)
     add_config_args(p, AnalyzeConfig, skip=_CLI_OWN)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -36,7 +36,7 @@ def _csv(s: str | None, kind=str) -> list | None:
         raise MidblockError(f"cannot parse '{s}' as a comma-separated list of {kind.__name__}") from None
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     doc = f"{__doc__}\nPresets (--preset NAME):\n{PRESETS.describe()}\n"
     p = add_command(sub, "compare", help="train and evaluate a grid of methods side by side", doc=doc)
     p.add_argument("--preset", default=None, choices=PRESETS.names(), help="a named grid (listed above)")

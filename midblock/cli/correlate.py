@@ -8,7 +8,7 @@ from midblock.cli import common_args
 from midblock.cli.options import add_command
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "correlate", help="metric-metric correlation of analysis runs", doc=__doc__)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="`midblock analyze` run directories (or metrics.csv)")
     p.add_argument("--min-rows", type=int, default=3, help="fewest common rows for a correlation (else NaN)")

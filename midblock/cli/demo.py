@@ -12,7 +12,7 @@ from midblock.experiments.demo import DemoConfig
 _CLI_OWN = ("out", "seed")  # common to every command: added by common_args
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "demo", help="the main job end to end, with a report", doc=__doc__)
     add_config_args(p, DemoConfig, skip=_CLI_OWN)
     common_args(p)

@@ -14,7 +14,7 @@ from midblock.evaluation.prompts import FEWSHOT_SEED
 _CLI_OWN = ("seed", "task")  # --seed from common_args (the few-shot seed here); --task also takes ppl
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "eval", help="evaluate a model (GSM8K protocols, arith, perplexity)", doc=__doc__)
     p.add_argument("--model", default="smollm2-135m", help="model spec: base, BASE+ADAPTER, BASE+DELTA, run dir...")
     p.add_argument("--task", default="gsm8k", help=", ".join(EVAL_TASKS) + ", or ppl (loss on --data) (default: gsm8k)")

@@ -24,7 +24,7 @@ DERIVED_COLUMNS = ("arm", "band", "lr", "n", "accuracy", "ci_low", "ci_high", "c
 DERIVED_COLUMNS += ("diff_low", "diff_high", "diff_covers", "diff_p_holm", "diff_sim_low", "diff_sim_high")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "export", help="raw results of a comparison, or its table re-derived from them", doc=__doc__)
     add_config_args(p, ExportConfig)
     common_args(p, seed=False, out=False, models=False)

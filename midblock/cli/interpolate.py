@@ -12,7 +12,7 @@ from midblock.cli.swap import CLI_OWN, surgery_config
 from midblock.surgery.config import InterpolateConfig
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "interpolate", help="per-segment weight interpolation, measured", doc=__doc__)
     add_config_args(p, InterpolateConfig, skip=CLI_OWN)
     common_args(p, out="required")  # the tables, plots and report go there

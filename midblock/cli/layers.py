@@ -8,7 +8,7 @@ from midblock.cli import common_args
 from midblock.cli.options import add_command
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "layers", help="show the blocks a band spec selects", doc=__doc__)
     p.add_argument("model", help="model spec (smollm2-135m, random:<preset>, a directory, a hub id...)")
     p.add_argument("--band", default="all", help="layer spec: all, 0.2:0.8, 6-23, 3,5,7, first:N, last:N, seg2-4/5")

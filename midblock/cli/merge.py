@@ -36,7 +36,7 @@ def merge_run(run_dir: str, out: str) -> Path:
     return dest
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "merge", help="merge a training run into a standard Hugging Face model directory", doc=__doc__)
     p.add_argument("run_dir", help="a `midblock train` run directory (or an adapter dir / BASE+EXTRA spec)")
     common_args(p, seed=False)

@@ -16,7 +16,7 @@ from midblock.cli import common_args
 from midblock.cli.options import add_command
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "monitor", help="draw a training run's per-layer monitor (heatmaps)", doc=__doc__)
     p.add_argument("run", help="a run directory holding monitor.jsonl")
     p.add_argument("--out", help="the PNG to write (default: RUN/monitor.png)")

@@ -223,6 +223,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {_shown(action.default)})".strip()
 
 
-def add_command(sub, name: str, *, help: str, doc: str | None) -> argparse.ArgumentParser:
+def add_command(sub: argparse._SubParsersAction, name: str, *, help: str, doc: str | None) -> argparse.ArgumentParser:
     """A subcommand whose description is its module docstring as plain text, defaults shown."""
     return sub.add_parser(name, help=help, description=plain_text(doc), formatter_class=HelpFormatter)

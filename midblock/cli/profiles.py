@@ -13,7 +13,7 @@ from midblock.cli import common_args
 from midblock.cli.options import add_command
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "profiles", help="change profiles of analyses on one depth axis, by region", doc=__doc__)
     p.add_argument(
         "runs", nargs="+", metavar="[LABEL=]RUN_DIR", help="`midblock analyze` run directories (or metrics.csv)"

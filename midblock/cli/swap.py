@@ -5,6 +5,7 @@ Every flag is a SwapConfig field (generated from the dataclass)."""
 from __future__ import annotations
 
 import argparse
+from typing import TypeVar
 
 from midblock.cli import common_args
 from midblock.cli.options import add_command, add_config_args, config_kwargs
@@ -12,13 +13,15 @@ from midblock.surgery.config import SwapConfig
 
 CLI_OWN = ("out", "seed")  # from common_args
 
+_Config = TypeVar("_Config")
 
-def surgery_config(cls: type, args: argparse.Namespace):
+
+def surgery_config(cls: type[_Config], args: argparse.Namespace) -> _Config:
     """The surgery config of a command line (``--out``, ``--base`` and ``--variant`` are required flags)."""
     return cls(**config_kwargs(args, cls, skip=CLI_OWN), out=args.out, seed=args.seed)
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "swap", help="swap layer blocks between base and variant, measure each", doc=__doc__)
     add_config_args(p, SwapConfig, skip=CLI_OWN)
     common_args(p, out="required")  # the tables, plots and report go there

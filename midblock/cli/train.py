@@ -20,7 +20,7 @@ from midblock.tuning.trainconfig import TrainConfig
 _CLI_OWN = ("out", "seed", "tuning", "monitor")  # --out/--seed from common_args; tuning, monitor: groups below
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "train", help="Mid-Block Efficient Tuning (LoRA or full parameters on a band)", doc=__doc__)
     add_config_args(p.add_argument_group("what to train"), MidBlockConfig)
     add_config_args(p.add_argument_group("how to train"), TrainConfig, skip=_CLI_OWN)

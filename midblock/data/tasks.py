@@ -6,13 +6,16 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.data.arith import ARITH_VERSION, generate_arith
 from midblock.data.gsm8k import gold_answer, load_gsm8k
 from midblock.data.jsonl import read_jsonl
 from midblock.errors import MidblockError
 from midblock.registry import Registry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 OVERLONG = ("drop", "error", "truncate")  # what tokenize_sft does with an example over max_length
@@ -39,10 +42,15 @@ class Task:
 TASKS: Registry[Task] = Registry("task")
 
 
-def register_task(name: str, *, version: int, scored: bool, own_dev: bool = False, needs_data: bool = False):
+_Loader = Callable[[str, str | None, int], list[dict[str, Any]]]  # a task's load(split, data, dev_size)
+
+
+def register_task(
+    name: str, *, version: int, scored: bool, own_dev: bool = False, needs_data: bool = False
+) -> Callable[[_Loader], _Loader]:
     """Register the decorated ``load(split, data, dev_size)`` as task ``name``; its docstring describes it."""
 
-    def add(load: Callable[[str, str | None, int], list[dict[str, Any]]]):
+    def add(load: _Loader) -> _Loader:
         TASKS.register(name, Task(name, load, version, scored, own_dev, needs_data, load.__doc__ or ""))
         return load
 
@@ -263,13 +271,13 @@ class TokenizedSet:
         }
 
 
-def _chat_prompt(ex: Example, tokenizer) -> str:
+def _chat_prompt(ex: Example, tokenizer: PreTrainedTokenizerBase) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise MidblockError("chat rows need a tokenizer with a chat template")
     return tokenizer.apply_chat_template(ex.messages[:-1], tokenize=False, add_generation_prompt=True)
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """The one prompt encoder (training, decoding, perplexity, early exit): token ids without special tokens,
     plus BOS where the tokenizer's own encoding starts with one (Gemma: a Gemma model fed no BOS is badly off;
     lm-evaluation-harness and TRL use the tokenizer's default encoding, which adds it). A prompt that already
@@ -284,7 +292,7 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 _ADDS_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def adds_bos(tokenizer) -> bool:
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether ``tokenizer`` puts BOS in front of a text by default: its ``add_bos_token`` flag, or what its
     post-processor does (a tokenizer converted from a GGUF may carry the template but not the flag)."""
     try:
@@ -308,7 +316,7 @@ def adds_bos(tokenizer) -> bool:
 
 
 def tokenize_example(
-    ex: Example, tokenizer, completion_only: bool = True, add_eos: bool = True
+    ex: Example, tokenizer: PreTrainedTokenizerBase, completion_only: bool = True, add_eos: bool = True
 ) -> dict[str, list[int]]:
     prompt = _chat_prompt(ex, tokenizer) if ex.messages else ex.prompt
     p_ids = encode_prompt(tokenizer, prompt)
@@ -321,7 +329,11 @@ def tokenize_example(
 
 
 def tokenize_sft(
-    examples: list[Example], tokenizer, max_length: int = 512, completion_only: bool = True, on_overlong: str = "drop"
+    examples: list[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 512,
+    completion_only: bool = True,
+    on_overlong: str = "drop",
 ) -> TokenizedSet:
     """Tokenise for SFT: prompt labels -100 (unless ``completion_only=False``), EOS appended.
 

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.aliases import renamed_kwargs
 from midblock.data import load_rows
@@ -44,6 +44,12 @@ from midblock.io import RunDir, append_jsonl, fresh_output_dir, provenance, read
 from midblock.models import load_model
 from midblock.models.loading import load_tokenizer, parse_spec, resolve_base_dir
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
 log = logging.getLogger(__name__)
 
 ITEMS_FILE = "items.jsonl"
@@ -62,7 +68,7 @@ def load_test_items(cfg: EvalConfig) -> list[dict[str, Any]]:
     return [{"index": cfg.offset + i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)]
 
 
-def build_prompts(cfg: EvalConfig, items: list[dict[str, Any]], tokenizer) -> list[str]:
+def build_prompts(cfg: EvalConfig, items: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> list[str]:
     if cfg.chat_template:
         require_chat_template(tokenizer)
     train: list[dict[str, Any]] = []
@@ -122,8 +128,8 @@ def evaluate(
 
 @renamed_kwargs(out_dir="out")
 def evaluate_model(
-    model,
-    tokenizer,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     cfg: EvalConfig | None = None,
     *,
     out: str | Path | None = None,
@@ -158,7 +164,7 @@ def _evaluate_vllm(ms, cfg: EvalConfig, items, out, progress: bool, t0: float) -
     prompts = build_prompts(cfg, items, tok)
     path = resolve_base_dir(ms)
 
-    def gen(todo, cb):
+    def gen(todo: list[str], cb: Callable[[int, str], None]) -> list[str]:
         outs = generate_vllm(path, tok, todo, cfg.decode_config(progress), adapter=ms.adapter)
         for i, o in enumerate(outs):
             cb(i, o)

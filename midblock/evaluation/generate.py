@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -32,6 +33,9 @@ from midblock.tuning.slow_run import (
     machine_facts,
     note_if_slow,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class StopOnStrings(StoppingCriteria):
         return self.done.clone()
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids: set[int] = set()
     for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
         if isinstance(src, int):
@@ -84,7 +88,9 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
     return text
 
 
-def decode_completion(tokenizer, ids: Sequence[int], eos_ids: Sequence[int], stops: Sequence[str]) -> str:
+def decode_completion(
+    tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], eos_ids: Sequence[int], stops: Sequence[str]
+) -> str:
     ids = list(ids)
     for j, t in enumerate(ids):
         if t in eos_ids:
@@ -138,7 +144,9 @@ class _PreallocatedLayer(DynamicLayer):
         self.keys = self._k[:, :, : self.length]
         self.values = self._v[:, :, : self.length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
@@ -349,8 +357,8 @@ def _decode(model, tokenizer, batch: tuple, start: int, kw: dict, cfg: DecodeCon
 
 
 def generate_completions(
-    model,
-    tokenizer,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     cfg: DecodeConfig | None = None,
     on_result: Callable[[int, str], None] | None = None,
@@ -436,7 +444,11 @@ def _progress(total: int, enabled: bool):
 
 
 def generate_vllm(
-    model_path: str, tokenizer, prompts: Sequence[str], cfg: DecodeConfig, adapter: str | None = None
+    model_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    cfg: DecodeConfig,
+    adapter: str | None = None,
 ) -> list[str]:
     """The same greedy decoding through vLLM (GPU users): same prompt token ids, same stop-string cut."""
     try:

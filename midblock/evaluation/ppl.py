@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,8 +21,11 @@ from midblock.data.jsonl import check_data_file
 from midblock.data.tasks import IGNORE_INDEX, encode_prompt
 from midblock.errors import MidblockError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def encode_text(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> tuple[list[int], bool]:
     """A text's ids (as prompts are encoded), cut at ``max_length``, and whether it was cut."""
     ids = encode_prompt(tokenizer, text)
     return ids[:max_length], len(ids) > max_length
@@ -57,7 +60,12 @@ def _batch_nll_rows(model, ids: torch.Tensor, mask: torch.Tensor) -> list[tuple[
 
 @torch.inference_mode()
 def token_loss(
-    model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 512, progress: bool = False
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    batch_size: int = 8,
+    max_length: int = 512,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """``{"loss", "ppl", "n_tokens", "n_texts", "n_truncated", "per_text"}``: mean NLL per predicted token,
     exp of it, and ``per_text``: ``[nll_sum, n_tokens]`` of each text, in the order of ``texts``.

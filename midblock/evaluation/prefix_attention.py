@@ -38,7 +38,7 @@ def _register() -> None:
     _registered = True
 
 
-def supports(model) -> bool:
+def supports(model: torch.nn.Module) -> bool:
     """Plain SDPA attention with nothing the split would have to reproduce (soft-capping, sliding windows)."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "_attn_implementation", None) != "sdpa":
@@ -50,7 +50,7 @@ def supports(model) -> bool:
 
 
 @contextlib.contextmanager
-def shared_prefix_attention(model, prefix_len: int) -> Iterator[bool]:
+def shared_prefix_attention(model: torch.nn.Module, prefix_len: int) -> Iterator[bool]:
     """Within the block, ``model``'s attention treats the first ``prefix_len`` cached positions as shared by
     all rows. Yields whether it is active (False: the model is left as it was)."""
     if prefix_len <= 0 or not supports(model):

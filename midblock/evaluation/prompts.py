@@ -23,9 +23,12 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.errors import MidblockError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 FEWSHOT_SEED = 1234
 NUM_FEWSHOT = 5
@@ -101,7 +104,7 @@ def chat_user_turn(question: str) -> str:
     return f"{question}\n\n{CHAT_INSTRUCTION}"
 
 
-def chat_prompt(tokenizer, question: str, exemplars: Sequence[dict[str, Any]] = ()) -> str:
+def chat_prompt(tokenizer: PreTrainedTokenizerBase, question: str, exemplars: Sequence[dict[str, Any]] = ()) -> str:
     """The question as a user turn in the tokenizer's chat template (exemplars as earlier turns).
 
     Few-shot exemplars become user/assistant turn pairs (the harness's ``fewshot_as_multiturn``).
@@ -115,7 +118,7 @@ def chat_prompt(tokenizer, question: str, exemplars: Sequence[dict[str, Any]] = 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def require_chat_template(tokenizer) -> None:
+def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise MidblockError(

@@ -399,7 +399,7 @@ def ppl_change_interval(
     per_seed = _ppl_change(nll, tok, bnll, btok, ones)[0]
     if baseline is None:
 
-        def stat(w, v):
+        def stat(w: np.ndarray, v: np.ndarray) -> np.ndarray:
             return (_ppl_change(nll, tok, bnll, btok, v) * w).sum(axis=1) / s
 
         draws = two_level_draws(stat, s, t, n_boot, seed)
@@ -409,7 +409,7 @@ def ppl_change_interval(
         raise ValueError(f"paired arms need the same seeds and texts, got {nll.shape} and {onll.shape}")
     diff = per_seed - _ppl_change(onll, otok, bnll, btok, ones)[0]
 
-    def stat_diff(w, v):
+    def stat_diff(w: np.ndarray, v: np.ndarray) -> np.ndarray:
         d = _ppl_change(nll, tok, bnll, btok, v) - _ppl_change(onll, otok, bnll, btok, v)
         return (d * w).sum(axis=1) / s
 

@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.aliases import stored
 from midblock.analysis.analyze import AnalyzeConfig, analyze
@@ -51,6 +51,10 @@ from midblock.reporting.compare_report import write_lr_search, write_outputs
 from midblock.reporting.pareto import pareto_point, plot_pareto
 from midblock.tuning.precision import default_device_type, resolve_precision, warn_if_emulated
 from midblock.tuning.train import SUMMARY_FILE, remove_checkpoints, train
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +222,9 @@ def _run_locked_cell(cc, cell, run_dir, tfp, efp, ecfg, texts, ctl: RunControl) 
     return rec
 
 
-def forgetting_loss(cc: CompareConfig, model, tok, texts: list[str], progress: bool) -> dict[str, Any]:
+def forgetting_loss(
+    cc: CompareConfig, model: nn.Module, tok: PreTrainedTokenizerBase, texts: list[str], progress: bool
+) -> dict[str, Any]:
     """The loss of ``model`` on the forgetting ``texts`` with the grid's forgetting settings."""
     fm = cc.forgetting or {}
     bs, length = int(fm.get("batch_size", 8)), int(fm.get("max_length", 512))

@@ -192,7 +192,7 @@ def _forgetting(recs, base, bl_recs, m: int) -> dict[str, Any]:
         return out
     keep = _texts([base_pt, *(mine[s] for s in seeds), *(theirs[s] for s in seeds)], "forgetting")
 
-    def pair(d):
+    def pair(d: dict[int, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
         return np.array([d[s][keep, 0] for s in seeds]), np.array([d[s][keep, 1] for s in seeds])
 
     b = (base_pt[keep, 0], base_pt[keep, 1])

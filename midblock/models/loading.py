@@ -20,10 +20,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.errors import MidblockError
 from midblock.io import atomic_path, read_json, write_json, write_text
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 EMBEDDED = {
     "smollm2-135m": {
@@ -219,7 +224,7 @@ def check_safetensors(path: str | os.PathLike, what: str) -> None:
         raise MidblockError(f"cannot read {what} {path}: {first}", hint="is the file truncated? re-save it") from e
 
 
-def save_adapter(model, out: str | os.PathLike, spec: str, **save_kwargs: Any) -> str | None:
+def save_adapter(model: PeftModel, out: str | os.PathLike, spec: str, **save_kwargs: Any) -> str | None:
     """Save a PEFT model's adapter to ``out`` so it loads anywhere; returns the recorded base (or None).
 
     ``adapter_config.json`` gets ``base_model_name_or_path = loadable_base(spec)`` and the model card names
@@ -391,7 +396,7 @@ def resolve_base_dir(ms: ModelSpec) -> str:
     return ms.target
 
 
-def load_tokenizer(spec: str | ModelSpec):
+def load_tokenizer(spec: str | ModelSpec) -> PreTrainedTokenizerBase:
     ms = parse_spec(spec) if isinstance(spec, str) else spec
     if ms.kind == "random":
         from midblock.models.presets import preset_tokenizer  # torch: parse_spec and the metadata stay light
@@ -430,7 +435,7 @@ def load_model(
     seed: int = 0,
     merge: bool = False,
     **from_pretrained_kwargs: Any,
-):
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from any spec; returns ``(model, tokenizer)``.
 
     ``seed`` sets the random weights of ``random:`` presets. ``merge=True`` merges a LoRA adapter into
@@ -541,7 +546,7 @@ def warn_if_other_base(ms: ModelSpec) -> str | None:
     return msg
 
 
-def apply_delta(model, path: str | os.PathLike) -> list[str]:
+def apply_delta(model: nn.Module, path: str | os.PathLike) -> list[str]:
     """Overwrite the tensors a mid-block delta holds (full-parameter methods save only trained blocks)."""
     from safetensors.torch import load_file
 

@@ -7,9 +7,13 @@ download. ``smollm2-shape`` is SmolLM2-135M's shape, for CPU benchmarks without 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.errors import MidblockError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 # A tiny model (~1.3M parameters): 6 blocks (enough for 5 segments), d=128, 4 heads.
 # The vocabulary fits the byte-level tokenizer (256 bytes + specials).
@@ -134,7 +138,7 @@ TINY_PRESETS = [
 ]
 
 
-def preset_config(name: str):
+def preset_config(name: str) -> PretrainedConfig:
     """The transformers config of a preset."""
     from transformers import AutoConfig
 
@@ -146,7 +150,7 @@ def preset_config(name: str):
     return cfg
 
 
-def build_random_model(name: str, seed: int = 0, dtype=None):
+def build_random_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """A model of preset ``name`` with weights drawn from a generator seeded by ``seed``."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -162,7 +166,7 @@ def build_random_model(name: str, seed: int = 0, dtype=None):
     return model
 
 
-def preset_tokenizer(name: str):
+def preset_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """The tokenizer of preset ``name``: the byte tokenizer; for Gemma presets one that, like Gemma's,
     starts every encoded text with its own BOS token (id 259)."""
     if name not in PRESETS:
@@ -170,7 +174,7 @@ def preset_tokenizer(name: str):
     return byte_tokenizer(bos=GEMMA_BOS if PRESETS[name][0].startswith("gemma") else None)
 
 
-def byte_tokenizer(bos: str | None = None):
+def byte_tokenizer(bos: str | None = None) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer (256 byte tokens + specials) built offline, with a simple chat template.
 
     ``bos``: a distinct BOS token put in front of every text by default (``add_special_tokens=True``), as

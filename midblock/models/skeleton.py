@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from midblock.errors import MidblockError
 from midblock.models.loading import parse_spec, resolve_base_dir, trust_remote_code
 from midblock.models.presets import preset_config
 
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
-def load_config(spec: str):
+
+def load_config(spec: str) -> PretrainedConfig:
     from transformers import AutoConfig
 
     ms = parse_spec(spec)
@@ -23,7 +28,7 @@ def load_config(spec: str):
         ) from e
 
 
-def load_skeleton(spec: str):
+def load_skeleton(spec: str) -> PreTrainedModel:
     """The model of ``spec`` built on the meta device (no memory, no weights)."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -6,10 +6,13 @@ The rows come from :func:`midblock.experiments.table.build_rows`, which owns the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.io import atomic_path, provenance, write_csv, write_json, write_text
 from midblock.layers import index_runs, resolve_layers
+
+if TYPE_CHECKING:
+    from midblock.experiments.grid import CompareConfig
 
 COLUMNS = [
     "arm",
@@ -106,7 +109,7 @@ def _precisions(rows: list[dict[str, Any]]) -> str:
     return ", ".join(used) or "-"
 
 
-def markdown(cc, rows: list[dict[str, Any]]) -> str:
+def markdown(cc: CompareConfig, rows: list[dict[str, Any]]) -> str:
     m = max((r.get("n_comparisons") or 0 for r in rows), default=0)
     head = (
         f"Model `{cc.model}`, trained on `{cc.task}`, evaluated on `{cc.eval_task}` with protocol "
@@ -253,7 +256,7 @@ def csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: " ".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
 
 
-def plot_png(cc, rows: list[dict[str, Any]], path: Path) -> None:
+def plot_png(cc: CompareConfig, rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,7 +326,9 @@ def plot_landscape(rows: list[dict[str, Any]], num_layers: int, path: Path, titl
     plt.close(fig)
 
 
-def write_outputs(cc, rows: list[dict[str, Any]], out: Path, wall_s: float, extra: dict | None = None) -> None:
+def write_outputs(
+    cc: CompareConfig, rows: list[dict[str, Any]], out: Path, wall_s: float, extra: dict | None = None
+) -> None:
     from dataclasses import asdict
 
     write_csv(out / "compare.csv", csv_rows(rows), fieldnames=COLUMNS)

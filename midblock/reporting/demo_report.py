@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.io import read_jsonl_tolerant, write_csv, write_text
 from midblock.models.introspect import get_layout
 from midblock.models.skeleton import load_skeleton
 from midblock.reporting.compare_report import COLUMNS, interval_text
 from midblock.reporting.report import Section, add_section, esc, render_report, table_html
+
+if TYPE_CHECKING:
+    from midblock.experiments.demo import DemoConfig
 
 # --------------------------------------------------------------------------- figures
 
@@ -258,7 +261,7 @@ def cost_table(rows: list[dict]) -> str:
     return table_html(out, cols)
 
 
-def write_demo_report(out: Path, config, summary: dict[str, Any], cells: list[dict[str, Any]]) -> Path:
+def write_demo_report(out: Path, config: DemoConfig, summary: dict[str, Any], cells: list[dict[str, Any]]) -> Path:
     rows = summary["comparison"]
     figs = out / "figures"
     figs.mkdir(exist_ok=True)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.io import atomic_path
 from midblock.layers import format_indices
+
+if TYPE_CHECKING:
+    from midblock.reporting.report import Section
 
 PANELS = {
     "cka_change": ("1 - CKA(base, now) at the block's output", "viridis"),
@@ -94,7 +97,7 @@ def describe(meta: dict[str, Any], readings: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def monitor_section(out: str | Path, runs: dict[str, str | Path], order: int = 45):
+def monitor_section(out: str | Path, runs: dict[str, str | Path], order: int = 45) -> Section:
     """A report section with each run's heatmap (``runs``: arm -> run directory); arms whose run has no
     ``monitor.jsonl`` (trained without the monitor) are named, not drawn."""
     from midblock.errors import MidblockError

@@ -16,18 +16,24 @@ id lists. A block whose input states do not vary at all has no CKA (recorded as 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from midblock.errors import MidblockError
 from midblock.selection import Context, Selection, bad_spec, register
 
+if TYPE_CHECKING:
+    from midblock.models.introspect import ModelLayout
+
 SAMPLES = 128
 EXAMPLE = "cka-select:0.5 (LoRA on the half of the blocks with the lowest CKA)"
 
 
 @torch.no_grad()
-def last_token_states(model, layout, data: list[list[int]], batch_size: int = 16) -> list[torch.Tensor]:
+def last_token_states(
+    model: torch.nn.Module, layout: ModelLayout, data: list[list[int]], batch_size: int = 16
+) -> list[torch.Tensor]:
     """Last-token states at layers 0..L of the samples in ``data`` (rows in input order): L+1 tensors N x D."""
     from midblock.analysis.capture import Tap, forward, make_batches
 

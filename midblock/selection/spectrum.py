@@ -36,11 +36,15 @@ included, rather than a corrected estimator.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from midblock.selection import Context, Selection, bad_spec, register, split_suffix
+
+if TYPE_CHECKING:
+    from midblock.models.introspect import ModelLayout
 
 EXAMPLE = "spectrum:50 or spectrum:50:blocks"
 
@@ -65,7 +69,7 @@ def snr(W: torch.Tensor) -> dict[str, float]:
     return {"snr": ratio / top if top > 0 else 0.0, "ratio": ratio, "edge": edge, "above": int(above.numel())}
 
 
-def matrix_snrs(layout, progress: bool = False, names: list[str] | None = None) -> dict[str, list[float]]:
+def matrix_snrs(layout: ModelLayout, progress: bool = False, names: list[str] | None = None) -> dict[str, list[float]]:
     """SNR of every block's linear modules (``names``: only these block-relative modules):
     ``{block-relative module name: [SNR of block 0, 1, ...]}``."""
     names = list(layout.linear_names) if names is None else list(names)

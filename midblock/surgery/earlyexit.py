@@ -16,8 +16,9 @@ Three measurements, all on real tokens only (padding masked):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from torch import nn
 
 from midblock.data.tasks import encode_prompt
 from midblock.models.introspect import get_layout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def _hidden(x: Any) -> torch.Tensor:
@@ -37,11 +41,11 @@ def layer_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     layout = get_layout(model)
     states: list[torch.Tensor | None] = [None] * (layout.num_layers + 1)
 
-    def pre_hook(_m, args, kwargs):
+    def pre_hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         states[0] = _hidden(args[0] if args else kwargs["hidden_states"])
 
-    def make_hook(i: int):
-        def hook(_m, _args, output):
+    def make_hook(i: int) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(_m: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
             states[i + 1] = _hidden(output)
 
         return hook
@@ -124,7 +128,12 @@ def _batches(seqs: list[list[int]], batch_size: int, pad_id: int):
 
 @torch.no_grad()
 def early_exit(
-    model: nn.Module, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 256, progress: bool = True
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    batch_size: int = 8,
+    max_length: int = 256,
+    progress: bool = True,
 ) -> EarlyExitResult:
     """Next-token loss and top-1 accuracy of every layer's early exit over ``texts``."""
     from tqdm.auto import tqdm
@@ -162,7 +171,7 @@ def top1_agreement(a: EarlyExitResult, b: EarlyExitResult) -> list[float]:
 # --------------------------------------------------------------------------- gold-answer probe
 
 
-def probe_inputs(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
+def probe_inputs(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> tuple[list[int], int]:
     """(probe ids, gold first-token id). The probe ids never contain any token of the answer.
 
     The continuation ``prompt + ' ' + answer`` is tokenised once (so BPE word boundaries are respected);
@@ -197,7 +206,7 @@ def answer_position_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Te
 
 @torch.no_grad()
 def gold_probe(
-    model: nn.Module, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list[str], batch_size: int = 8
 ) -> torch.Tensor:
     """(N, L + 1) probability of each item's gold first token at its answer position, per layer."""
     inputs = [probe_inputs(tokenizer, p, a) for p, a in zip(prompts, answers)]

@@ -10,6 +10,7 @@ Hugging Face model directory, atomically.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -20,6 +21,9 @@ from midblock.layers import format_indices, segment_bounds
 from midblock.models.introspect import get_layout
 from midblock.surgery.sources import TensorSource
 from midblock.surgery.swap import Configuration, Patch, block_param_names
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def weights_name(weights: list[float]) -> str:
@@ -56,7 +60,7 @@ def block_weights(model: nn.Module, weights: list[float]) -> list[float]:
 @renamed_kwargs(out_dir="save")
 def save_interpolation(
     model: nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase | None,
     source: TensorSource,
     weights: list[float],
     save: str | Path,

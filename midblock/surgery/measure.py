@@ -8,7 +8,7 @@ on a corpus from ``midblock.evaluation.ppl.token_loss``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -16,6 +16,9 @@ from midblock.errors import MidblockError
 from midblock.evaluation.config import PROTOCOLS
 from midblock.evaluation.evaluate import EvalConfig, evaluate_model, load_test_items
 from midblock.evaluation.ppl import load_texts, token_loss
+
+if TYPE_CHECKING:
+    from midblock.surgery.config import SurgeryConfig
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Measurer:
         return names
 
 
-def build_measurer(cfg) -> Measurer:
+def build_measurer(cfg: SurgeryConfig) -> Measurer:
     """Validate and load everything a measurement needs, before any model is loaded (tokenizer set later).
 
     ``cfg`` carries the surgery settings (``SurgeryConfig``): task, protocol, eval_items, data, corpus,

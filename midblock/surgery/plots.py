@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.io import atomic_path
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _plt():
@@ -116,7 +119,7 @@ def plot_depth(
     return True
 
 
-def plot_heatmap(names: list[str], R, path: str | Path, title: str) -> None:
+def plot_heatmap(names: list[str], R: np.ndarray, path: str | Path, title: str) -> None:
     """A correlation heat map (values in [-1, 1], NaN blank), metrics in the given order."""
     import numpy as np
 

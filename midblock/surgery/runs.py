@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.aliases import stored
 from midblock.data import load_rows
@@ -47,13 +47,19 @@ from midblock.surgery.swap import (
     swap_configurations,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from midblock.surgery.sources import TensorSource
+
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- shared machinery
 
 
-def validate_pair(base: str, variant: str):
+def validate_pair(base: str, variant: str) -> PreTrainedModel:
     """Parse and compare both specs from their configurations; returns the base's meta skeleton."""
 
     parse_spec(base)
@@ -219,7 +225,7 @@ def run_interpolate(cfg: InterpolateConfig) -> list[dict[str, Any]]:
     measurer = build_measurer(cfg)
     configs = reference_configurations(skeleton, "base", "variant") + grid
 
-    def save(model, tok, source) -> None:
+    def save(model: nn.Module, tok: PreTrainedTokenizerBase, source: TensorSource) -> None:
         save_interpolation(model, tok, source, weights[0], cfg.save, extrapolate=cfg.extrapolate)
         log.info("saved %s to %s", grid[0].name, cfg.save)
 

@@ -22,11 +22,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midblock.errors import MidblockError
 from midblock.layers import format_indices
 from midblock.models.introspect import get_layout
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def rank_units(ranks: Iterable[int]) -> int:
@@ -126,14 +129,14 @@ class ModelShape:
         return self.num_layers * self.block_params + self.other_params
 
 
-def in_out(mod) -> tuple[int, int]:
+def in_out(mod: nn.Module) -> tuple[int, int]:
     if hasattr(mod, "in_features"):
         return int(mod.in_features), int(mod.out_features)
     w = mod.weight  # GPT-2's Conv1D stores (in, out)
     return int(w.shape[0]), int(w.shape[1])
 
 
-def model_shape(model) -> ModelShape:
+def model_shape(model: nn.Module) -> ModelShape:
     """Read the shapes off a model (a meta-device skeleton works)."""
 
     lay = get_layout(model)

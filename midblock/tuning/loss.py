@@ -69,7 +69,7 @@ def causal_lm_loss(
 
     caught: dict[str, torch.Tensor] = {}
 
-    def grab(_m, _i, out):
+    def grab(_m: nn.Module, _i: tuple[Any, ...], out: Any) -> None:
         caught["h"] = out[0] if isinstance(out, tuple) else out
 
     handle = lay.final_norm.register_forward_hook(grab)
@@ -168,7 +168,16 @@ def chunked_head_ce(
 
 class _ChunkedHeadCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, chunk, mean, stats=None):
+    def forward(
+        ctx: Any,
+        h: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk: int,
+        mean: bool,
+        stats: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         n = h.shape[0]
         row_loss = torch.empty(n, dtype=torch.float32, device=h.device) if stats is not None else None
         is_top1 = torch.empty(n, dtype=torch.bool, device=h.device) if stats is not None else None
@@ -217,7 +226,9 @@ class _ChunkedHeadCE(torch.autograd.Function):
         return total / ctx.n
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None, None, None, None]:
         saved = iter(ctx.saved_tensors)
         scale = grad_out / ctx.n
         out = []

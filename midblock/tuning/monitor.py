@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,11 @@ from transformers import TrainerCallback
 
 from midblock.errors import MidblockError
 from midblock.tuning.monitorconfig import MonitorConfig
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +396,7 @@ class MonitorLog:
             log.warning("could not draw %s (%s); run: midblock monitor %s", run / "monitor.png", e, run)
 
 
-def tensorboard_writer(log_dir: Path):
+def tensorboard_writer(log_dir: Path) -> SummaryWriter | None:
     """A ``SummaryWriter`` when TensorBoard is installed (the ``tensorboard`` extra), else None."""
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -466,7 +471,16 @@ class MidBlockMonitor(TrainerCallback):
     def readings(self) -> list[dict[str, Any]]:
         return self.monitor.readings if self.monitor else []
 
-    def on_train_begin(self, args, state, control, model=None, processing_class=None, eval_dataloader=None, **kw):
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        processing_class: Any = None,
+        eval_dataloader: DataLoader | None = None,
+        **kw: Any,
+    ) -> TrainerControl:
         if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
             raise MidblockError("MidBlockMonitor does not support DeepSpeed or FSDP (sharded parameters)")
         if not state.is_world_process_zero:
@@ -497,12 +511,26 @@ class MidBlockMonitor(TrainerCallback):
             log.warning("MidBlockMonitor is not attached to the trainer: readings go to %s only", self.out.path)
         return control
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+    def on_pre_optimizer_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> TrainerControl:
         if self.monitor is not None and (state.global_step + 1) % self.config.every == 0:
             self.monitor.record_grads(model, state.global_step + 1)
         return control
 
-    def on_step_end(self, args, state, control, model=None, **kw):
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kw: Any,
+    ) -> TrainerControl:
         last = state.max_steps and state.global_step >= state.max_steps
         if self.monitor is not None and (state.global_step % self.config.every == 0 or last):
             should_log = control.should_log
@@ -510,7 +538,9 @@ class MidBlockMonitor(TrainerCallback):
             control.should_log = should_log  # the handler's on_log cleared it: the trainer's own log still runs
         return control
 
-    def on_train_end(self, args, state, control, **kw):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> TrainerControl:
         if self.out is not None:
             self.out.draw()
         return control

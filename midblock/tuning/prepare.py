@@ -16,7 +16,7 @@ import functools
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -26,6 +26,11 @@ from midblock.models.introspect import block_of_param, get_layout, strip_peft
 from midblock.selection import select, split_spec
 from midblock.tuning.budget import Layout, in_out, match_budget
 from midblock.tuning.config import MidBlockConfig, parse_segments
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+    from midblock.models.introspect import ModelLayout
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +118,7 @@ class Plan:
         }
 
 
-def resolve_targets(names: tuple[str, ...] | list[str], layout) -> list[str]:
+def resolve_targets(names: tuple[str, ...] | list[str], layout: ModelLayout) -> list[str]:
     """Expand groups and short names (``q_proj``) to block-relative module names; unknown names are errors."""
     out: list[str] = []
     for n in names:
@@ -136,7 +141,14 @@ def resolve_targets(names: tuple[str, ...] | list[str], layout) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def plan(config: MidBlockConfig, layout, *, model: nn.Module | None = None, data=None, seed: int = 0) -> Plan:
+def plan(
+    config: MidBlockConfig,
+    layout: ModelLayout,
+    *,
+    model: nn.Module | None = None,
+    data: list[list[int]] | None = None,
+    seed: int = 0,
+) -> Plan:
     """Resolve ``config`` against a model layout (``get_layout`` of a model or of a meta skeleton).
 
     The band of ``midblock`` / ``midblock-full`` goes through the selection registry
@@ -233,7 +245,7 @@ def _lora_budget_blocks(p: Plan, band: list[int]) -> tuple[int, str | None]:
     return len(band), None
 
 
-def budget_matched_spec(config: MidBlockConfig, layout) -> tuple[str, dict[str, Any]]:
+def budget_matched_spec(config: MidBlockConfig, layout: ModelLayout) -> tuple[str, dict[str, Any]]:
     """A spectrum / lisa spec whose P or G is the largest that fits a parameter budget, and the budget record.
 
     The budget is ``config.param_budget`` parameters, or else those of all-block LoRA at
@@ -281,7 +293,7 @@ def _per_rank(layout, targets: list[str]) -> int:
 # --------------------------------------------------------------------------- building the model
 
 
-def lora_config(p: Plan, config: MidBlockConfig, fan_in_fan_out: bool = False):
+def lora_config(p: Plan, config: MidBlockConfig, fan_in_fan_out: bool = False) -> LoraConfig:
     """The PEFT ``LoraConfig``: explicit module names; per-rank-group patterns when ranks differ."""
     from peft import LoraConfig
 

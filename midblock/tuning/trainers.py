@@ -35,6 +35,7 @@ from midblock.tuning.prepare import check_truncated_backward, keep_truncation, l
 
 if TYPE_CHECKING:
     from peft import LoraConfig
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +193,28 @@ class LisaCallback(TrainerCallback):
     def __init__(self) -> None:
         self.switches: list[dict[str, Any]] = []
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+    def on_step_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         sch = _schedule(model)
         if sch is not None:
             sch.begin_step(model, state.global_step)
             self.switches = sch.switches
         return control
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         sch = _schedule(model)
         if sch is not None:
             sch.end_step(model)
@@ -224,7 +239,14 @@ class MidBlockCallback(LisaCallback):
         self.labelled_head = labelled_head
         self.report: dict[str, Any] | None = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any):
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
 
         if model is None:
             raise MidblockError("MidBlockCallback got no model from the trainer")
