@@ -9,7 +9,8 @@
 #                                              below) in one lane, the other unpublished ones in turn in a
 #                                              second. Logs: runs/STUDY.log
 #   bash studies/session.sh save                save the finished cells of every study under runs/ into
-#                                              studies/STUDY/state (commit them before the session ends)
+#                                              studies/STUDY/state, with the LoRA adapters of the cells its
+#                                              table reports (commit them before the session ends)
 #   bash studies/session.sh status              what each study has finished (arm, rate, seed, score, perplexity)
 #                                              and is training now
 #   bash studies/session.sh stop                stop the running studies with a checkpoint (SIGTERM) before the
@@ -88,7 +89,9 @@ start)
 save)
     for s in $(present); do
         [ -d "runs/$s/cells" ] || [ -L "runs/$s" ] || continue
-        "$MIDBLOCK" export --mode state --from "runs/$s" --dest "$HERE/studies/$s/state"
+        # --adapters: the reported cells' LoRA adapters too, which the analyses after the grid load (a new
+        # disk in the next session would otherwise mean training those cells again)
+        "$MIDBLOCK" export --mode state --from "runs/$s" --dest "$HERE/studies/$s/state" --adapters
     done
     ;;
 stop)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.mode == "raw":
         print(export(cfg.compare_dir, cfg.dest))
     elif cfg.mode == "state":
-        print(f"{save_state(cfg.compare_dir, cfg.dest)} finished cells saved to {cfg.dest}")
+        print(f"{save_state(cfg.compare_dir, cfg.dest, adapters=cfg.adapters)} finished cells saved to {cfg.dest}")
     elif cfg.mode == "replay":
         from midblock.experiments.replay import render, replay, write_replay
 

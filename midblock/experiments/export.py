@@ -305,10 +305,17 @@ _STATE_FILES = (
 )
 
 
-def save_state(out: str | Path, dest: str | Path) -> int:
+# what loads a finished LoRA training run as a model (``load_model(RUN)``): its manifest and its adapter
+_RUN_FILES = ("midblock_run.json", "COMPLETED", "adapter_config.json", "adapter_model.safetensors")
+_RUN_FILES += ("midblock_adapter.json",)
+
+
+def save_state(out: str | Path, dest: str | Path, adapters: bool = False) -> int:
     """Copy the finished cells' small files (and the finished analyses) of ``out`` into ``dest``; returns the
-    number of finished cells. Training runs (adapters, checkpoints) are not copied: a finished cell never
-    needs its training run again."""
+    number of finished cells. Training runs are not copied (a finished cell never trains again), except with
+    ``adapters``: the LoRA adapter of each finished cell evaluated on a split other than dev (the cells a table
+    reports), which a study's analyses load after the grid is done, perhaps in another session on another disk.
+    Checkpoints and full-parameter runs are never copied."""
     out, dest = Path(out), Path(dest)
     if not (out / "cells").is_dir():
         raise MidblockError(f"{out} holds no comparison cells (no cells/)", hint="pass a compare --out directory")
@@ -321,10 +328,33 @@ def save_state(out: str | Path, dest: str | Path) -> int:
     # the finished analyses: their tables, not their caches (an unfinished one starts again)
     tables = ("results.json", "metrics.csv", "COMPLETED", "fingerprint.json")
     keep += [a / n for a in _finished_analyses(out) for n in tables]
+    names = _STATE_FILES + (_RUN_FILES if adapters else ())
+    if adapters:
+        keep += [f for d in finished if _reported(d) for f in _adapter_files(d.parent / "train")]
     for f in keep:
-        if f.exists() and f.name in _STATE_FILES:
+        if f.exists() and f.name in names:
             write_bytes(dest / f.relative_to(out), f.read_bytes())  # only these names, each replaced atomically
     return len(finished)
+
+
+def _reported(evaluation: Path) -> bool:
+    """Whether a finished cell's evaluation is one a table reports: on a split other than the rate search's dev."""
+    fp = read_json(evaluation / "fingerprint.json", dict)
+    return (fp.get("evaluation") or {}).get("split") not in (None, "dev")
+
+
+def _adapter_files(run: Path) -> list[Path]:
+    """A finished LoRA training run's manifest and adapter files (none for an unfinished or full-parameter run)."""
+    manifest = run / "midblock_run.json"
+    if not (run / "COMPLETED").exists() or not manifest.exists():
+        return []
+    from midblock.models.loading import run_file
+
+    m = read_json(manifest, dict)
+    if not m.get("adapter") or m.get("delta"):
+        return []
+    found = run_file(run, m["adapter"], "adapter")  # confined to the run: a manifest is data
+    return [manifest, run / "COMPLETED", *(found / n for n in _RUN_FILES if (found / n).is_file())]
 
 
 def _read_cells(path: Path) -> list[dict[str, Any]]:

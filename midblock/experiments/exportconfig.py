@@ -68,6 +68,14 @@ class ExportConfig:
             "same arm names)"
         },
     )
+    adapters: bool = field(
+        default=False,
+        metadata={
+            "help": "state: also keep the trained LoRA adapter of each finished cell evaluated on a split other than "
+            "dev (the cells a table reports), so that analyses of them can run in a later session or on another "
+            "machine (a few MB each; full-parameter runs are never kept)"
+        },
+    )
 
     other: str | None = field(
         default=None,
@@ -101,6 +109,8 @@ class ExportConfig:
             raise MidblockError(f"--other '{self.other}' is not EXPORT_DIR or EXPORT_DIR,ARM,BASELINE")
         if self.other is not None and self.other.count(",") == 2 and not self.arm:
             raise MidblockError("--other names the other export's arm", hint="pass --arm ARM: the arm of this export")
+        if self.adapters and self.mode != "state":
+            raise MidblockError("--adapters applies to --mode state only", hint="drop --adapters")
         if self.mode == "across" and self.compare_dir:
             raise MidblockError("--mode across reads exports, not a comparison", hint="drop --from")
         if self.mode == "replay":

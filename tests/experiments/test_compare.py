@@ -385,6 +385,35 @@ def test_saved_state_resumes_elsewhere_without_recomputing(tmp_path, monkeypatch
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
 
 
+def test_saved_state_with_adapters_keeps_the_reported_cells_loadable(tmp_path):
+    """``adapters``: the LoRA adapters of the cells a table reports (not the dev search's, never checkpoints)
+    travel with the state, so a study's analyses can load them in another session on another disk."""
+    import shutil
+
+    import torch
+
+    from midblock.experiments.export import save_state
+    from midblock.models import load_model
+
+    grid = SMALL | {"lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_items": 2}}
+    res = compare(grid, tmp_path / "c", progress=False)
+    save_state(tmp_path / "c", tmp_path / "state", adapters=True)
+    kept = sorted(p.relative_to(tmp_path / "state").parts[1] for p in (tmp_path / "state").rglob("*.safetensors"))
+    (main,) = res["cells"]
+    assert kept == [Path(main["run_dir"]).parent.name]  # the search's other rate: dev only, not kept
+    assert not list((tmp_path / "state").rglob("checkpoints"))
+    shutil.copytree(tmp_path / "state", tmp_path / "elsewhere")
+    moved = tmp_path / "elsewhere" / Path(main["run_dir"]).relative_to(tmp_path / "c")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        a, b = (load_model(str(r))[0](ids).logits for r in (main["run_dir"], moved))
+    assert torch.equal(a, b)
+    rc, _, err = run_cli(
+        "export", "--mode", "raw", "--from", str(tmp_path / "c"), "--dest", str(tmp_path / "x"), "--adapters"
+    )
+    assert rc == 2 and "--adapters applies to --mode state only" in err
+
+
 def test_saved_state_keeps_finished_analyses_of_tuned_runs_without_their_caches(tmp_path):
     from midblock.experiments.export import save_state
 

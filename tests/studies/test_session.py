@@ -159,6 +159,15 @@ def test_publish_refuses_an_unfinished_study_and_part1_before_part2(tree):
     assert not (root / "fake.log").exists()  # nothing exported
 
 
+def test_save_keeps_each_study_here_with_the_adapters_its_analyses_load(tree):
+    root, env = tree
+    (root / "runs" / "gemma-base" / "cells").mkdir(parents=True)  # the one study with cells here
+    r = _session(root, env, "save")
+    assert r.returncode == 0, r.stderr
+    dest = root / "studies" / "gemma-base" / "state"
+    assert (root / "fake.log").read_text() == f"export --mode state --from runs/gemma-base --dest {dest} --adapters\n"
+
+
 def test_publish_a_finished_study_exports_it(tree):
     root, env = tree
     out = root / "runs" / "selection-landscape"
