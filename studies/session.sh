@@ -5,9 +5,10 @@
 #                                              lanes in the background, each at THREADS torch threads (default
 #                                              1; 2 for a study alone on the machine); a lane is
 #                                              STUDY or STUDY+STUDY+... (run in turn: the next starts when one
-#                                              finishes). Default: the first unpublished study here (order
-#                                              below) in one lane, the other unpublished ones in turn in a
-#                                              second. Logs: runs/STUDY.log
+#                                              finishes); STUDY@GRID runs the study's run.sh on its GRID.yaml (a
+#                                              second lane of some of its cells) into runs/STUDY-GRID. Default:
+#                                              the first unpublished study here (order below) in one lane, the
+#                                              other unpublished ones in turn in a second. Logs: runs/NAME.log
 #   bash studies/session.sh save                save the finished cells of every study under runs/ into
 #                                              studies/STUDY/state, with the LoRA adapters of the cells its
 #                                              table reports (commit them before the session ends)
@@ -41,12 +42,21 @@ study_pids() {
     local p
     for p in $(pgrep -f "midblock (compare|analyze) " || true); do  # analyze: analyze-arms.sh, a study's last step
         [ "$(readlink "/proc/$p/cwd" 2>/dev/null)" = "$ROOT" ] || continue
-        [ -z "${1:-}" ] || tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qE -- "runs/$1[/ ]" || continue
+        [ -z "${1:-}" ] || tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qE -- "runs/$1(-[^/ ]+)?[/ ]" || continue
         echo "$p"
     done
 }
 
 present() { for s in "${ORDER[@]}"; do [ -f "studies/$s/run.sh" ] && echo "$s"; done; }
+# the compare directories of the studies here: runs/STUDY and its second lanes runs/STUDY-GRID (with cells)
+runs_dirs() {
+    local s d
+    for s in $(present); do
+        for d in "runs/$s" "runs/$s"-*; do [ -d "$d/cells" ] && echo "$d"; done
+    done
+    return 0
+}
+study_of() { local s; for s in $(present); do case "$1" in "runs/$s" | "runs/$s"-*) echo "$s"; return;; esac; done; }
 # the studies `start` runs by default: a published one (docs/results/STUDY holds its export) is not started again
 # (its analyses would need the trained weights, which only runs/ of the machine that trained it holds)
 unpublished() { for s in $(present); do [ -f "$HERE/docs/results/$s/compare.json" ] || echo "$s"; done; }
@@ -67,31 +77,34 @@ start)
     fi
     for lane in "${lanes[@]}"; do
         for s in ${lane//+/ }; do
-            [ -f "studies/$s/run.sh" ] || { echo "session: no study '$s' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
+            [ -f "studies/${s%@*}/run.sh" ] || { echo "session: no study '${s%@*}' (studies: $(present | tr '\n' ' '))" >&2; exit 2; }
+            [ "$s" = "${s%@*}" ] || [ -f "studies/${s%@*}/${s#*@}.yaml" ] || { echo "session: no grid studies/${s%@*}/${s#*@}.yaml" >&2; exit 2; }
         done
     done
     free -g 2>/dev/null | sed -n 1,2p || true  # memory first: part 1 alone holds about 9.5 GB
     for lane in "${lanes[@]}"; do
-        for s in ${lane//+/ }; do
-            mkdir -p "runs/$s"
-            [ ! -d "studies/$s/state" ] || cp -r "studies/$s/state/." "runs/$s/"
+        for s in ${lane//+/ }; do  # a second lane gets its study's state too: it skips what is finished
+            mkdir -p "runs/${s/@/-}"
+            [ ! -d "studies/${s%@*}/state" ] || cp -r "studies/${s%@*}/state/." "runs/${s/@/-}/"
         done
         # a lane runs its studies in turn; a stopped or failed study (exit != 0) ends the lane, the next
         # study never starts on an unfinished one
         LANE="${lane//+/ }" THREADS="${THREADS:-1}" MIDBLOCK="$MIDBLOCK" PYTHON="$PYTHON" PYTHONPATH="$ROOT" setsid nohup bash -c '
             for s in $LANE; do
-                echo "session: $s starts $(date -u +%FT%TZ)" >>"runs/$s.log"
-                OUT="runs/$s" bash "studies/$s/run.sh" >>"runs/$s.log" 2>&1 || exit
+                name=${s/@/-} grid=
+                [ "$s" = "${s%@*}" ] || grid="studies/${s%@*}/${s#*@}.yaml"
+                echo "session: $s starts $(date -u +%FT%TZ)" >>"runs/$name.log"
+                OUT="runs/$name" GRID=$grid bash "studies/${s%@*}/run.sh" >>"runs/$name.log" 2>&1 || exit
             done' >/dev/null 2>&1 &
-        echo "started ${lane//+/, then } at ${THREADS:-1} thread(s) (pid $!): runs/STUDY, log runs/STUDY.log"
+        echo "started ${lane//+/, then } at ${THREADS:-1} thread(s) (pid $!): runs/NAME, log runs/NAME.log"
     done
     ;;
 save)
-    for s in $(present); do
-        [ -d "runs/$s/cells" ] || [ -L "runs/$s" ] || continue
+    for d in $(runs_dirs); do
+        s=$(study_of "$d")
         # --adapters: the reported cells' LoRA adapters too, which the analyses after the grid load (a new
         # disk in the next session would otherwise mean training those cells again)
-        "$MIDBLOCK" export --mode state --from "runs/$s" --dest "$HERE/studies/$s/state" --adapters
+        "$MIDBLOCK" export --mode state --from "$d" --dest "$HERE/studies/$s/state" --adapters
     done
     ;;
 stop)
@@ -149,10 +162,10 @@ publish)
     echo "published: $dest (commit it; then quote its numbers in docs/results.md)"
     ;;
 status)
-    for s in $(present); do
-        [ -d "runs/$s/cells" ] || { echo "$s: not started here"; continue; }
-        echo "$s: $(find -L "runs/$s/cells" -name cell.json | wc -l) evaluated cells"
-        "$PYTHON" - "runs/$s" <<'PY'
+    for s in $(present); do [ -d "runs/$s/cells" ] || echo "$s: not started here"; done
+    for d in $(runs_dirs); do
+        echo "${d#runs/}: $(find -L "$d/cells" -name cell.json | wc -l) evaluated cells"
+        "$PYTHON" - "$d" <<'PY'
 import json, pathlib, sys
 rows = []
 for f in pathlib.Path(sys.argv[1]).glob("cells/*/eval-*/cell.json"):
@@ -165,13 +178,13 @@ for label, lr, seed, n, k, ppl in sorted(rows, key=lambda r: (r[0] != "base", r[
     acc = f"{100 * k / n:5.1f}%" if n else "     -"
     print(f"  {label:<22} lr {lr:<8g} seed {seed:<2} {k}/{n} = {acc}  ppl {ppl and round(ppl, 1)}")
 PY
-        for log in $(find -L "runs/$s/cells" -path '*/train/train_log.jsonl'); do
+        for log in $(find -L "$d/cells" -path '*/train/train_log.jsonl'); do
             run=$(dirname "$log")
             [ -f "$run/COMPLETED" ] || echo "  unfinished: $(basename "$(dirname "$run")"), step $(wc -l <"$log")"
         done
         # where the grid stands: compare logs each search run and each cell as its number of the planned ones
         at=$(grep -oE "(learning-rate search [0-9]+/[0-9]+\+?|cell [0-9]+/[0-9]+): [^ ]+( at lr [^ ]+)?" \
-            "runs/$s.log" 2>/dev/null | tail -1)
+            "$d.log" 2>/dev/null | tail -1 || true)  # none yet (or no log): pipefail would end the status here
         [ -z "$at" ] || echo "  last started: $at"
     done
     ;;

@@ -38,6 +38,7 @@ RUN = """#!/bin/bash
 set -e
 cd "$(dirname "$0")/../.."
 echo "$THREADS" >"$OUT/threads"
+echo "$GRID" >"$OUT/grid"
 "$MIDBLOCK" compare --out "$OUT" ${REUSE_ONLY:+--reuse-only}
 """
 STUDIES = {"paper-protocol-replay": 1.5, "selection-landscape": 0.3, "gemma-base": 0.3}  # seconds as compare
@@ -166,6 +167,29 @@ def test_save_keeps_each_study_here_with_the_adapters_its_analyses_load(tree):
     assert r.returncode == 0, r.stderr
     dest = root / "studies" / "gemma-base" / "state"
     assert (root / "fake.log").read_text() == f"export --mode state --from runs/gemma-base --dest {dest} --adapters\n"
+
+
+def test_a_second_lane_runs_a_studys_other_grid_into_its_own_directory_and_is_saved_with_it(tree):
+    root, env = tree
+    (root / "studies" / "gemma-base" / "lane2.yaml").write_text("methods: []\n")
+    r = _session(root, env, "start", "gemma-base@nope")
+    assert r.returncode == 2 and "no grid studies/gemma-base/nope.yaml" in r.stderr
+    r = _session(root, env, "start", "gemma-base", "gemma-base@lane2")
+    assert r.returncode == 0, r.stderr
+    main, lane = root / "runs" / "gemma-base", root / "runs" / "gemma-base-lane2"
+    _wait(lambda: (main / "done").exists() and (lane / "done").exists())
+    assert (main / "grid").read_text() == "\n" and (lane / "grid").read_text() == "studies/gemma-base/lane2.yaml\n"
+    assert (lane / "seconds").exists()  # the study's state, restored into the lane's directory too
+    assert "gemma-base@lane2 starts" in (root / "runs" / "gemma-base-lane2.log").read_text()
+    for d in (main, lane):
+        (d / "cells").mkdir()
+    r = _session(root, env, "status")
+    assert "gemma-base: 0 evaluated cells" in r.stdout and "gemma-base-lane2: 0 evaluated cells" in r.stdout
+    assert _session(root, env, "save").returncode == 0
+    dest = root / "studies" / "gemma-base" / "state"
+    assert (root / "fake.log").read_text().splitlines() == [
+        f"export --mode state --from runs/{d.name} --dest {dest} --adapters" for d in (main, lane)
+    ]
 
 
 def test_publish_a_finished_study_exports_it(tree):
