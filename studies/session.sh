@@ -96,7 +96,8 @@ start)
                 echo "session: $s starts $(date -u +%FT%TZ)" >>"runs/$name.log"
                 OUT="runs/$name" GRID=$grid bash "studies/${s%@*}/run.sh" >>"runs/$name.log" 2>&1 || exit
             done' >/dev/null 2>&1 &
-        echo "started ${lane//+/, then } at ${THREADS:-1} thread(s) (pid $!): runs/NAME, log runs/NAME.log"
+        named=${lane//@/-}
+        echo "started ${lane//+/, then } at ${THREADS:-1} thread(s) (pid $!): runs/${named//+/, runs/}, logs beside them (.log)"
     done
     ;;
 save)

@@ -176,6 +176,7 @@ def test_a_second_lane_runs_a_studys_other_grid_into_its_own_directory_and_is_sa
     assert r.returncode == 2 and "no grid studies/gemma-base/nope.yaml" in r.stderr
     r = _session(root, env, "start", "gemma-base", "gemma-base@lane2")
     assert r.returncode == 0, r.stderr
+    assert "started gemma-base@lane2 at 1 thread(s)" in r.stdout and "runs/gemma-base-lane2, logs" in r.stdout
     main, lane = root / "runs" / "gemma-base", root / "runs" / "gemma-base-lane2"
     _wait(lambda: (main / "done").exists() and (lane / "done").exists())
     assert (main / "grid").read_text() == "\n" and (lane / "grid").read_text() == "studies/gemma-base/lane2.yaml\n"
