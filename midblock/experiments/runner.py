@@ -150,6 +150,12 @@ def _train_cell(cc: CompareConfig, cell: Cell, tdir: Path, progress: bool) -> di
     another process is training is refused ("in use by process N"), never removed."""
     if (tdir / "COMPLETED").exists() and (tdir / SUMMARY_FILE).exists():
         return read_json(tdir / SUMMARY_FILE)
+    if not tdir.exists() and any(tdir.parent.glob(f"eval-*/{CELL_FILE}")):
+        log.warning(
+            "cell %s: its training run is not here (a saved state keeps results, not weights); training it again "
+            "under the same key, so its evaluations come from two runs of the same settings",
+            tdir.parent.name,
+        )
     res = train(cc.train_config(cell, tdir, tdir.exists(), progress)).to_dict()
     if not res.get("stopped"):  # finished: its checkpoints (up to two, a full-parameter arm's ~GB) resume nothing
         remove_checkpoints(tdir)

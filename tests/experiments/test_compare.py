@@ -385,6 +385,25 @@ def test_saved_state_resumes_elsewhere_without_recomputing(tmp_path, monkeypatch
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in first["rows"]]
 
 
+def test_a_cell_whose_training_is_gone_is_trained_again_and_says_so(tmp_path, caplog):
+    """A state without adapters keeps the search's results, not its weights: the main grid's first seed, which
+    shares the search's training at the chosen rate, trains again on a new disk, with a warning."""
+    import shutil
+
+    from midblock.experiments.export import save_state
+
+    grid = SMALL | {"lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_items": 2}}
+    res = compare(grid, tmp_path / "c", progress=False)
+    save_state(tmp_path / "c", tmp_path / "state")
+    cell = Path(res["cells"][0]["eval_dir"]).relative_to(tmp_path / "c")
+    shutil.copytree(tmp_path / "state", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "elsewhere" / cell)  # the main evaluation is what is left to do
+    with caplog.at_level("WARNING", logger="midblock.experiments.runner"):
+        compare(grid, tmp_path / "elsewhere", progress=False)
+    assert f"cell {cell.parent.name}: its training run is not here" in caplog.text
+    assert (tmp_path / "elsewhere" / cell.parent / "train" / "COMPLETED").exists()
+
+
 def test_saved_state_with_adapters_keeps_the_reported_cells_loadable(tmp_path):
     """``adapters``: the LoRA adapters of the cells a table reports (not the dev search's, never checkpoints)
     travel with the state, so a study's analyses can load them in another session on another disk."""
