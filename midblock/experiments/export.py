@@ -306,8 +306,13 @@ _STATE_FILES = (
 
 
 # what loads a finished LoRA training run as a model (``load_model(RUN)``): its manifest and its adapter
-_RUN_FILES = ("midblock_run.json", "COMPLETED", "adapter_config.json", "adapter_model.safetensors")
-_RUN_FILES += ("midblock_adapter.json",)
+_RUN_FILES = (
+    "midblock_run.json",
+    "COMPLETED",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "midblock_adapter.json",
+)
 
 
 def save_state(out: str | Path, dest: str | Path, adapters: bool = False) -> int:
