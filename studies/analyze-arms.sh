@@ -25,8 +25,11 @@ out = pathlib.Path(sys.argv[1])
 for c in json.loads((out / "compare.json").read_text())["table_cells"]:
     rec = json.loads((out / c["dir"] / "cell.json").read_text())
     if c["phase"] == "main":  # labels hold ':' and '/': the cell directory (SLUG__sSEED-KEY) names it safely
-        slug = pathlib.Path(c["dir"]).parent.name.rsplit("__s", 1)[0]
-        print(rec["label"], slug, rec["seed"], rec["run_dir"])
+        cell = (out / c["dir"]).parent
+        slug = cell.name.rsplit("__s", 1)[0]
+        # the training run beside the evaluation, not the cell's recorded run_dir: a cell trained by a second
+        # lane (or restored from state/ on another disk) records where it trained, not where it lies now
+        print(rec["label"], slug, rec["seed"], cell / "train")
 PY
 )
 "$MIDBLOCK" profiles "${runs[@]}" --out "$OUT/profiles"

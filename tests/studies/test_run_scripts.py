@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(
     reason="runs the studies' bash scripts against a POSIX .venv/bin layout: needs bash on a POSIX system",
 )
 
-# compare: one main cell in DIR/compare.json (and the chosen rate a search reads); its cell.json names the run
-# analyze-arms.sh analyses. export: copies compare.json. Every call: one line in $FAKE_LOG.
+# compare: one main cell in DIR/compare.json (and the chosen rate a search reads); its cell.json names a run_dir
+# elsewhere (analyze-arms.sh analyses the train/ beside it). export: copies compare.json. Every call: one line
+# in $FAKE_LOG.
 FAKE = r"""#!/bin/bash
 echo "$*" >>"$FAKE_LOG"
 cmd=$1; shift
@@ -73,7 +74,8 @@ def test_run_sh_runs_alone_with_its_defaults(tree, study):
     assert main[main.index("--out") + 1] == f"runs/{study}"
     if analyses:  # the analyses read the main grid's runs, each into its own directory
         analyze = calls[commands.index("analyze")]
-        assert analyze[analyze.index("--variant") + 1] == "RUN" and f"runs/{study}/analysis-uniform-s0" in analyze
+        run = f"runs/{study}/cells/uniform__s0-k/train"  # beside the evaluation, not cell.json's run_dir
+        assert analyze[analyze.index("--variant") + 1] == run and f"runs/{study}/analysis-uniform-s0" in analyze
         assert calls[-1] == ["profiles", f"uniform=runs/{study}/analysis-uniform-s0", "--out", f"runs/{study}/profiles"]
     if study == "paper-protocol-replay":  # the main grid trains at the rate the search chose
         assert main[main.index("--lr") + 1] == "0.0016" and "--seeds" in main
