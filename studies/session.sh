@@ -85,7 +85,8 @@ start)
     for lane in "${lanes[@]}"; do
         for s in ${lane//+/ }; do  # a second lane gets its study's state too: it skips what is finished
             mkdir -p "runs/${s/@/-}"
-            [ ! -d "studies/${s%@*}/state" ] || cp -r "studies/${s%@*}/state/." "runs/${s/@/-}/"
+            # from this checkout, where `save` writes it (a frozen tree's copy is as old as its commit)
+            [ ! -d "$HERE/studies/${s%@*}/state" ] || cp -r "$HERE/studies/${s%@*}/state/." "runs/${s/@/-}/"
         done
         # a lane runs its studies in turn; a stopped or failed study (exit != 0) ends the lane, the next
         # study never starts on an unfinished one

@@ -169,6 +169,21 @@ def test_save_keeps_each_study_here_with_the_adapters_its_analyses_load(tree):
     assert (root / "fake.log").read_text() == f"export --mode state --from runs/gemma-base --dest {dest} --adapters\n"
 
 
+def test_a_frozen_tree_is_started_from_the_state_save_wrote_here(tree, tmp_path_factory):
+    """RUN_FROM: the studies run in another tree, but their state comes from this checkout, where `save` puts
+    it; the frozen tree's own state/ is as old as the commit it was checked out at."""
+    root, env = tree
+    frozen = tmp_path_factory.mktemp("frozen")
+    shutil.copytree(root / "studies", frozen / "studies")
+    (frozen / "studies" / "gemma-base" / "state" / "seconds").write_text("600000")  # an old state: 10 minutes
+    _set_seconds(root, "gemma-base", 0.2)  # the state saved here since
+    r = _session(root, env | {"RUN_FROM": str(frozen)}, "start", "gemma-base")
+    assert r.returncode == 0, r.stderr
+    _wait(lambda: (frozen / "runs" / "gemma-base" / "done").exists())
+    assert (frozen / "runs" / "gemma-base" / "seconds").read_text() == "200"
+    assert not (root / "runs").exists()
+
+
 def test_a_second_lane_runs_a_studys_other_grid_into_its_own_directory_and_is_saved_with_it(tree):
     root, env = tree
     (root / "studies" / "gemma-base" / "lane2.yaml").write_text("methods: []\n")
