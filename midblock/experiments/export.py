@@ -359,6 +359,8 @@ def _adapter_files(run: Path) -> list[Path]:
     if not m.get("adapter") or m.get("delta"):
         return []
     found = run_file(run, m["adapter"], "adapter")  # confined to the run: a manifest is data
+    # spelled under ``run`` as given (run_file resolves it): the caller places each file relative to its --from
+    found = run / found.relative_to(run.resolve())
     return [manifest, run / "COMPLETED", *(found / n for n in _RUN_FILES if (found / n).is_file())]
 
 

@@ -404,7 +404,7 @@ def test_a_cell_whose_training_is_gone_is_trained_again_and_says_so(tmp_path, ca
     assert (tmp_path / "elsewhere" / cell.parent / "train" / "COMPLETED").exists()
 
 
-def test_saved_state_with_adapters_keeps_the_reported_cells_loadable(tmp_path):
+def test_saved_state_with_adapters_keeps_the_reported_cells_loadable(tmp_path, monkeypatch):
     """``adapters``: the LoRA adapters of the cells a table reports (not the dev search's, never checkpoints)
     travel with the state, so a study's analyses can load them in another session on another disk."""
     import shutil
@@ -416,7 +416,8 @@ def test_saved_state_with_adapters_keeps_the_reported_cells_loadable(tmp_path):
 
     grid = SMALL | {"lr_search": {"lrs": [1e-2, 1e-3], "split": "dev", "eval_items": 2}}
     res = compare(grid, tmp_path / "c", progress=False)
-    save_state(tmp_path / "c", tmp_path / "state", adapters=True)
+    monkeypatch.chdir(tmp_path)  # relative paths, as `session.sh save` passes them
+    save_state("c", "state", adapters=True)
     kept = sorted(p.relative_to(tmp_path / "state").parts[1] for p in (tmp_path / "state").rglob("*.safetensors"))
     (main,) = res["cells"]
     assert kept == [Path(main["run_dir"]).parent.name]  # the search's other rate: dev only, not kept
