@@ -68,10 +68,11 @@ def test_batch_4_equals_batch_2_times_accum_2(tmp_path, method):
 
 def test_full_parameters_same_gradient_whatever_the_split(tmp_path, monkeypatch):
     """``midblock-full``: the accumulated gradient of a step is the same to float rounding (measured 3.7e-7
-    of each tensor's largest entry; old rule 2e-2). The weights are compared to 1e-5, not 1e-6: at Adam's
+    of each tensor's largest entry; old rule 2e-2). The weights are compared to 3e-5, not 1e-6: at Adam's
     first steps an update is ~lr * g / (|g| + eps), so on the few hundred entries whose gradient is below
     1e-7 (eps = 1e-8) a rounding-level change of g moves the weight by a sizeable part of lr (measured
-    2.5e-6 after one step at lr 1e-3; the old rule ends 1e-4 or more apart)."""
+    2.5e-6 after one step at lr 1e-3 on an AMD EPYC, 1.1e-5 after the run on an Intel Xeon with AVX-512 and
+    AMX, whose kernels round differently; the old rule ends 1e-4 or more apart), hence 3e-5."""
     real = torch.optim.AdamW.step
     grads: list[list[torch.Tensor]] = []
 
@@ -86,7 +87,7 @@ def test_full_parameters_same_gradient_whatever_the_split(tmp_path, monkeypatch)
     assert len(grads) == 6
     for a, b in zip(grads[0], grads[3]):  # the first step: both start from the same weights
         assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max())
-    assert _max_diff(_weights(one.run_dir), _weights(two.run_dir)) <= 1e-5
+    assert _max_diff(_weights(one.run_dir), _weights(two.run_dir)) <= 3e-5
     torch.testing.assert_close(_losses(one.run_dir), _losses(two.run_dir), rtol=1e-6, atol=0)
 
 
