@@ -336,9 +336,10 @@ def save_state(out: str | Path, dest: str | Path, adapters: bool = False) -> int
     names = _STATE_FILES + (_RUN_FILES if adapters else ())
     if adapters:
         keep += [f for d in finished if _reported(d) for f in _adapter_files(d.parent / "train")]
-    for f in keep:
-        if f.exists() and f.name in names:
-            write_bytes(dest / f.relative_to(out), f.read_bytes())  # only these names, each replaced atomically
+    # every destination is worked out before the first write: a path that does not fit fails with nothing copied
+    copies = {f: dest / f.relative_to(out) for f in keep if f.exists() and f.name in names}
+    for f, target in copies.items():
+        write_bytes(target, f.read_bytes())  # only these names, each replaced atomically
     return len(finished)
 
 
