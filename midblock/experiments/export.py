@@ -226,20 +226,21 @@ LEDGER_FIELDS = ("cpu", "native_bf16", "gpus", "torch_threads", "precision")
 def compute_ledger(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Exported cells grouped by where they ran (:data:`LEDGER_FIELDS` of their ``computed`` record; cells
     exported without one form a group of ``None``): the number of cells, training hours (a training that
-    two evaluations share, such as the rate search's run at the chosen rate, counted once; its wall time, or its
-    logged step seconds where they are more: a run resumed by an earlier midblock kept only its last segment's
-    wall time), evaluation hours
+    two evaluations share, such as the rate search's run at the chosen rate, counted once; one trained again
+    under the same key, its record differing because the first run's weights were lost, counted again; its wall
+    time, or its logged step seconds where they are more: a run resumed by an earlier midblock kept only its
+    last segment's wall time), evaluation hours
     (decoding; forgetting texts are not timed), and the first and last evaluation time."""
     groups: dict[tuple, dict[str, Any]] = {}
-    trained: set[str] = set()
+    trained: set[tuple[str, str]] = set()  # (training fingerprint, its record): one training, however shared
     for c in cells:
         comp = c.get("computed") or {}
         key = tuple(tuple(v) if isinstance(v, list) else v for v in (comp.get(f) for f in LEDGER_FIELDS))
         g = groups.setdefault(key, {"cells": 0, "train_h": 0.0, "eval_h": 0.0, "times": []})
         g["cells"] += 1
-        fp = (c.get("fingerprint") or {}).get("training")
-        if c.get("train") and fp not in trained:
-            trained.add(fp)
+        run = ((c.get("fingerprint") or {}).get("training"), json.dumps(c.get("train"), sort_keys=True))
+        if c.get("train") and run not in trained:
+            trained.add(run)
             g["train_h"] += train_seconds(c["train"]) / 3600
         g["eval_h"] += float(comp.get("eval_wall_s") or 0.0) / 3600
         if comp.get("time_utc"):
@@ -267,7 +268,8 @@ def render_ledger(ledger: list[dict[str, Any]]) -> str:
         "# Where the cells ran",
         "",
         "From each cell's evaluation record; a cell's training ran on the same machine unless it was reused from "
-        "an earlier run. Training hours count a shared training once (its wall time, or its logged step times "
+        "an earlier run. Training hours count a training that several cells share once, and one trained again under "
+        "the same key (its first weights lost) each time it ran (its wall time, or its logged step times "
         "where more: a run resumed by an earlier midblock kept only its last segment's wall time); evaluation "
         "hours are decoding time "
         "(forgetting texts are not timed).",

@@ -43,6 +43,12 @@ def pareto_front(points: list[dict[str, Any]], x: str) -> list[dict[str, Any]]:
     return front
 
 
+def x_scale(ppls: list[float], spread: float = 20.0) -> str:
+    """``"symlog"`` for a panel whose perplexities span more than ``spread`` times (a diverged cell at 1000x
+    the base would squash every other point into one column on a linear axis), else ``"linear"``."""
+    return "symlog" if ppls and max(ppls) > spread * min(ppls) else "linear"
+
+
 def plot_pareto(points: list[dict[str, Any]], path: str | Path, title: str = "") -> bool:
     """Write the figure (one panel per split present); False (nothing written) when there is no point."""
     if not points:
@@ -56,7 +62,7 @@ def plot_pareto(points: list[dict[str, Any]], path: str | Path, title: str = "")
     splits = [s for s in ("dev", "test") if any(p["split"] == s for p in points)]
     arms = list(dict.fromkeys(p["arm"] for p in points))
     lrs = sorted({p["lr"] for p in points if p["lr"] is not None})
-    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.2), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.2), squeeze=False)
     for ax, split in zip(axes[0], splits):
         mine = [p for p in points if p["split"] == split]
         for p in mine:
@@ -66,7 +72,12 @@ def plot_pareto(points: list[dict[str, Any]], path: str | Path, title: str = "")
         ax.plot([p[x] for p in front], [100 * p["accuracy"] for p in front], color="grey", lw=0.8, ls="--")
         what = "learning-rate search, dev split" if split == "dev" else "grid cells, test split"
         ax.set_title(f"{what} ({len(mine)} cells)", fontsize=9)
-        ax.set_xlabel("perplexity change % vs base (general text)" if x == "ppl_change_pct" else "perplexity")
+        # each panel its own axis: the search's diverged rates would hide the grid cells' spread
+        scale = x_scale([p["ppl"] for p in mine])
+        if scale == "symlog":
+            ax.set_xscale("symlog", linthresh=100.0 if x == "ppl_change_pct" else 10.0)
+        label = "perplexity change % vs base (general text)" if x == "ppl_change_pct" else "perplexity"
+        ax.set_xlabel(label + (", symlog scale" if scale == "symlog" else ""))
         ax.set_ylabel("accuracy %")
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=f"C{i % 10}", marker="o", ls="", label=a) for i, a in enumerate(arms)]

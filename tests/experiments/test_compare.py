@@ -610,3 +610,7 @@ def test_compute_ledger_groups_by_machine_and_counts_a_shared_training_once():
     md = render_ledger([a, b, old])
     assert "| A | no | - | 2 | fp32 | 2 | 1.00 | 1.00 |" in md and "| not recorded |" in md
     assert "| total | | | | | 4 | 2.00 | 1.50 | | |" in md
+    # the same key trained again on another machine (the first run's weights lost): both trainings count
+    again = cell("main", "x", "B", 1, "2026-12-03T09:00:00", train_s=1800.0)
+    first, second = compute_ledger(cells[:1] + [again])
+    assert (first["train_h"], second["train_h"]) == (1.0, 0.5)

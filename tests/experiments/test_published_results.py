@@ -173,14 +173,16 @@ def test_every_published_replay_rederives_from_its_raw_items(raw):
 
 @pytest.mark.parametrize("raw", [p for p in PUBLISHED if (p / "compute.md").exists()], ids=lambda p: p.name)
 def test_every_published_compute_ledger_totals_its_cells(raw):
-    """compute.md's total: every exported cell, training hours once per training fingerprint (wall time or
-    logged step time, the larger), evaluation
-    hours from each cell's record (summed here from cells.jsonl with this file's own code)."""
+    """compute.md's total: every exported cell, training hours once per training (fingerprint and record: a
+    training trained again under its key, its weights lost, counts again; wall time or logged step time, the
+    larger), evaluation hours from each cell's record (summed here from cells.jsonl with this file's own code)."""
     cells = [json.loads(line) for line in (raw / "cells.jsonl").read_text().splitlines()]
     # a training's hours: its wall time, or its logged step seconds where more (a run resumed by an earlier
     # midblock kept only its last segment's wall time)
     train = {
-        c["fingerprint"]["training"]: max(c["train"]["wall_s"] or 0, c["train"].get("logged_step_s") or 0)
+        (c["fingerprint"]["training"], repr(sorted(c["train"].items()))): max(
+            c["train"]["wall_s"] or 0, c["train"].get("logged_step_s") or 0
+        )
         for c in cells
         if c.get("train")
     }

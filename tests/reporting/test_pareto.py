@@ -1,6 +1,6 @@
 """The accuracy-against-forgetting figure from synthetic cell records."""
 
-from midblock.reporting.pareto import pareto_front, pareto_point, plot_pareto
+from midblock.reporting.pareto import pareto_front, pareto_point, plot_pareto, x_scale
 
 
 def _rec(arm, lr, ppl, seed=0):
@@ -26,3 +26,12 @@ def test_points_front_and_figure(tmp_path):
     # without a base, the raw perplexity is the x axis; with no point, nothing is written
     assert plot_pareto([pareto_point(_rec("u", None, 11.0), 0.4, "test", None)], tmp_path / "raw.png")
     assert not plot_pareto([], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_a_panel_with_a_diverged_cell_gets_a_symlog_axis(tmp_path):
+    assert x_scale([10.5, 12.0, 13.0]) == "linear"
+    assert x_scale([80.0, 130.0, 260_000.0]) == "symlog"  # a rate that diverged: 3,000x the others
+    assert x_scale([]) == "linear"
+    pts = [pareto_point(_rec("u", 8e-3, 260_000.0), 0.01, "dev", 50.0)]
+    pts += [pareto_point(_rec("u", 1e-3, 100.0, seed=s), 0.4, "test", 50.0) for s in range(3)]
+    assert plot_pareto(pts, tmp_path / "diverged.png")
