@@ -18,6 +18,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -427,6 +430,16 @@ def _load_error(ms: ModelSpec, e: Exception) -> MidblockError:
     return MidblockError(f"cannot load model '{ms.original or ms.target}': {first}")
 
 
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Hide the one FutureWarning PEFT raises when it wraps a transformers 5 model: it reads the deprecated
+    ``is_gradient_checkpointing`` property, which is PEFT's code to change, not the user's. Every other warning
+    passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_model(
     spec: str,
     *,
@@ -475,7 +488,8 @@ def load_model(
 
         check_adapter_dir(ms.adapter)  # PEFT's errors for a damaged adapter are tracebacks
         try:
-            model = PeftModel.from_pretrained(model, ms.adapter)
+            with peft_quietly():
+                model = PeftModel.from_pretrained(model, ms.adapter)
         except (OSError, ValueError, KeyError, RuntimeError) as e:  # e.g. shapes that do not fit the base
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise MidblockError(f"cannot load adapter {ms.adapter}: {first}") from e

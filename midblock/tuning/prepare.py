@@ -350,8 +350,11 @@ def prepare_model(
     if config.is_lora:
         from peft import get_peft_model
 
+        from midblock.models.loading import peft_quietly
+
         conv1d = any(type(layout.blocks[0].get_submodule(t)).__name__ == "Conv1D" for t in p.targets)
-        model = get_peft_model(model, lora_config(p, config, conv1d))
+        with peft_quietly():
+            model = get_peft_model(model, lora_config(p, config, conv1d))
         if base_name is not None:
             # set after get_peft_model, which overwrites the config's base with the model's own path (and warns
             # when that differs from the one given): a midblock spec is not what from_pretrained can load

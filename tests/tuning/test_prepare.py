@@ -215,3 +215,29 @@ def test_base_name_is_recorded_as_loadable_without_peft_rename_warning(tiny, tmp
     plain, _ = tiny("llama-tiny")
     pm = prepare_model(plain, MidBlockConfig(band="2-3", rank=4), base_name="base")
     assert pm.peft_config["default"].base_model_name_or_path == str((tmp_path / "base").resolve())
+
+
+def test_wrapping_with_peft_raises_no_deprecation_warning_from_peft(tiny):
+    # PEFT reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model: a FutureWarning
+    # about PEFT's code that a midblock user cannot act on. prepare_model hides exactly that one warning.
+    import warnings
+
+    model, _ = tiny("llama-tiny")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        prepare_model(model, MidBlockConfig(method="midblock", band="2-3", rank=4))
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_the_peft_warning_filter_lets_other_warnings_through():
+    import warnings
+
+    from midblock.models.loading import peft_quietly
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with peft_quietly():
+            msg = "`is_gradient_checkpointing` is deprecated and will be removed in v6."
+            warnings.warn(msg, FutureWarning, stacklevel=1)
+            warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else is deprecated"]
