@@ -114,6 +114,7 @@ def two_arm_grid(
     steps: int | None = None,
     eval_items: int | None = None,
     precision: str | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """The demo's comparison as a grid: all-block LoRA vs mid-block LoRA on ``band``, matched budgets and
     alpha/r (``constant-ratio``; a preset can set another alpha policy on both arms)."""
@@ -134,7 +135,7 @@ def two_arm_grid(
         "baseline": "lora",
         "train": {
             "steps": steps,
-            "lr": s["lr"],
+            "lr": lr or s["lr"],
             "batch_size": s["batch_size"],
             "max_length": 384,
             "precision": precision or PROFILE_PRECISION[profile],

@@ -148,6 +148,24 @@ def test_threads_do_not_change_the_demo_fingerprint_and_precision_does():
     assert _fingerprint(base)["key"] != _fingerprint(replace(base, precision="bf16"))["key"]
 
 
+def test_lr_overrides_the_profile_rate_and_keys_the_run_only_when_given():
+    from midblock.cli import build_parser
+    from midblock.cli.demo import config_from_args
+    from midblock.experiments.demo import _fingerprint
+
+    cfg = config_from_args(build_parser().parse_args(["demo", "--lr", "1e-3"]))
+    assert cfg.lr == 1e-3 and cfg.grid()["train"]["lr"] == 1e-3
+    assert DemoConfig().grid()["train"]["lr"] == 4e-3  # the quick profile's
+    base = DemoConfig(model="random:llama-tiny", profile="smoke")
+    # not given: the settings demo runs were keyed under before --lr existed, so they resume
+    assert "lr" not in _fingerprint(base)["settings"]
+    assert _fingerprint(base)["key"] != _fingerprint(replace(base, lr=2e-3))["key"]
+    with pytest.raises(MidblockError, match="--lr must lie in"):
+        DemoConfig(lr=0.0)
+    with pytest.raises(MidblockError, match="--lr does not apply to the full profile"):
+        DemoConfig(profile="full", lr=1e-3)
+
+
 def test_tables_leave_comparisons_of_a_system_with_itself_empty():
     from midblock.reporting.demo_report import cost_table, format_table, results_table
 
