@@ -166,6 +166,16 @@ def test_lr_overrides_the_profile_rate_and_keys_the_run_only_when_given():
         DemoConfig(profile="full", lr=1e-3)
 
 
+def test_another_model_at_the_smollm2_rate_gets_a_note():
+    from midblock.experiments.demo import rate_note
+
+    assert rate_note(DemoConfig()) is None  # the model the rate was chosen on
+    assert rate_note(DemoConfig(model="gemma3-270m", lr=2e-3)) is None  # a rate given
+    assert rate_note(DemoConfig(model="gemma3-270m", profile="full")) is None  # searched on dev
+    note = rate_note(DemoConfig(model="gemma3-270m"))
+    assert note is not None and "lr 0.004" in note and "--lr" in note
+
+
 def test_tables_leave_comparisons_of_a_system_with_itself_empty():
     from midblock.reporting.demo_report import cost_table, format_table, results_table
 
