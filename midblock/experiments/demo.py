@@ -127,9 +127,8 @@ def _fingerprint(config: DemoConfig) -> dict[str, Any]:
     on this machine (``auto`` is bf16 on one machine, fp32 on another)."""
     from midblock.tuning.precision import resolve_precision
 
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads")}
-    if settings["lr"] is None:  # not given: the key demo runs had before --lr existed (the grid holds the rate)
-        del settings["lr"]
+    # lr: the grid below holds the rate either way (and demo runs made before --lr existed keep their key)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "threads", "lr")}
     settings["precision"] = resolve_precision(config.grid()["train"]["precision"])
     # the grid in the spelling demo runs were first keyed under (see midblock.aliases)
     return make(settings=settings, grid=stored_grid(config.grid()), model=spec_identity(config.model))
@@ -138,12 +137,12 @@ def _fingerprint(config: DemoConfig) -> dict[str, Any]:
 def rate_note(config: DemoConfig) -> str | None:
     """A line for the log when the demo trains another model at a rate chosen on SmolLM2 (the quick profile's
     4e-3 is too high for Gemma-3-270m, for one: docs/results.md); None where the rate was given or searched."""
-    if config.lr is not None or "lr_search" in config.grid() or config.model == DemoConfig.model:
+    grid = config.grid()
+    if config.lr is not None or "lr_search" in grid or config.model == DemoConfig.model:
         return None
-    lr = config.grid()["train"]["lr"]
     return (
-        f"the {config.profile} profile trains both arms at lr {lr:g}, the rate chosen for SmolLM2-135M; "
-        f"another model may need another (--lr; on gemma3-270m --lr 2e-3 did better, see docs/results.md)"
+        f"the {config.profile} profile trains both arms at lr {grid['train']['lr']:g}, the rate chosen for "
+        f"SmolLM2-135M; another model may need another (--lr; on gemma3-270m --lr 2e-3 did better, see docs/results.md)"
     )
 
 
